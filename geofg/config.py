@@ -1,0 +1,133 @@
+"""Frozen, validated job configuration (pydantic at the boundary, dataclasses inside).
+
+A :class:`JobConfig` is all a worker needs to rebuild a run: it is small, JSON round-trips and
+travels between processes. CLI flags override fields of a config file, never the other way round.
+Its JSON schema is published in docs/config.md (``JobConfig.model_json_schema()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geofg.errors import ConfigError
+from geofg.stitch import BLEND_METHODS
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReadConfig(_Frozen):
+    """Which inputs to read and how to name their bands."""
+
+    inputs: list[str] = Field(min_length=1)
+    bands: list[str] | None = None
+    assume_crs: str | None = None
+    max_pixels: int = Field(default=20_000_000_000, gt=0)
+
+
+class TileConfig(_Frozen):
+    """Units (one per output chunk), model tiles and blending.
+
+    ``tile_size`` and ``halo`` default to what the model card says and to one tile per unit
+    (``chunk + 2 * halo`` rounded up to the model's multiple): the fewest re-predicted pixels.
+    """
+
+    chunk: int = Field(default=1024, ge=16, le=8192)
+    tile_size: int | None = Field(default=None, ge=32, le=8192)
+    halo: int | None = Field(default=None, ge=0, le=2048)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    blend: str = "cosine"
+
+    @model_validator(mode="after")
+    def _check(self) -> TileConfig:
+        if self.blend not in BLEND_METHODS:
+            raise ValueError(f"blend must be one of {', '.join(BLEND_METHODS)}, got {self.blend!r}")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """Which bundle runs where."""
+
+    model: str = "eurosat-13"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class WriteConfig(_Frozen):
+    """Where the mosaic goes and what may happen to an existing one."""
+
+    output: str
+    mode: Literal["resume", "overwrite"] = "resume"
+    break_lock: bool = False
+    quicklook: bool = True
+
+
+class RunnerConfig(_Frozen):
+    """How units are executed."""
+
+    kind: Literal["local", "ray"] = "local"
+    read_workers: int = Field(default=2, ge=1, le=64)
+    prefetch: int = Field(default=2, ge=1, le=64)
+    max_attempts: int = Field(default=2, ge=1, le=10)
+
+
+class JobConfig(_Frozen):
+    """A whole run: read -> tile -> model -> write, executed by a runner."""
+
+    task: Literal["classify", "segment"] = "classify"
+    read: ReadConfig
+    tile: TileConfig = TileConfig()
+    model: ModelConfig = ModelConfig()
+    write: WriteConfig
+    runner: RunnerConfig = RunnerConfig()
+
+    def output_hash(self, tile_size: int, halo: int) -> str:
+        """Hash of everything in the config that changes output pixels (not batch size, workers)."""
+        key = {
+            "task": self.task,
+            "bands": self.read.bands,
+            "assume_crs": self.read.assume_crs,
+            "chunk": self.tile.chunk,
+            "tile_size": tile_size,
+            "halo": halo,
+            "blend": self.tile.blend,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_job(path: str | Path, **overrides: object) -> JobConfig:
+    """Load a JobConfig from YAML or JSON; ``overrides`` are nested dicts merged on top.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys or invalid values (names the key).
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read config ({e}); give a YAML or JSON file") from e
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    return build_job(data, source=str(p))
+
+
+def build_job(data: dict, source: str = "options") -> JobConfig:
+    """Validate a nested dict into a JobConfig, turning pydantic errors into one-line ConfigErrors."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise ConfigError(
+            f"{source}: invalid value for {loc}: {err['msg']} (got {err.get('input')!r}); "
+            "fix that key or remove it"
+        ) from e

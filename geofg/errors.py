@@ -1,0 +1,166 @@
+"""The geofg error tree.
+
+Every error geofg raises on purpose derives from :class:`GeofgError`. Each carries an
+``exit_code`` class attribute; the CLI maps errors to exit codes through that attribute in one
+place (``geofg.cli.EXIT_CODES`` documents the table). Messages are one line and say what was
+expected, what was found and how to fix it.
+
+Exit codes (DESIGN.md): 0 done, 2 usage, 3 input/config/weights rejected before any write,
+4 finished with failed units, 5 cluster unreachable or insecure, 6 mosaic locked by another run.
+
+This module imports nothing from geofg.
+"""
+
+from __future__ import annotations
+
+
+class GeofgError(Exception):
+    """Root of every error geofg raises on purpose."""
+
+    exit_code: int = 1
+
+
+# --- rejected before any write: exit 3 --------------------------------------------------------
+
+
+class RejectedError(GeofgError):
+    """Input, config, path or weights rejected before any output was written."""
+
+    exit_code = 3
+
+
+class ConfigError(RejectedError, ValueError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class InputError(RejectedError):
+    """An input raster (or band-file set) cannot be used."""
+
+
+class RasterNotFoundError(InputError, FileNotFoundError):
+    """An input path does not exist."""
+
+
+class UnreadableRasterError(InputError):
+    """GDAL cannot open or read the input as a raster."""
+
+
+class ForbiddenPathError(InputError):
+    """A path is remote, virtual (/vsi...), or escapes its allowed root."""
+
+
+class ForbiddenDriverError(InputError):
+    """The input is in a format geofg does not open (only GeoTIFF/COG and JPEG2000)."""
+
+
+class MissingCRSError(InputError):
+    """The input has no coordinate reference system."""
+
+
+class UnsupportedGeoTransformError(InputError):
+    """The input's geotransform is rotated, skewed or not north-up."""
+
+
+class RasterTooLargeError(InputError):
+    """The input declares more pixels than the configured limit."""
+
+
+class MissingBandsError(InputError):
+    """The input lacks bands the model needs."""
+
+
+class BandCountMismatchError(InputError):
+    """The number of band names does not match the raster's band count."""
+
+
+class GridMismatchError(InputError):
+    """Band files of one product do not share a grid geofg can align."""
+
+
+class ModelError(RejectedError):
+    """A model bundle cannot be used."""
+
+
+class UnknownModelError(ModelError, KeyError):
+    """No bundle of that name is installed."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it one plain line
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(ModelError):
+    """A weights file is corrupt, truncated or inconsistent with its card."""
+
+
+class UnsafeWeightsFormatError(WeightsError):
+    """A weights file is not safetensors (e.g. a pickle); it is refused before any byte is read."""
+
+
+class WeightsChecksumError(WeightsError):
+    """A weights file's sha256 does not match the expected value."""
+
+
+class MosaicError(GeofgError):
+    """Base class for problems with the output mosaic."""
+
+
+class MosaicSchemaMismatchError(MosaicError, RejectedError):
+    """An existing mosaic has another grid or schema than this run would write."""
+
+    exit_code = 3
+
+
+class MosaicExistsError(MosaicError, RejectedError):
+    """The output exists and is not a geofg mosaic (or --overwrite is required)."""
+
+    exit_code = 3
+
+
+# --- after writing started -------------------------------------------------------------------
+
+
+class UnitFailedError(GeofgError):
+    """One unit of work failed; carries the unit id. The run goes on with the others."""
+
+    exit_code = 4
+
+    def __init__(self, unit_id: str, message: str) -> None:
+        super().__init__(f"unit {unit_id}: {message}")
+        self.unit_id = unit_id
+
+
+class RunFailedUnitsError(GeofgError):
+    """A run finished but some units failed; the mosaic is consistent and a re-run resumes."""
+
+    exit_code = 4
+
+
+class ClusterError(GeofgError):
+    """A Ray cluster is unreachable or the job did not start."""
+
+    exit_code = 5
+
+
+class InsecureClusterError(ClusterError):
+    """A Ray cluster accepts unauthenticated requests."""
+
+
+class MosaicLockedError(MosaicError):
+    """Another run holds the mosaic's lock."""
+
+    exit_code = 6
+
+
+# --- warnings --------------------------------------------------------------------------------
+
+
+class GeofgWarning(UserWarning):
+    """Root of geofg's warnings."""
+
+
+class NodataAssumedWarning(GeofgWarning):
+    """No nodata was declared; geofg assumed one."""
+
+
+class StaleLockWarning(GeofgWarning):
+    """A lock left by a dead process was taken over."""

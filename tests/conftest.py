@@ -1,0 +1,84 @@
+"""Shared fixtures: raster factories in tmp_path, hermetic environment, the real-data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import settings
+from rasterio.transform import from_origin
+
+settings.register_profile("geofg", deadline=None, max_examples=60)
+settings.load_profile("geofg")
+
+S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real-data folder (env GEOFG_DATA, default ../shared/data); skips when absent."""
+    root = Path(os.environ.get("GEOFG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set GEOFG_DATA to ../shared/data)")
+    return root
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform=None,  # noqa: ANN001
+    nodata: float | None = None,
+    descriptions: list[str] | None = None,
+    tiled: bool = True,
+    compress: str | None = "deflate",
+) -> Path:
+    """Write (C, H, W) ``data`` as a GeoTIFF and return its path."""
+    c, h, w = data.shape
+    profile = {
+        "driver": "GTiff", "height": h, "width": w, "count": c, "dtype": data.dtype.name,
+        "crs": crs, "transform": transform or from_origin(500000.0, 5800000.0, 10.0, 10.0),
+    }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if tiled and h >= 16 and w >= 16:
+        profile.update(tiled=True, blockxsize=16 * max(1, min(w, 256) // 16), blockysize=16 * max(1, min(h, 256) // 16))
+    if compress:
+        profile["compress"] = compress
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            for i, d in enumerate(descriptions, 1):
+                dst.set_band_description(i, d)
+    return path
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path):  # noqa: ANN201
+    """Factory: ``make_raster(h, w, bands=..., dtype=..., seed=..., nodata=..., name=...)``."""
+
+    def make(height: int = 64, width: int = 64, bands: list[str] | None = None, *, dtype: str = "uint16",
+             seed: int = 0, nodata: float | None = None, name: str = "in.tif", data: np.ndarray | None = None,
+             **kw) -> Path:  # noqa: ANN003
+        bands = bands or ["B04", "B08"]
+        if data is None:
+            rng = np.random.default_rng(seed)
+            if np.dtype(dtype).kind == "f":
+                data = rng.normal(0, 1, (len(bands), height, width)).astype(dtype)
+            else:
+                data = rng.integers(1, 4000, (len(bands), height, width)).astype(dtype)
+        return write_raster(tmp_path / name, data, nodata=nodata, descriptions=bands, **kw)
+
+    return make
