@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from hypothesis import settings
-from rasterio.transform import from_origin
+from rasters import write_raster
 
 settings.register_profile("geofg", deadline=None, max_examples=60)
 settings.load_profile("geofg")
@@ -32,37 +31,6 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set GEOFG_DATA to ../shared/data)")
     return root
-
-
-def write_raster(
-    path: Path,
-    data: np.ndarray,
-    *,
-    crs: str | None = "EPSG:32633",
-    transform=None,  # noqa: ANN001
-    nodata: float | None = None,
-    descriptions: list[str] | None = None,
-    tiled: bool = True,
-    compress: str | None = "deflate",
-) -> Path:
-    """Write (C, H, W) ``data`` as a GeoTIFF and return its path."""
-    c, h, w = data.shape
-    profile = {
-        "driver": "GTiff", "height": h, "width": w, "count": c, "dtype": data.dtype.name,
-        "crs": crs, "transform": transform or from_origin(500000.0, 5800000.0, 10.0, 10.0),
-    }
-    if nodata is not None:
-        profile["nodata"] = nodata
-    if tiled and h >= 16 and w >= 16:
-        profile.update(tiled=True, blockxsize=16 * max(1, min(w, 256) // 16), blockysize=16 * max(1, min(h, 256) // 16))
-    if compress:
-        profile["compress"] = compress
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if descriptions:
-            for i, d in enumerate(descriptions, 1):
-                dst.set_band_description(i, d)
-    return path
 
 
 @pytest.fixture

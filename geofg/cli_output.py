@@ -1,0 +1,152 @@
+"""Rendering for the CLI layer (rich tables, progress bar). Only cli.py imports this module."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from geofg.errors import MosaicExistsError
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, disabled: bool) -> Iterator:
+    """Yield an ``on_progress(done, total, km2)`` callback drawing units and km² with an ETA."""
+    if disabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]units"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[km2]:.2f} km²"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("units", total=None, km2=0.0)
+
+        def on_progress(done: int, total: int, km2: float) -> None:
+            bar.update(task, completed=done, total=total, km2=km2)
+
+        yield on_progress
+
+
+def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
+    """Print the unit plan, a peak-memory estimate and what would be written."""
+    out = Path(p.job.write.output)
+    rows = -(-p.info.height // p.job.tile.chunk)
+    cols = -(-p.info.width // p.job.tile.chunk)
+    console.print(f"[bold]input[/]  {', '.join(p.info.paths[:3])}{' …' if len(p.info.paths) > 3 else ''}")
+    console.print(f"  grid {p.info.height} x {p.info.width} px, {abs(p.info.transform[0]):g} m, "
+                  f"bands used: {', '.join(p.card.bands)}")
+    console.print(f"[bold]model[/]  {p.card.name} ({p.card.task}, {p.card.architecture}/{p.card.encoder}) "
+                  f"sha256 {p.model_sha256[:12]}")
+    console.print(f"[bold]plan[/]   {len(p.units)} units ({rows} x {cols}) of {p.job.tile.chunk} px + "
+                  f"halo {p.halo}; tile {p.tile_size}, overlap {p.overlap}, batch {p.job.tile.batch_size}")
+    console.print(f"  estimated peak memory for units in flight: {p.peak_memory_bytes() / 2**20:.0f} MiB "
+                  "(plus the model)")
+    state = "resume (existing mosaic)" if out.exists() else "create"
+    if p.job.write.mode == "overwrite":
+        state = "overwrite" if out.exists() else "create"
+    console.print(f"[bold]write[/]  {out} ({state}): class, health, confidence uint8 "
+                  f"[{p.info.height}, {p.info.width}] chunks {p.job.tile.chunk}; quicklook {out}.png")
+    console.print("dry run: nothing was written")
+
+
+def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN001
+    """Print the area table and what the run did."""
+    s = result.summary
+    p = result.plan
+    if s is not None:
+        t = Table(title=f"{p.job.write.output}: area per class ({p.card.name}, learned)")
+        t.add_column("class")
+        t.add_column("area (ha)", justify="right")
+        t.add_column("share", justify="right")
+        for r in s.classes:
+            t.add_row(r.name, f"{r.hectares:,.2f}", f"{100 * r.share:.1f} %")
+        t.add_row("[bold]valid total", f"[bold]{s.valid_ha:,.2f}", "100.0 %")
+        console.print(t)
+        h = Table(title="crop health (index-based, crop classes only)")
+        h.add_column("zone")
+        h.add_column("area (ha)", justify="right")
+        for r in s.health:
+            h.add_row(r.name, f"{r.hectares:,.2f}")
+        console.print(h)
+        conf = f"{s.mean_confidence:.3f}" if s.mean_confidence is not None else "-"
+        console.print(f"units: {len(result.ran)} run, {result.skipped} already done, "
+                      f"{len(result.failed)} failed, {s.units_empty} empty; mean confidence {conf}")
+    if result.quicklook:
+        console.print(f"quicklook: {result.quicklook}")
+    if profile and result.profile:
+        total = sum(v for k, v in result.profile.items() if not k.startswith("wait"))
+        t = Table(title="profile (seconds, summed over units)")
+        t.add_column("stage")
+        t.add_column("seconds", justify="right")
+        for k, v in result.profile.items():
+            t.add_row(k, f"{v:.2f}")
+        console.print(t)
+        console.print(f"busy total {total:.2f} s")
+
+
+def describe_mosaic(path: Path) -> dict:
+    """Return a JSON-able description of a mosaic (grid, CRS, arrays, provenance, units, lock)."""
+    import zarr
+    from rasterio.crs import CRS
+
+    from geofg.io.ledger import Ledger
+    from geofg.io.lock import read_lock
+    from geofg.io.mosaic import META_DIR, is_mosaic
+
+    if not is_mosaic(path):
+        raise MosaicExistsError(f"{path}: expected a geofg mosaic (a Zarr group with geofg:grid), "
+                                "found none; give the -o path of a geofg run")
+    g = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    attrs = dict(g.attrs)
+    grid = attrs["geofg:grid"]
+    crs = CRS.from_wkt(grid["crs_wkt"])
+    records = Ledger(path / META_DIR).load()
+    lock = read_lock(path / META_DIR / "lock")
+    arrays = {name: {"shape": list(g[name].shape), "dtype": str(g[name].dtype),
+                     "chunks": list(g[name].chunks)} for name in grid["layers"]}
+    units_total = (-(-grid["height"] // grid["chunk"])) * (-(-grid["width"] // grid["chunk"]))
+    return {
+        "path": str(path),
+        "grid": {"height": grid["height"], "width": grid["width"], "chunk": grid["chunk"],
+                 "crs": crs.to_string(), "transform": grid["transform"]},
+        "arrays": arrays,
+        "classes": grid["class_names"],
+        "model": attrs.get("geofg:model", {}),
+        "geofg_version": attrs.get("geofg:version"),
+        "inputs": attrs.get("geofg:inputs", {}).get("files", []),
+        "units": {"total": units_total,
+                  "done": sum(r.status == "done" for r in records.values()),
+                  "failed": sorted(k for k, r in records.items() if r.status == "failed")},
+        "lock": None if lock is None else lock.__dict__,
+        "summary": attrs.get("geofg:summary"),
+    }
+
+
+def print_info(console: Console, d: dict) -> None:
+    """Print describe_mosaic's dict for people."""
+    g = d["grid"]
+    console.print(f"[bold]{d['path']}[/] (geofg {d['geofg_version']})")
+    console.print(f"grid: {g['height']} x {g['width']} px, chunk {g['chunk']}, CRS {g['crs']}, "
+                  f"transform {g['transform']}")
+    for name, a in d["arrays"].items():
+        console.print(f"  {name}: {a['dtype']} {a['shape']} chunks {a['chunks']}")
+    m = d["model"]
+    console.print(f"model: {m.get('name')} {m.get('version')} sha256 {str(m.get('sha256'))[:12]}")
+    for f in d["inputs"]:
+        console.print(f"input: {f.get('path')} ({f.get('size')} bytes, sha256 {str(f.get('sha256'))[:12]})")
+    u = d["units"]
+    console.print(f"units: {u['done']}/{u['total']} done, {len(u['failed'])} failed"
+                  + (f": {', '.join(u['failed'][:10])}" if u["failed"] else ""))
+    console.print("lock: " + ("free" if d["lock"] is None else json.dumps(d["lock"])))

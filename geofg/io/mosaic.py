@@ -1,0 +1,256 @@
+"""The output mosaic: a Zarr v3 group on a fixed grid, written one whole chunk per unit.
+
+Lifecycle (Ray's Datasink hooks): :func:`prepare` once on the driver (create, or open and check
+the schema of an existing mosaic), :meth:`Mosaic.write_unit` per unit (any process, whole chunks
+only, so no two writers touch one chunk), :meth:`Mosaic.finalize` once after a complete run
+(provenance attributes, consolidated metadata).
+
+Layout (CF / GeoZarr conventions, so ``xr.open_zarr(path, decode_coords="all").rio.crs`` and
+GDAL's Zarr driver see the CRS)::
+
+    class       (y, x) uint8, fill 255   learned land-cover class
+    health      (y, x) uint8, fill 255   index-based crop-health zone (crop classes only)
+    confidence  (y, x) uint8, fill 255   top class probability x 250
+    x, y        1-D float64 pixel-centre coordinates
+    spatial_ref ()     int, attrs crs_wkt / spatial_ref / GeoTransform
+    .geofg/     ledger and run lock (not Zarr nodes)
+
+Never ``mode="w"`` or ``overwrite=True`` on a mosaic that exists (that wipes it): an existing
+mosaic is opened ``r+`` and its grid and schema are compared first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from geofg.errors import MosaicExistsError, MosaicSchemaMismatchError
+from geofg.grid import WorkUnit
+
+log = logging.getLogger(__name__)
+
+FILL = 255
+LAYERS = ("class", "health", "confidence")
+META_DIR = ".geofg"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MosaicSpec:
+    """What a mosaic must look like: grid, chunking and the class legend."""
+
+    height: int
+    width: int
+    chunk: int
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]
+    class_names: tuple[str, ...]
+    class_colours: tuple[str, ...]
+    health_names: tuple[str, ...]
+    health_colours: tuple[str, ...]
+    layers: tuple[str, ...] = LAYERS
+
+    def grid_attrs(self) -> dict[str, Any]:
+        """The attributes that identify the grid and schema (compared on re-open)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "height": self.height,
+            "width": self.width,
+            "chunk": self.chunk,
+            "crs_wkt": self.crs_wkt,
+            "transform": list(self.transform),
+            "layers": list(self.layers),
+            "class_names": list(self.class_names),
+            "health_names": list(self.health_names),
+        }
+
+
+def _geotransform(t: tuple[float, ...]) -> str:
+    a, b, c, d, e, f = t
+    return f"{c!r} {a!r} {b!r} {f!r} {d!r} {e!r}"
+
+
+def is_mosaic(path: Path) -> bool:
+    """Return True when ``path`` is a geofg mosaic (a Zarr group with geofg grid attributes)."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return "geofg:grid" in attrs
+
+
+def check_output(path: Path, spec: MosaicSpec, overwrite: bool) -> bool:
+    """Check, without writing, that ``path`` can receive this mosaic; return True if it exists.
+
+    Raises:
+        MosaicExistsError: path exists and is not a geofg mosaic.
+        MosaicSchemaMismatchError: an existing mosaic has another grid or schema (and no overwrite).
+    """
+    if not path.exists():
+        return False
+    if not path.is_dir() or not is_mosaic(path):
+        if path.is_dir() and not any(path.iterdir()):
+            return False
+        raise MosaicExistsError(
+            f"{path}: expected a new path or a geofg mosaic, found an existing "
+            f"{'directory' if path.is_dir() else 'file'} that is not one; choose another -o path"
+        )
+    if overwrite:
+        return True
+    found = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs["geofg:grid"]
+    want = spec.grid_attrs()
+    diff = [k for k in want if found.get(k) != want[k]]
+    if diff:
+        k = diff[0]
+        shown = {"crs_wkt": "CRS", "transform": "transform"}.get(k, k)
+        raise MosaicSchemaMismatchError(
+            f"{path}: existing mosaic has another {shown} (mosaic: {_short(found.get(k))}, this run: "
+            f"{_short(want[k])}); use --overwrite to replace it or choose another -o path"
+        )
+    return True
+
+
+def _short(v: object) -> str:
+    s = str(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
+    """Create the mosaic's group and arrays (metadata only; no chunk is written).
+
+    If ``path`` holds an old mosaic (overwrite), everything but ``.geofg/lock`` is removed first.
+    """
+    if path.exists():
+        for child in path.iterdir():
+            if child.name == META_DIR:
+                for sub in child.iterdir():
+                    if sub.name != "lock":
+                        shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+            elif child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    group = zarr.open_group(str(path), mode="a", zarr_format=3)
+    group.attrs.update({"geofg:grid": spec.grid_attrs(), **attrs})
+    chunks = (spec.chunk, spec.chunk)
+    shape = (spec.height, spec.width)
+    legend = {
+        "class": (spec.class_names, spec.class_colours, "land-cover class", "learned"),
+        "health": (spec.health_names, spec.health_colours, "crop health zone", "index-based"),
+    }
+    for name in spec.layers:
+        a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_FillValue": FILL}
+        if name in legend:
+            names, colours, long_name, source = legend[name]
+            a.update(
+                long_name=long_name,
+                source=source,
+                flag_values=list(range(len(names))),
+                flag_meanings=" ".join(n.replace(" ", "_") for n in names),
+                class_names=list(names),
+                colours=list(colours),
+            )
+        else:
+            a.update(long_name="top-class probability x 250", source="learned", scale_hint=1 / 250)
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="uint8",
+            fill_value=FILL,
+            dimension_names=("y", "x"),
+            attributes=a,
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        )
+    a, _, c, _, e, f = spec.transform
+    xs = group.create_array(
+        "x", shape=(spec.width,), dtype="float64", dimension_names=("x",), fill_value=0.0,
+        attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"},
+    )
+    xs[:] = c + a * (np.arange(spec.width) + 0.5)
+    ys = group.create_array(
+        "y", shape=(spec.height,), dtype="float64", dimension_names=("y",), fill_value=0.0,
+        attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"},
+    )
+    ys[:] = f + e * (np.arange(spec.height) + 0.5)
+    ref = group.create_array(
+        "spatial_ref", shape=(), dtype="int32", fill_value=0, dimension_names=(),
+        attributes={
+            "crs_wkt": spec.crs_wkt,
+            "spatial_ref": spec.crs_wkt,
+            "GeoTransform": _geotransform(spec.transform),
+        },
+    )
+    ref[...] = 0
+
+
+def sweep_partials(path: Path) -> int:
+    """Delete ``*.partial`` files zarr's atomic writes leave when a writer is killed."""
+    n = 0
+    for p in path.rglob("*.partial"):
+        try:
+            p.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    if n:
+        log.info("removed %d orphaned partial chunk files from %s", n, path)
+    return n
+
+
+@dataclass
+class Mosaic:
+    """An open mosaic that units write into (one handle per process or thread is fine)."""
+
+    path: Path
+    _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        for name in group.attrs["geofg:grid"]["layers"]:
+            self._arrays[name] = group[name]
+
+    def write_unit(self, unit: WorkUnit, layers: dict[str, np.ndarray]) -> None:
+        """Write the unit's core (whole chunks only) for every layer."""
+        c = unit.core
+        for name, arr in self._arrays.items():
+            arr[c.row_off : c.row_end, c.col_off : c.col_end] = layers[name]
+
+    def read_layer(self, name: str, rows: slice, cols: slice) -> np.ndarray:
+        """Read a region of one layer."""
+        return self._arrays[name][rows, cols]
+
+
+def finalize(path: Path, attrs: dict[str, Any], consolidate: bool) -> None:
+    """Update provenance attributes; consolidate metadata only after a complete run."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group.attrs.update(attrs)
+    if consolidate:
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not in the v3 spec (we know; readers that
+            # ignore it still work) and that .geofg/ (ledger, lock) is not a Zarr node (by design).
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+            zarr.consolidate_metadata(str(path))
+
+
+def drop_consolidated(path: Path) -> None:
+    """Remove consolidated metadata before writing, so readers never see a stale copy."""
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    if doc.pop("consolidated_metadata", None) is not None:
+        tmp = meta.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(meta)

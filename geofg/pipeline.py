@@ -1,0 +1,263 @@
+"""Plan a job and process one unit: read -> normalise -> predict tiles -> blend -> layers.
+
+:func:`plan` is the preflight: it opens and checks every input and the model bundle, maps the
+input's bands to the model's, sizes tiles, and plans the units. It writes nothing, so any
+rejection leaves no output behind.
+
+:func:`process_unit` is what every runner calls per unit. It holds nothing beyond the unit's
+window, so memory is bounded by units in flight, never by raster size. No ray, click or progress
+bars here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from geofg import __version__
+from geofg.batch import normalise, pad_to, round_up
+from geofg.config import JobConfig
+from geofg.errors import ConfigError, GeofgWarning
+from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
+from geofg.health import HEALTH_CLASSES, band_roles, health_layer
+from geofg.io.mosaic import FILL, MosaicSpec
+from geofg.io.read import RasterInfo, open_raster, select_bands
+from geofg.models.bundle import bundle_sha256, read_card
+from geofg.models.card import ModelCard
+from geofg.models.registry import resolve_model
+from geofg.stitch import Accumulator, blend_weights
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE_SCALE = 250
+
+
+class BandOrderAssumedWarning(GeofgWarning):
+    """The input names no bands; the model's band order was assumed."""
+
+
+class Predictor(Protocol):
+    """What process_unit needs from a model (see geofg.models.predictor)."""
+
+    card: ModelCard
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Map (N, C, H, W) float32 normalised input to (N, K, H, W) float32 probabilities."""
+        ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs, small and picklable (no datasets, no model)."""
+
+    job: JobConfig
+    info: RasterInfo
+    card: ModelCard
+    model_path: str
+    model_sha256: str
+    band_indices: tuple[int, ...]
+    tile_size: int
+    halo: int
+    overlap: int
+    config_hash: str
+    units: tuple[WorkUnit, ...] = field(repr=False)
+
+    @property
+    def spec(self) -> MosaicSpec:
+        """The mosaic this plan writes."""
+        return MosaicSpec(
+            height=self.info.height,
+            width=self.info.width,
+            chunk=self.job.tile.chunk,
+            crs_wkt=self.info.crs_wkt,
+            transform=self.info.transform,
+            class_names=tuple(c.name for c in self.card.classes),
+            class_colours=tuple(c.colour for c in self.card.classes),
+            health_names=tuple(n for n, _ in HEALTH_CLASSES),
+            health_colours=tuple(c for _, c in HEALTH_CLASSES),
+        )
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Area of one pixel in CRS units squared (m² for projected CRSs)."""
+        a, b, _, d, e, _ = self.info.transform
+        return abs(a * e - b * d)
+
+    def peak_memory_bytes(self) -> int:
+        """Rough upper bound of memory per unit in flight (input, normalised, probs, weights)."""
+        side = round_up(max(self.job.tile.chunk + 2 * self.halo, self.tile_size), 32)
+        c, k = len(self.band_indices), len(self.card.classes)
+        per_unit = side * side * (c * (8 + 4) + k * 4 + 8)
+        return per_unit * (self.job.runner.prefetch + 2)
+
+    def provenance(self) -> dict:
+        """Attributes recorded in the mosaic."""
+        return {
+            "geofg:version": __version__,
+            "geofg:model": {
+                "name": self.card.name,
+                "version": self.card.version,
+                "sha256": self.model_sha256,
+                "task": self.card.task,
+                "bands": list(self.card.bands),
+                "metrics": self.card.metrics,
+            },
+            "geofg:config_hash": self.config_hash,
+            "geofg:config": self.job.model_dump(mode="json"),
+            "geofg:tiling": {"tile_size": self.tile_size, "halo": self.halo, "overlap": self.overlap},
+            "geofg:inputs": {"fingerprint": self.info.fingerprint, "files": list(self.info.files)},
+            "geofg:layers": {
+                "class": "learned (CNN land-cover class)",
+                "confidence": "learned (top-class probability x 250)",
+                "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes",
+            },
+        }
+
+
+def plan(job: JobConfig) -> Plan:
+    """Preflight and plan a job without writing anything.
+
+    Raises:
+        InputError, ModelError, ConfigError: anything that makes the job impossible (exit 3).
+    """
+    model_path = resolve_model(job.model.model)
+    card = read_card(model_path)
+    if job.task == "segment" and card.task != "segmentation":
+        raise ConfigError(
+            f"{model_path}: `geofg segment` expects a segmentation bundle, found task "
+            f"{card.task!r}; use `geofg classify` or give a segmentation bundle with --model"
+        )
+    info = open_raster(
+        job.read.inputs, job.read.bands, max_pixels=job.read.max_pixels, assume_crs=job.read.assume_crs
+    )
+    indices = select_bands(info, card.bands)
+    if info.band_names is None:
+        warnings.warn(
+            f"{info.paths[0]}: no band names; assuming the model's order {','.join(card.bands)} "
+            "(name them with --bands to be sure)",
+            BandOrderAssumedWarning,
+            stacklevel=2,
+        )
+    halo = card.halo if job.tile.halo is None else job.tile.halo
+    mult = card.tile_multiple
+    tile = job.tile.tile_size or round_up(job.tile.chunk + 2 * halo, mult)
+    if tile % mult:
+        raise ConfigError(
+            f"--tile-size {tile} must be a multiple of {mult} for model {card.name}; "
+            f"use {round_up(tile, mult)}"
+        )
+    overlap = min(2 * halo, tile // 2)
+    if card.patch_size and tile < card.patch_size:
+        raise ConfigError(
+            f"--tile-size {tile} is smaller than the model's patch size {card.patch_size}; "
+            f"use at least {card.patch_size}"
+        )
+    units = plan_units(info.height, info.width, job.tile.chunk, halo)
+    return Plan(
+        job=job,
+        info=info,
+        card=card,
+        model_path=str(model_path),
+        model_sha256=bundle_sha256(model_path),
+        band_indices=tuple(indices),
+        tile_size=tile,
+        halo=halo,
+        overlap=overlap,
+        config_hash=job.output_hash(tile, halo),
+        units=tuple(units),
+    )
+
+
+def predict_window(
+    x: np.ndarray,
+    valid: np.ndarray,
+    predictor: Predictor,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    blend: str = "cosine",
+) -> np.ndarray:
+    """Predict every tile covering ``x`` (C, H, W) and blend them into (K, H, W) float32.
+
+    Tiles without any valid pixel are skipped (their pixels are all invalid). ``x`` is padded up
+    to at least one tile; the result is cropped back to (H, W).
+    """
+    _, h, w = x.shape
+    mult = getattr(predictor.card, "tile_multiple", 1)
+    tile = min(tile, round_up(max(h, w), mult))
+    ph, pw = max(h, tile), max(w, tile)
+    xp = pad_to(x, ph, pw)
+    vp = np.zeros((ph, pw), dtype=bool)
+    vp[:h, :w] = valid
+    tiles = [t for t in plan_tiles(ph, pw, tile, min(overlap, tile - 1)) if vp[_sl(t)].any()]
+    k = len(predictor.card.classes)
+    acc = Accumulator(k, ph, pw)
+    weights = blend_weights(blend, tile, min(overlap, tile - 1))
+    for i in range(0, len(tiles), batch_size):
+        group = tiles[i : i + batch_size]
+        batch = np.stack([xp[(slice(None), *_sl(t))] for t in group])
+        probs = predictor.predict(batch)
+        for t, p in zip(group, probs, strict=True):
+            acc.add(t, p, weights)
+    return acc.result(Window(0, 0, h, w))
+
+
+def _sl(t: Window) -> tuple[slice, slice]:
+    return slice(t.row_off, t.row_end), slice(t.col_off, t.col_end)
+
+
+@dataclass(frozen=True)
+class UnitOutput:
+    """What one unit produced: its layers (None when empty) and small statistics."""
+
+    layers: dict[str, np.ndarray] | None
+    stats: dict
+
+    @property
+    def empty(self) -> bool:
+        """True when the unit had no valid pixel."""
+        return self.layers is None
+
+
+def layers_from_probs(
+    probs: np.ndarray, raw: np.ndarray, valid: np.ndarray, card: ModelCard
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Turn core probabilities (K, h, w) and raw core data (C, h, w) into uint8 layers + stats."""
+    cls = probs.argmax(axis=0).astype(np.uint8)
+    conf = np.rint(probs.max(axis=0) * CONFIDENCE_SCALE).clip(0, CONFIDENCE_SCALE).astype(np.uint8)
+    names = [c.name for c in card.classes]
+    crop_ids = [names.index(n) for n in card.crop_classes]
+    health = health_layer(raw, cls, crop_ids, band_roles(card.bands))
+    for layer in (cls, conf, health):
+        layer[~valid] = FILL
+    k = len(names)
+    stats = {
+        "valid_px": int(valid.sum()),
+        "class_counts": np.bincount(cls[valid], minlength=k)[:k].tolist(),
+        "health_counts": np.bincount(health[health != FILL], minlength=len(HEALTH_CLASSES))[
+            : len(HEALTH_CLASSES)
+        ].tolist(),
+        "confidence_sum": int(conf[valid].sum(dtype=np.int64)),
+    }
+    return {"class": cls, "health": health, "confidence": conf}, stats
+
+
+def process_unit(
+    unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan
+) -> UnitOutput:
+    """Process one unit from its read window's data (C, H, W) and validity (H, W)."""
+    core = unit.core.relative_to(unit.read)
+    core_valid = valid[core]
+    if not core_valid.any():
+        return UnitOutput(None, {"valid_px": 0})
+    card = p.card
+    x = normalise(data, valid, card.scale, card.mean, card.std)
+    probs = predict_window(
+        x, valid, predictor, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
+    )
+    layers, stats = layers_from_probs(probs[(slice(None), *core)], data[(slice(None), *core)], core_valid, card)
+    return UnitOutput(layers, stats)

@@ -1,0 +1,163 @@
+"""Run a job end to end on the driver: plan, prepare the mosaic, run units, finalize, report.
+
+Order matters for safety:
+
+1. :func:`geofg.pipeline.plan` checks inputs and model; nothing is written yet (exit 3 leaves no
+   output).
+2. The output is checked read-only (another grid -> exit 3, untouched), then the run lock is taken
+   (held by a live run -> exit 6), then the mosaic is created or opened ``r+``.
+3. Units without a current ledger record run; each writes its chunks, then its record.
+4. Provenance is written; metadata is consolidated only when every unit is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geofg.config import JobConfig
+from geofg.errors import RunFailedUnitsError
+from geofg.io import mosaic as mz
+from geofg.io.ledger import Ledger, UnitRecord
+from geofg.io.lock import RunLock
+from geofg.io.sink import UnitSink
+from geofg.pipeline import Plan, plan
+from geofg.report import RunSummary, summarise
+
+log = logging.getLogger(__name__)
+
+OnProgress = Callable[[int, int, float], None]  # (units done, units total, km² done)
+
+
+@dataclass
+class RunResult:
+    """What a run did: its plan, the units it ran, and the mosaic-wide summary."""
+
+    plan: Plan
+    run_id: str
+    ran: list[str] = field(default_factory=list)
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    summary: RunSummary | None = None
+    quicklook: Path | None = None
+    profile: dict[str, float] = field(default_factory=dict)
+
+
+def run_job(
+    job: JobConfig,
+    on_progress: OnProgress | None = None,
+    predictor_factory: Callable[[Plan], object] | None = None,
+) -> RunResult:
+    """Run ``job`` and return what happened.
+
+    Raises:
+        GeofgError: rejected input (3), locked mosaic (6), or failed units (4, after finishing the
+            rest; the mosaic is consistent and a re-run resumes).
+    """
+    p = plan(job)
+    out = Path(job.write.output)
+    overwrite = job.write.mode == "overwrite"
+    existed = mz.check_output(out, p.spec, overwrite)
+    run_id = uuid.uuid4().hex[:12]
+    (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out / mz.META_DIR / "lock", run_id)
+    lock.acquire(break_foreign=job.write.break_lock)
+    try:
+        return _run_locked(p, out, existed, overwrite, run_id, on_progress, predictor_factory)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    p: Plan,
+    out: Path,
+    existed: bool,
+    overwrite: bool,
+    run_id: str,
+    on_progress: OnProgress | None,
+    predictor_factory: Callable[[Plan], object] | None,
+) -> RunResult:
+    ledger = Ledger(out / mz.META_DIR)
+    if existed and not overwrite:
+        mz.check_output(out, p.spec, overwrite=False)  # re-check under the lock
+        mz.drop_consolidated(out)
+        mz.sweep_partials(out)
+        ledger.sweep_temp()
+    else:
+        ledger.remove_all()
+        mz.create(out, p.spec, p.provenance())
+    records = ledger.load()
+    key = {
+        "input_fingerprint": p.info.fingerprint,
+        "model_sha256": p.model_sha256,
+        "config_hash": p.config_hash,
+    }
+    pending = [u for u in p.units if not ledger.is_current(records.get(u.id), **key)]
+    attempts = {uid: r.attempt for uid, r in records.items()}
+    result = RunResult(plan=p, run_id=run_id, skipped=len(p.units) - len(pending))
+    log.info("%d units planned, %d already done, %d to run", len(p.units), result.skipped, len(pending))
+
+    km2_per_px = p.pixel_area_m2 / 1e6
+    done_px = sum(u.core.size for u in p.units if u not in pending)
+    progress = [result.skipped, done_px]
+
+    def on_unit(rec: UnitRecord) -> None:
+        records[rec.unit_id] = rec
+        result.ran.append(rec.unit_id)
+        if rec.status == "failed":
+            result.failed[rec.unit_id] = rec.error or "failed"
+        unit = units_by_id[rec.unit_id]
+        progress[0] += 1
+        progress[1] += unit.core.size
+        if on_progress:
+            on_progress(progress[0], len(p.units), progress[1] * km2_per_px)
+
+    units_by_id = {u.id: u for u in p.units}
+    if on_progress:
+        on_progress(progress[0], len(p.units), progress[1] * km2_per_px)
+    if pending:
+        sink = UnitSink(out, run_id, **key)
+        _execute(p, pending, sink, on_unit, attempts, result, predictor_factory)
+
+    result.summary = summarise(p, records)
+    complete = not result.failed and all(
+        ledger.is_current(records.get(u.id), **key) for u in p.units
+    )
+    mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary.to_dict()}, complete)
+    if p.job.write.quicklook and complete:
+        from geofg.io.export import write_quicklook
+
+        result.quicklook = write_quicklook(out, out.with_suffix(".png") if out.suffix else Path(f"{out}.png"))
+    if result.failed:
+        ids = ", ".join(sorted(result.failed)[:10])
+        more = f" (+{len(result.failed) - 10} more)" if len(result.failed) > 10 else ""
+        first = next(iter(result.failed.values()))
+        err = RunFailedUnitsError(
+            f"{out}: {len(result.failed)} of {len(p.units)} units failed: {ids}{more} "
+            f"(first cause: {first}); fix the cause and re-run the same command to retry only those"
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> None:  # noqa: ANN001
+    if p.job.runner.kind == "ray":
+        from geofg.runners.ray import run_ray  # the only module importing ray
+
+        run_ray(p, pending, on_unit, attempts, sink)
+        return
+    from geofg.runners.local import Profile, run_local
+
+    if predictor_factory is None:
+        from geofg.models.predictor import load_predictor
+
+        predictor = load_predictor(p.model_path, p.job.model.device)
+    else:
+        predictor = predictor_factory(p)
+    prof = Profile()
+    run_local(p, pending, predictor, sink, on_unit, attempts, prof)  # type: ignore[arg-type]
+    result.profile = dict(prof.seconds)

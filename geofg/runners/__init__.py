@@ -1,0 +1,1 @@
+"""Runners execute a plan's pending units; the local runner is the default."""

@@ -1,0 +1,40 @@
+"""Raster writers shared by the tests (importable as ``rasters``; see pytest pythonpath)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform=None,  # noqa: ANN001
+    nodata: float | None = None,
+    descriptions: list[str] | None = None,
+    tiled: bool = True,
+    compress: str | None = "deflate",
+) -> Path:
+    """Write (C, H, W) ``data`` as a GeoTIFF and return its path."""
+    c, h, w = data.shape
+    profile = {
+        "driver": "GTiff", "height": h, "width": w, "count": c, "dtype": data.dtype.name,
+        "crs": crs, "transform": transform or from_origin(500000.0, 5800000.0, 10.0, 10.0),
+    }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if tiled and h >= 16 and w >= 16:
+        profile.update(tiled=True, blockxsize=16 * max(1, min(w, 256) // 16), blockysize=16 * max(1, min(h, 256) // 16))
+    if compress:
+        profile["compress"] = compress
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            for i, d in enumerate(descriptions, 1):
+                dst.set_band_description(i, d)
+    return path

@@ -1,0 +1,159 @@
+"""The CLI end to end on generated rasters with the packaged model: exit codes, mosaic, CRS.
+
+Each rejection must exit 3 with one line naming the file, and create no output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from geofg.cli import app
+from geofg.io.ledger import Ledger
+from rasters import write_raster
+
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+runner = CliRunner()
+
+
+def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth 13-band uint16 field with reflectance-like values (two land types)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    water = (np.sin(xx / 9.0) + np.cos(yy / 7.0)) > 0.8
+    base = np.where(water, 900, 2200)[None] + rng.integers(-60, 60, (13, height, width))
+    base[7] = np.where(water, 400, 3500)  # NIR: low over water, high over vegetation
+    base[12] = base[7]
+    return base.clip(1, 10000).astype("uint16")
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    return write_raster(tmp_path / "scene.tif", s2_like(150, 130), descriptions=S2)
+
+
+def invoke(*args: str):  # noqa: ANN201
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_is_fast_and_torch_free() -> None:
+    code = "import sys, geofg.cli; sys.exit('torch' in sys.modules or 'ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_classify_writes_mosaic_summary_and_quicklook(tmp_path: Path, scene: Path) -> None:
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "area per class" in r.output and "AnnualCrop" in r.output
+    g = zarr.open_group(str(out), mode="r")
+    cls = g["class"][:]
+    assert cls.shape == (150, 130) and cls.max() < 10  # every pixel valid and classified
+    assert (g["confidence"][:] <= 250).all()
+    assert Path(f"{out}.png").stat().st_size > 1000
+    info = invoke("info", str(out))
+    assert info.exit_code == 0 and "9/9 done" in info.output and "EPSG:32633" in info.output
+    # re-run resumes: nothing to do
+    r2 = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu")
+    assert r2.exit_code == 0 and "0 run, 9 already done" in r2.output
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, scene: Path) -> None:
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--dry-run")
+    assert r.exit_code == 0 and "9 units" in r.output and "peak memory" in r.output
+    assert not out.exists()
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    empty = tmp / "empty.tif"
+    empty.write_bytes(b"")
+    text = tmp / "table.tif"
+    text.write_text("x,y,z\n1,2,3\n")
+    nocrs = write_raster(tmp / "nocrs.tif", s2_like(20, 20), crs=None, descriptions=S2)
+    from affine import Affine
+
+    rotated = write_raster(tmp / "rot.tif", s2_like(20, 20), descriptions=S2,
+                           transform=Affine(10, 2, 500000, 2, -10, 5800000))
+    four = write_raster(tmp / "four.tif", s2_like(20, 20)[:4], descriptions=S2[:4])
+    pickled = tmp / "model.pt"
+    pickled.write_bytes(b"\x80\x04\x95")
+    return {"missing": tmp / "nope.tif", "empty": empty, "text": text, "nocrs": nocrs,
+            "rotated": rotated, "bands": four, "directory": tmp / "emptydir"}
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "nocrs", "rotated", "bands", "directory"])
+def test_bad_input_exits_3_with_one_line_and_no_output(tmp_path: Path, case: str) -> None:
+    (tmp_path / "emptydir").mkdir()
+    inp = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(inp), "-o", str(out))
+    assert r.exit_code == 3, r.output
+    msg = r.stderr.strip()
+    assert msg.startswith("geofg: error:") and "Traceback" not in r.output
+    assert inp.name in msg and len(msg.splitlines()) == 1, msg
+    assert not out.exists()
+
+
+def test_pickled_weights_refused(tmp_path: Path, scene: Path) -> None:
+    canary = tmp_path / "canary"
+    bad = tmp_path / "evil.safetensors"
+    import pickle
+
+    class Boom:
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (str(canary), "w"))
+
+    bad.write_bytes(pickle.dumps(Boom()))
+    out = tmp_path / "out.zarr"
+    for model in (bad, bad.with_suffix(".pt")):
+        model.write_bytes(bad.read_bytes())
+        r = invoke("classify", str(scene), "-o", str(out), "--model", str(model))
+        assert r.exit_code == 3 and model.name in r.stderr
+    assert not canary.exists() and not out.exists()
+
+
+def test_unknown_model_and_bad_option(tmp_path: Path, scene: Path) -> None:
+    r = invoke("classify", str(scene), "-o", str(tmp_path / "o.zarr"), "--model", "nope")
+    assert r.exit_code == 3 and "eurosat-13" in r.stderr
+    r = invoke("classify", str(scene), "--batch-size", "0")
+    assert r.exit_code == 3 and "batch_size" in r.stderr
+    assert invoke("classify").exit_code == 2
+
+
+def _geofg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "geofg.cli", *args]
+
+
+def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path: Path) -> None:
+    scene = write_raster(tmp_path / "big.tif", s2_like(384, 384, seed=2), descriptions=S2)
+    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
+    common = [str(scene), "--chunk", "32", "--device", "cpu", "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(_geofg("classify", *common, "-o", str(clean)), check=True, env=env)
+
+    proc = subprocess.Popen(_geofg("classify", *common, "-o", str(killed)), env=env)
+    units = killed / ".geofg" / "units"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(units.glob("*.json"))) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(Ledger(killed / ".geofg").load())
+    assert 0 < done_before < 144, "the kill must land mid-run"
+
+    r = subprocess.run(_geofg("classify", *common, "-o", str(killed)), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # the dead run's lock was taken over automatically
+    a, b = zarr.open_group(str(clean), mode="r"), zarr.open_group(str(killed), mode="r")
+    for layer in ("class", "health", "confidence"):
+        np.testing.assert_array_equal(a[layer][:], b[layer][:])
+    assert len(Ledger(killed / ".geofg").load()) == 144
