@@ -77,7 +77,7 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or t
 AssumeCrs = Annotated[Optional[str], typer.Option("--assume-crs", help="CRS for inputs that have none, e.g. EPSG:32633.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs declaring more pixels x bands.")]
 Profile = Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, compute, write).")]
-Runner = Annotated[str, typer.Option("--runner", help="local (default) or ray.")]
+Runner = Annotated[str, typer.Option("--runner", help="local (the only runner so far).")]
 
 
 def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: str | None,

@@ -145,11 +145,6 @@ def _run_locked(
 
 
 def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> None:  # noqa: ANN001
-    if p.job.runner.kind == "ray":
-        from geofg.runners.ray import run_ray  # the only module importing ray
-
-        run_ray(p, pending, on_unit, attempts, sink)
-        return
     from geofg.runners.local import Profile, run_local
 
     if predictor_factory is None:

@@ -19,6 +19,7 @@ def write_raster(
     descriptions: list[str] | None = None,
     tiled: bool = True,
     compress: str | None = "deflate",
+    block: int | None = None,
 ) -> Path:
     """Write (C, H, W) ``data`` as a GeoTIFF and return its path."""
     c, h, w = data.shape
@@ -28,7 +29,9 @@ def write_raster(
     }
     if nodata is not None:
         profile["nodata"] = nodata
-    if tiled and h >= 16 and w >= 16:
+    if block:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    elif tiled and h >= 16 and w >= 16:
         profile.update(tiled=True, blockxsize=16 * max(1, min(w, 256) // 16), blockysize=16 * max(1, min(h, 256) // 16))
     if compress:
         profile["compress"] = compress

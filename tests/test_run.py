@@ -149,3 +149,38 @@ def test_locked_mosaic_is_refused(tmp_path: Path, threshold_bundle: Path) -> Non
     with RunLock(out / ".geofg" / "lock", "other-run"):
         with pytest.raises(MosaicLockedError, match="other-run"):
             _run(_job(inp, out, threshold_bundle))
+
+
+def test_corrupt_blocks_fail_their_units_only_and_exit_4(tmp_path: Path, threshold_bundle: Path) -> None:
+    from geofg.errors import RunFailedUnitsError
+
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 3000, (2, 64, 64)).astype("uint16")
+    inp = write_raster(tmp_path / "in.tif", data, descriptions=BANDS, block=16)  # 16x16 deflate tiles
+    import rasterio
+
+    with rasterio.open(inp) as src:  # zero one compressed block (x=1, y=2) of band 1
+        off = int(src.get_tag_item("BLOCK_OFFSET_1_2", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_2", "TIFF", bidx=1))
+    raw = bytearray(inp.read_bytes())
+    raw[off : off + size] = bytes(size)
+    inp.write_bytes(bytes(raw))
+    out = tmp_path / "out.zarr"
+    with pytest.raises(RunFailedUnitsError, match="re-run") as e:
+        _run(_job(inp, out, threshold_bundle))
+    result = e.value.result
+    assert 0 < len(result.failed) < 16
+    recs = Ledger(out / ".geofg").load()
+    assert len(recs) == 16 and {r.status for r in recs.values()} == {"done", "failed"}
+    # units that did not fail hold exactly the expected values
+    cls, _ = _expected(data, np.ones((64, 64), bool))
+    g = zarr.open_group(str(out), mode="r")
+    for uid, r in recs.items():
+        if r.status == "done":
+            row, col = int(uid[1:5]), int(uid[7:11])
+            sl = np.s_[row * 16 : row * 16 + 16, col * 16 : col * 16 + 16]
+            np.testing.assert_array_equal(g["class"][sl], cls[sl])
+    # a re-run retries only the failed units
+    with pytest.raises(RunFailedUnitsError) as e2:
+        _run(_job(inp, out, threshold_bundle))
+    assert sorted(e2.value.result.ran) == sorted(result.failed)
