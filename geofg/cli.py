@@ -76,13 +76,15 @@ Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More 
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or tables.")]
 AssumeCrs = Annotated[Optional[str], typer.Option("--assume-crs", help="CRS for inputs that have none, e.g. EPSG:32633.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs declaring more pixels x bands.")]
+MaxRatio = Annotated[float, typer.Option("--max-compression-ratio", help="Refuse inputs declaring more than this many times their file size (decompression bombs).")]
 Profile = Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, compute, write).")]
 Runner = Annotated[str, typer.Option("--runner", help="local (the only runner so far).")]
 
 
 def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: str | None,
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
-         resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int, runner: str):  # noqa: ANN202
+         resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
+         max_compression_ratio: float, runner: str):  # noqa: ANN202
     from geofg.config import build_job
 
     if output is None:
@@ -96,6 +98,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
                 "bands": [b.strip() for b in bands.split(",")] if bands else None,
                 "assume_crs": assume_crs,
                 "max_pixels": max_pixels,
+                "max_compression_ratio": max_compression_ratio,
             },
             "tile": {"chunk": chunk, "tile_size": tile_size, "halo": halo, "batch_size": batch_size},
             "model": {"model": model, "device": device},
@@ -134,7 +137,8 @@ def classify(
     inputs: Inputs, output: Output = None, model: ModelOpt = "eurosat-13", bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
-    assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000, runner: Runner = "local",
+    assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
+    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = "local",
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Map land cover, crop health and confidence over INPUTS into a Zarr mosaic."""
@@ -142,7 +146,7 @@ def classify(
     _run("classify", dry_run, quiet, profile, inputs=inputs, output=output, model=model,
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
-         max_pixels=max_pixels, runner=runner)
+         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner)
 
 
 @app.command()
@@ -150,7 +154,8 @@ def segment(
     inputs: Inputs, model: ModelOpt, output: Output = None, bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
-    assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000, runner: Runner = "local",
+    assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
+    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = "local",
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Run a segmentation bundle over INPUTS into a Zarr mosaic."""
@@ -158,7 +163,7 @@ def segment(
     _run("segment", dry_run, quiet, profile, inputs=inputs, output=output, model=model,
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
-         max_pixels=max_pixels, runner=runner)
+         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner)
 
 
 @app.command()

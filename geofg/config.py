@@ -30,6 +30,7 @@ class ReadConfig(_Frozen):
     bands: list[str] | None = None
     assume_crs: str | None = None
     max_pixels: int = Field(default=20_000_000_000, gt=0)
+    max_compression_ratio: float | None = Field(default=2000.0, gt=1)
 
 
 class TileConfig(_Frozen):

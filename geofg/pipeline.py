@@ -132,7 +132,11 @@ def plan(job: JobConfig) -> Plan:
             f"{card.task!r}; use `geofg classify` or give a segmentation bundle with --model"
         )
     info = open_raster(
-        job.read.inputs, job.read.bands, max_pixels=job.read.max_pixels, assume_crs=job.read.assume_crs
+        job.read.inputs,
+        job.read.bands,
+        max_pixels=job.read.max_pixels,
+        assume_crs=job.read.assume_crs,
+        max_compression_ratio=job.read.max_compression_ratio,
     )
     indices = select_bands(info, card.bands)
     if info.band_names is None:

@@ -1,0 +1,519 @@
+"""Raster reading: preflight (:func:`open_raster`) and boundless reads (:class:`RasterReader`).
+
+Two steps, two places:
+
+* :func:`open_raster` runs once, on the driver, before any output exists. It opens every input
+  with an explicit driver inside :func:`gdal_env`, validates it (format, size, CRS, geotransform,
+  grids, bands), hashes it, and returns a small picklable :class:`RasterInfo`. Every rejection is a
+  :class:`~geofg.errors.InputError` subclass (exit 3) with a one-line message naming the file.
+* :class:`RasterReader` runs in each worker thread or process: it opens its own dataset handles
+  and reads windows of the output grid, boundless, as ``(data (C, h, w), valid (h, w))``. Memory is
+  bounded by the window: only the window's intersection with the raster is ever read.
+
+What is accepted, the nodata rules and the security choices are in ``docs/input.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
+from rasterio.errors import CRSError, RasterioError
+from rasterio.session import DummySession
+from rasterio.windows import Window as RioWindow
+
+from geofg.errors import (
+    BandCountMismatchError,
+    ConfigError,
+    InputError,
+    MissingBandsError,
+    MissingCRSError,
+    NodataAssumedWarning,
+    RasterNotFoundError,
+    RasterTooLargeError,
+    UnreadableRasterError,
+    UnsupportedGeoTransformError,
+)
+from geofg.grid import Window
+from geofg.io import sentinel2 as s2
+from geofg.io.paths import (
+    MAX_COMPRESSION_RATIO,
+    FileFacts,
+    check_file_size,
+    file_record,
+    fingerprint,
+    gdal_message,
+    inspect_file,
+    open_dataset,
+    resolve_input,
+)
+
+log = logging.getLogger(__name__)
+
+#: GDAL configuration every geofg read runs under (see docs/input.md, "Security").
+GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_PAM_ENABLED": "NO",  # never write .aux.xml beside inputs; ignore planted ones
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no sibling probing: .ovr/.msk/.aux.xml/.tfw
+    "GDAL_GEOREF_SOURCES": "INTERNAL",  # georeferencing only from inside the file
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".geofg-remote-reads-disabled",  # /vsicurl/ sees nothing
+    "GDAL_HTTP_MAX_RETRY": "0",
+    "GDAL_HTTP_TIMEOUT": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "1",
+    "GDAL_HTTP_NETRC": "NO",  # never read ~/.netrc credentials
+    "AWS_NO_SIGN_REQUEST": "YES",  # never look up cloud credentials or metadata endpoints
+    "GS_NO_SIGN_REQUEST": "YES",
+    "AZURE_NO_SIGN_REQUEST": "YES",
+    "CPL_AWS_AUTODETECT_EC2": "NO",
+    "CPL_MACHINE_IS_GCE": "NO",
+    "GDAL_VRT_ENABLE_PYTHON": "NO",
+}
+
+
+def gdal_env() -> rasterio.Env:
+    """Return the ``rasterio.Env`` geofg reads under; enter it in every thread that opens or reads.
+
+    rasterio sets the options process-wide when entered from the main thread and thread-locally
+    from any other thread, and GDAL's own worker threads see only the process-wide ones; hence each
+    reader thread enters it itself. No AWS session is created, whatever the environment holds.
+    """
+    return rasterio.Env(session=DummySession(), **GDAL_OPTIONS)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """Small, picklable description of a validated input; travels to worker processes.
+
+    ``transform``, ``height`` and ``width`` describe the output grid (the finest band's grid for a
+    band-file set); ``band_files[i]`` is ``(path, 1-based band index)`` of available band ``i``,
+    named ``band_names[i]`` (None when the input names no bands). ``fingerprint`` is the sha256 of
+    the sorted per-file ``(realpath, size, mtime_ns, sha256)`` records as compact JSON.
+    """
+
+    paths: tuple[str, ...]
+    band_names: tuple[str, ...] | None
+    band_files: tuple[tuple[str, int], ...]
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]
+    height: int
+    width: int
+    dtype: str
+    nodata: float | None
+    fingerprint: str
+    files: tuple[dict[str, Any], ...]
+
+    def __hash__(self) -> int:  # the dicts in ``files`` are unhashable; equal infos share these
+        return hash((self.fingerprint, self.band_names, self.crs_wkt, self.transform))
+
+    @property
+    def count(self) -> int:
+        """Number of available bands."""
+        return len(self.band_files)
+
+    def resolution_m(self) -> float:
+        """Return the output pixel width ``abs(a)`` in CRS units (metres for projected CRSs)."""
+        return abs(self.transform[0])
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """Return ``(left, bottom, right, top)`` of the output grid in CRS units."""
+        a, _, c, _, e, f = self.transform
+        return c, f + e * self.height, c + a * self.width, f
+
+    def label(self) -> str:
+        """Return a short name for messages: the file, or the folder of a band-file set."""
+        if len(self.paths) == 1:
+            return self.paths[0]
+        return f"{os.path.commonpath(self.paths)} ({len(self.paths)} band files)"
+
+
+def _check_georef(f: FileFacts, assume_crs: CRS | None) -> CRS:
+    a, b, _, d, e, _ = f.transform
+    if f.transform == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0):
+        how = f"ground control points only ({f.gcp_count} GCPs)" if f.gcp_count else "none"
+        raise UnsupportedGeoTransformError(
+            f"{f.shown}: expected a north-up geotransform, found {how}; "
+            "georeference it first (e.g. gdalwarp -t_srs EPSG:xxxx)"
+        )
+    crs = f.crs or assume_crs
+    if crs is None:
+        raise MissingCRSError(
+            f"{f.shown}: expected a coordinate reference system, found none; "
+            "pass --assume-crs EPSG:xxxx (assume_crs=) if you know it"
+        )
+    if f.crs is not None and assume_crs is not None and f.crs != assume_crs:
+        log.warning("%s has its own CRS; --assume-crs %s is ignored", f.shown, assume_crs)
+    if b != 0 or d != 0 or a <= 0 or e >= 0:
+        raise UnsupportedGeoTransformError(
+            f"{f.shown}: expected a north-up geotransform (b = d = 0, a > 0, e < 0), found "
+            f"a={a:g} b={b:g} d={d:g} e={e:g} (rotated, skewed or flipped); "
+            "warp it to north-up first (gdalwarp)"
+        )
+    return crs
+
+
+def _common_dtype(f: FileFacts, dtypes: Sequence[str]) -> str:
+    dtype = np.result_type(*[np.dtype(t) for t in dtypes])
+    if dtype.kind not in "uif":
+        raise InputError(
+            f"{f.shown}: expected integer or float pixels, found {dtype}; convert it first"
+        )
+    return dtype.name
+
+
+def _one_nodata(values: Sequence[tuple[str, float | None]]) -> float | None:
+    declared = {}
+    for shown, value in values:
+        if value is not None:
+            declared.setdefault("nan" if np.isnan(value) else value, (shown, value))
+    if len(declared) > 1:
+        (first, v1), (other, v2) = list(declared.values())[:2]
+        raise InputError(
+            f"{other}: expected one nodata value for every band, found {v2:g} here and {v1:g} "
+            f"in {first}; rewrite the files with one nodata (gdal_translate -a_nodata)"
+        )
+    return next(iter(declared.values()))[1] if declared else None
+
+
+def _stack_names(f: FileFacts, bands: Sequence[str] | None) -> tuple[str, ...] | None:
+    if bands is not None:
+        if len(bands) != f.count:
+            raise BandCountMismatchError(
+                f"{f.shown}: --bands names {len(bands)} bands ({','.join(bands)}) but the file "
+                f"has {f.count}; give exactly one name per band, in file order"
+            )
+        names = tuple(str(b) for b in bands)
+    elif all(f.descriptions):
+        names = tuple(str(d) for d in f.descriptions)
+    elif f.count == 1 and (name := s2.band_name_of(f.path)) is not None:
+        names = (name,)
+    else:
+        return None
+    dup = sorted({n for n in names if [m.casefold() for m in names].count(n.casefold()) > 1})
+    if dup:
+        raise InputError(
+            f"{f.shown}: expected distinct band names, found {','.join(dup)} more than once in "
+            f"{','.join(names)}; name the bands with --bands"
+        )
+    return names
+
+
+def open_raster(
+    inputs: Sequence[str | Path] | str | Path,
+    bands: Sequence[str] | None = None,
+    *,
+    max_pixels: int = 20_000_000_000,
+    assume_crs: str | None = None,
+    max_compression_ratio: float | None = MAX_COMPRESSION_RATIO,
+) -> RasterInfo:
+    """Preflight: open, validate and fingerprint the input(s); return their description.
+
+    Args:
+        inputs: one multi-band GeoTIFF/COG; or a Sentinel-2 band-file set given as one folder or
+            a list of band files (``*_B02.jp2``, ``B8A.tif``, ...) at 10/20/60 m. A folder holding
+            no band files and exactly one .tif is read as that GeoTIFF.
+        bands: names of the bands of a single GeoTIFF, one per band in file order (overrides
+            band descriptions). Band files are named by their file names.
+        max_pixels: limit on width x height x bands (of the output grid for a band-file set).
+        assume_crs: CRS (e.g. ``"EPSG:32633"``) used for inputs that declare none.
+        max_compression_ratio: refuse files declaring over 64 MiB at more than this ratio of
+            declared to on-disk bytes (decompression bombs); None turns the check off.
+
+    Returns:
+        The :class:`RasterInfo`; nothing stays open.
+
+    Raises:
+        InputError: a subclass naming the file, what was expected, what was found and the fix.
+        ConfigError: no input, or ``assume_crs`` is not a CRS.
+    """
+    assumed = None
+    if assume_crs is not None:
+        try:
+            assumed = CRS.from_user_input(assume_crs)
+        except CRSError as exc:
+            raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS ({exc}); "
+                              "give e.g. EPSG:32633") from None  # fmt: skip
+    raws = [os.fspath(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
+    if not raws:
+        raise ConfigError("no input given: expected a GeoTIFF, a band-file folder or band files")
+    files, is_set = s2.gather_inputs(raws, resolve_input)
+    with gdal_env():
+        facts = [inspect_file(raw, path) for raw, path in files]
+    for f in facts:
+        check_file_size(f, max_pixels, max_compression_ratio)
+    crs = [_check_georef(f, assumed) for f in facts]
+    if is_set:
+        if bands is not None:
+            raise InputError(
+                f"{facts[0].shown}: --bands names the bands of one multi-band file, found a "
+                "band-file set whose bands are named by file name; drop --bands"
+            )
+        return _band_file_set(facts, crs, max_pixels)
+    f = facts[0]
+    return _make_info(
+        facts, crs[0], f.transform, f.height, f.width, _stack_names(f, bands),
+        tuple((str(f.path), i + 1) for i in range(f.count)), _common_dtype(f, f.dtypes),
+        _one_nodata([(f.shown, v) for v in f.nodatavals]),
+    )  # fmt: skip
+
+
+def _band_file_set(facts: list[FileFacts], crs: list[CRS], max_pixels: int) -> RasterInfo:
+    named, finest = s2.stack_band_files(facts, crs)
+    height, width = finest.height, finest.width
+    if height * width * len(named) > max_pixels:
+        raise RasterTooLargeError(
+            f"{finest.shown}: expected at most {max_pixels:,} pixels on the stacked grid, found "
+            f"{width}x{height}x{len(named)} bands; raise --max-pixels if this is genuine"
+        )
+    nodata = _one_nodata([(f.shown, f.nodatavals[0]) for _, f in named])
+    if nodata is None:
+        nodata = 0.0
+        warnings.warn(NodataAssumedWarning(
+            f"{finest.path.parent}: band files declare no nodata; using DN 0 as nodata "
+            "(the Sentinel-2 L1C/L2A convention)"), stacklevel=3)  # fmt: skip
+    return _make_info(
+        [f for _, f in named], crs[0], finest.transform, height, width,
+        tuple(n for n, _ in named), tuple((str(f.path), 1) for _, f in named),
+        _common_dtype(finest, [f.dtypes[0] for _, f in named]), nodata,
+    )  # fmt: skip
+
+
+def _make_info(facts: Sequence[FileFacts], crs: CRS, transform: tuple[float, ...], height: int,
+               width: int, names: tuple[str, ...] | None, band_files: tuple[tuple[str, int], ...],
+               dtype: str, nodata: float | None) -> RasterInfo:  # fmt: skip
+    records = tuple(file_record(f.path, f.driver) for f in facts)
+    return RasterInfo(
+        paths=tuple(str(f.path) for f in facts), band_names=names, band_files=band_files,
+        crs_wkt=crs.to_wkt(),
+        transform=tuple(float(v) for v in transform),  # type: ignore[arg-type]
+        height=height, width=width, dtype=dtype,
+        nodata=None if nodata is None else float(nodata),
+        fingerprint=fingerprint(records), files=records,
+    )  # fmt: skip
+
+
+def select_bands(info: RasterInfo, wanted: Sequence[str]) -> tuple[int, ...]:
+    """Map the model's band names to indices into ``info.band_files``, in the model's order.
+
+    Names match case-insensitively. When the input names no bands and ``len(wanted)`` equals the
+    band count, the file order is assumed (``range(count)``); the caller should warn about it.
+
+    Raises:
+        MissingBandsError: a wanted band is absent, or unnamed bands do not match in number.
+
+    Examples:
+        >>> info = RasterInfo(("/x.tif",), ("B02", "B03", "B04"), (("/x.tif", 1), ("/x.tif", 2),
+        ...     ("/x.tif", 3)), "", (10, 0, 0, 0, -10, 0), 1, 1, "uint16", None, "", ())
+        >>> select_bands(info, ["b04", "B02"])
+        (2, 0)
+    """
+    wanted = [str(w) for w in wanted]
+    if info.band_names is None:
+        if len(wanted) == info.count:
+            return tuple(range(info.count))
+        raise MissingBandsError(
+            f"{info.label()}: model needs {len(wanted)} bands ({','.join(wanted)}), input has "
+            f"{info.count} unnamed bands; give an input with those bands or name the bands with "
+            "--bands (one name per band, in file order)"
+        )
+    index = {n.casefold(): i for i, n in enumerate(info.band_names)}
+    missing = [w for w in wanted if w.casefold() not in index]
+    if missing:
+        raise MissingBandsError(
+            f"{info.label()}: model needs bands {','.join(missing)} (expected "
+            f"{','.join(wanted)}), input has {','.join(info.band_names)}; give an input with "
+            "those bands or name the bands with --bands"
+        )
+    return tuple(index[w.casefold()] for w in wanted)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The requested bands that live in one file, and how that file sits on the output grid."""
+
+    ds: Any
+    path: str
+    channels: tuple[int, ...]  # output channels, ascending
+    indexes: tuple[int, ...]  # the file's 1-based band indexes, one per channel
+    place: s2.BandPlacement
+    cover: Window | None  # output pixels the file covers (clipped to the grid)
+    mask_bands: tuple[int, ...]  # bands whose GDAL mask must be read (internal/alpha masks)
+    same_dtype: bool
+
+    @property
+    def out(self) -> slice | list[int]:
+        """The channels as a slice when contiguous (so a read can land in place)."""
+        c = self.channels
+        return slice(c[0], c[-1] + 1) if c == tuple(range(c[0], c[-1] + 1)) else list(c)
+
+
+class RasterReader:
+    """Boundless window reads on the output grid of a :class:`RasterInfo`.
+
+    Opens its own dataset handles, so create one reader per thread (or process): never share one
+    between threads and never pickle it. Use as a context manager, or call :meth:`close`.
+
+    Args:
+        info: from :func:`open_raster` (possibly in another process).
+        band_indices: indices into ``info.band_files``, in the order the caller wants channels
+            (e.g. from :func:`select_bands`).
+
+    Raises:
+        ConfigError: an index is out of range.
+        InputError: a file changed (size or mtime) since preflight, or no longer opens.
+    """
+
+    def __init__(self, info: RasterInfo, band_indices: Sequence[int]) -> None:
+        self._info = info
+        self._dtype = np.dtype(info.dtype)
+        self._grid = Window(0, 0, info.height, info.width)
+        self._bands = tuple(int(i) for i in band_indices)
+        if not self._bands or not all(0 <= i < info.count for i in self._bands):
+            raise ConfigError(f"band indices must be in 0..{info.count - 1}, got {self._bands}")
+        self._groups: list[_Group] = []
+        records = {r["path"]: r for r in info.files}
+        by_path: dict[str, list[tuple[int, int]]] = {}
+        for channel, i in enumerate(self._bands):
+            path, band = info.band_files[i]
+            by_path.setdefault(path, []).append((channel, band))
+        try:
+            with gdal_env():
+                for path, pairs in by_path.items():
+                    self._groups.append(self._plan(path, records[path], pairs))
+        except BaseException:
+            self.close()
+            raise
+
+    def _plan(self, path: str, record: dict[str, Any], pairs: list[tuple[int, int]]) -> _Group:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise RasterNotFoundError(f"{path}: expected the file checked at preflight, found "
+                                      "nothing; restore it or run again") from None  # fmt: skip
+        if (stat.st_size, stat.st_mtime_ns) != (record["size"], record["mtime_ns"]):
+            raise InputError(
+                f"{path}: expected the file checked at preflight ({record['size']:,} bytes), "
+                f"found it changed ({stat.st_size:,} bytes, new mtime); run again to re-check it"
+            )
+        ds = open_dataset(Path(path), record["driver"], path)
+        try:
+            place = s2.place_on_grid(self._info.transform, tuple(ds.transform)[:6], path)
+            cover = Window(place.row_off, place.col_off,
+                           ds.height * place.f_rows, ds.width * place.f_cols)  # fmt: skip
+            flags = [ds.mask_flag_enums[b - 1] for _, b in pairs]
+            masked = [b for (_, b), f in zip(pairs, flags, strict=True)
+                      if MaskFlags.per_dataset in f or MaskFlags.alpha in f]  # fmt: skip
+            if any(MaskFlags.per_dataset in f for f in flags):
+                masked = masked[:1]  # one mask shared by all bands
+            return _Group(
+                ds, path, tuple(c for c, _ in pairs), tuple(b for _, b in pairs), place,
+                cover.intersection(self._grid), tuple(masked),
+                all(ds.dtypes[b - 1] == self._dtype.name for _, b in pairs),
+            )  # fmt: skip
+        except BaseException:
+            ds.close()
+            raise
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` (output-grid pixels; may extend past any edge) of the chosen bands.
+
+        Returns:
+            ``(data, valid)``: ``data`` of shape ``(C, h, w)`` in ``info.dtype``, channels in the
+            order of ``band_indices``; ``valid`` of shape ``(h, w)``, bool, True where the pixel
+            is inside the raster (and every band file) and, in every band, not nodata, not NaN and
+            not masked. ``data`` is 0 wherever ``valid`` is False (never NaN).
+
+        Raises:
+            UnreadableRasterError: GDAL failed to read a block (truncated or corrupt file).
+        """
+        shape = (len(self._bands), window.height, window.width)
+        common = window.intersection(self._grid)
+        for g in self._groups:
+            common = None if common is None or g.cover is None else common.intersection(g.cover)
+        if common is None:
+            return np.zeros(shape, self._dtype), np.zeros(shape[1:], bool)
+        inside = common == window
+        data = np.empty(shape, self._dtype) if inside else np.zeros(shape, self._dtype)
+        valid = np.zeros(shape[1:], bool)
+        rows, cols = common.relative_to(window)
+        part, ok = data[:, rows, cols], valid[rows, cols]
+        ok[...] = True
+        with gdal_env():
+            for g in self._groups:
+                try:
+                    self._read_group(g, common, part, ok)
+                except RasterioError as exc:
+                    raise UnreadableRasterError(
+                        f"{g.path}: expected readable pixels in rows {common.row_off}.."
+                        f"{common.row_end} cols {common.col_off}..{common.col_end}, found a read "
+                        f"error: {gdal_message(exc)}; the file may be truncated or "
+                        "corrupt: re-download it"
+                    ) from exc
+        self._check_values(part, ok)
+        if not ok.all():
+            part[:, ~ok] = 0
+        return data, valid
+
+    def _read_group(self, g: _Group, common: Window, part: np.ndarray, ok: np.ndarray) -> None:
+        p = g.place
+        r0, c0 = common.row_off - p.row_off, common.col_off - p.col_off  # in output pixels
+        if p.f_rows == 1 and p.f_cols == 1:
+            win = RioWindow(c0, r0, common.width, common.height)
+            if g.same_dtype and isinstance(g.out, slice):
+                g.ds.read(list(g.indexes), window=win, out=part[g.out])
+            else:
+                part[g.out] = g.ds.read(list(g.indexes), window=win, out_dtype=self._dtype)
+            for b in g.mask_bands:
+                ok &= g.ds.read_masks(b, window=win) != 0
+            return
+        n_r0, n_c0 = r0 // p.f_rows, c0 // p.f_cols
+        n_r1 = -(-(r0 + common.height) // p.f_rows)
+        n_c1 = -(-(c0 + common.width) // p.f_cols)
+        win = RioWindow(n_c0, n_r0, n_c1 - n_c0, n_r1 - n_r0)
+        crop = (r0 - n_r0 * p.f_rows, c0 - n_c0 * p.f_cols, common.height, common.width)
+        native = g.ds.read(list(g.indexes), window=win, out_dtype=self._dtype)
+        part[g.out] = s2.upsample(native, p.f_rows, p.f_cols, *crop)
+        for b in g.mask_bands:
+            mask = g.ds.read_masks(b, window=win)
+            ok &= s2.upsample(mask, p.f_rows, p.f_cols, *crop) != 0
+
+    def _check_values(self, part: np.ndarray, ok: np.ndarray) -> None:
+        """Clear ``ok`` where any band holds nodata or NaN."""
+        nodata = self._info.nodata
+        is_float = self._dtype.kind == "f"
+        compare = nodata is not None and not np.isnan(nodata)
+        if compare and not is_float:
+            limits = np.iinfo(self._dtype)
+            compare = float(nodata).is_integer() and limits.min <= nodata <= limits.max
+        value = self._dtype.type(nodata) if compare else None
+        for band in part:
+            if compare:
+                ok &= band != value
+            if is_float:
+                ok &= ~np.isnan(band)
+
+    def close(self) -> None:
+        """Close the dataset handles (idempotent)."""
+        groups, self._groups = getattr(self, "_groups", []), []
+        with gdal_env():
+            for g in groups:
+                g.ds.close()
+
+    def __enter__(self) -> RasterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "RasterReader holds open GDAL datasets and cannot be pickled; send the RasterInfo "
+            "and open a reader in the worker"
+        )
