@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -227,6 +228,29 @@ class Mosaic:
         c = unit.core
         for name, arr in self._arrays.items():
             arr[c.row_off : c.row_end, c.col_off : c.col_end] = layers[name]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layer names."""
+        return tuple(self._arrays)
+
+    def sync_unit(self, unit: WorkUnit) -> None:
+        """fsync the unit's chunk files and their folders (zarr's LocalStore never does).
+
+        An empty unit has no chunk file (zarr deletes fill-value chunks): nothing to sync.
+        """
+        for name in self._arrays:
+            folder = self.path / name / "c" / str(unit.row)
+            chunk = folder / str(unit.col)
+            for target, flags in ((chunk, os.O_RDONLY), (folder, os.O_RDONLY | os.O_DIRECTORY)):
+                try:
+                    fd = os.open(target, flags)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def read_layer(self, name: str, rows: slice, cols: slice) -> np.ndarray:
         """Read a region of one layer."""

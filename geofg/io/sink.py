@@ -55,11 +55,13 @@ class UnitSink:
     def done(self, unit: WorkUnit, layers: dict[str, np.ndarray] | None, stats: dict,
              attempt: int) -> UnitRecord:
         """Write a unit's layers (fill when ``layers`` is None) and then its ledger record."""
+        empty = layers is None
         if layers is None:
             shape = (unit.core.height, unit.core.width)
-            layers = {name: np.full(shape, FILL, dtype=np.uint8) for name in self.mosaic._arrays}
+            layers = {name: np.full(shape, FILL, dtype=np.uint8) for name in self.mosaic.layers}
         self.mosaic.write_unit(unit, layers)
-        rec = self._record(unit, "done", attempt, layers is None or stats.get("valid_px", 0) == 0, stats)
+        self.mosaic.sync_unit(unit)  # the record must never vouch for data still in the page cache
+        rec = self._record(unit, "done", attempt, empty, stats)
         self.ledger.write(rec)
         return rec
 
