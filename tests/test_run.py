@@ -184,3 +184,29 @@ def test_corrupt_blocks_fail_their_units_only_and_exit_4(tmp_path: Path, thresho
     with pytest.raises(RunFailedUnitsError) as e2:
         _run(_job(inp, out, threshold_bundle))
     assert sorted(e2.value.result.ran) == sorted(result.failed)
+
+
+def test_chunk_files_are_fsynced_before_the_ledger_record(tmp_path: Path, threshold_bundle: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    data = np.random.default_rng(8).integers(1, 3000, (2, 16, 16)).astype("uint16")
+    inp = write_raster(tmp_path / "in.tif", data, descriptions=BANDS)
+    out = tmp_path / "out.zarr"
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync:" + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:  # noqa: ANN001
+        events.append(f"replace:{dst}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    _run(_job(inp, out, threshold_bundle))
+    chunk = str(out / "class" / "c" / "0" / "0")
+    record = next(i for i, e in enumerate(events) if e.startswith("replace:") and e.endswith("r0000_c0000.json"))
+    assert any(e == "fsync:" + chunk for e in events[:record]), events[:record]

@@ -1,0 +1,1 @@
+"""Benchmarks run by hand (never timed assertions in tests). See benchmarks/README.md."""

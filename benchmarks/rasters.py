@@ -1,0 +1,47 @@
+"""Generate large synthetic 13-band Sentinel-2-like rasters, block row by block row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+
+
+def make_s2_raster(path: Path, size: int, block: int = 512, seed: int = 0) -> Path:
+    """Write a ``size`` x ``size`` x 13 uint16 tiled deflate GeoTIFF without holding it in memory.
+
+    The field mixes water, vegetation and bare patterns at several scales plus noise, so the
+    model sees varied input and the file compresses like real imagery (not like pure noise).
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.tif")
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 13, "dtype": "uint16",
+        "crs": "EPSG:32633", "transform": from_origin(300000.0, 5900000.0, 10.0, 10.0),
+        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
+        "predictor": 2, "BIGTIFF": "YES",
+    }
+    rng = np.random.default_rng(seed)
+    base = np.array([1500, 1300, 1200, 1100, 1400, 1900, 2100, 2300, 800, 20, 1800, 1200, 2400], np.float32)
+    veg = np.array([-200, -300, -250, -500, 0, 700, 1100, 1400, -300, 0, -200, -400, 1500], np.float32)
+    wat = np.array([-300, -400, -400, -600, -900, -1300, -1500, -1800, -500, 0, -1500, -1100, -1900], np.float32)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.update_tags(**{f"band_{i}": b for i, b in enumerate(S2, 1)})
+        for i, b in enumerate(S2, 1):
+            dst.set_band_description(i, b)
+        for r0 in range(0, size, block):
+            h = min(block, size - r0)
+            yy, xx = np.mgrid[r0 : r0 + h, 0:size].astype(np.float32)
+            v = 0.5 + 0.5 * np.sin(xx / 97.0) * np.cos(yy / 131.0)
+            w = (np.sin(xx / 613.0 + 1.3) * np.sin(yy / 449.0) > 0.6).astype(np.float32)
+            noise = rng.normal(0, 40, (13, h, size)).astype(np.float32)
+            arr = base[:, None, None] + veg[:, None, None] * v + wat[:, None, None] * w + noise
+            dst.write(arr.clip(1, 10000).astype(np.uint16), window=((r0, r0 + h), (0, size)))
+    tmp.replace(path)
+    return path
