@@ -19,6 +19,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         if not hasattr(cfg, key):
             ap.error(f"unknown TrainConfig field {key!r}")
-        setattr(cfg, key, type(getattr(cfg, key))(value))
+        current = getattr(cfg, key)
+        if isinstance(current, tuple):
+            setattr(cfg, key, tuple(int(v) for v in value.split(",")))
+        else:
+            setattr(cfg, key, type(current)(value))
     torch.set_num_threads(cfg.threads)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
 
@@ -81,17 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline (logistic regression on chip statistics): {baseline}", flush=True)
 
     def on_epoch(rec: dict) -> None:
-        extra = f" val_acc={rec['val_accuracy']:.3f}" if "val_accuracy" in rec else ""
+        extra = (f" val_acc={rec['val_accuracy']:.3f} val_nll={rec['val_nll']:.3f}"
+                 if "val_accuracy" in rec else "")
         print(f"epoch {rec['epoch']:3d}/{cfg.epochs} loss={rec['loss']:.4f}"
               f" t={rec['seconds']:.0f}s{extra}", flush=True)
 
     model, card, record = train_classifier(data, cfg, on_epoch=on_epoch)
     tensors = export_tensors(model)
 
-    # Evaluate the stored (fp16) weights through the pipeline's predict() path.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_bundle(args.out, tensors, card)
-    predictor = load_predictor(args.out, device="cpu")
+    # Evaluate the stored (fp16) weights through the pipeline's predict() path; the card is
+    # completed afterwards (the tensors, hence the predictions, do not change).
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / "draft.safetensors"
+        write_bundle(draft, tensors, card)
+        predictor = load_predictor(draft, device="cpu")
     val = evaluate_chips(predictor.predict, data["val"], card)
     metrics = {
         "evaluation": "chip class = argmax of the mean of predict()'s probability map over each"
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.date.today().isoformat(),
     })
     final = type(card)(**final.model_dump())  # re-validate
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     sha = write_bundle(args.out, tensors, final)
     size = args.out.stat().st_size
     print(f"wrote {args.out} ({size / 1e6:.2f} MB) sha256 {sha}", flush=True)

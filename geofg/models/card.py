@@ -1,0 +1,242 @@
+"""The model card: everything geofg needs to know to run a bundle, kept in the bundle itself.
+
+A card is a frozen pydantic model serialised as JSON into the safetensors header (see
+:mod:`geofg.models.bundle`). It names the input bands (model order), the input scaling and
+normalisation (``normalised = (raw * scale - mean) / std``, mean/std in scaled units, per band),
+the classes with display colours, tiling defaults and provenance (training data, held-out metrics,
+the command that made it).
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from geofg.errors import ConfigError
+
+__all__ = ["ClassInfo", "ModelCard", "Task"]
+
+Task = Literal["patch-classification", "segmentation"]
+
+_COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    """Return a pydantic ValidationError as one line: ``field: message; field: message``."""
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item.get("loc", ())) or "card"
+        msg = str(item.get("msg", "invalid"))
+        # pydantic prefixes messages of errors raised in validators with "Value error, "
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts).replace("\n", " ")
+
+
+class ClassInfo(BaseModel):
+    """One output class: its name and a display colour ``#rrggbb``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    colour: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("class name must not be empty")
+        return value
+
+    @field_validator("colour")
+    @classmethod
+    def _colour_hex(cls, value: str) -> str:
+        if not _COLOUR_RE.match(value):
+            raise ValueError(f"expected a colour like '#1f7a1f', found {value!r}")
+        return value.lower()
+
+
+class ModelCard(BaseModel):
+    """Metadata of a model bundle (architecture, bands, normalisation, classes, provenance).
+
+    Constructing a card with inconsistent values raises :class:`geofg.errors.ConfigError` with a
+    one-line message naming each bad field (it is also a ``ValueError``).
+
+    Attributes:
+        name: Bundle name used by ``geofg models list`` and ``--model``.
+        version: Version string of this bundle.
+        task: ``"patch-classification"`` (dense map from a chip classifier) or ``"segmentation"``.
+        architecture: Key of :data:`geofg.models.nets.ARCHITECTURES`.
+        encoder: segmentation-models-pytorch encoder name (``"tu-..."`` for timm encoders).
+        bands: Input band names in model order, e.g. Sentinel-2 ``"B01"``..``"B12"``, ``"B8A"``.
+        scale: Model input = raw DN * scale (1e-4 for Sentinel-2 L1C uint16 reflectance).
+        mean: Per-band mean, in scaled units.
+        std: Per-band standard deviation, in scaled units (> 0).
+        classes: Output classes in logit order.
+        crop_classes: Class names where index-based crop health applies.
+        tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).
+        tile_size: Default inference tile edge in pixels, a multiple of ``tile_multiple``.
+        halo: Default context in pixels added on each side of a tile (>= receptive-field margin).
+        patch_size: For classifiers, the chip edge in pixels the model was trained on.
+        resolution_m: Ground sampling distance of the training data in metres.
+        training: Training provenance (data, splits, epochs, seed, wall time, command).
+        metrics: Held-out metrics (e.g. ``val_accuracy``, ``test_accuracy``, ``test_macro_f1``).
+        made_by: The script and command that made the bundle.
+        created: ISO date of creation.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    task: Task
+    architecture: str
+    encoder: str
+    bands: list[str]
+    scale: float
+    mean: list[float]
+    std: list[float]
+    classes: list[ClassInfo]
+    crop_classes: list[str] = []
+    tile_multiple: int = 32
+    tile_size: int
+    halo: int
+    patch_size: int | None = None
+    resolution_m: float | None = None
+    training: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    made_by: str = ""
+    created: str = ""
+
+    def __init__(self, **data: Any) -> None:
+        """Validate and build a card; raise ConfigError (one line) when it is inconsistent."""
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(
+                f"invalid model card: {_format_validation_error(err)}; fix the card values"
+            ) from None
+
+    # --- field checks -------------------------------------------------------------------------
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                f"expected a name of letters, digits, '.', '_' or '-', found {value!r}"
+            )
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_ok(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one band name, found none")
+        dupes = sorted({b for b in value if value.count(b) > 1})
+        if dupes:
+            raise ValueError(f"band names must be unique, found duplicates {dupes}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ok(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"expected scale > 0, found {value}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _std_ok(cls, value: list[float]) -> list[float]:
+        bad = [s for s in value if not s > 0]
+        if bad:
+            raise ValueError(f"every std must be > 0, found {bad}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_ok(cls, value: list[ClassInfo]) -> list[ClassInfo]:
+        if len(value) < 2:
+            raise ValueError(f"expected at least 2 classes, found {len(value)}")
+        names = [c.name for c in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique, found duplicates {dupes}")
+        if len(value) > 250:
+            raise ValueError(f"at most 250 classes fit the uint8 class layer, found {len(value)}")
+        return value
+
+    @field_validator("tile_multiple", "tile_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError(f"expected a positive number of pixels, found {value}")
+        return value
+
+    @field_validator("halo")
+    @classmethod
+    def _halo_ok(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"expected halo >= 0 pixels, found {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        n = len(self.bands)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"mean and std need one value per band: {n} bands, found {len(self.mean)} means"
+                f" and {len(self.std)} stds"
+            )
+        names = {c.name for c in self.classes}
+        unknown = [c for c in self.crop_classes if c not in names]
+        if unknown:
+            raise ValueError(
+                f"crop_classes {unknown} are not class names; expected a subset of {sorted(names)}"
+            )
+        if self.tile_size % self.tile_multiple:
+            raise ValueError(
+                f"tile_size {self.tile_size} is not a multiple of tile_multiple"
+                f" {self.tile_multiple}"
+            )
+        if self.patch_size is not None and self.patch_size <= 0:
+            raise ValueError(f"expected patch_size > 0 pixels, found {self.patch_size}")
+        return self
+
+    # --- conveniences -------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in logit order."""
+        return [c.name for c in self.classes]
+
+    @property
+    def class_colours(self) -> list[str]:
+        """Class colours ``#rrggbb`` in logit order."""
+        return [c.colour for c in self.classes]
+
+    def to_json(self) -> str:
+        """Serialise the card as compact JSON (the form stored in a bundle header)."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelCard:
+        """Parse a card from JSON text.
+
+        Raises:
+            ConfigError: The text is not JSON or the card is invalid (one-line message).
+        """
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"model card is not valid JSON ({err}); fix the card") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"model card must be a JSON object, found {type(data).__name__}; fix the card"
+            )
+        return cls(**data)
