@@ -17,7 +17,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from geofg import __version__
 from geofg.errors import GeofgError
@@ -78,13 +77,16 @@ AssumeCrs = Annotated[Optional[str], typer.Option("--assume-crs", help="CRS for 
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs declaring more pixels x bands.")]
 MaxRatio = Annotated[float, typer.Option("--max-compression-ratio", help="Refuse inputs declaring more than this many times their file size (decompression bombs).")]
 Profile = Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, compute, write).")]
-Runner = Annotated[str, typer.Option("--runner", help="local (the only runner so far).")]
+Runner = Annotated[Optional[str], typer.Option("--runner", help="local (default: in this process) or ray (Ray actors, one per GPU); --ray-address implies ray.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to run on: host:6379, ray://host:10001 or auto (default: RAY_ADDRESS; none starts a local Ray).")]
+AllowInsecure = Annotated[bool, typer.Option("--allow-insecure-cluster", help="Run on a Ray cluster even if it accepts unauthenticated requests (token auth off).")]
 
 
 def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: str | None,
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
-         max_compression_ratio: float, runner: str):  # noqa: ANN202
+         max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
+         allow_insecure_cluster: bool = False):  # noqa: ANN202
     from geofg.config import build_job
 
     if output is None:
@@ -104,7 +106,8 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
             "model": {"model": model, "device": device},
             "write": {"output": str(output), "mode": "resume" if resume else "overwrite",
                       "break_lock": break_lock},
-            "runner": {"kind": runner},
+            "runner": {"kind": runner or ("ray" if ray_address else "local"), "address": ray_address,
+                       "allow_insecure_cluster": allow_insecure_cluster},
         }
     )
 
@@ -138,7 +141,8 @@ def classify(
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
-    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = "local",
+    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
+    allow_insecure_cluster: AllowInsecure = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Map land cover, crop health and confidence over INPUTS into a Zarr mosaic."""
@@ -146,7 +150,8 @@ def classify(
     _run("classify", dry_run, quiet, profile, inputs=inputs, output=output, model=model,
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
-         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner)
+         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
 
 
 @app.command()
@@ -155,7 +160,8 @@ def segment(
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
-    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = "local",
+    max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
+    allow_insecure_cluster: AllowInsecure = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Run a segmentation bundle over INPUTS into a Zarr mosaic."""
@@ -163,7 +169,43 @@ def segment(
     _run("segment", dry_run, quiet, profile, inputs=inputs, output=output, model=model,
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
-         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner)
+         max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    args: Annotated[list[str], typer.Argument(help="`geofg classify` arguments after --: INPUTS -o OUTPUT [options]; paths as the cluster sees them.")],
+    address: Annotated[Optional[str], typer.Option("--address", help="The cluster's Jobs API (dashboard) URL, e.g. http://head:8265 (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS).")] = None,
+    submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="Job id (default: derived from the job's config and inputs, so a repeated submit runs once).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the job and exit with its exit code.")] = True,
+    runtime_env: Annotated[Optional[Path], typer.Option("--runtime-env", help="runtime_env YAML, e.g. cluster/runtime_env.yaml.")] = None,
+    allow_insecure_cluster: AllowInsecure = False, verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Submit `geofg classify ARGS --runner ray` to a Ray cluster; exit with the job's own exit code."""
+    _configure(verbose, quiet)
+    import click
+    import yaml
+
+    from geofg.submit import classify_entrypoint
+    from geofg.submit import submit as submit_job
+
+    command = typer.main.get_command(app).get_command(click.Context(click.Command("geofg")), "classify")
+    params = command.make_context("classify", list(args)).params  # the same options as classify
+    for name in ("dry_run", "profile", "verbose", "quiet"):
+        params.pop(name, None)
+    try:
+        job = _job("classify", **{**params, "runner": "ray"})
+        env = yaml.safe_load(runtime_env.read_text()) if runtime_env else None
+        res = submit_job(job, classify_entrypoint(list(args)), address=address, submission_id=submission_id,
+                         wait=wait, runtime_env=env, allow_insecure_cluster=allow_insecure_cluster)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if res.logs and not quiet:
+        out.print(res.logs.rstrip()[-8000:], highlight=False, markup=False)
+    err.print(f"geofg: job {res.submission_id}: {res.message or res.status}, exit {res.exit_code}",
+              highlight=False, markup=False)
+    raise typer.Exit(res.exit_code)
 
 
 @app.command()
@@ -190,12 +232,16 @@ def models_list() -> None:
     """List installed bundles with their bands, classes and held-out metrics."""
     from geofg.models.registry import list_models
 
-    table = Table("name", "task", "bands", "classes", "held-out metrics", "path")
-    for path, card in list_models():
+    models = list_models()
+    if not models:
+        out.print("no bundles found; pass --model PATH to a .safetensors bundle")
+    for path, card in models:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in card.metrics.items() if isinstance(v, float))
-        table.add_row(card.name, card.task, ",".join(card.bands), ", ".join(c.name for c in card.classes),
-                      metrics or "-", str(path))
-    out.print(table)
+        out.print(f"[bold]{card.name}[/bold]  {card.task}, {len(card.bands)} bands, {len(card.classes)} classes")
+        out.print(f"  bands:   {','.join(card.bands)}", soft_wrap=True)
+        out.print(f"  classes: {', '.join(c.name for c in card.classes)}", soft_wrap=True)
+        out.print(f"  held-out metrics: {metrics or '-'}", soft_wrap=True)
+        out.print(f"  path:    {path}", soft_wrap=True, highlight=False)
 
 
 def _version(value: bool) -> None:

@@ -70,12 +70,21 @@ class WriteConfig(_Frozen):
 
 
 class RunnerConfig(_Frozen):
-    """How units are executed."""
+    """How units are executed.
 
-    kind: Literal["local"] = "local"  # the Ray runner is tracked separately (not built yet)
+    ``kind="ray"`` runs units on Ray actors (:mod:`geofg.runners.ray`): ``address`` None starts a
+    local Ray (or joins ``RAY_ADDRESS`` when set), else ``ray.init(address=...)``. ``num_actors``
+    None means one actor per GPU, or one CPU actor per core where the cluster has no GPU. A
+    cluster that accepts unauthenticated requests is refused unless ``allow_insecure_cluster``.
+    """
+
+    kind: Literal["local", "ray"] = "local"
     read_workers: int = Field(default=2, ge=1, le=64)
     prefetch: int = Field(default=2, ge=1, le=64)
     max_attempts: int = Field(default=2, ge=1, le=10)
+    address: str | None = None
+    num_actors: int | None = Field(default=None, ge=1, le=4096)
+    allow_insecure_cluster: bool = False
 
 
 class JobConfig(_Frozen):

@@ -128,9 +128,9 @@ def _run_locked(
     )
     mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary.to_dict()}, complete)
     if p.job.write.quicklook and complete:
-        from geofg.io.export import write_quicklook
+        from geofg.io.export import quicklook_path, write_quicklook
 
-        result.quicklook = write_quicklook(out, out.with_suffix(".png") if out.suffix else Path(f"{out}.png"))
+        result.quicklook = write_quicklook(out, quicklook_path(out))
     if result.failed:
         ids = ", ".join(sorted(result.failed)[:10])
         more = f" (+{len(result.failed) - 10} more)" if len(result.failed) > 10 else ""
@@ -145,6 +145,11 @@ def _run_locked(
 
 
 def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> None:  # noqa: ANN001
+    if p.job.runner.kind == "ray":
+        from geofg.runners.ray import run_ray  # the only module importing ray
+
+        result.profile = run_ray(p, pending, on_unit, attempts, sink, predictor_factory)
+        return
     from geofg.runners.local import Profile, run_local
 
     if predictor_factory is None:

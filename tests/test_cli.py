@@ -157,3 +157,41 @@ def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path: Path) -> None:
     for layer in ("class", "health", "confidence"):
         np.testing.assert_array_equal(a[layer][:], b[layer][:])
     assert len(Ledger(killed / ".geofg").load()) == 144
+
+
+@pytest.fixture
+def unet_bundle(tmp_path: Path) -> Path:
+    """A 4-band smp U-Net bundle with random weights (a test fixture, never shipped)."""
+    import torch
+
+    from geofg.models.bundle import write_bundle
+    from geofg.models.nets import build_model
+    from geofg.models.tiny import tiny_card
+
+    card = tiny_card(["B02", "B03", "B04", "B08"], ["water", "land", "crop"], task="segmentation",
+                     crop_classes=["crop"], tile_size=64, halo=16, scale=1e-4, tile_multiple=32)
+    card = card.model_copy(update={"architecture": "unet", "encoder": "resnet18", "name": "test-unet"})
+    torch.manual_seed(0)
+    net = build_model(card)
+    path = tmp_path / "unet.safetensors"
+    write_bundle(path, {k: v.numpy() for k, v in net.state_dict().items()}, card)
+    return path
+
+
+def test_segment_runs_a_unet_bundle_and_classify_refuses_nothing(tmp_path: Path, unet_bundle: Path) -> None:
+    data = s2_like(70, 90)[[1, 2, 3, 7]]
+    scene = write_raster(tmp_path / "rgbn.tif", data, descriptions=["B02", "B03", "B04", "B08"])
+    out = tmp_path / "seg.zarr"
+    r = invoke("segment", str(scene), "--model", str(unet_bundle), "-o", str(out), "--chunk", "32",
+               "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    cls = zarr.open_group(str(out), mode="r")["class"][:]
+    assert cls.shape == (70, 90) and cls.max() <= 2
+    # the classify command with the default 13-band model refuses this 4-band input (band contract)
+    r = invoke("classify", str(scene), "-o", str(tmp_path / "c.zarr"))
+    assert r.exit_code == 3 and "B01" in r.stderr and not (tmp_path / "c.zarr").exists()
+
+
+def test_models_list_shows_default_bundle_metrics() -> None:
+    r = invoke("models", "list")
+    assert r.exit_code == 0 and "eurosat-13" in r.output and "test_accuracy" in r.output

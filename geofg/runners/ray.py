@@ -1,0 +1,533 @@
+"""The Ray runner: the local runner's units on Ray actors, one per GPU (one per core without GPUs).
+
+This is the only geofg module that imports ray; :mod:`geofg.run` imports it lazily.
+
+What travels between processes is small: the :class:`~geofg.pipeline.Plan` without its unit list
+(put once in the object store and shared by every actor), one :class:`~geofg.grid.WorkUnit` (a
+few ints) per call, and one :class:`UnitOutcome` (a ledger record and a few timings) per result.
+Pixels never go through the object store: each actor reads its units' windows itself and writes
+their chunks and ledger records itself, through its own :class:`~geofg.io.sink.UnitSink`.
+
+Actors
+    :class:`UnitWorker` loads the predictor once in ``__init__`` (a restarted actor reloads it;
+    nothing assumes earlier state), checks the bundle's sha256 against the plan's, enters its own
+    GDAL environment, and reads on ``runner.read_workers`` threads of its own, each with its own
+    :class:`~geofg.io.read.RasterReader` (GDAL datasets are never shared between threads). Each
+    call names the unit to process and the next ``runner.prefetch`` units the driver has reserved
+    for this actor; the actor starts reading those before computing the current one, so the model
+    does not wait on reads. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
+    actor does not sit idle waiting for the driver between units. GPU actors reserve
+    ``read_workers`` CPUs for their read threads; CPU actors one core each.
+
+Failures (../shared/RELIABILITY.md R1-R8)
+    * An exception inside a unit (a corrupt block, a model error) comes back as a failure and the
+      driver records the unit failed at once, as the local runner does (reads are first retried on
+      ``OSError``, as there).
+    * A lost actor (any ``RayActorError``, i.e. ``ActorDiedError`` *or* ``ActorUnavailableError``;
+      also a worker killed for memory or a lost node) costs one attempt to the unit it was
+      running; the units queued behind it go back to the queue without charge. Which unit was
+      running is read from the ledger: the actor's calls run in order, and a call whose reply died
+      with the actor but whose record is on disk (this run, this attempt) finished. The actor is killed
+      for good and replaced (up to a budget) and the unit goes to the front of the queue. After
+      ``runner.max_attempts`` losses the driver records the unit failed and the run goes on; the
+      run then ends with exit 4 through :class:`~geofg.errors.RunFailedUnitsError`.
+    * Actors run with ``max_restarts=0`` and ``max_task_retries=0``: Ray never re-runs a call
+      behind the driver's back, so every attempt is one the driver counted. A unit that runs twice
+      (its actor killed after the chunks were written) is harmless: unit writes are whole chunks
+      and idempotent, the ledger record comes after the data, and there is one record per unit.
+    * An actor that cannot start (the bundle or an input missing or different on a node) ends the
+      run with :class:`~geofg.errors.ClusterError` (exit 5): every retry would fail the same way.
+
+Connecting (RELIABILITY.md R10)
+    With no address (``runner.address`` or ``RAY_ADDRESS``) a local Ray is started with one CPU
+    per core and token authentication on; when no token exists yet, geofg writes one to
+    ``~/.ray/auth_token`` with mode 0600 (Ray itself would write it 0644). With an address, geofg
+    first checks the port is reachable (an unreachable GCS makes ``ray.init`` retry for minutes),
+    connects, and then sends one *unauthenticated* ``GET /api/jobs/`` to the cluster's dashboard:
+    an answer of 200 means token authentication is off and anyone who can reach the cluster can run
+    code on it, so the run stops with :class:`~geofg.errors.InsecureClusterError` (exit 5) before
+    any actor starts, unless ``runner.allow_insecure_cluster``. If this process is already
+    connected to Ray (a notebook, a test), that connection is used as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import (
+    AuthenticationError,
+    GetTimeoutError,
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayActorError,
+    WorkerCrashedError,
+)
+
+from geofg.config import RunnerConfig
+from geofg.errors import ClusterError, GeofgError, WeightsChecksumError
+from geofg.grid import WorkUnit
+from geofg.io.ledger import UnitRecord
+from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
+from geofg.io.sink import UnitSink
+from geofg.models.bundle import bundle_sha256
+from geofg.pipeline import Plan, Predictor, process_unit
+from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
+from geofg.runners.local import _result_with_retry
+
+__all__ = [
+    "ACTOR_OPTIONS",
+    "QUEUED_PER_ACTOR",
+    "WORKER_ENV",
+    "UnitOutcome",
+    "UnitWorker",
+    "jobs_client",
+    "run_ray",
+]
+
+log = logging.getLogger(__name__)
+
+OnUnit = Callable[[UnitRecord], None]
+PredictorFactory = Callable[[Plan], Predictor]
+
+#: Errors meaning "the unit's worker is gone" (the unit may or may not have run): retried.
+LOST = (RayActorError, OutOfMemoryError, ObjectLostError, WorkerCrashedError, NodeDiedError,
+        GetTimeoutError)
+
+#: Ray options of every actor. No restarts and no task retries: the driver does all retrying.
+ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
+                                 "scheduling_strategy": "SPREAD"}
+
+#: Calls queued on one actor (the running one plus the next, whose window it is prefetching).
+QUEUED_PER_ACTOR = 2
+
+#: Environment of every actor process (``runtime_env.env_vars``), on top of the job's: geofg's
+#: GDAL options (no sidecars, no network, no credential lookups; see docs/input.md) hold in the
+#: whole process even before the actor enters its own ``rasterio.Env``.
+WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
+
+STAGES = ("read", "wait_read", "compute", "write")
+_RESOLVE_TIMEOUT_S = 60.0  # a dead actor's other calls resolve (with an error) well within this
+_MAX_PREFETCHED = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitOutcome:
+    """What an actor returns for one unit: its record (done) or a one-line error, and timings."""
+
+    unit_id: str
+    record: UnitRecord | None
+    error: str | None
+    seconds: dict[str, float]
+
+
+class UnitWorker:
+    """One Ray actor: a model loaded once, its own read threads and GDAL env, its own sink.
+
+    Args:
+        p: the plan, without units (:func:`run_ray` strips them).
+        sink_args: the fields of the driver's :class:`~geofg.io.sink.UnitSink`.
+        device: ``"cuda"`` (Ray shows a GPU actor only its own GPU) or ``"cpu"``.
+        predictor_factory: builds the predictor from the plan instead of
+            :func:`~geofg.models.predictor.load_predictor` (tests and custom models); it travels
+            pickled, so it must be a function, never a loaded model.
+
+    Raises:
+        WeightsChecksumError: the bundle at ``p.model_path`` on this node is not the one the driver
+            planned with.
+        InputError: an input is missing or changed on this node.
+    """
+
+    def __init__(self, p: Plan, sink_args: dict[str, Any], device: str,
+                 predictor_factory: PredictorFactory | None = None) -> None:
+        self._plan = p
+        self._env = contextlib.ExitStack()
+        self._env.enter_context(gdal_env())
+        if predictor_factory is None:
+            from geofg.models.predictor import load_predictor
+
+            found = bundle_sha256(p.model_path)
+            if found != p.model_sha256:
+                raise WeightsChecksumError(
+                    f"{p.model_path} on node {socket.gethostname()}: expected the bundle the driver "
+                    f"planned with (sha256 {p.model_sha256[:12]}...), found sha256 {found[:12]}...; "
+                    "put the same bundle on every node"
+                )
+            self._predictor: Predictor = load_predictor(p.model_path, device)
+        else:
+            self._predictor = predictor_factory(p)
+        RasterReader(p.info, p.band_indices).close()  # inputs missing or changed here: fail now
+        self._local = threading.local()
+        self._readers: list[RasterReader] = []
+        self._readers_lock = threading.Lock()
+        self._reads = ThreadPoolExecutor(p.job.runner.read_workers, thread_name_prefix="geofg-read")
+        self._ahead: dict[str, Future] = {}
+        self._sink = UnitSink(**sink_args)
+
+    def pid(self) -> int:
+        """Return the actor's process id (tests kill it with it)."""
+        return os.getpid()
+
+    def _read(self, unit: WorkUnit) -> tuple[Any, Any, float]:
+        """Read a unit's window on a read thread, with that thread's own reader."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = RasterReader(self._plan.info, self._plan.band_indices)
+            with self._readers_lock:
+                self._readers.append(reader)
+        t = time.perf_counter()
+        data, valid = reader.read(unit.read)
+        return data, valid, time.perf_counter() - t
+
+    def _read_async(self, unit: WorkUnit) -> Future:
+        return self._reads.submit(self._read, unit)
+
+    def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = ()) -> UnitOutcome:
+        """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
+
+        Returns:
+            The unit's ledger record, written after its chunks; or, when the unit failed, a one-line
+            error (the driver records the failure).
+        """
+        seconds = dict.fromkeys(STAGES, 0.0)
+        fut = self._ahead.pop(unit.id, None) or self._read_async(unit)
+        for u in upcoming:
+            if u.id not in self._ahead:
+                self._ahead[u.id] = self._read_async(u)
+        while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
+            self._ahead.pop(next(iter(self._ahead))).cancel()
+        try:
+            t = time.perf_counter()
+            again = lambda u=unit: self._read_async(u).result()  # noqa: E731
+            data, valid, seconds["read"] = _result_with_retry(fut, again,
+                                                              self._plan.job.runner.max_attempts)
+            seconds["wait_read"] = time.perf_counter() - t
+            t = time.perf_counter()
+            out = process_unit(unit, data, valid, self._predictor, self._plan)
+            seconds["compute"] = time.perf_counter() - t
+            del data, valid
+            t = time.perf_counter()
+            rec = self._sink.done(unit, out.layers, out.stats, attempt)
+            seconds["write"] = time.perf_counter() - t
+        except (GeofgError, OSError, RuntimeError, ValueError, MemoryError) as e:
+            log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
+            return UnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
+        return UnitOutcome(unit.id, rec, None, seconds)
+
+    def close(self) -> None:
+        """Drop prefetched reads, stop the read threads, close their readers, leave the GDAL env."""
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        self._reads.shutdown(wait=True)
+        for reader in self._readers:
+            reader.close()
+        self._env.close()
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+
+def _connect(cfg: RunnerConfig) -> bool:
+    """Join or start Ray; return True when this call connected (and must disconnect after)."""
+    if ray.is_initialized():
+        log.info("using this process's existing Ray connection")
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local"):
+        if not (os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN")
+                or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            ensure_token_file(Path.home() / ".ray" / "auth_token")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING)
+        return True
+    probe(address)
+    try:
+        ctx = ray.init(address=address, logging_level=logging.WARNING)
+    except AuthenticationError as e:
+        raise ClusterError(
+            f"the Ray cluster at {address} refused this driver's token ({str(e).splitlines()[0]}); "
+            "set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(
+            f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; check "
+            "--ray-address or RAY_ADDRESS and that the head node is up"
+        ) from None
+    if not cfg.allow_insecure_cluster:
+        try:
+            check_cluster_auth(ctx.dashboard_url)
+        except BaseException:
+            ray.shutdown()
+            raise
+    return True
+
+
+def jobs_client(address: str | None) -> Any:
+    """Return a ``ray.job_submission.JobSubmissionClient`` for a cluster's Jobs API.
+
+    Args:
+        address: the dashboard URL (``http://head:8265``); None uses ``RAY_API_SERVER_ADDRESS``
+            or ``RAY_ADDRESS`` as Ray does. With token auth on, the client sends the token found
+            in ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` when
+            ``RAY_AUTH_MODE=token``.
+
+    Raises:
+        ClusterError: unreachable, or the cluster refused the request (exit 5).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
+        msg = _last_line(str(e)) or type(e).__name__
+        hint = ("; the cluster wants a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
+                "RAY_AUTH_TOKEN_PATH" if "401" in msg or "uthenticat" in msg else
+                "; check --address (the dashboard URL, e.g. http://head:8265) or RAY_ADDRESS")
+        raise ClusterError(f"cannot reach the Ray Jobs API at {address or 'RAY_ADDRESS'}: {msg}{hint}") from None
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Slot:
+    """One actor as the driver sees it: its queued calls (oldest first) and its reserved unit."""
+
+    actor: Any
+    name: str
+    calls: deque = dataclasses.field(default_factory=deque)
+    ahead: deque = dataclasses.field(default_factory=deque)  # reserved units, being prefetched
+    dead: bool = False
+
+
+def _actor_shape(p: Plan, n_units: int) -> tuple[str, int, dict[str, float]]:
+    """Return (device, actor count, resources per actor) for the connected cluster.
+
+    One actor per GPU present when the run starts (``num_gpus=1``: Ray shows each actor only its
+    own GPU), else one CPU actor per CPU; ``runner.num_actors`` overrides the count (e.g. to use
+    GPU nodes an autoscaler has yet to add), and there are never more actors than units.
+    """
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 0))
+    want = p.job.model.device
+    if want == "cuda" and not gpus and not p.job.runner.num_actors:
+        raise ClusterError("--device cuda but the Ray cluster has no GPU now; add GPU worker nodes, "
+                           "or set runner.num_actors to wait for the autoscaler to add them")
+    use_gpu = want == "cuda" or (want == "auto" and gpus > 0)
+    n = p.job.runner.num_actors or (gpus if use_gpu else max(1, cpus))
+    # a GPU actor's read threads decode on CPUs of its node: reserve them; CPU actors take a core
+    opts = {"num_gpus": 1, "num_cpus": p.job.runner.read_workers} if use_gpu else {"num_cpus": 1}
+    return ("cuda" if use_gpu else "cpu"), max(1, min(n, n_units)), opts
+
+
+class _Driver:
+    """The unit <-> call bookkeeping of one Ray run (see the module docstring)."""
+
+    def __init__(self, p: Plan, units: Sequence[WorkUnit], on_unit: OnUnit,
+                 attempts: dict[str, int], sink: UnitSink,
+                 predictor_factory: PredictorFactory | None) -> None:
+        self.on_unit = on_unit
+        self.sink = sink
+        self.max_attempts = p.job.runner.max_attempts
+        self.prefetch = p.job.runner.prefetch
+        self.todo: deque[WorkUnit] = deque(units)
+        self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
+        self.losses: Counter[str] = Counter()
+        self.inflight: dict[Any, tuple[WorkUnit, _Slot]] = {}
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        device, n, resources = _actor_shape(p, len(units))
+        model = Path(p.model_path)
+        slim = dataclasses.replace(p, units=(), model_path=str(model.resolve()) if model.is_file() else p.model_path)
+        self.plan_ref = ray.put(slim)
+        self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
+        self.sink_args["path"] = Path(sink.path).resolve()
+        self.worker = ray.remote(UnitWorker)
+        self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": WORKER_ENV}}
+        self.device = device
+        self.factory = predictor_factory
+        self.replacements = n * self.max_attempts
+        self.started = 0
+        self.slots = [self._start() for _ in range(n)]
+        log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
+
+    def _start(self) -> _Slot:
+        name = f"geofg-{self.sink.run_id}-{self.started}"
+        self.started += 1
+        actor = self.worker.options(name=name, **self.options).remote(
+            self.plan_ref, self.sink_args, self.device, self.factory)
+        return _Slot(actor, name)
+
+    def run(self) -> dict[str, float]:
+        try:
+            self._fill()
+            while self.inflight:
+                ready, _ = ray.wait(list(self.inflight), num_returns=1)
+                ref = ready[0]
+                slot = self.inflight[ref][1]
+                try:
+                    outcome = ray.get(ref)
+                except LOST as e:
+                    self._lost(slot, e)
+                else:
+                    self._finish(ref, slot, outcome)
+                self._fill()
+        finally:
+            self._stop()
+        return self.seconds
+
+    def _fill(self) -> None:
+        for s in self.slots:
+            while not s.dead and len(s.calls) < QUEUED_PER_ACTOR:
+                unit = s.ahead.popleft() if s.ahead else self._take(s)
+                if unit is None:
+                    break
+                while len(s.ahead) < self.prefetch and self.todo:
+                    s.ahead.append(self.todo.popleft())
+                ref = s.actor.process.remote(unit, self.attempt[unit.id], list(s.ahead))
+                s.calls.append(ref)
+                self.inflight[ref] = (unit, s)
+
+    def _take(self, slot: _Slot) -> WorkUnit | None:
+        """Next unit for an actor with none reserved: from the queue, else the last one reserved
+        by the actor holding most (near the end of a run, so no actor idles while another has a
+        backlog; the donor's early read of it is wasted, nothing else)."""
+        if self.todo:
+            return self.todo.popleft()
+        donors = [s for s in self.slots if s is not slot and not s.dead and s.ahead]
+        return max(donors, key=lambda s: len(s.ahead)).ahead.pop() if donors else None
+
+    def _finish(self, ref: Any, slot: _Slot, outcome: UnitOutcome) -> None:
+        unit, _ = self.inflight.pop(ref)
+        slot.calls.remove(ref)
+        for k, v in outcome.seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        if outcome.record is not None:
+            self.on_unit(outcome.record)
+        else:
+            self.on_unit(self.sink.failed(unit, outcome.error or "failed", self.attempt[unit.id]))
+
+    def _lost(self, slot: _Slot, error: BaseException) -> None:
+        """Retire a dead actor: settle its calls, charge the unit it was running, replace it."""
+        slot.dead = True
+        with contextlib.suppress(Exception):
+            ray.kill(slot.actor, no_restart=True)
+        if isinstance(error, RayActorError) and error.actor_init_failed:
+            raise ClusterError(
+                f"a Ray actor could not start: {_last_line(str(error))}; every node needs geofg, "
+                "the model bundle and the inputs at the same paths as the driver"
+            )
+        first = _last_line(str(error)) or type(error).__name__
+        requeue: list[WorkUnit] = []
+        charged: WorkUnit | None = None
+        # Oldest call first: the first that failed and left no ledger record was the one running
+        # (a finished call's reply can die with the actor; its record says it finished).
+        for ref in list(slot.calls):
+            unit = self.inflight[ref][0]
+            try:
+                outcome = ray.get(ref, timeout=_RESOLVE_TIMEOUT_S)
+            except LOST:
+                del self.inflight[ref]
+                slot.calls.remove(ref)
+                done = self._recorded(unit)
+                if done is not None:  # it finished: only its reply died with the actor
+                    self.on_unit(done)
+                    continue
+                if charged is not None:
+                    requeue.append(unit)
+                    continue
+                charged = unit
+                self.losses[unit.id] += 1
+                if self.losses[unit.id] >= self.max_attempts:
+                    msg = (f"{type(error).__name__}: lost its Ray worker {self.losses[unit.id]} times "
+                           f"(last: {first})")
+                    self.on_unit(self.sink.failed(unit, msg, self.attempt[unit.id]))
+                else:
+                    self.attempt[unit.id] += 1
+                    requeue.append(unit)
+            else:
+                self._finish(ref, slot, outcome)
+        requeue.extend(slot.ahead)
+        slot.ahead.clear()
+        log.warning("actor %s lost (%s) while running unit %s (loss %d of %d allowed); %d unit(s) "
+                    "re-queued", slot.name, type(error).__name__, charged.id if charged else "-",
+                    self.losses[charged.id] if charged else 0, self.max_attempts, len(requeue))
+        self.todo.extendleft(reversed(requeue))
+        self.slots.remove(slot)
+        if self.replacements > 0 and (self.todo or self.inflight):
+            self.replacements -= 1
+            self.slots.append(self._start())
+        elif not self.slots and self.todo:
+            raise ClusterError(
+                f"every Ray actor died ({self.started} started; last: {first}); {len(self.todo)} "
+                "units were not run; the mosaic is consistent: re-run to resume"
+            )
+
+    def _recorded(self, unit: WorkUnit) -> UnitRecord | None:
+        """The ledger record this run's current attempt of ``unit`` wrote, if any."""
+        try:
+            rec = UnitRecord.from_json(self.sink.ledger.path_for(unit.id).read_bytes())
+        except (OSError, ValueError):
+            return None
+        ok = (rec.status == "done" and rec.run_id == self.sink.run_id
+              and rec.attempt == self.attempt[unit.id])
+        return rec if ok else None
+
+    def _stop(self) -> None:
+        closing = [s.actor.close.remote() for s in self.slots if not s.dead]
+        with contextlib.suppress(Exception):
+            ray.wait(closing, num_returns=len(closing), timeout=30)
+        for s in self.slots:
+            with contextlib.suppress(Exception):
+                ray.kill(s.actor, no_restart=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_ray(
+    p: Plan,
+    units: Sequence[WorkUnit],
+    on_unit: OnUnit,
+    attempts: dict[str, int] | None,
+    sink: UnitSink,
+    predictor_factory: PredictorFactory | None = None,
+) -> dict[str, float]:
+    """Process ``units`` on Ray actors; every unit ends as a ledger record passed to ``on_unit``.
+
+    Args:
+        p: the plan (its unit list stays on the driver).
+        units: the units to run (those without a current ledger record).
+        on_unit: called on the driver with each unit's record, done or failed.
+        attempts: the units' attempt counts from earlier runs (the ledger).
+        sink: the driver's sink; it records failed units, and its fields tell each actor where to
+            write.
+        predictor_factory: see :class:`UnitWorker`.
+
+    Returns:
+        Seconds per stage, summed over units and actors (read, wait_read, compute, write).
+
+    Raises:
+        ClusterError: the cluster is unreachable, every actor died, or actors cannot start (5).
+        InsecureClusterError: the cluster accepts unauthenticated requests (5).
+    """
+    connected = _connect(p.job.runner)
+    try:
+        return _Driver(p, units, on_unit, attempts or {}, sink, predictor_factory).run()
+    finally:
+        if connected:
+            ray.shutdown()

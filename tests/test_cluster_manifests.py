@@ -1,0 +1,175 @@
+"""cluster/: every manifest parses, has what its tool needs, and agrees with jobs/, the Ray pin and
+the GDAL settings geofg reads under (no Ray, no cluster, no network needed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+import typer.main
+import yaml
+
+from geofg.cli import app
+from geofg.io.read import GDAL_OPTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+
+
+def _load(path: Path) -> dict:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 1 and isinstance(docs[0], dict), path
+    return docs[0]
+
+
+def _ray_pin() -> str:
+    """The Ray minor version pyproject pins for the `ray` extra, e.g. '2.60'."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (req,) = extras["ray"]
+    assert req in extras["test"]  # CI installs .[test] and runs the Ray tests
+    m = re.fullmatch(r"ray\[default\]>=(\d+\.\d+),<\d+\.\d+", req)
+    assert m, req
+    return m.group(1)
+
+
+def _images() -> dict[str, set[str]]:
+    """Every container image named in cluster/, by file."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node: object, into: set[str]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "image" and isinstance(v, str):
+                    into.add(v)
+                walk(v, into)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, into)
+
+    for path in [CLUSTER / "ray-cluster.yaml", *sorted(KUBERAY.glob("*.yaml"))]:
+        walk(_load(path), found.setdefault(path.name, set()))
+    return found
+
+
+def _image() -> str:
+    (image,) = set().union(*_images().values())
+    return image
+
+
+def _classify_params(argv: list[str]) -> dict:
+    """Parse ``argv`` exactly as `geofg classify` (and jobs/classify.py) would; UsageError if not."""
+    cmd = typer.main.get_command(app).get_command(click.Context(click.Command("geofg")), "classify")
+    return cmd.make_context("classify", list(argv)).params
+
+
+def test_every_yaml_parses_and_names_one_image_everywhere() -> None:
+    images = _images()
+    assert set(images) == {"ray-cluster.yaml", "raycluster.yaml", "rayjob.yaml", "nightly-cronjob.yaml"}
+    assert all(images.values()), images  # each file names the image
+    image = _image()
+    pin = _ray_pin()
+    assert f"ray{pin}." in image and "py311" in image
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(pin)}\.\d+-py311-gpu$", dockerfile, re.M)
+    assert image in dockerfile  # the build command in the Dockerfile tags this image
+    assert "COPY --chown=ray:users jobs ./jobs" in dockerfile and "WORKDIR /app" in dockerfile
+
+
+def test_runtime_env_sets_geofgs_gdal_options() -> None:
+    env = _load(CLUSTER / "runtime_env.yaml")["env_vars"]
+    assert {k: env[k] for k in GDAL_OPTIONS} == GDAL_OPTIONS
+    assert all(isinstance(v, str) for v in env.values())  # Ray needs strings
+    assert "RAY_AUTH_MODE" not in env  # cannot be set per job; documented in README instead
+    job_env = yaml.safe_load(_load(KUBERAY / "rayjob.yaml")["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert job_env == env
+
+
+def test_cluster_launcher_has_gpu_workers_token_auth_and_private_dashboard() -> None:
+    cfg = _load(CLUSTER / "ray-cluster.yaml")
+    for key in ("cluster_name", "max_workers", "provider", "available_node_types", "head_node_type",
+                "head_start_ray_commands", "worker_start_ray_commands", "docker"):
+        assert key in cfg, key
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    gpu = [t for name, t in types.items() if name != cfg["head_node_type"] and t["resources"].get("GPU", 0) >= 1]
+    assert gpu and all(t["max_workers"] >= t["min_workers"] >= 1 for t in gpu)
+    head = " ".join(cfg["head_start_ray_commands"])
+    workers = " ".join(cfg["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token ray start --head" in head and "--dashboard-host=127.0.0.1" in head
+    assert "RAY_AUTH_MODE=token ray start --address=" in workers
+    assert "0.0.0.0" not in head
+    assert any("auth_token" in dst for dst in cfg["file_mounts"])
+    assert any("chmod 600" in c for c in cfg["setup_commands"])
+
+
+def test_raycluster_uses_token_auth_gpu_workers_and_the_pinned_ray() -> None:
+    rc = _load(KUBERAY / "raycluster.yaml")
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    spec = rc["spec"]
+    assert spec["rayVersion"].startswith(_ray_pin() + ".")
+    assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}
+    groups = spec["workerGroupSpecs"]
+    gpus = [g for g in groups
+            if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == "1"]
+    assert gpus and all(g["maxReplicas"] >= g["replicas"] >= g["minReplicas"] >= 1 for g in gpus)
+    for pod in [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in groups)]:
+        assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} >= {"/data"}
+
+
+def test_rayjob_runs_jobs_classify_with_options_the_cli_accepts() -> None:
+    rj = _load(KUBERAY / "rayjob.yaml")
+    assert rj["apiVersion"] == "ray.io/v1" and rj["kind"] == "RayJob"
+    spec = rj["spec"]
+    rc = _load(KUBERAY / "raycluster.yaml")
+    assert spec["clusterSelector"] == {"ray.io/cluster": rc["metadata"]["name"]}
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:2] == ["python", "/app/jobs/classify.py"]
+    assert (ROOT / "jobs" / "classify.py").is_file()  # the Dockerfile copies jobs/ to /app/jobs
+    params = _classify_params(argv[2:])
+    assert params["output"] and str(params["inputs"][0]).startswith("/data/")
+    assert params["device"] == "cuda"
+
+
+def test_nightly_cronjob_submits_with_a_dated_id_and_the_clusters_token() -> None:
+    cj = _load(KUBERAY / "nightly-cronjob.yaml")
+    assert cj["apiVersion"] == "batch/v1" and cj["kind"] == "CronJob"
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    rc = _load(KUBERAY / "raycluster.yaml")
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == rc["spec"]["authOptions"]["secretName"]
+    argv = shlex.split(c["args"][0].replace("$(date -u +%F)", "2026-01-01"))
+    assert argv[:3] == ["exec", "geofg", "submit"]
+    assert argv[argv.index("--address") + 1] == f"http://{rc['metadata']['name']}-head-svc:8265"
+    assert argv[argv.index("--submission-id") + 1].startswith("geofg-nightly-2026-01-01")
+    assert argv[argv.index("--runtime-env") + 1] == "/app/cluster/runtime_env.yaml"
+    _classify_params(argv[argv.index("--") + 1 :])
+
+
+def test_readme_gives_the_commands_and_never_a_host_wide_ray_stop() -> None:
+    readme = (CLUSTER / "README.md").read_text()
+    for needle in ("geofg submit --address", "ray job submit", "RAY_AUTH_MODE=token", "ray up cluster/ray-cluster.yaml",
+                   "kubectl apply -f cluster/kuberay/raycluster.yaml", "driver_exit_code"):
+        assert needle in readme, needle
+    for path in [*CLUSTER.rglob("*.yaml"), ROOT / "jobs" / "classify.py"]:
+        text = path.read_text()
+        if path.name != "ray-cluster.yaml":  # there it runs inside each node's own container
+            assert "ray stop" not in text, path
+
+
+@pytest.mark.parametrize("args", [["--help"]])
+def test_jobs_classify_parses_like_the_cli(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "classify.py"), *args], capture_output=True, text=True)
+    assert r.returncode == 0 and "--ray-address" in r.stdout and "--chunk" in r.stdout
