@@ -28,8 +28,10 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str) ->
     marks: dict[str, float] = {}
 
     def on_progress(done: int, total: int, km2: float) -> None:
-        marks.setdefault("first_progress", time.perf_counter())
-        marks["last_progress"] = time.perf_counter()
+        now = time.perf_counter()
+        if "first_progress" not in marks:
+            marks["first_progress"], marks["first_km2"] = now, km2
+        marks["last_progress"], marks["last_km2"] = now, km2
 
     result = run_job(job, on_progress=on_progress)
     t1 = time.perf_counter()
@@ -38,7 +40,9 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str) ->
         "height": p.info.height, "width": p.info.width, "units": len(p.units),
         "tile_size": p.tile_size, "halo": p.halo, "chunk": chunk, "batch": batch,
         "wall_s": t1 - t0,
+        # the steady-state window: units finished after the first one, over the time they took
         "units_s": marks["last_progress"] - marks["first_progress"],
+        "units_fraction": (marks["last_km2"] - marks["first_km2"]) / marks["last_km2"],
         "profile": result.profile,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
