@@ -15,6 +15,16 @@ GDAL's Zarr driver see the CRS)::
     spatial_ref ()     int, attrs crs_wkt / spatial_ref / GeoTransform
     .geofg/     ledger and run lock (not Zarr nodes)
 
+A *time-series* mosaic (``MosaicSpec.time``, written by ``geofg scan``) has the same layers on
+``(time, y, x)``, chunked ``(1, chunk, chunk)``, one slice per acquisition date in the order the
+dates arrived, plus the ``latest`` view::
+
+    time          (time,) int32 days since 1970-01-01 (CF), appended as dates arrive
+    class, health, confidence   (time, y, x) uint8, fill 255
+    latest_class, latest_health, latest_confidence   (y, x) uint8, fill 255: the most recent
+                  date (by date, not arrival) with a valid class at each pixel
+    latest_time   (y, x) int32 days since 1970-01-01 of that date, fill -2**31
+
 Never ``mode="w"`` or ``overwrite=True`` on a mosaic that exists (that wipes it): an existing
 mosaic is opened ``r+`` and its grid and schema are compared first.
 """
@@ -59,10 +69,13 @@ class MosaicSpec:
     health_names: tuple[str, ...]
     health_colours: tuple[str, ...]
     layers: tuple[str, ...] = LAYERS
+    time: bool = False
 
     def grid_attrs(self) -> dict[str, Any]:
         """The attributes that identify the grid and schema (compared on re-open)."""
+        extra = {"time": True} if self.time else {}
         return {
+            **extra,
             "schema_version": SCHEMA_VERSION,
             "height": self.height,
             "width": self.width,
@@ -145,36 +158,43 @@ def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
                 child.unlink()
     group = zarr.open_group(str(path), mode="a", zarr_format=3)
     group.attrs.update({"geofg:grid": spec.grid_attrs(), **attrs})
+    if spec.time:
+        _create_time_layers(group, spec)
+        _create_coords(group, spec)
+        return
     chunks = (spec.chunk, spec.chunk)
     shape = (spec.height, spec.width)
+    for name in spec.layers:
+        group.create_array(
+            name, shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL,
+            dimension_names=("y", "x"), attributes=_layer_attrs(spec, name),
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        )  # fmt: skip
+    _create_coords(group, spec)
+
+
+def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
     legend = {
         "class": (spec.class_names, spec.class_colours, "land-cover class", "learned"),
         "health": (spec.health_names, spec.health_colours, "crop health zone", "index-based"),
     }
-    for name in spec.layers:
-        a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_FillValue": FILL}
-        if name in legend:
-            names, colours, long_name, source = legend[name]
-            a.update(
-                long_name=long_name,
-                source=source,
-                flag_values=list(range(len(names))),
-                flag_meanings=" ".join(n.replace(" ", "_") for n in names),
-                class_names=list(names),
-                colours=list(colours),
-            )
-        else:
-            a.update(long_name="top-class probability x 250", source="learned", scale_hint=1 / 250)
-        group.create_array(
-            name,
-            shape=shape,
-            chunks=chunks,
-            dtype="uint8",
-            fill_value=FILL,
-            dimension_names=("y", "x"),
-            attributes=a,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+    a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_FillValue": FILL}
+    if name in legend:
+        names, colours, long_name, source = legend[name]
+        a.update(
+            long_name=long_name,
+            source=source,
+            flag_values=list(range(len(names))),
+            flag_meanings=" ".join(n.replace(" ", "_") for n in names),
+            class_names=list(names),
+            colours=list(colours),
         )
+    else:
+        a.update(long_name="top-class probability x 250", source="learned", scale_hint=1 / 250)
+    return a
+
+
+def _create_coords(group: zarr.Group, spec: MosaicSpec) -> None:
     a, _, c, _, e, f = spec.transform
     xs = group.create_array(
         "x", shape=(spec.width,), dtype="float64", dimension_names=("x",), fill_value=0.0,
@@ -278,3 +298,151 @@ def drop_consolidated(path: Path) -> None:
         tmp = meta.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(meta)
+
+
+# --- time-series mosaics (geofg scan) ---------------------------------------------------------
+
+TIME_FILL = -(2**31)
+LATEST = "latest_"
+_DAYS = "days since 1970-01-01"
+_CODECS = (ZstdCodec(level=3), Crc32cCodec())
+
+
+def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
+    c = spec.chunk
+    for name in spec.layers:
+        group.create_array(
+            name, shape=(0, spec.height, spec.width), chunks=(1, c, c), dtype="uint8",
+            fill_value=FILL, dimension_names=("time", "y", "x"),
+            attributes=_layer_attrs(spec, name), compressors=list(_CODECS),
+        )  # fmt: skip
+        a = _layer_attrs(spec, name)
+        a["long_name"] = f"latest valid {a['long_name']}"
+        a["ancillary_variables"] = "latest_time"
+        group.create_array(
+            LATEST + name, shape=(spec.height, spec.width), chunks=(c, c), dtype="uint8",
+            fill_value=FILL, dimension_names=("y", "x"), attributes=a, compressors=list(_CODECS),
+        )  # fmt: skip
+    group.create_array(
+        "latest_time", shape=(spec.height, spec.width), chunks=(c, c), dtype="int32",
+        fill_value=TIME_FILL, dimension_names=("y", "x"), compressors=list(_CODECS),
+        attributes={"long_name": "date of the latest valid pixel", "units": _DAYS,
+                    "calendar": "proleptic_gregorian", "_FillValue": TIME_FILL,
+                    "grid_mapping": "spatial_ref"},
+    )  # fmt: skip
+    group.create_array(
+        "time", shape=(0,), chunks=(512,), dtype="int32", fill_value=TIME_FILL,
+        dimension_names=("time",),
+        attributes={"standard_name": "time", "units": _DAYS, "calendar": "proleptic_gregorian",
+                    "axis": "T", "long_name": "acquisition date (slices in order of arrival)"},
+    )  # fmt: skip
+
+
+def time_slices(path: Path) -> list[int]:
+    """Return the time axis of a time-series mosaic: days since 1970-01-01, in slice order."""
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    return [int(v) for v in group["time"][:]]
+
+
+def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
+    """Add a slice for ``days`` (days since 1970-01-01) and return its index.
+
+    Metadata only: the layers grow by one (fill-valued, no chunk written) and the time value is
+    written last, so a crash in between leaves at most a slice without a date, which the next
+    call reuses (its index is the first slice holding the fill value).
+    """
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    tarr = group["time"]
+    values = [int(v) for v in tarr[:]]
+    if days in values:
+        return values.index(days)
+    t = values.index(TIME_FILL) if TIME_FILL in values else len(values)
+    for name in layers:
+        arr = group[name]
+        if arr.shape[0] <= t:
+            arr.resize((t + 1, *arr.shape[1:]))
+    if tarr.shape[0] <= t:
+        tarr.resize((t + 1,))
+    tarr[t] = days
+    _fsync_tree(path / "time")
+    return t
+
+
+@dataclass
+class TimeMosaic:
+    """An open time-series mosaic that scan units write into (one handle per thread)."""
+
+    path: Path
+    _group: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        self.layers: tuple[str, ...] = tuple(self._group.attrs["geofg:grid"]["layers"])
+
+    def write_slice(self, t: int, unit: WorkUnit, layers: dict[str, np.ndarray]) -> None:
+        """Write the unit's core of time slice ``t`` (whole chunks only) for every layer."""
+        c = unit.core
+        for name in self.layers:
+            self._group[name][t, c.row_off : c.row_end, c.col_off : c.col_end] = layers[name]
+
+    def update_latest(self, unit: WorkUnit, dates: list[int]) -> None:
+        """Recompute the unit's ``latest_*`` chunks from its slices, newest date first.
+
+        ``dates[t]`` is slice ``t``'s date. Reads one chunk per layer per slice, and stops as soon
+        as every pixel has a valid class, so memory is a few chunks whatever the length of the
+        time axis.
+        """
+        c = unit.core
+        rows, cols = slice(c.row_off, c.row_end), slice(c.col_off, c.col_end)
+        shape = (c.height, c.width)
+        best = {n: np.full(shape, FILL, np.uint8) for n in self.layers}
+        when = np.full(shape, TIME_FILL, np.int32)
+        order = sorted((d, t) for t, d in enumerate(dates) if d != TIME_FILL)
+        for d, t in reversed(order):
+            need = best["class"] == FILL
+            if not need.any():
+                break
+            cls = self._group["class"][t, rows, cols]
+            take = need & (cls != FILL)
+            if not take.any():
+                continue
+            for name in self.layers:
+                layer = cls if name == "class" else self._group[name][t, rows, cols]
+                best[name][take] = layer[take]
+            when[take] = d
+        for name in self.layers:
+            self._group[LATEST + name][rows, cols] = best[name]
+        self._group["latest_time"][rows, cols] = when
+
+    def sync_unit(self, unit: WorkUnit, t: int) -> None:
+        """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders."""
+        key = [str(unit.row), str(unit.col)]
+        targets = [self.path / n / "c" / str(t) / Path(*key) for n in self.layers]
+        targets += [self.path / (LATEST + n) / "c" / Path(*key) for n in self.layers]
+        targets.append(self.path / "latest_time" / "c" / Path(*key))
+        for chunk in targets:
+            _fsync_path(chunk)
+            _fsync_path(chunk.parent, directory=True)
+
+    def read(self, name: str, t: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """Read a region of a layer: slice ``t``, or the 2-D array when ``t`` is None."""
+        arr = self._group[name]
+        return arr[rows, cols] if t is None else arr[t, rows, cols]
+
+
+def _fsync_path(target: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(target, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in sorted(folder.rglob("*")):
+        _fsync_path(p, directory=p.is_dir())
+    _fsync_path(folder, directory=True)
