@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from geofg.models.predictor import load_predictor
     from geofg.models.registry import BUNDLE_DIR, MANIFEST_PATH
     from geofg.models.train import (
+        EUROSAT_BANDS,
+        EUROSAT_CLASSES,
+        SCALE,
         TrainConfig,
         evaluate_chips,
         export_tensors,
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = None
     if not args.no_test:
-        baseline = spectral_baseline(data)
+        baseline = spectral_baseline(data, EUROSAT_BANDS, SCALE, list(EUROSAT_CLASSES))
         print(f"baseline (logistic regression on chip statistics): {baseline}", flush=True)
 
     def on_epoch(rec: dict) -> None:
