@@ -62,8 +62,6 @@ def _fail(e: GeofgError) -> typer.Exit:
 Inputs = Annotated[list[Path], typer.Argument(help="A GeoTIFF/COG, or a Sentinel-2 band-file folder or files.")]
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Zarr mosaic.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundle name or .safetensors path.")]
-ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name, .safetensors or exported .onnx path; repeat to average an ensemble's probabilities.")]
-Tta = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rot90s of each tile (8x the compute).")]
 Bands = Annotated[Optional[str], typer.Option(help="Band names, comma-separated, e.g. B02,B03,B04,B08.")]
 TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px).")]
 Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit.")]
@@ -88,10 +86,8 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
-         allow_insecure_cluster: bool = False, tta: bool = False):  # noqa: ANN202
+         allow_insecure_cluster: bool = False):  # noqa: ANN202
     from geofg.config import build_job
-
-    models = [model] if isinstance(model, str) else list(model)
 
     if output is None:
         first = inputs[0]
@@ -107,7 +103,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
                 "max_compression_ratio": max_compression_ratio,
             },
             "tile": {"chunk": chunk, "tile_size": tile_size, "halo": halo, "batch_size": batch_size},
-            "model": {"model": models[0], "ensemble": models[1:], "tta": tta, "device": device},
+            "model": {"model": model, "device": device},
             "write": {"output": str(output), "mode": "resume" if resume else "overwrite",
                       "break_lock": break_lock},
             "runner": {"kind": runner or ("ray" if ray_address else "local"), "address": ray_address,
@@ -141,12 +137,12 @@ def _run(task: str, dry_run: bool, quiet: bool, profile: bool, **kw) -> None:  #
 
 @app.command()
 def classify(
-    inputs: Inputs, output: Output = None, model: ModelsOpt = ["eurosat-13"], bands: Bands = None,
+    inputs: Inputs, output: Output = None, model: ModelOpt = "eurosat-13", bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
-    allow_insecure_cluster: AllowInsecure = False, tta: Tta = False,
+    allow_insecure_cluster: AllowInsecure = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Map land cover, crop health and confidence over INPUTS into a Zarr mosaic."""
@@ -155,17 +151,17 @@ def classify(
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
-         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta)
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
 
 
 @app.command()
 def segment(
-    inputs: Inputs, model: ModelsOpt, output: Output = None, bands: Bands = None,
+    inputs: Inputs, model: ModelOpt, output: Output = None, bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
-    allow_insecure_cluster: AllowInsecure = False, tta: Tta = False,
+    allow_insecure_cluster: AllowInsecure = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Run a segmentation bundle over INPUTS into a Zarr mosaic."""
@@ -174,7 +170,7 @@ def segment(
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
-         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta)
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

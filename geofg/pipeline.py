@@ -198,6 +198,9 @@ def predict_window(
     vp = np.zeros((ph, pw), dtype=bool)
     vp[:h, :w] = valid
     tiles = [t for t in plan_tiles(ph, pw, tile, min(overlap, tile - 1)) if vp[_sl(t)].any()]
+    if len(tiles) == 1 and tiles[0] == Window(0, 0, ph, pw):
+        # one tile covers the window (the default: tile = chunk + 2 * halo): nothing to blend
+        return predictor.predict(xp[None])[0][:, :h, :w]
     k = len(predictor.card.classes)
     acc = Accumulator(k, ph, pw)
     weights = blend_weights(blend, tile, min(overlap, tile - 1))
