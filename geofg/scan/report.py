@@ -1,0 +1,101 @@
+"""The run report of a scan, as JSON (for machines) and Markdown (for people), one pair per run.
+
+Reports go to ``report.folder`` (default ``<mosaic>.reports/`` beside the mosaic, never inside
+it, so a scan with nothing new leaves the mosaic unchanged) as
+``scan-<UTC time>-<run id>.json`` and ``.md``, written atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geofg import __version__
+
+if TYPE_CHECKING:
+    from geofg.scan.run import ScanResult
+
+STATUSES = ("processed", "skipped", "deferred", "failed", "deleted")
+
+
+def report_dict(r: ScanResult) -> dict[str, Any]:
+    """The JSON report of one scan."""
+    return {
+        "geofg_version": __version__,
+        "run_id": r.run_id,
+        "mosaic": r.mosaic,
+        "started": r.started,
+        "finished": r.finished,
+        "wrote_mosaic": r.wrote,
+        "scenes": {**{s: r.count(s) for s in STATUSES}, "list": [asdict(s) for s in r.scenes]},
+        "units": {"ran": r.units_ran, "skipped": r.units_skipped, "failed": len(r.units_failed),
+                  "empty": r.units_empty, "failed_ids": r.units_failed},  # fmt: skip
+        "km2_processed": round(r.km2_processed, 6),
+        "dates_touched": r.dates_touched,
+        "areas": r.summary,
+    }
+
+
+def _fmt(v: float) -> str:
+    return f"{v:+.4f}" if v else "0"
+
+
+def report_markdown(d: dict[str, Any]) -> str:
+    """The Markdown rendering of :func:`report_dict`'s output."""
+    s, u = d["scenes"], d["units"]
+    lines = [
+        f"# geofg scan {d['run_id']}",
+        "",
+        f"- mosaic: `{d['mosaic']}`",
+        f"- started {d['started']}, finished {d['finished']} (geofg {d['geofg_version']})",
+        f"- scenes: {s['processed']} processed, {s['skipped']} skipped, {s['deferred']} deferred, "
+        f"{s['failed']} failed, {s['deleted']} deleted",
+        f"- units: {u['ran']} ran ({u['empty']} empty), {u['skipped']} already current, "
+        f"{u['failed']} failed; {d['km2_processed']:.4f} km² processed",
+        f"- dates written: {', '.join(d['dates_touched']) or 'none (nothing new: mosaic unchanged)'}",
+        "",
+    ]
+    if s["list"]:
+        lines += ["## Scenes", "", "| scene | outcome | date | why |", "| --- | --- | --- | --- |"]
+        lines += [f"| {x['name']} | {x['status']} | {x['date'] or '-'} | {x['reason']} |" for x in s["list"]]
+        lines.append("")
+    if u["failed_ids"]:
+        lines += ["## Failed units", "", "| unit | error |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in u["failed_ids"].items()]
+        lines.append("")
+    areas = d.get("areas") or {}
+    for row in areas.get("dates", []):
+        lines += [f"## {row['date']}: {row['valid_km2']:.4f} km² valid ({row['units']} units)", ""]
+        ch = row.get("change")
+        head = "| class | km² |" + (f" change since {ch['from']} (km²) |" if ch else "")
+        lines += [head, "| --- | --- |" + (" --- |" if ch else "")]
+        for n, v in row["classes"].items():
+            lines.append(f"| {n} | {v:.4f} |" + (f" {_fmt(ch['classes'][n])} |" if ch else ""))
+        lines += ["", "| health (index-based, crop classes) | km² |" + (" change (km²) |" if ch else ""),
+                  "| --- | --- |" + (" --- |" if ch else "")]  # fmt: skip
+        for n, v in row["health"].items():
+            lines.append(f"| {n} | {v:.4f} |" + (f" {_fmt(ch['health'][n])} |" if ch else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(r: ScanResult, folder: Path) -> list[Path]:
+    """Write the JSON and Markdown reports; return their paths (JSON first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = (r.finished or r.started).replace("-", "").replace(":", "").replace("+0000", "Z")
+    stamp = stamp.replace("+00:00", "Z").replace("+", "")
+    d = report_dict(r)
+    js, md = folder / f"scan-{stamp}-{r.run_id}.json", folder / f"scan-{stamp}-{r.run_id}.md"
+    _write_atomic(js, json.dumps(d, indent=2) + "\n")
+    _write_atomic(md, report_markdown(d) + "\n")
+    return [js, md]

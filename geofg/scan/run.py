@@ -1,0 +1,508 @@
+"""Run one scan: survey the inbox, process only what is new, write slices, the latest view, state.
+
+Order (the same safety rules as :mod:`geofg.run`):
+
+1. The model card and the grid are checked and the mosaic compared read-only (another grid ->
+   exit 3, untouched); then the run lock is taken (held by a live run -> exit 6).
+2. The inbox is surveyed (stat only). New or changed files are opened, validated and hashed;
+   each gets a date, a footprint on the grid, or a reason it was skipped, deferred or failed.
+3. For every date with new or changed scenes (or with failed units left by an earlier scan),
+   the units whose core the date's scenes cover are planned; a unit runs unless its ledger record
+   is done, for the same model and config, and already saw every scene covering it now.
+   Each unit: warped composite read -> :func:`geofg.pipeline.process_unit` -> slice chunks ->
+   ``latest_*`` chunks -> fsync -> ledger record.
+4. The inbox state is saved (only if changed), provenance written, metadata consolidated when no
+   unit is left failed, and the report written beside the mosaic.
+
+With nothing new, steps 3-4 write nothing into the mosaic: it stays byte-for-byte the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofg import __version__
+from geofg.batch import round_up
+from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
+from geofg.grid import WorkUnit, plan_units
+from geofg.health import HEALTH_CLASSES
+from geofg.io import mosaic as mz
+from geofg.io.ledger import Ledger, UnitRecord
+from geofg.io.lock import RunLock
+from geofg.io.paths import open_dataset
+from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
+from geofg.models.bundle import bundle_sha256, read_card
+from geofg.models.card import ModelCard
+from geofg.models.registry import resolve_model
+from geofg.pipeline import process_unit
+from geofg.scan import inbox as ib
+from geofg.scan.config import ScanConfig
+from geofg.scan.warp import Grid, Scene, SceneWindowReader, footprint
+
+log = logging.getLogger(__name__)
+
+
+class ScanFailuresError(RunFailedUnitsError):
+    """A scan finished but some scenes or units failed (exit 4); a re-run retries them."""
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What process_unit needs (card, tiling) plus the scan's identity."""
+
+    job: ScanConfig
+    card: ModelCard
+    model_path: str
+    model_sha256: str
+    grid: Grid
+    tile_size: int
+    halo: int
+    overlap: int
+    config_hash: str
+
+    @property
+    def spec(self) -> mz.MosaicSpec:
+        """The time-series mosaic this scan writes."""
+        return mz.MosaicSpec(
+            height=self.grid.height, width=self.grid.width, chunk=self.job.grid.chunk,
+            crs_wkt=self.grid.crs_wkt, transform=self.grid.transform,
+            class_names=tuple(c.name for c in self.card.classes),
+            class_colours=tuple(c.colour for c in self.card.classes),
+            health_names=tuple(n for n, _ in HEALTH_CLASSES),
+            health_colours=tuple(c for _, c in HEALTH_CLASSES), time=True,
+        )  # fmt: skip
+
+    def provenance(self) -> dict[str, Any]:
+        """Attributes recorded in the mosaic."""
+        return {
+            "geofg:version": __version__,
+            "geofg:model": {"name": self.card.name, "version": self.card.version,
+                            "sha256": self.model_sha256, "task": self.card.task,
+                            "bands": list(self.card.bands), "metrics": self.card.metrics},
+            "geofg:config_hash": self.config_hash,
+            "geofg:scan_config": self.job.model_dump(mode="json"),
+            "geofg:tiling": {"tile_size": self.tile_size, "halo": self.halo, "overlap": self.overlap},
+            "geofg:layers": {
+                "class": "learned (CNN land-cover class), one slice per acquisition date",
+                "confidence": "learned (top-class probability x 250)",
+                "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes",
+                "latest_*": "the most recent date with a valid class at each pixel",
+            },
+        }  # fmt: skip
+
+
+@dataclass
+class SceneOutcome:
+    """What a scan did with one inbox file."""
+
+    name: str
+    status: str  # processed | skipped | deferred | failed | deleted
+    reason: str = ""
+    date: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class ScanResult:
+    """Everything the report needs."""
+
+    run_id: str
+    mosaic: str
+    started: str
+    finished: str = ""
+    scenes: list[SceneOutcome] = field(default_factory=list)
+    units_ran: int = 0
+    units_skipped: int = 0
+    units_failed: dict[str, str] = field(default_factory=dict)
+    units_empty: int = 0
+    km2_processed: float = 0.0
+    dates_touched: list[str] = field(default_factory=list)
+    wrote: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    report_paths: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        """Number of scenes with that outcome."""
+        return sum(s.status == status for s in self.scenes)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_plan(cfg: ScanConfig) -> ScanPlan:
+    """Check the model and grid and size the tiles; writes nothing.
+
+    Raises:
+        ModelError, ConfigError: exit 3.
+    """
+    from rasterio.crs import CRS
+
+    model_path = resolve_model(cfg.model.model)
+    card = read_card(model_path)
+    g = cfg.grid
+    grid = Grid(CRS.from_user_input(g.crs).to_wkt(), g.transform, g.height, g.width)
+    halo = card.halo if cfg.tile.halo is None else cfg.tile.halo
+    mult = card.tile_multiple
+    tile = cfg.tile.tile_size or round_up(g.chunk + 2 * halo, mult)
+    if tile % mult:
+        raise ConfigError(f"tile.tile_size {tile} must be a multiple of {mult} for model "
+                          f"{card.name}; use {round_up(tile, mult)}")  # fmt: skip
+    if card.patch_size and tile < card.patch_size:
+        raise ConfigError(f"tile.tile_size {tile} is smaller than the model's patch size "
+                          f"{card.patch_size}; use at least {card.patch_size}")  # fmt: skip
+    if cfg.inbox.bands is not None and len(set(b.casefold() for b in cfg.inbox.bands)) != len(cfg.inbox.bands):
+        raise ConfigError(f"inbox.bands: expected distinct band names, found {cfg.inbox.bands}; fix that key")
+    return ScanPlan(
+        job=cfg, card=card, model_path=str(model_path), model_sha256=bundle_sha256(model_path),
+        grid=grid, tile_size=tile, halo=halo, overlap=min(2 * halo, tile // 2),
+        config_hash=cfg.output_hash(tile, halo),
+    )  # fmt: skip
+
+
+def run_scan(
+    cfg: ScanConfig,
+    *,
+    predictor_factory: Callable[[ScanPlan], object] | None = None,
+    break_lock: bool = False,
+    now: float | None = None,
+) -> ScanResult:
+    """Run one scan and write its report.
+
+    Raises:
+        GeofgError: rejected config/model/mosaic (3), locked mosaic (6), or failed scenes/units
+            (4, after finishing the rest; ``err.result`` holds the :class:`ScanResult`).
+    """
+    p = make_plan(cfg)
+    out = Path(cfg.mosaic)
+    existed = mz.check_output(out, p.spec, overwrite=False)
+    run_id = uuid.uuid4().hex[:12]
+    result = ScanResult(run_id=run_id, mosaic=str(out), started=_now())
+    (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out / mz.META_DIR / "lock", run_id)
+    lock.acquire(break_foreign=break_lock)
+    try:
+        _scan_locked(p, out, existed, result, predictor_factory, now)
+    finally:
+        lock.release()
+    result.finished = _now()
+    from geofg.scan.report import write_report
+
+    result.report_paths = [str(x) for x in write_report(result, cfg.report_folder())]
+    failed_scenes = [s for s in result.scenes if s.status == "failed" and not s.reason.startswith("unchanged")]
+    if result.units_failed or failed_scenes:
+        parts = []
+        if failed_scenes:
+            parts.append(f"{len(failed_scenes)} scene(s) failed (first: {failed_scenes[0].name}: "
+                         f"{failed_scenes[0].reason})")  # fmt: skip
+        if result.units_failed:
+            uid, why = next(iter(result.units_failed.items()))
+            parts.append(f"{len(result.units_failed)} unit(s) failed (first: {uid}: {why})")
+        err = ScanFailuresError(f"{out}: {'; '.join(parts)}; fix the cause and run the scan again "
+                                f"(report: {result.report_paths[0]})")  # fmt: skip
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+@dataclass
+class _Prepared:
+    entry: ib.Entry
+    info: RasterInfo
+    date: int
+    scene: Scene
+
+
+def _prepare(entry: ib.Entry, p: ScanPlan) -> _Prepared:
+    """Open, validate and hash one file; give it a date and a footprint (InputError if not)."""
+    cfg = p.job.inbox
+    info = open_raster([str(entry.path)], cfg.bands, max_pixels=cfg.max_pixels)
+    if [*ib.stat_key(entry.path.stat())] != entry.stat:
+        raise _Deferred("changed while geofg read it (still being copied?)")
+    tags: dict[str, str] = {}
+    if cfg.date.source == "metadata":
+        rec = info.files[0]
+        with gdal_env():
+            ds = open_dataset(Path(rec["path"]), rec["driver"], rec["path"])
+            try:
+                tags = dict(ds.tags())
+            finally:
+                ds.close()
+    day = ib.scene_date(entry.name, tags, cfg.date)
+    indices = select_bands(info, p.card.bands)
+    if info.band_names is None and cfg.bands is None:
+        log.warning("%s: no band names; assuming the model's order %s (set inbox.bands to be sure)",
+                    entry.name, ",".join(p.card.bands))  # fmt: skip
+    cover = footprint(info, p.grid)
+    scene = Scene(entry.name, info, tuple(indices), cover) if cover is not None else None
+    return _Prepared(entry, info, day, scene)  # type: ignore[arg-type]
+
+
+class _Deferred(Exception):
+    pass
+
+
+def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
+                 predictor_factory: Callable[[ScanPlan], object] | None, now: float | None) -> None:  # fmt: skip
+    if existed:
+        mz.check_output(out, p.spec, overwrite=False)  # re-check under the lock
+    state = ib.load_state(out) if existed else {"schema": ib.STATE_SCHEMA, "scenes": {}}
+    old_state = json.loads(json.dumps(state))
+    scenes_state: dict[str, dict[str, Any]] = state.setdefault("scenes", {})
+    identity = {"model_sha256": p.model_sha256, "config_hash": p.config_hash}
+    force = bool(scenes_state) and any(state.get(k) != v for k, v in identity.items())
+    survey = ib.survey(p.job.inbox, state, now)
+    ledger = Ledger(out / mz.META_DIR)
+    records = ledger.load() if existed else {}
+
+    ok: dict[str, _Prepared] = {}  # every usable scene we opened this run, by name
+    work_dates: set[int] = set()
+    for e in survey.entries:
+        prev = e.previous or {}
+        if e.status == "deferred":
+            result.scenes.append(SceneOutcome(e.name, "deferred", e.reason, _day(prev.get("date"))))
+            continue
+        if e.status == "unchanged" and not force:
+            why = {"ok": "unchanged", "outside": "unchanged, outside the grid extent",
+                   "failed": f"unchanged since it failed: {prev.get('error', '')}"}.get(prev.get("status"), "unchanged")  # fmt: skip
+            status = "failed" if prev.get("status") == "failed" else "skipped"
+            result.scenes.append(SceneOutcome(e.name, status, why, _day(prev.get("date")), prev.get("sha256")))
+            continue
+        try:
+            prep = _prepare(e, p)
+        except _Deferred as d:
+            result.scenes.append(SceneOutcome(e.name, "deferred", str(d)))
+            continue
+        except GeofgError as err:
+            msg = str(err).splitlines()[0]
+            scenes_state[e.name] = {"stat": e.stat, "status": "failed", "error": msg, "sha256": None,
+                                    "date": None}  # fmt: skip
+            result.scenes.append(SceneOutcome(e.name, "failed", msg))
+            continue
+        sha = str(prep.info.files[0]["sha256"])
+        rec = {"stat": e.stat, "sha256": sha, "date": prep.date,
+               "status": "ok" if prep.scene is not None else "outside"}  # fmt: skip
+        same = prev.get("sha256") == sha and prev.get("status") == rec["status"] and not force
+        scenes_state[e.name] = rec
+        if prep.scene is None:
+            result.scenes.append(SceneOutcome(e.name, "skipped", "outside the grid extent" + (" (unchanged)" if same else ""),
+                                              ib.day_str(prep.date), sha))  # fmt: skip
+            continue
+        ok[e.name] = prep
+        if same and prev.get("date") == prep.date:
+            result.scenes.append(SceneOutcome(e.name, "skipped", "unchanged content (only touched or moved)",
+                                              ib.day_str(prep.date), sha))  # fmt: skip
+            continue
+        work_dates.add(prep.date)
+        result.scenes.append(SceneOutcome(e.name, "processed", "new" if not prev else "changed",
+                                          ib.day_str(prep.date), sha))  # fmt: skip
+    for name in survey.deleted:
+        prev = scenes_state[name]
+        result.scenes.append(SceneOutcome(name, "deleted", "gone from the inbox; its pixels stay in the mosaic",
+                                          _day(prev.get("date")), prev.get("sha256")))  # fmt: skip
+        scenes_state[name] = {**prev, "status": "deleted"}
+    # dates with units an earlier scan left failed are retried too
+    for r in records.values():
+        if r.status == "failed" and "date" in r.stats:
+            work_dates.add(int(r.stats["date"]))
+
+    # every usable present scene of a work date takes part (composited), opened if not yet
+    for e in survey.entries:
+        prev = scenes_state.get(e.name, {})
+        if e.name in ok or e.status == "deferred" or prev.get("status") != "ok" or prev.get("date") not in work_dates:
+            continue
+        try:
+            ok[e.name] = _prepare(e, p)
+        except (GeofgError, _Deferred) as err:
+            log.warning("%s: cannot be used for its date this time (%s)", e.name, err)
+
+    state.update(identity)
+    if not existed:  # the first scan creates the mosaic on the grid, even with nothing to do
+        mz.create(out, p.spec, p.provenance())
+        result.wrote = True
+    if not work_dates:
+        if state != old_state:
+            ib.save_state(out, state)
+            result.wrote = True
+        result.summary = summarise_dates(p, records)
+        return
+    if existed:
+        mz.drop_consolidated(out)
+        mz.sweep_partials(out)
+        ledger.sweep_temp()
+    result.wrote = True
+    predictor = _predictor(p, predictor_factory)
+    units = plan_units(p.grid.height, p.grid.width, p.job.grid.chunk, p.halo)
+    for day in sorted(work_dates):
+        scenes = [prep.scene for prep in ok.values() if prep.date == day and prep.scene is not None]
+        if not scenes:
+            continue
+        _run_date(p, out, day, scenes, units, records, ledger, predictor, result)
+    ib.save_state(out, state)
+    complete = not any(r.status == "failed" for r in records.values())
+    result.summary = summarise_dates(p, records)
+    mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary}, complete)
+
+
+def _day(v: object) -> str | None:
+    return ib.day_str(int(v)) if isinstance(v, int) else None
+
+
+def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any:
+    if factory is not None:
+        return factory(p)
+    from geofg.models.predictor import load_predictor
+
+    return load_predictor(p.model_path, p.job.model.device)
+
+
+def unit_id(day: int, unit: WorkUnit) -> str:
+    """Ledger id of a unit of one date, e.g. ``d20160816_r0000_c0001``."""
+    return f"d{ib.day_str(day).replace('-', '')}_{unit.id}"
+
+
+def _scene_key(scenes: list[Scene]) -> list[str]:
+    return sorted({s.sha256[:16] for s in scenes})
+
+
+def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list[WorkUnit],
+              records: dict[str, UnitRecord], ledger: Ledger, predictor: Any, result: ScanResult) -> None:  # fmt: skip
+    covered = [(u, [s for s in scenes if s.cover.intersection(u.core) is not None]) for u in units]
+    covered = [(u, ss) for u, ss in covered if ss]
+    pending = []
+    for u, ss in covered:
+        r = records.get(unit_id(day, u))
+        seen = set(r.stats.get("scenes", [])) if r is not None else set()
+        current = (r is not None and r.status == "done" and r.model_sha256 == p.model_sha256
+                   and r.config_hash == p.config_hash and set(_scene_key(ss)) <= seen)  # fmt: skip
+        if current:
+            result.units_skipped += 1
+        else:
+            pending.append((u, ss))
+    if not pending:
+        return
+    t = mz.append_time(out, day)
+    result.dates_touched.append(ib.day_str(day))
+    tm = mz.TimeMosaic(out)
+    dates = mz.time_slices(out)
+    log.info("%s: %d units to run, %d current", ib.day_str(day), len(pending), len(covered) - len(pending))
+    local = threading.local()
+    readers: list[SceneWindowReader] = []
+    lock = threading.Lock()
+    resampling = p.job.grid.resampling
+
+    def read(u: WorkUnit) -> tuple[np.ndarray, np.ndarray]:
+        r = getattr(local, "reader", None)
+        if r is None:
+            r = local.reader = SceneWindowReader(scenes, p.grid, resampling)
+            with lock:
+                readers.append(r)
+        return r.read(u.read)
+
+    km2_px = p.grid.pixel_area_m2 / 1e6
+    workers = p.job.runner.read_workers
+    ahead = workers + p.job.runner.prefetch
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="geofg-scan-read") as pool:
+            todo = deque(pending)
+            reads: deque[tuple[WorkUnit, list[Scene], Future]] = deque()
+            while todo or reads:
+                while todo and len(reads) < ahead:
+                    u, ss = todo.popleft()
+                    reads.append((u, ss, pool.submit(read, u)))
+                u, ss, fut = reads.popleft()
+                uid = unit_id(day, u)
+                prev = records.get(uid)
+                attempt = (prev.attempt + 1) if prev is not None else 1
+                key = _scene_key(ss)
+                fp = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+                try:
+                    data, valid = fut.result()
+                    o = process_unit(u, data, valid, predictor, p)  # type: ignore[arg-type]
+                    layers = o.layers
+                    if layers is None:
+                        shape = (u.core.height, u.core.width)
+                        layers = {n: np.full(shape, mz.FILL, np.uint8) for n in tm.layers}
+                    tm.write_slice(t, u, layers)
+                    tm.update_latest(u, dates)
+                    tm.sync_unit(u, t)
+                    stats = {**o.stats, "scenes": key, "date": day}
+                    rec = _record(uid, "done", fp, p, attempt, o.empty, stats, result.run_id)
+                    result.units_empty += o.empty
+                    result.km2_processed += u.core.size * km2_px
+                except (GeofgError, OSError, RuntimeError, ValueError, MemoryError) as e:
+                    log.error("unit %s failed: %s", uid, e)
+                    msg = f"{type(e).__name__}: {e}".splitlines()[0]
+                    rec = _record(uid, "failed", fp, p, attempt, False, {"date": day, "scenes": []},
+                                  result.run_id, msg)  # fmt: skip
+                    result.units_failed[uid] = msg
+                ledger.write(rec)
+                records[uid] = rec
+                result.units_ran += 1
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _record(uid: str, status: str, fp: str, p: ScanPlan, attempt: int, empty: bool, stats: dict,
+            run_id: str, error: str | None = None) -> UnitRecord:  # fmt: skip
+    return UnitRecord(unit_id=uid, status=status, input_fingerprint=fp,  # type: ignore[arg-type]
+                      model_sha256=p.model_sha256, config_hash=p.config_hash, attempt=attempt,
+                      empty=empty, stats=stats, run_id=run_id, finished_at=_now(), error=error)  # fmt: skip
+
+
+def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, Any]:
+    """Area per class and per health class for every date, and the change from the date before.
+
+    Computed from the ledger's per-unit counts (done units of the current model and config), so
+    it never re-reads the mosaic and counts units done by earlier scans too.
+    """
+    names = [c.name for c in p.card.classes]
+    hnames = [n for n, _ in HEALTH_CLASSES]
+    per: dict[int, dict[str, Any]] = {}
+    for r in records.values():
+        if r.status != "done" or "date" not in r.stats or r.model_sha256 != p.model_sha256:
+            continue
+        d = per.setdefault(int(r.stats["date"]), {"units": 0, "valid_px": 0, "cls": [0] * len(names),
+                                                    "health": [0] * len(hnames)})  # fmt: skip
+        d["units"] += 1
+        d["valid_px"] += int(r.stats.get("valid_px", 0))
+        for i, c in enumerate(r.stats.get("class_counts", [])[: len(names)]):
+            d["cls"][i] += c
+        for i, c in enumerate(r.stats.get("health_counts", [])[: len(hnames)]):
+            d["health"][i] += c
+    km2 = p.grid.pixel_area_m2 / 1e6
+    dates: list[dict[str, Any]] = []
+    prev: dict[str, Any] | None = None
+    for day in sorted(per):
+        d = per[day]
+        row = {
+            "date": ib.day_str(day),
+            "units": d["units"],
+            "valid_km2": round(d["valid_px"] * km2, 6),
+            "classes": {n: round(c * km2, 6) for n, c in zip(names, d["cls"], strict=True)},
+            "health": {n: round(c * km2, 6) for n, c in zip(hnames, d["health"], strict=True)},
+        }
+        if prev is not None:
+            row["change"] = {
+                "from": prev["date"],
+                "valid_km2": round(row["valid_km2"] - prev["valid_km2"], 6),
+                "classes": {n: round(row["classes"][n] - prev["classes"][n], 6) for n in names},
+                "health": {n: round(row["health"][n] - prev["health"][n], 6) for n in hnames},
+            }
+        dates.append(row)
+        prev = row
+    return {"km2_per_pixel": km2, "class_names": names, "health_names": hnames, "dates": dates}

@@ -1,0 +1,62 @@
+"""Shared helpers for the scan tests (importable as ``scanhelp``; tests/scan is on sys.path)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from geofg.models.bundle import write_bundle
+from geofg.models.tiny import ThresholdPredictor, tiny_card
+
+BANDS = ["B04", "B08"]
+ORIGIN = (500000.0, 5800000.0)  # grid top-left, EPSG:32633, 10 m
+
+
+def threshold_bundle(folder: Path, bands: list[str] = BANDS, name: str = "threshold") -> Path:
+    """A bundle whose card describes ThresholdPredictor: class 1 where band 0 * 1e-4 > 0.1."""
+    n = len(bands)
+    card = tiny_card(bands, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
+                     scale=1e-4, mean=[0.1] * n, std=[0.05] * n)
+    path = folder / f"{name}.safetensors"
+    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
+    return path
+
+
+def predictor(p: object) -> ThresholdPredictor:
+    """predictor_factory for run_scan."""
+    return ThresholdPredictor(p.card)  # type: ignore[attr-defined]
+
+
+def config(tmp: Path, model: Path, *, height: int = 48, width: int = 64, chunk: int = 16,
+           **inbox: object) -> dict:
+    """A scan config dict: inbox tmp/inbox, mosaic tmp/m.zarr, grid EPSG:32633 10 m."""
+    x0, y0 = ORIGIN
+    return {
+        "inbox": {"folder": str(tmp / "inbox"), "quiet_period_s": 0, **inbox},
+        "mosaic": str(tmp / "m.zarr"),
+        "grid": {"crs": "EPSG:32633", "resolution": 10, "origin": [0, 0], "chunk": chunk,
+                 "extent": [x0, y0 - 10 * height, x0 + 10 * width, y0], "resampling": "nearest"},
+        "model": {"model": str(model), "device": "cpu"},
+        "runner": {"read_workers": 1, "prefetch": 1},
+    }
+
+
+def expected_class(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The class ThresholdPredictor gives raw (C, H, W) data, 255 where not valid."""
+    x0 = (data[0].astype(np.float32) * np.float32(1e-4) - np.float32(0.1)) / np.float32(0.05)
+    cls = (x0 > 0).astype(np.uint8)
+    cls[~valid] = 255
+    return cls
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path (the byte-for-byte identity)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
