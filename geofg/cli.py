@@ -209,6 +209,51 @@ def submit(
 
 
 @app.command()
+def scan(
+    config: Annotated[Optional[Path], typer.Argument(help="Scan config, YAML (docs/scan.md, examples/scan.yaml).")] = None,
+    break_lock: BreakLock = False,
+    print_schema: Annotated[bool, typer.Option("--print-schema", help="Print the config's JSON schema and exit.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Process only new or changed inbox scenes onto a fixed grid: one time slice per date, a latest view, a run report."""
+    _configure(verbose, quiet)
+    import json
+
+    from geofg.scan.config import ScanConfig, load_scan
+
+    if print_schema:
+        out.print_json(json.dumps(ScanConfig.model_json_schema()))
+        return
+    if config is None:
+        err.print("geofg: error: give the scan config: geofg scan SCAN.yaml", highlight=False)
+        raise typer.Exit(2)
+    from geofg.scan.run import run_scan
+
+    try:
+        result = run_scan(load_scan(config), break_lock=break_lock)
+    except GeofgError as e:
+        result = getattr(e, "result", None)
+        if result is not None and not quiet:
+            _print_scan(result)
+        raise _fail(e) from None
+    if not quiet:
+        _print_scan(result)
+
+
+def _print_scan(r) -> None:  # noqa: ANN001
+    counts = ", ".join(f"{r.count(s)} {s}" for s in ("processed", "skipped", "deferred", "failed", "deleted"))
+    out.print(f"scenes: {counts}", highlight=False)
+    for s in r.scenes:
+        if s.status in ("deferred", "failed", "deleted") or (s.status == "skipped" and "outside" in s.reason):
+            out.print(f"  {s.name}: {s.status}: {s.reason}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"units: {r.units_ran} ran ({r.units_empty} empty), {r.units_skipped} current, "
+              f"{len(r.units_failed)} failed; {r.km2_processed:.3f} km² processed; dates written: "
+              f"{', '.join(r.dates_touched) or 'none'}", highlight=False)
+    if r.report_paths:
+        out.print(f"report: {r.report_paths[1]}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Describe a mosaic: grid, CRS, arrays, provenance, units done, lock."""
