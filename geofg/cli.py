@@ -62,6 +62,8 @@ def _fail(e: GeofgError) -> typer.Exit:
 Inputs = Annotated[list[Path], typer.Argument(help="A GeoTIFF/COG, or a Sentinel-2 band-file folder or files.")]
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Zarr mosaic.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundle name or .safetensors path.")]
+ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name, .safetensors or exported .onnx path; repeat to average an ensemble's probabilities.")]
+Tta = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rot90s of each tile (8x the compute).")]
 Bands = Annotated[Optional[str], typer.Option(help="Band names, comma-separated, e.g. B02,B03,B04,B08.")]
 TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px).")]
 Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit.")]
@@ -86,8 +88,10 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
-         allow_insecure_cluster: bool = False):  # noqa: ANN202
+         allow_insecure_cluster: bool = False, tta: bool = False):  # noqa: ANN202
     from geofg.config import build_job
+
+    models = [model] if isinstance(model, str) else list(model)
 
     if output is None:
         first = inputs[0]
@@ -103,7 +107,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
                 "max_compression_ratio": max_compression_ratio,
             },
             "tile": {"chunk": chunk, "tile_size": tile_size, "halo": halo, "batch_size": batch_size},
-            "model": {"model": model, "device": device},
+            "model": {"model": models[0], "ensemble": models[1:], "tta": tta, "device": device},
             "write": {"output": str(output), "mode": "resume" if resume else "overwrite",
                       "break_lock": break_lock},
             "runner": {"kind": runner or ("ray" if ray_address else "local"), "address": ray_address,
@@ -137,12 +141,12 @@ def _run(task: str, dry_run: bool, quiet: bool, profile: bool, **kw) -> None:  #
 
 @app.command()
 def classify(
-    inputs: Inputs, output: Output = None, model: ModelOpt = "eurosat-13", bands: Bands = None,
+    inputs: Inputs, output: Output = None, model: ModelsOpt = ["eurosat-13"], bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
-    allow_insecure_cluster: AllowInsecure = False,
+    allow_insecure_cluster: AllowInsecure = False, tta: Tta = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Map land cover, crop health and confidence over INPUTS into a Zarr mosaic."""
@@ -151,17 +155,17 @@ def classify(
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
-         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta)
 
 
 @app.command()
 def segment(
-    inputs: Inputs, model: ModelOpt, output: Output = None, bands: Bands = None,
+    inputs: Inputs, model: ModelsOpt, output: Output = None, bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
-    allow_insecure_cluster: AllowInsecure = False,
+    allow_insecure_cluster: AllowInsecure = False, tta: Tta = False,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Run a segmentation bundle over INPUTS into a Zarr mosaic."""
@@ -170,7 +174,7 @@ def segment(
          bands=bands, tile_size=tile_size, halo=halo, chunk=chunk, batch_size=batch_size,
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
-         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster)
+         ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -396,6 +400,102 @@ def evaluate(
         out.print(f"{rep['bundle_name']} on {rep['split']} ({rep['n']} chips): accuracy "
                   f"{rep['accuracy']:.4f}, macro F1 {rep['macro_f1']:.4f}", highlight=False)
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+def _is_model(source: str) -> bool:
+    """True when `geofg export SOURCE` names a model (a bundle name, .safetensors, or weights file)."""
+    from geofg.models.bundle import PICKLED_SUFFIXES
+
+    p = Path(source)
+    if p.suffix.lower() in {".safetensors", *PICKLED_SUFFIXES}:
+        return True
+    return not p.exists() and "/" not in source  # a bundle name
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="What to export: a model bundle (name or .safetensors path).")],
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Write the bundle as an ONNX model (OUT.onnx) for `classify --model OUT.onnx`.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="With --onnx: int8 quantisation (onnxruntime static, calibrated on the train split of --data).")] = False,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled chips (labels.csv with train/test splits): calibrates --int8, measures test accuracy. Default: $GEOFG_DATA/eurosat_ms when present.")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch and onnxruntime in the speed measurement.")] = 2,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up."""
+    _configure(verbose, quiet)
+    if not _is_model(source):
+        err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"
+                  " name); only model export is available; give a bundle", highlight=False)
+        raise typer.Exit(2)
+    if onnx is None:
+        err.print("[red]geofg: error:[/] exporting a bundle needs --onnx OUT.onnx; add it", highlight=False)
+        raise typer.Exit(2)
+    from geofg.models.onnx import export_onnx, load_split
+    from geofg.models.registry import read_model_card, resolve_model
+
+    try:
+        card = read_model_card(resolve_model(source))
+        if data is None and os.environ.get("GEOFG_DATA"):
+            guess = Path(os.environ["GEOFG_DATA"]) / "eurosat_ms"
+            data = guess if (guess / "labels.csv").is_file() else None
+        calib = load_split(data, "train", card)[0] if (int8 and data is not None) else None
+        evaluation = load_split(data, "test", card) if data is not None else None
+        if calib is not None:
+            from geofg.models.onnx import chip_canvases
+
+            calib = chip_canvases(calib, 3)
+        rep = export_onnx(source, onnx, int8=int8, calibration=calib, evaluation=evaluation,
+                          threads=threads, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    mb = 1024 * 1024
+    out.print(f"wrote {rep.output} ({rep.precision}, {rep.size_bytes / mb:.2f} MiB; bundle "
+              f"{rep.source_size_bytes / mb:.2f} MiB); max |p_onnx - p_bundle| on a check batch "
+              f"{rep.max_abs_prob_diff:.2e}", highlight=False, soft_wrap=True)
+    if rep.accuracy:
+        a = rep.accuracy
+        out.print(f"test accuracy ({a['n']} chips): fp32 bundle {a['fp32_bundle']:.3f}, {rep.precision} "
+                  f"ONNX {a['onnx']:.3f} ({a['onnx'] - a['fp32_bundle']:+.3f}); same class on "
+                  f"{a['agreement']:.1%} of chips", highlight=False, soft_wrap=True)
+    else:
+        out.print("test accuracy: not measured (no --data with a test split)", highlight=False)
+    s = rep.speed
+    if s:
+        line = (f"speed, batch {'x'.join(map(str, s['batch']))}, {s['threads']} threads, median of "
+                f"{s['runs']}: torch fp32 {s['torch_fp32_s']:.3f} s, ONNX {rep.precision} "
+                f"{s['onnx_s']:.3f} s: {s['speedup_vs_torch']:.2f}x")
+        if "onnx_fp32_s" in s:
+            line += f" (vs ONNX fp32 {s['onnx_fp32_s']:.3f} s: {s['speedup_vs_onnx_fp32']:.2f}x)"
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def explain(
+    bundle: Annotated[str, typer.Argument(help="Bundle name or .safetensors path.")],
+    inputs: Inputs,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Chip: a .png; scene: a .tif (quicklook beside it). Default: INPUT.gradcam.png/.tif.")] = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
+    stage: Annotated[int, typer.Option(help="Encoder stage (1..5; k = stride 2^k); default 3 (stride 8).")] = 3,
+    mode: Annotated[str, typer.Option(help="auto (chip when both sides <= 2x the patch size), chip or scene.")] = "auto",
+    bands: Bands = None, chunk: Chunk = 512, device: Device = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Grad-CAM maps: a PNG overlay for a chip, a georeferenced GeoTIFF (tiled like prediction) for a scene."""
+    _configure(verbose, quiet)
+    from geofg.models.explain import explain as run_explain
+
+    try:
+        res = run_explain(bundle, [str(p) for p in inputs], output, class_name=class_name,
+                          stage=stage, bands=[b.strip() for b in bands.split(",")] if bands else None,
+                          mode=mode, chunk=chunk, device=device, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    what = (f"class {res.class_name} (p = {res.probability:.3f})" if res.mode == "chip"
+            else f"class {res.class_name or 'predicted per pixel'}")
+    out.print(f"Grad-CAM ({res.mode}, stage {res.stage}, {what}): {', '.join(res.outputs)}",
+              highlight=False, soft_wrap=True)
 
 
 def _is_model(source: str) -> bool:

@@ -58,6 +58,10 @@ class ModelConfig(_Frozen):
 
     model: str = "eurosat-13"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    ensemble: list[str] = []
+    """More bundles (names or paths) whose probabilities are averaged with ``model``'s."""
+    tta: bool = False
+    """Average over the 8 dihedral transforms of each tile (geofg.models.ensemble)."""
 
 
 class WriteConfig(_Frozen):

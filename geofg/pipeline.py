@@ -26,9 +26,10 @@ from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
-from geofg.models.bundle import bundle_sha256, read_card
+from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
-from geofg.models.registry import resolve_model
+from geofg.models.ensemble import combined_card, models_sha256
+from geofg.models.registry import read_model_card, resolve_model
 from geofg.stitch import Accumulator, blend_weights
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ class Plan:
     overlap: int
     config_hash: str
     units: tuple[WorkUnit, ...] = field(repr=False)
+    extra_model_paths: tuple[str, ...] = ()
+    """Ensemble members after ``model_path`` (``--model`` given several times)."""
+
+    @property
+    def model_paths(self) -> tuple[str, ...]:
+        """Every model file this plan runs (one, or an ensemble's members)."""
+        return (self.model_path, *self.extra_model_paths)
 
     @property
     def spec(self) -> MosaicSpec:
@@ -124,8 +132,9 @@ def plan(job: JobConfig) -> Plan:
     Raises:
         InputError, ModelError, ConfigError: anything that makes the job impossible (exit 3).
     """
-    model_path = resolve_model(job.model.model)
-    card = read_card(model_path)
+    model_paths = [resolve_model(m) for m in (job.model.model, *job.model.ensemble)]
+    model_path = model_paths[0]
+    card = combined_card([read_model_card(m) for m in model_paths], [str(m) for m in model_paths])
     if job.task == "segment" and card.task != "segmentation":
         raise ConfigError(
             f"{model_path}: `geofg segment` expects a segmentation bundle, found task "
@@ -166,13 +175,14 @@ def plan(job: JobConfig) -> Plan:
         info=info,
         card=card,
         model_path=str(model_path),
-        model_sha256=bundle_sha256(model_path),
+        model_sha256=models_sha256([bundle_sha256(m) for m in model_paths], job.model.tta),
         band_indices=tuple(indices),
         tile_size=tile,
         halo=halo,
         overlap=overlap,
         config_hash=job.output_hash(tile, halo),
         units=tuple(units),
+        extra_model_paths=tuple(str(m.resolve()) for m in model_paths[1:]),
     )
 
 

@@ -153,9 +153,9 @@ def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> 
     from geofg.runners.local import Profile, run_local
 
     if predictor_factory is None:
-        from geofg.models.predictor import load_predictor
+        from geofg.models.ensemble import load_models
 
-        predictor = load_predictor(p.model_path, p.job.model.device)
+        predictor = load_models(p.model_paths, p.job.model.device, tta=p.job.model.tta)
     else:
         predictor = predictor_factory(p)
     prof = Profile()

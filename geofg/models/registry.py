@@ -4,6 +4,8 @@ Bundles live in :data:`BUNDLE_DIR` (shipped with geofg) and in the folders liste
 environment variable ``GEOFG_MODEL_PATH`` (``os.pathsep``-separated), searched in that order. A
 bundle's name is its card's ``name`` (or, failing that, its file stem). Shipped bundles are pinned
 by sha256 in ``bundles/MANIFEST.json`` (``{"<name>": "<sha256>"}``) and verified when resolved.
+A path ending in ``.onnx`` (a model made by ``geofg export``) is resolved like a bundle path;
+:func:`read_model_card` reads the card of either kind.
 
 This module does not import torch.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "list_models",
     "manifest",
     "model_dirs",
+    "read_model_card",
     "resolve_model",
 ]
 
@@ -35,6 +38,7 @@ BUNDLE_DIR = Path(__file__).parent / "bundles"
 MANIFEST_PATH = BUNDLE_DIR / "MANIFEST.json"
 MODEL_PATH_ENV = "GEOFG_MODEL_PATH"
 DEFAULT_MODEL = "eurosat-13"
+ONNX_SUFFIX = ".onnx"
 
 
 def model_dirs() -> list[Path]:
@@ -93,6 +97,7 @@ def _looks_like_path(text: str) -> bool:
         or (os.altsep is not None and os.altsep in text)
         or "/" in text
         or lower.endswith(BUNDLE_SUFFIX)
+        or lower.endswith(ONNX_SUFFIX)
         or any(lower.endswith(s) for s in PICKLED_SUFFIXES)
         or Path(text).exists()
     )
@@ -141,3 +146,17 @@ def resolve_model(name_or_path: str | Path) -> Path:
         log.warning("model name %r matches %d bundles; using %s", name, len(matches), matches[0])
     _verify_if_shipped(matches[0])
     return matches[0]
+
+
+def read_model_card(path: str | Path) -> ModelCard:
+    """Read the card of a ``.safetensors`` bundle or of an ``.onnx`` model made by ``geofg export``.
+
+    Raises:
+        UnsafeWeightsFormatError: Neither kind (pickles and anything else are refused).
+        WeightsError: Missing, corrupt, or no geofg card.
+    """
+    if Path(path).suffix.lower() == ONNX_SUFFIX:
+        from geofg.models.onnx import read_onnx_card
+
+        return read_onnx_card(path)
+    return read_card(path)

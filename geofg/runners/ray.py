@@ -156,16 +156,16 @@ class UnitWorker:
         self._env = contextlib.ExitStack()
         self._env.enter_context(gdal_env())
         if predictor_factory is None:
-            from geofg.models.predictor import load_predictor
+            from geofg.models.ensemble import load_models, models_sha256
 
-            found = bundle_sha256(p.model_path)
+            found = models_sha256([bundle_sha256(m) for m in p.model_paths], p.job.model.tta)
             if found != p.model_sha256:
                 raise WeightsChecksumError(
                     f"{p.model_path} on node {socket.gethostname()}: expected the bundle the driver "
                     f"planned with (sha256 {p.model_sha256[:12]}...), found sha256 {found[:12]}...; "
                     "put the same bundle on every node"
                 )
-            self._predictor: Predictor = load_predictor(p.model_path, device)
+            self._predictor: Predictor = load_models(p.model_paths, device, tta=p.job.model.tta)
         else:
             self._predictor = predictor_factory(p)
         RasterReader(p.info, p.band_indices).close()  # inputs missing or changed here: fail now

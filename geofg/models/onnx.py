@@ -1,0 +1,583 @@
+"""ONNX export (fp32 or int8) of a bundle, and a predictor that runs ``.onnx`` models on onnxruntime.
+
+``geofg export BUNDLE --onnx OUT.onnx [--int8]`` turns a ``.safetensors`` bundle into an ONNX
+model that ``geofg classify --model OUT.onnx`` runs without torch:
+
+* **The card travels inside the model**: ONNX ``metadata_props`` hold the bundle's card as JSON
+  under :data:`CARD_KEY` (the same key as in a bundle header), so bands, scale, mean/std, classes,
+  tile size and halo are known to ``classify``. The card's ``name`` gets a ``-onnx`` or ``-int8``
+  suffix and its ``made_by`` says how the file was made; :data:`EXPORT_KEY` holds the export report
+  (source bundle sha256, precision, measured accuracy and speed).
+* **Dynamic batch, height and width** (multiples of ``card.tile_multiple``): the patch classifier
+  is fully convolutional and runs densely over tiles of any size, so the export keeps all three
+  axes symbolic. The graph returns logits; :class:`OnnxPredictor` applies the softmax in fp32.
+* **int8** is onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations)
+  calibrated on *train*-split EuroSAT chips assembled into 3 x 3 canvases (192 px, so activation
+  ranges come from chips with neighbours, as on tiles; see docs/models.md on mosaic training).
+  Never the test split.
+* **Safety.** An ONNX file is a protobuf (no pickle, no code). :func:`read_onnx_card` still refuses
+  models that reference external data files (a path outside the file; onnxruntime would open it)
+  and files without a geofg card. A file is written atomically (temp file, fsync, rename).
+
+This module imports torch only inside :func:`export_onnx`; reading a card needs ``onnx`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofg.errors import ConfigError, WeightsError
+from geofg.models.bundle import CARD_KEY, bundle_sha256
+from geofg.models.card import ModelCard
+
+__all__ = [
+    "CARD_KEY",
+    "EXPORT_KEY",
+    "ONNX_SUFFIX",
+    "ExportReport",
+    "OnnxPredictor",
+    "export_onnx",
+    "load_onnx_predictor",
+    "load_split",
+    "quantise_onnx",
+    "read_export_report",
+    "read_onnx_card",
+]
+
+log = logging.getLogger(__name__)
+
+ONNX_SUFFIX = ".onnx"
+EXPORT_KEY = "geofg.export"
+"""ONNX metadata key holding the export report (JSON): source sha256, precision, measurements."""
+
+OPSET = 18
+INSTALL_HINT = "install the ONNX extra: pip install 'geofg[onnx]'"
+
+
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"ONNX support needs the Python package {module!r}, found it missing;"
+                          f" {INSTALL_HINT}") from None
+
+
+def _fail(path: Path, expected: str, found: str, fix: str) -> WeightsError:
+    return WeightsError(f"{path}: expected {expected}, found {found}; {fix}")
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _load_proto(path: Path) -> Any:
+    """Parse an ONNX file without loading external data; refuse what geofg will not run."""
+    onnx = _need("onnx")
+    if path.suffix.lower() != ONNX_SUFFIX:
+        raise _fail(path, "a .onnx file", f"extension {path.suffix or '(none)'!r}",
+                    "give a model exported by geofg export")
+    if not path.is_file():
+        raise _fail(path, "an ONNX model file", "no such file",
+                    "give an existing path (geofg export BUNDLE --onnx OUT.onnx makes one)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError, ValueError, ...
+        raise _fail(path, "an ONNX protobuf", f"unparsable bytes ({type(err).__name__})",
+                    "re-export the model with geofg export") from None
+    ext = onnx.TensorProto.EXTERNAL
+    if any(t.data_location == ext for t in model.graph.initializer):
+        raise _fail(path, "all weights inside the .onnx file", "tensors in external data files",
+                    "re-export with geofg export (it writes one self-contained file)")
+    return model
+
+
+def _metadata(model: Any) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_onnx_card(path: str | Path) -> ModelCard:
+    """Return the geofg model card stored in an ONNX model's ``metadata_props``.
+
+    Raises:
+        WeightsError: Not a readable self-contained ONNX file, or no valid geofg card in it.
+        ConfigError: The ``onnx`` package is not installed.
+    """
+    path = Path(path)
+    meta = _metadata(_load_proto(path))
+    if CARD_KEY not in meta:
+        raise _fail(path, f"a geofg model card in ONNX metadata_props[{CARD_KEY!r}]", "no card",
+                    "export the model with geofg export BUNDLE --onnx OUT.onnx")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except ConfigError as err:
+        raise WeightsError(f"{path}: {err}") from None
+
+
+def read_export_report(path: str | Path) -> dict[str, Any]:
+    """Return the export report stored by :func:`export_onnx` (empty dict when absent)."""
+    meta = _metadata(_load_proto(Path(path)))
+    try:
+        return json.loads(meta.get(EXPORT_KEY, "{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+class OnnxPredictor:
+    """An exported model on onnxruntime, with the :class:`~geofg.models.predictor.TorchPredictor`
+    contract: normalised float32 ``(N, C, H, W)`` in, softmax probabilities ``(N, K, H, W)`` out.
+
+    Attributes:
+        card: The model card from the file's metadata.
+        device: ``"cpu"`` (or ``"cuda"`` when onnxruntime has the CUDA provider and it was asked for).
+        path: The ``.onnx`` file.
+    """
+
+    def __init__(self, path: Path, card: ModelCard, session: Any, device: str) -> None:
+        """Wrap an inference session (use :func:`load_onnx_predictor`)."""
+        self.path = path
+        self.card = card
+        self.device = device
+        self._session = session
+        self._input = session.get_inputs()[0].name
+
+    def _check(self, x: np.ndarray) -> None:
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise ConfigError(
+                f"predict() expects a float32 array (N, C, H, W), found"
+                f" {getattr(x, 'shape', type(x).__name__)}"
+            )
+        n, c, h, w = x.shape
+        m = self.card.tile_multiple
+        if c != len(self.card.bands):
+            raise ConfigError(
+                f"model {self.card.name!r} expects {len(self.card.bands)} bands"
+                f" ({','.join(self.card.bands)}), found {c} channels; select the card's bands"
+            )
+        if n == 0 or h == 0 or w == 0 or h % m or w % m:
+            raise ConfigError(
+                f"predict() needs a non-empty batch with H and W multiples of {m}, found"
+                f" {x.shape}; pad tiles to a multiple of {m}"
+            )
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Return the graph's logits ``(N, K, H, W)`` float32."""
+        self._check(x)
+        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out, dtype=np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Return per-pixel class probabilities ``(N, K, H, W)`` float32 (softmax over K)."""
+        z = self.logits(x)
+        z = z - z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+
+    def __repr__(self) -> str:
+        """Describe the predictor."""
+        return f"OnnxPredictor({self.card.name!r}, {self.path.name}, device={self.device!r})"
+
+
+def load_onnx_predictor(path: str | Path, device: str = "auto",
+                        threads: int | None = None) -> OnnxPredictor:
+    """Load an exported ``.onnx`` model into an :class:`OnnxPredictor`.
+
+    Args:
+        path: The ``.onnx`` file (made by :func:`export_onnx`).
+        device: ``"auto"``/``"cpu"`` run on the CPU; ``"cuda"`` needs onnxruntime's CUDA provider.
+        threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
+
+    Raises:
+        WeightsError: Unreadable file, external data, or no geofg card.
+        ConfigError: onnxruntime missing, or CUDA asked for but not available to onnxruntime.
+    """
+    path = Path(path)
+    card = read_onnx_card(path)
+    ort = _need("onnxruntime")
+    providers = ["CPUExecutionProvider"]
+    dev = "cpu"
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError(
+                f"device {device!r} requested but onnxruntime {ort.__version__} has no CUDA"
+                " provider; use --device cpu (or install onnxruntime-gpu)"
+            )
+        providers, dev = ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise _fail(path, "an ONNX model onnxruntime can run", f"{type(err).__name__}: {first}",
+                    "re-export it with geofg export") from None
+    return OnnxPredictor(path, card, session, dev)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` made and measured (all numbers measured in that call).
+
+    Attributes:
+        output: The written ``.onnx`` file.
+        precision: ``"fp32"`` or ``"int8"``.
+        source: The bundle exported; ``source_sha256`` its sha256.
+        size_bytes: Size of the written file; ``source_size_bytes`` of the bundle (fp16 on disk).
+        max_abs_prob_diff: Largest |p_onnx - p_torch| over the check batch (a 2 x 2 chip canvas).
+        accuracy: ``{"fp32_bundle": .., "onnx": .., "agreement": .., "n": ..}`` on the test split,
+            or empty when no evaluation data was given.
+        speed: Seconds per batch (median) and the speed-up, on ``speed_batch`` tiles.
+    """
+
+    output: str
+    precision: str
+    source: str
+    source_sha256: str
+    size_bytes: int = 0
+    source_size_bytes: int = 0
+    max_abs_prob_diff: float = 0.0
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise as compact JSON."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def _export_fp32(model: Any, card: ModelCard, dest: Path) -> None:
+    """torch.onnx.export (dynamo) with symbolic batch, height and width."""
+    import torch
+
+    m = card.tile_multiple
+    side = max(card.patch_size or 0, 2 * m, 64)
+    side = -(-side // m) * m
+    example = torch.zeros(1, len(card.bands), side, side)
+    dim = torch.export.Dim
+    # H and W symbolic multiples of the tile multiple (the net's pooling needs them divisible)
+    hq, wq = dim("hq", min=1, max=512), dim("wq", min=1, max=512)
+    shapes = {"x": {0: dim("batch", min=1, max=1024), 2: m * hq, 3: m * wq}}
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model, (example,), None, input_names=["x"], output_names=["logits"],
+            opset_version=OPSET, dynamo=True, dynamic_shapes=shapes, external_data=False,
+            optimize=True, verbose=False,
+        )
+    program.save(str(dest), external_data=False)
+
+
+def _set_metadata(path: Path, items: dict[str, str]) -> None:
+    onnx = _need("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    old = {p.key: p.value for p in model.metadata_props}
+    old.update(items)
+    del model.metadata_props[:]
+    for k, v in old.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = k, v
+    onnx.save(model, str(path))
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over a list of float32 batches."""
+
+    def __init__(self, name: str, batches: Sequence[np.ndarray]) -> None:
+        self._items = iter([{name: b} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def chip_canvases(x: np.ndarray, g: int = 3) -> np.ndarray:
+    """Assemble chips ``(N, C, s, s)`` into ``(N // g², C, g s, g s)`` canvases (row-major)."""
+    n, c, s, _ = x.shape
+    k = n // (g * g)
+    if k == 0:
+        raise ConfigError(f"need at least {g * g} calibration chips for {g}x{g} canvases, found {n}")
+    x = x[: k * g * g].reshape(k, g, g, c, s, s)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 4, 2, 5).reshape(k, c, g * s, g * s))
+
+
+def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray) -> dict[str, Any]:
+    """Static QDQ int8 quantisation of the ONNX model ``fp32`` into ``dest``.
+
+    Args:
+        fp32: An fp32 model (e.g. from :func:`export_onnx`); its metadata (card) is copied.
+        dest: Output path (overwritten; callers write to a temp path and rename).
+        calibration: Normalised float32 inputs ``(N, C, H, W)``, fed 4 at a time (train split).
+
+    Returns:
+        A description of the calibration (method, batches, input shape).
+    """
+    fp32, dest = Path(fp32), Path(dest)
+    _need("onnxruntime")
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dest.with_name(dest.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        source = pre
+    except Exception as err:  # noqa: BLE001 - pre-processing is an optimisation only
+        log.info("quantisation pre-processing skipped: %s", err)
+        source = fp32
+    batches = [calibration[i : i + 4] for i in range(0, len(calibration), 4)]
+    quantize_static(
+        str(source), str(dest), _Calibration("x", batches),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    pre.unlink(missing_ok=True)
+    meta = _metadata(_load_proto(fp32))
+    if CARD_KEY in meta:
+        card = ModelCard.from_json(meta[CARD_KEY])
+        base = card.name.removesuffix("-onnx")
+        meta[CARD_KEY] = card.model_copy(update={
+            "name": f"{base}-int8", "made_by": f"{card.made_by} + int8 (static QDQ)".lstrip(" +"),
+        }).to_json()
+    if meta:
+        _set_metadata(dest, meta)
+    return {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+            "batches": len(batches), "inputs": list(calibration.shape)}
+
+
+def _median_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def export_onnx(
+    bundle: str | Path,
+    output: str | Path,
+    *,
+    int8: bool = False,
+    calibration: np.ndarray | None = None,
+    evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+    speed_batch: tuple[int, int] | None = (2, 512),
+    speed_runs: int = 5,
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export a ``.safetensors`` bundle to ONNX (fp32, or int8 when ``int8``) and measure it.
+
+    Args:
+        bundle: A bundle name or ``.safetensors`` path.
+        output: Destination ``.onnx`` path (written atomically; refused if it exists unless
+            ``overwrite``).
+        int8: Quantise with onnxruntime static quantisation; needs ``calibration``.
+        calibration: Normalised float32 calibration inputs ``(N, C, H, W)`` (train split only).
+        evaluation: Normalised test chips ``(N, C, s, s)`` and labels ``(N,)``: accuracy of the
+            bundle (torch, fp32) and of the ONNX model on them, chip class = argmax of the mean
+            probability map (as in docs/models.md).
+        speed_batch: ``(n, side)``: time ``predict`` on a random ``(n, C, side, side)`` batch for
+            both; None skips it.
+        speed_runs: Timed runs after one warm-up (the median is reported).
+        threads: Threads for both torch and onnxruntime during the measurement.
+        overwrite: Replace an existing output.
+
+    Returns:
+        The :class:`ExportReport`, also stored in the ONNX metadata under :data:`EXPORT_KEY`.
+
+    Raises:
+        UnsafeWeightsFormatError, WeightsError: The bundle is not a readable safetensors bundle
+            (nothing is written).
+        ConfigError: Bad output path, int8 without calibration data, missing ONNX packages.
+    """
+    import torch
+
+    from geofg.models.predictor import load_predictor
+    from geofg.models.registry import resolve_model
+
+    src = resolve_model(bundle)
+    out = Path(output)
+    if out.suffix.lower() != ONNX_SUFFIX:
+        raise ConfigError(f"{out}: expected an output path ending in .onnx, found"
+                          f" {out.suffix or 'no extension'!r}; name it e.g. model.onnx")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: expected a new output path, found an existing file;"
+                          " remove it or pass --overwrite")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: expected an existing folder {out.parent}, found none;"
+                          " create it first")
+    if int8 and calibration is None:
+        raise ConfigError("--int8 needs calibration data (EuroSAT train chips), found none;"
+                          " pass --data DIR with labels.csv or set GEOFG_DATA")
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        _need(mod)
+    torch_pred = load_predictor(src, device="cpu")  # every safety check on the bundle
+    card = torch_pred.card
+    if card.tile_multiple < 1:
+        raise ConfigError(f"{src}: tile_multiple must be >= 1")
+    precision = "int8" if int8 else "fp32"
+    new_card = card.model_copy(update={
+        "name": f"{card.name}-{'int8' if int8 else 'onnx'}",
+        "made_by": f"geofg export {src.name} --onnx {out.name}{' --int8' if int8 else ''}"
+                   f" (from {card.name} {card.version}, sha256 {bundle_sha256(src)[:16]})",
+    })
+    report = ExportReport(output=str(out), precision=precision, source=str(src),
+                          source_sha256=bundle_sha256(src), source_size_bytes=src.stat().st_size)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fp32 = work / "fp32.onnx"
+        _export_fp32(torch_pred.model, card, fp32)
+        _set_metadata(fp32, {CARD_KEY: new_card.to_json()})
+        final = fp32
+        if int8:
+            assert calibration is not None
+            final = work / "int8.onnx"
+            report.calibration = quantise_onnx(fp32, final, calibration.astype(np.float32))
+        _set_metadata(final, {CARD_KEY: new_card.to_json()})
+        onnx_pred = load_onnx_predictor(final, "cpu", threads=threads)
+        check = _check_batch(card)
+        report.max_abs_prob_diff = float(np.abs(onnx_pred.predict(check)
+                                                - torch_pred.predict(check)).max())
+        if evaluation is not None:
+            report.accuracy = _accuracy(torch_pred, onnx_pred, *evaluation)
+        if speed_batch is not None:
+            report.speed = _speed(torch_pred, onnx_pred, card, speed_batch, speed_runs,
+                                  fp32 if int8 else None, threads)
+        report.size_bytes = final.stat().st_size
+        _set_metadata(final, {EXPORT_KEY: report.to_json()})
+        report.size_bytes = final.stat().st_size
+        with final.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(final, out)
+    finally:
+        torch.set_num_threads(old_threads)
+        for p in work.glob("*"):
+            p.unlink(missing_ok=True)
+        work.rmdir()
+    return report
+
+
+def _check_batch(card: ModelCard) -> np.ndarray:
+    side = max(card.patch_size or 64, card.tile_multiple) * 2
+    side = -(-side // card.tile_multiple) * card.tile_multiple
+    return np.random.default_rng(0).normal(0, 1, (2, len(card.bands), side, side)).astype(np.float32)
+
+
+def _chip_classes(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    return np.concatenate([predict(x[i : i + 25]).mean(axis=(2, 3)).argmax(1)
+                           for i in range(0, len(x), 25)])
+
+
+def _accuracy(torch_pred: Any, onnx_pred: OnnxPredictor, x: np.ndarray,
+              y: np.ndarray) -> dict[str, Any]:
+    a = _chip_classes(torch_pred.predict, x)
+    b = _chip_classes(onnx_pred.predict, x)
+    return {"n": int(len(y)), "fp32_bundle": float((a == y).mean()), "onnx": float((b == y).mean()),
+            "agreement": float((a == b).mean())}
+
+
+def _speed(torch_pred: Any, onnx_pred: OnnxPredictor, card: ModelCard, batch: tuple[int, int],
+           runs: int, fp32_onnx: Path | None, threads: int | None) -> dict[str, Any]:
+    n, side = batch
+    side = -(-side // card.tile_multiple) * card.tile_multiple
+    x = np.random.default_rng(1).normal(0, 1, (n, len(card.bands), side, side)).astype(np.float32)
+    t_torch = _median_seconds(lambda: torch_pred.predict(x), runs)
+    t_onnx = _median_seconds(lambda: onnx_pred.predict(x), runs)
+    res = {"batch": [n, len(card.bands), side, side], "runs": runs, "threads": threads,
+           "torch_fp32_s": round(t_torch, 4), "onnx_s": round(t_onnx, 4),
+           "speedup_vs_torch": round(t_torch / t_onnx, 3)}
+    if fp32_onnx is not None:
+        ref = load_onnx_predictor(fp32_onnx, "cpu", threads=threads)
+        t_ref = _median_seconds(lambda: ref.predict(x), runs)
+        res["onnx_fp32_s"] = round(t_ref, 4)
+        res["speedup_vs_onnx_fp32"] = round(t_ref / t_onnx, 3)
+    return res
+
+
+# --- labelled chips for calibration and evaluation -------------------------------------------------
+
+EUROSAT_FILE_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
+                      "B12", "B8A")
+"""Band order of EuroSAT-MS GeoTIFFs (B8A last), used when a chip file names no bands."""
+
+
+def load_split(data_dir: str | Path, split: str, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """Read the ``split`` chips of a EuroSAT-style folder, normalised for ``card``.
+
+    The folder holds ``labels.csv`` (columns ``file``, ``label``, ``split``) and the chip
+    GeoTIFFs; bands are taken by name (band descriptions, else :data:`EUROSAT_FILE_BANDS`).
+
+    Returns:
+        ``(x, y)``: float32 ``(N, C, H, W)`` normalised with the card, int64 class indices.
+
+    Raises:
+        ConfigError: No labels.csv, no chip of that split, a label the card lacks, a band the
+            chips lack, or chips of different sizes.
+    """
+    import csv
+
+    import rasterio
+
+    root = Path(data_dir)
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise ConfigError(f"{labels}: expected a labels.csv (file,label,split) of labelled chips,"
+                          " found no such file; pass --data DIR (e.g. <shared>/data/eurosat_ms)")
+    names = card.class_names
+    xs, ys = [], []
+    with labels.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("split") != split:
+                continue
+            if row["label"] not in names:
+                raise ConfigError(f"{labels}: expected labels among the model's classes"
+                                  f" ({', '.join(names)}), found {row['label']!r}; use data with"
+                                  " the model's classes")
+            with rasterio.open(root / row["file"]) as ds:
+                arr = ds.read()
+                desc = ds.descriptions
+            have = list(desc) if all(desc) else list(EUROSAT_FILE_BANDS[: arr.shape[0]])
+            missing = [b for b in card.bands if b not in have]
+            if missing:
+                raise ConfigError(f"{root / row['file']}: expected bands {','.join(card.bands)},"
+                                  f" found {','.join(have)} (missing {','.join(missing)}); use"
+                                  " chips with the model's bands")
+            xs.append(arr[[have.index(b) for b in card.bands]])
+            ys.append(names.index(row["label"]))
+    if not xs:
+        raise ConfigError(f"{labels}: expected chips with split {split!r}, found none; use a"
+                          " labels.csv with train and test splits")
+    if len({a.shape for a in xs}) > 1:
+        raise ConfigError(f"{labels}: expected chips of one size, found {sorted({a.shape for a in xs})}")
+    x = np.stack(xs).astype(np.float32) * np.float32(card.scale)
+    mean = np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(card.std, np.float32).reshape(1, -1, 1, 1)
+    return ((x - mean) / std).astype(np.float32), np.asarray(ys, dtype=np.int64)
