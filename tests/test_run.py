@@ -86,6 +86,34 @@ def test_mosaic_values_georeferencing_and_summary(tmp_path: Path, threshold_bund
     assert g.attrs["geofg:model"]["name"] == "tiny"
 
 
+def test_several_scenes_go_into_one_mosaic_on_their_union_grid(tmp_path: Path, threshold_bundle: Path) -> None:
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(1, 3000, (2, 30, 20)).astype("uint16")
+    b = rng.integers(1, 3000, (2, 25, 18)).astype("uint16")
+    write_raster(tmp_path / "s_a.tif", a, descriptions=BANDS)  # origin (500000, 5800000)
+    write_raster(tmp_path / "s_b.tif", b, descriptions=BANDS,
+                 transform=from_origin(500000.0 + 200.0, 5800000.0 - 100.0, 10, 10))  # row 10, col 20
+    (tmp_path / "tonight.txt").write_text("s_a.tif\ns_b.tif\n")
+    out = tmp_path / "out.zarr"
+    job = _job(tmp_path / "tonight.txt", out, threshold_bundle)
+    result = _run(job)
+
+    union = np.zeros((2, 35, 38), "uint16")
+    union[:, 10:35, 20:38] = b
+    union[:, :30, :20] = a
+    valid = np.zeros((35, 38), bool)
+    valid[:30, :20] = valid[10:35, 20:38] = True
+    cls, _ = _expected(union, valid)
+    g = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(g["class"][:], cls)
+    assert result.summary.valid_px == 30 * 20 + 25 * 18
+    assert [Path(f["path"]).name for f in g.attrs["geofg:inputs"]["files"]] == ["s_a.tif", "s_b.tif"]
+    # re-running finds every unit current (one fingerprint covers all the scenes)
+    assert _run(job).skipped == len(result.plan.units)
+
+
 def test_resume_skips_done_units_and_input_change_redoes_them(tmp_path: Path, threshold_bundle: Path) -> None:
     data = np.random.default_rng(4).integers(1, 3000, (2, 40, 40)).astype("uint16")
     inp = write_raster(tmp_path / "in.tif", data, descriptions=BANDS)

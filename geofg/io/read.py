@@ -115,6 +115,9 @@ class RasterInfo:
     nodata: float | None
     fingerprint: str
     files: tuple[dict[str, Any], ...]
+    scenes: tuple[RasterInfo, ...] = ()
+    """For several scenes on one grid (:mod:`geofg.io.scenes`): each scene, in priority order;
+    the fields above then describe their union grid (bands, dtype and nodata of the first)."""
 
     def __hash__(self) -> int:  # the dicts in ``files`` are unhashable; equal infos share these
         return hash((self.fingerprint, self.band_names, self.crs_wkt, self.transform))
@@ -135,6 +138,8 @@ class RasterInfo:
 
     def label(self) -> str:
         """Return a short name for messages: the file, or the folder of a band-file set."""
+        if self.scenes:
+            return f"{self.scenes[0].label()} and {len(self.scenes) - 1} more scenes"
         if len(self.paths) == 1:
             return self.paths[0]
         return f"{os.path.commonpath(self.paths)} ({len(self.paths)} band files)"
@@ -249,6 +254,13 @@ def open_raster(
     raws = [os.fspath(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
     if not raws:
         raise ConfigError("no input given: expected a GeoTIFF, a band-file folder or band files")
+    from geofg.io import scenes as sc
+
+    raws = sc.expand_inputs(raws)
+    if sc.is_scene_list(raws):
+        one = {"max_pixels": max_pixels, "assume_crs": assume_crs,
+               "max_compression_ratio": max_compression_ratio}  # fmt: skip
+        return sc.union_info([open_raster([r], bands, **one) for r in raws], max_pixels)
     files, is_set = s2.gather_inputs(raws, resolve_input)
     with gdal_env():
         facts = [inspect_file(raw, path) for raw, path in files]
@@ -384,6 +396,15 @@ class RasterReader:
         if not self._bands or not all(0 <= i < info.count for i in self._bands):
             raise ConfigError(f"band indices must be in 0..{info.count - 1}, got {self._bands}")
         self._groups: list[_Group] = []
+        self._scenes: list[tuple[Window, RasterInfo]] = []
+        self._subs: dict[int, RasterReader] = {}
+        if info.scenes:
+            from geofg.io.scenes import scene_offset
+
+            for s in info.scenes:
+                row, col = scene_offset(info, s)
+                self._scenes.append((Window(row, col, s.height, s.width), s))
+            return
         records = {r["path"]: r for r in info.files}
         by_path: dict[str, list[tuple[int, int]]] = {}
         for channel, i in enumerate(self._bands):
@@ -440,6 +461,8 @@ class RasterReader:
             UnreadableRasterError: GDAL failed to read a block (truncated or corrupt file).
         """
         shape = (len(self._bands), window.height, window.width)
+        if self._scenes:
+            return self._read_scenes(window, shape)
         common = window.intersection(self._grid)
         for g in self._groups:
             common = None if common is None or g.cover is None else common.intersection(g.cover)
@@ -465,6 +488,29 @@ class RasterReader:
         self._check_values(part, ok)
         if not ok.all():
             part[:, ~ok] = 0
+        return data, valid
+
+    def _read_scenes(self, window: Window, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Fill ``window`` from each overlapping scene in turn; earlier scenes take precedence.
+
+        A scene's datasets are opened on first use and kept for this reader's lifetime.
+        """
+        data = np.zeros(shape, self._dtype)
+        valid = np.zeros(shape[1:], bool)
+        for i, (cover, scene) in enumerate(self._scenes):
+            common = window.intersection(cover)
+            if common is None:
+                continue
+            sub = self._subs.get(i)
+            if sub is None:
+                sub = self._subs[i] = RasterReader(scene, self._bands)
+            local = Window(common.row_off - cover.row_off, common.col_off - cover.col_off,
+                           common.height, common.width)  # fmt: skip
+            d, v = sub.read(local)
+            rows, cols = common.relative_to(window)
+            take = v & ~valid[rows, cols]
+            data[:, rows, cols][:, take] = d[:, take]
+            valid[rows, cols] |= take
         return data, valid
 
     def _read_group(self, g: _Group, common: Window, part: np.ndarray, ok: np.ndarray) -> None:
@@ -507,6 +553,9 @@ class RasterReader:
 
     def close(self) -> None:
         """Close the dataset handles (idempotent)."""
+        subs, self._subs = getattr(self, "_subs", {}), {}
+        for sub in subs.values():
+            sub.close()
         groups, self._groups = getattr(self, "_groups", []), []
         with gdal_env():
             for g in groups:
