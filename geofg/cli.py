@@ -246,13 +246,13 @@ def scan(
 
 def _print_scan(r) -> None:  # noqa: ANN001
     counts = ", ".join(f"{r.count(s)} {s}" for s in ("processed", "skipped", "deferred", "failed", "deleted"))
-    out.print(f"scenes: {counts}", highlight=False)
+    out.print(f"scenes: {counts}", highlight=False, soft_wrap=True)
     for s in r.scenes:
         if s.status in ("deferred", "failed", "deleted") or (s.status == "skipped" and "outside" in s.reason):
             out.print(f"  {s.name}: {s.status}: {s.reason}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"units: {r.units_ran} ran ({r.units_empty} empty), {r.units_skipped} current, "
               f"{len(r.units_failed)} failed; {r.km2_processed:.3f} km² processed; dates written: "
-              f"{', '.join(r.dates_touched) or 'none'}", highlight=False)
+              f"{', '.join(r.dates_touched) or 'none'}", highlight=False, soft_wrap=True)
     if r.report_paths:
         out.print(f"report: {r.report_paths[1]}", highlight=False, markup=False, soft_wrap=True)
 

@@ -151,6 +151,10 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     """
     from rasterio.crs import CRS
 
+    folder = Path(cfg.inbox.folder)
+    if not folder.is_dir():
+        raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
+                          f"{'a file' if folder.exists() else 'nothing'}; create it or fix the path")  # fmt: skip
     model_path = resolve_model(cfg.model.model)
     card = read_card(model_path)
     g = cfg.grid
