@@ -350,9 +350,14 @@ def test_folder_with_one_tif_is_a_stack(make_tif, tmp_path):
         open_raster([path.parent])
 
 
-def test_list_of_files_must_be_band_files(make_tif):
-    with pytest.raises(InputError, match="band files"):
-        open_raster([make_tif("a.tif"), make_tif("b.tif")])
+def test_list_of_files_without_band_names_is_several_scenes(make_tif):
+    info = open_raster([make_tif("a.tif"), make_tif("b.tif")])  # same grid: union is one scene's
+    assert len(info.scenes) == 2 and (info.height, info.width) == (info.scenes[0].height, info.scenes[0].width)
+
+
+def test_band_file_mixed_with_a_scene_is_refused(make_tif):
+    with pytest.raises(InputError, match="expected the bands of"):
+        open_raster([make_tif("a.tif"), make_tif("T33UUU_B02.tif", count=1)])
 
 
 # --- threads, pickling, changes -----------------------------------------------------------------
