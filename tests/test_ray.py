@@ -410,7 +410,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
                 time.sleep(0.3)
-        yield {"url": url, "env": env}
+        yield {"url": url, "env": env, "address": f"127.0.0.1:{ports['--port']}"}
     finally:
         _stop_session(proc)
         log.close()
@@ -471,3 +471,30 @@ def test_submit_passes_the_drivers_exit_code_and_runs_a_submission_once(ray_head
     denied = subprocess.run([*args[:6], "--no-wait", "--submission-id", "other", "--", str(inp), "-o",
                              str(tmp_path / "x.zarr")], env=env, capture_output=True, text=True, timeout=120)
     assert denied.returncode == 5, denied.stderr[-2000:]
+
+
+def test_driver_sigkilled_mid_run_then_rerun_resumes_and_equals_clean_run(
+        ray_head: dict, tmp_path: Path, bundle: Path, scene: Path, golden: dict[str, np.ndarray]) -> None:
+    """N3: SIGKILL the `geofg classify --ray-address` driver mid-run. Its actors die with it (their
+    owner); the re-run takes over the dead driver's lock, redoes only the units without a record,
+    and the mosaic equals the local runner's clean run array for array."""
+    out = tmp_path / "killed.zarr"
+    args = [sys.executable, "-m", "geofg.cli", "classify", str(scene), "-o", str(out), "--model", str(bundle),
+            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q"]
+    env = {**ray_head["env"], "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    units = out / ".geofg" / "units"
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and proc.poll() is None and len(list(units.glob("*.json"))) < 6:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = Ledger(out / ".geofg").load()
+    assert 0 < len(before) < 36, "the kill must land mid-run"
+
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = Ledger(out / ".geofg").load()
+    assert len(after) == 36 and all(r.status == "done" for r in after.values())
+    assert all(after[u].run_id == before[u].run_id for u in before), "a unit done before the kill was redone"
+    _assert_layers_equal(out, golden)
