@@ -51,7 +51,7 @@ def _images() -> dict[str, set[str]]:
             for v in node:
                 walk(v, into)
 
-    for path in [CLUSTER / "ray-cluster.yaml", *sorted(KUBERAY.glob("*.yaml"))]:
+    for path in [CLUSTER / "ray-cluster.yaml", *sorted(KUBERAY.glob("*.yaml"))]:  # scan/*.yaml: no image
         walk(_load(path), found.setdefault(path.name, set()))
     return found
 
@@ -137,22 +137,102 @@ def test_rayjob_runs_jobs_classify_with_options_the_cli_accepts() -> None:
     assert params["device"] == "cuda"
 
 
-def test_nightly_cronjob_submits_with_a_dated_id_and_the_clusters_token() -> None:
+def _scan_params(argv: list[str]) -> dict:
+    """Parse ``argv`` exactly as `geofg scan` (and jobs/scan.py) would; UsageError if not."""
+    cmd = typer.main.get_command(app).get_command(click.Context(click.Command("geofg")), "scan")
+    return cmd.make_context("scan", list(argv)).params
+
+
+def _cronjob_argv() -> list[str]:
+    cj = _load(KUBERAY / "nightly-cronjob.yaml")
+    (c,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return shlex.split(c["args"][0].replace("$(date -u +%F)", "2026-01-01"))
+
+
+def test_nightly_cronjob_submits_a_dated_scan_job_with_the_clusters_token() -> None:
     cj = _load(KUBERAY / "nightly-cronjob.yaml")
     assert cj["apiVersion"] == "batch/v1" and cj["kind"] == "CronJob"
     assert cj["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and cj["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
     (c,) = pod["containers"]
     env = {e["name"]: e for e in c["env"]}
     rc = _load(KUBERAY / "raycluster.yaml")
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == rc["spec"]["authOptions"]["secretName"]
-    argv = shlex.split(c["args"][0].replace("$(date -u +%F)", "2026-01-01"))
-    assert argv[:3] == ["exec", "geofg", "submit"]
+    argv = _cronjob_argv()
+    assert argv[:4] == ["exec", "ray", "job", "submit"]
     assert argv[argv.index("--address") + 1] == f"http://{rc['metadata']['name']}-head-svc:8265"
-    assert argv[argv.index("--submission-id") + 1].startswith("geofg-nightly-2026-01-01")
+    assert argv[argv.index("--submission-id") + 1] == "geofg-scan-2026-01-01-north"
     assert argv[argv.index("--runtime-env") + 1] == "/app/cluster/runtime_env.yaml"
-    _classify_params(argv[argv.index("--") + 1 :])
+    entry = argv[argv.index("--") + 1 :]
+    assert entry[:2] == ["python", "/app/jobs/scan.py"]  # the Dockerfile copies jobs/ to /app/jobs
+    assert (ROOT / "jobs" / "scan.py").is_file()
+    _scan_params(entry[2:])
+
+
+def _cron_argv() -> tuple[list[str], list[str]]:
+    """(the five schedule fields, the command argv) of the crontab's one job line."""
+    lines = [ln for ln in (CLUSTER / "cron" / "geofg-scan.crontab").read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    jobs = [ln for ln in lines if not re.match(r"^[A-Z_]+=", ln)]
+    assert len(jobs) == 1, jobs
+    fields = jobs[0].split(None, 5)
+    return fields[:5], shlex.split(fields[5])
+
+
+def test_crontab_line_is_valid_cron() -> None:
+    fields, argv = _cron_argv()
+    ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+    for f, (lo, hi) in zip(fields, ranges, strict=True):
+        for part in f.split(","):
+            base, _, step = part.partition("/")
+            assert not step or step.isdigit(), f
+            if base != "*":
+                a, _, b = base.partition("-")
+                assert a.isdigit() and lo <= int(a) <= hi and (not b or (b.isdigit() and int(a) <= int(b) <= hi)), f
+    assert argv[0].startswith("/") and ">>" in argv  # absolute binary, output appended to a log
+
+
+def _systemd(name: str):  # noqa: ANN202
+    import configparser
+
+    cp = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",))
+    cp.optionxform = str  # systemd keys are case-sensitive
+    cp.read_string((CLUSTER / "systemd" / name).read_text())
+    return cp
+
+
+def test_systemd_service_and_timer_are_well_formed() -> None:
+    svc, timer = _systemd("geofg-scan.service"), _systemd("geofg-scan.timer")
+    assert svc.sections() == ["Unit", "Service"]
+    assert svc["Service"]["Type"] == "oneshot" and svc["Service"]["ExecStart"].startswith("/")
+    assert timer.sections() == ["Unit", "Timer", "Install"]
+    assert timer["Timer"]["Unit"] == "geofg-scan.service" and timer["Timer"]["Persistent"] == "true"
+    assert re.fullmatch(r"\*-\*-\* \d\d:\d\d:\d\d UTC", timer["Timer"]["OnCalendar"])
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    hh, mm = timer["Timer"]["OnCalendar"].split()[1].split(":")[:2]
+    fields, _ = _cron_argv()
+    cj = _load(KUBERAY / "nightly-cronjob.yaml")["spec"]
+    assert fields[:2] == [str(int(mm)), str(int(hh))] == cj["schedule"].split()[:2]  # same time everywhere
+
+
+def test_every_schedule_runs_the_same_scan_of_a_valid_config() -> None:
+    from geofg.scan.config import build_scan
+
+    _, cron = _cron_argv()
+    cron = cron[: cron.index(">>")]
+    svc = shlex.split(_systemd("geofg-scan.service")["Service"]["ExecStart"])
+    k8s = _cronjob_argv()
+    k8s = k8s[k8s.index("--") + 1 :]
+    assert cron[0].endswith("/geofg") and cron[1] == "scan"
+    assert svc[0].endswith("/geofg") and svc[1] == "scan"
+    assert k8s[:2] == ["python", "/app/jobs/scan.py"]  # jobs/scan.py runs `geofg scan ARGS`
+    configs = {str(_scan_params(argv)["config"]) for argv in (cron[2:], svc[2:], k8s[2:])}
+    assert configs == {"/data/scan/north.yaml"}
+    shipped = CLUSTER / "scan" / "north.yaml"  # deployed to /data/scan/north.yaml
+    cfg = build_scan(yaml.safe_load(shipped.read_text()), str(shipped))
+    assert cfg.mosaic.startswith("/data/") and cfg.inbox.folder.startswith("/data/")
 
 
 def test_readme_gives_the_commands_and_never_a_host_wide_ray_stop() -> None:
@@ -160,7 +240,8 @@ def test_readme_gives_the_commands_and_never_a_host_wide_ray_stop() -> None:
     for needle in ("geofg submit --address", "ray job submit", "RAY_AUTH_MODE=token", "ray up cluster/ray-cluster.yaml",
                    "kubectl apply -f cluster/kuberay/raycluster.yaml", "driver_exit_code"):
         assert needle in readme, needle
-    for path in [*CLUSTER.rglob("*.yaml"), ROOT / "jobs" / "classify.py"]:
+    for path in [*CLUSTER.rglob("*.yaml"), ROOT / "jobs" / "classify.py", ROOT / "jobs" / "scan.py",
+                 *CLUSTER.glob("cron/*"), *CLUSTER.glob("systemd/*")]:
         text = path.read_text()
         if path.name != "ray-cluster.yaml":  # there it runs inside each node's own container
             assert "ray stop" not in text, path
@@ -173,3 +254,11 @@ def test_jobs_classify_parses_like_the_cli(args: list[str]) -> None:
 
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "classify.py"), *args], capture_output=True, text=True)
     assert r.returncode == 0 and "--ray-address" in r.stdout and "--chunk" in r.stdout
+
+
+def test_jobs_scan_parses_like_the_cli() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "scan.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--break-lock" in r.stdout and "--print-schema" in r.stdout
