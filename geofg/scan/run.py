@@ -233,8 +233,13 @@ class _Prepared:
 def _prepare(entry: ib.Entry, p: ScanPlan) -> _Prepared:
     """Open, validate and hash one file; give it a date and a footprint (InputError if not)."""
     cfg = p.job.inbox
-    info = open_raster([str(entry.path)], cfg.bands, max_pixels=cfg.max_pixels)
-    if [*ib.stat_key(entry.path.stat())] != entry.stat:
+    try:
+        info = open_raster([str(entry.path)], cfg.bands, max_pixels=cfg.max_pixels)
+    except InputError:
+        if _changed(entry):
+            raise _Deferred("changed while geofg read it (still being copied?)") from None
+        raise
+    if _changed(entry):
         raise _Deferred("changed while geofg read it (still being copied?)")
     tags: dict[str, str] = {}
     if cfg.date.source == "metadata":
@@ -257,6 +262,13 @@ def _prepare(entry: ib.Entry, p: ScanPlan) -> _Prepared:
 
 class _Deferred(Exception):
     pass
+
+
+def _changed(entry: ib.Entry) -> bool:
+    try:
+        return ib.stat_key(entry.path.stat()) != entry.stat
+    except FileNotFoundError:
+        return True
 
 
 def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
