@@ -164,9 +164,10 @@ class SceneWindowReader:
                 src_nodata=nodata, nodata=nodata, add_alpha=nodata is None,
             ) as vrt:  # fmt: skip
                 part = vrt.read(indexes, out_dtype="float32")
-                # without nodata the alpha band marks what the scene covers; with nodata, GDAL
+                # without nodata the added alpha band (the last) marks what the scene covers (its
+                # mask flags still say all_valid, so dataset_mask() would not); with nodata, GDAL
                 # fills uncovered pixels with it and the value test below finds them
-                ok = vrt.dataset_mask() != 0 if nodata is None else np.ones(part.shape[1:], bool)
+                ok = vrt.read(vrt.count) > 0 if nodata is None else np.ones(part.shape[1:], bool)
         except RasterioError as exc:
             raise UnreadableRasterError(
                 f"{s.info.paths[0]}: expected readable pixels for grid rows {window.row_off}.."
