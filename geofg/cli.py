@@ -258,6 +258,28 @@ def _print_scan(r) -> None:  # noqa: ANN001
 
 
 @app.command()
+def stats(
+    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    fields: Annotated[Path, typer.Option("--fields", help="GeoJSON of field polygons (lon/lat, or a legacy crs member).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv (a row per field) or OUT.geojson (the fields with statistics).")],
+    time: Annotated[Optional[str], typer.Option("--time", help="A date of a scan mosaic, e.g. 2020-08-31 (default: the latest view).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Per-field area per class and health class, majority class and mean confidence of a mosaic."""
+    _configure(verbose, quiet)
+    from geofg.scan.stats import field_stats, write_stats
+
+    try:
+        rows = field_stats(mosaic, fields, when=time)
+        path = write_stats(rows, fields, output, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{len(rows)} fields -> {path}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Describe a mosaic: grid, CRS, arrays, provenance, units done, lock."""
