@@ -424,6 +424,23 @@ def evaluate(
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
+def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str | None, layer: str,
+                   overwrite: bool, quiet: bool) -> None:
+    from geofg.scan.cog import export_cog, export_png
+
+    try:
+        written = []
+        if cog is not None:
+            written.append(export_cog(mosaic, cog, when=time, layer=layer, overwrite=overwrite))
+        if png is not None:
+            written.append(export_png(mosaic, png, when=time, layer=layer, overwrite=overwrite))
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        for w in written:
+            out.print(f"wrote {w}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _is_model(source: str) -> bool:
     """True when `geofg export SOURCE` names a model (a bundle name, .safetensors, or weights file)."""
     from geofg.models.bundle import PICKLED_SUFFIXES
@@ -442,10 +459,17 @@ def export(
     data: Annotated[Optional[Path], typer.Option("--data", help="Labelled chips (labels.csv with train/test splits): calibrates --int8, measures test accuracy. Default: $GEOFG_DATA/eurosat_ms when present.")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch and onnxruntime in the speed measurement.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    cog: Annotated[Optional[Path], typer.Option("--cog", help="SOURCE a mosaic: write one layer as a Cloud-Optimized GeoTIFF (OUT.tif).")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
+    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health or confidence.")] = "class",
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up."""
+    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog) or PNG (--png)."""
     _configure(verbose, quiet)
+    if not _is_model(source) and (cog is not None or png is not None):
+        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet)
+        return
     if not _is_model(source):
         err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"
                   " name); only model export is available; give a bundle", highlight=False)

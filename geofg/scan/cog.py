@@ -1,0 +1,124 @@
+"""Export one layer of a mosaic as a Cloud-Optimized GeoTIFF or a PNG quicklook.
+
+``geofg export MOSAIC --cog OUT.tif [--time DATE] [--layer class|health|confidence]``: the
+layer (of the latest view, one date of a scan mosaic, or a classify mosaic) becomes a single-band
+uint8 COG with the mosaic's CRS and transform, nodata 255, a colour table for class and health,
+and overviews (nearest: classes are categories). It is written block by block into a temporary
+tiled GeoTIFF, then GDAL's COG driver copies it (tiles, overviews, header first); only one mosaic
+chunk is in memory at a time. The result replaces ``OUT.tif`` atomically.
+
+``--png OUT.png`` writes the quicklook with legend (:func:`geofg.io.export.write_quicklook`) of the
+layer's latest view (scan mosaics) or of the layer (classify mosaics).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import zarr
+from affine import Affine
+from rasterio.crs import CRS
+
+from geofg.errors import ConfigError, InputError
+from geofg.io import mosaic as mz
+from geofg.io.read import gdal_env
+from geofg.scan.stats import _source
+
+LAYERS = ("class", "health", "confidence")
+
+
+def _rgb(hexcolour: str) -> tuple[int, int, int]:
+    h = hexcolour.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def _open(mosaic: Path) -> zarr.Group:
+    if not mz.is_mosaic(mosaic):
+        raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or "
+                         "scan), found none; give the mosaic's path")  # fmt: skip
+    return zarr.open_group(str(mosaic), mode="r", use_consolidated=False)
+
+
+def _check_out(out: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{out}: expected a {' or '.join(suffixes)} file name, found "
+                          f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: the file exists; pass --overwrite to replace it or choose another path")
+
+
+def export_cog(mosaic: Path, out: Path, *, when: str | None = None, layer: str = "class",
+               overwrite: bool = False) -> Path:  # fmt: skip
+    """Write ``layer`` of ``mosaic`` (latest view, date ``when``, or 2-D) as a COG at ``out``.
+
+    Raises:
+        InputError: not a mosaic. ConfigError: unknown layer or date, bad or existing output.
+    """
+    group = _open(mosaic)
+    if layer not in LAYERS:
+        raise ConfigError(f"--layer {layer}: expected one of {', '.join(LAYERS)}")
+    _check_out(out, (".tif", ".tiff"), overwrite)
+    grid = group.attrs["geofg:grid"]
+    arrays, t, label = _source(group, when)
+    arr = arrays[layer]
+    height, width, chunk = grid["height"], grid["width"], grid["chunk"]
+    a, b, c, d, e, f = grid["transform"]
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": "uint8",
+        "crs": CRS.from_wkt(grid["crs_wkt"]), "transform": Affine(a, b, c, d, e, f), "nodata": mz.FILL,
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.src.tif")
+    part = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.tif")
+    try:
+        with gdal_env(), rasterio.open(tmp, "w", **profile) as dst:
+            for r0 in range(0, height, chunk):
+                for c0 in range(0, width, chunk):
+                    rows, cols = slice(r0, min(r0 + chunk, height)), slice(c0, min(c0 + chunk, width))
+                    block = arr[rows, cols] if t is None else arr[t, rows, cols]
+                    win = rasterio.windows.Window(c0, r0, cols.stop - c0, rows.stop - r0)
+                    dst.write(np.asarray(block, np.uint8), 1, window=win)
+            attrs = arr.attrs
+            if "colours" in attrs:
+                cmap = {i: (*_rgb(col), 255) for i, col in enumerate(attrs["colours"])}
+                cmap[mz.FILL] = (0, 0, 0, 0)
+                dst.write_colormap(1, cmap)
+            dst.set_band_description(1, f"{layer} ({label or 'mosaic'})")
+            dst.update_tags(GEOFG_LAYER=layer, GEOFG_DATE=label or "", GEOFG_MOSAIC=str(mosaic),
+                            GEOFG_CLASSES=",".join(attrs.get("class_names", [])))  # fmt: skip
+        with gdal_env():
+            rasterio.shutil.copy(tmp, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                                 OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST")  # fmt: skip
+        os.replace(part, out)
+    finally:
+        for p in (tmp, part):
+            if p.exists():
+                p.unlink()
+    return out
+
+
+def export_png(mosaic: Path, out: Path, *, when: str | None = None, layer: str = "class",
+               overwrite: bool = False) -> Path:  # fmt: skip
+    """Write the quicklook PNG (with legend) of ``layer``'s latest view or 2-D layer.
+
+    Raises:
+        ConfigError: ``when`` given (one date's PNG is not built: export that date with --cog),
+            unknown layer, bad or existing output.
+    """
+    from geofg.io.export import write_quicklook
+
+    group = _open(mosaic)
+    if layer not in ("class", "health"):
+        raise ConfigError(f"--layer {layer}: a PNG quicklook shows class or health")
+    _check_out(out, (".png",), overwrite)
+    timed = bool(group.attrs["geofg:grid"].get("time"))
+    if when is not None:
+        raise ConfigError(f"--png with --time {when}: a PNG of one date is not built yet; export that "
+                          "date with --cog OUT.tif, or drop --time for the latest view")  # fmt: skip
+    return write_quicklook(mosaic, out, layer=(mz.LATEST + layer) if timed else layer)

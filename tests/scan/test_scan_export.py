@@ -1,0 +1,72 @@
+"""`geofg export MOSAIC --cog/--png`: a valid COG equal to the mosaic's layer, georeferenced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
+from typer.testing import CliRunner
+
+from geofg.cli import app
+from geofg.scan.config import build_scan
+from geofg.scan.run import run_scan
+from rasters import write_raster
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def mosaic(tmp_path: Path) -> Path:
+    model = threshold_bundle(tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, name in enumerate(("S_20200601.tif", "S_20200701.tif")):
+        d = np.random.default_rng(i).integers(1, 3000, (2, 48, 64)).astype("uint16")
+        if i == 1:
+            d[:, 30:] = 0  # the second date leaves the bottom rows to the first in the latest view
+        write_raster(inbox / name, d, nodata=0, descriptions=BANDS, transform=from_origin(*ORIGIN, 10.0, 10.0))
+    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    return tmp_path / "m.zarr"
+
+
+def test_cog_of_latest_and_of_one_date_equals_the_mosaic(tmp_path: Path, mosaic: Path) -> None:
+    g = zarr.open_group(str(mosaic), mode="r")
+    for args, want in (([], g["latest_class"][:]), (["--time", "2020-07-01"], g["class"][1])):
+        out = tmp_path / f"c{len(args)}.tif"
+        r = runner.invoke(app, ["export", str(mosaic), "--cog", str(out), *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        with rasterio.open(out) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"  # GDAL's own COG check
+            assert ds.crs == CRS.from_epsg(32633) and tuple(ds.transform)[:6] == (10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+            assert ds.nodata == 255 and ds.colormap(1)[1][:3] == (0xD9, 0x5F, 0x02)
+            np.testing.assert_array_equal(ds.read(1), want)
+    png = tmp_path / "q.png"
+    r = runner.invoke(app, ["export", str(mosaic), "--png", str(png)], catch_exceptions=False)
+    assert r.exit_code == 0 and png.stat().st_size > 200
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--time", "1999-01-01"], "2020-06-01, 2020-07-01"),
+    (["--layer", "nope"], "--layer"),
+    (["--cog-exists"], "--overwrite"),
+    (["--png-time"], "--cog"),
+])
+def test_export_bad_requests_exit_3(tmp_path: Path, mosaic: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "o.tif"
+    cmd = ["export", str(mosaic), "--cog", str(out)]
+    if args == ["--cog-exists"]:
+        out.write_text("keep")
+        args = []
+    elif args == ["--png-time"]:
+        cmd = ["export", str(mosaic), "--png", str(tmp_path / "o.png")]
+        args = ["--time", "2020-06-01"]
+    r = runner.invoke(app, [*cmd, *args], catch_exceptions=False)
+    assert r.exit_code == 3, r.output
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
