@@ -117,7 +117,16 @@ def describe_mosaic(path: Path) -> dict:
     arrays = {name: {"shape": list(g[name].shape), "dtype": str(g[name].dtype),
                      "chunks": list(g[name].chunks)} for name in grid["layers"]}
     units_total = (-(-grid["height"] // grid["chunk"])) * (-(-grid["width"] // grid["chunk"]))
+    dates = None
+    if grid.get("time"):  # a scan mosaic: units are per date (only those its scenes cover)
+        from datetime import date, timedelta
+
+        from geofg.io.mosaic import TIME_FILL
+
+        dates = [str(date(1970, 1, 1) + timedelta(days=int(v))) for v in g["time"][:] if int(v) != TIME_FILL]
+        units_total = len(records)
     return {
+        "time": dates,
         "path": str(path),
         "grid": {"height": grid["height"], "width": grid["width"], "chunk": grid["chunk"],
                  "crs": crs.to_string(), "transform": grid["transform"]},
@@ -142,6 +151,9 @@ def print_info(console: Console, d: dict) -> None:
                   f"transform {g['transform']}")
     for name, a in d["arrays"].items():
         console.print(f"  {name}: {a['dtype']} {a['shape']} chunks {a['chunks']}")
+    if d.get("time") is not None:
+        console.print(f"time: {len(d['time'])} dates (in slice order): {', '.join(d['time']) or '-'}; "
+                      "latest_* arrays hold the most recent valid pixel")
     m = d["model"]
     console.print(f"model: {m.get('name')} {m.get('version')} sha256 {str(m.get('sha256'))[:12]}")
     for f in d["inputs"]:

@@ -67,6 +67,8 @@ def test_scan_runs_then_has_nothing_new_then_is_locked(tmp_path: Path, unet_bund
 
     r = invoke("scan", str(cfg))
     assert r.exit_code == 0 and "0 processed, 1 skipped" in r.output and "dates written: none" in r.output
+    r = invoke("info", str(tmp_path / "m.zarr"))
+    assert r.exit_code == 0 and "time: 1 dates" in r.output and "4/4 done" in r.output
 
     with RunLock(tmp_path / "m.zarr" / ".geofg" / "lock", "other-scan"):
         r = invoke("scan", str(cfg))
