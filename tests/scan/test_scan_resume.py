@@ -131,3 +131,49 @@ def test_a_scene_without_nodata_in_another_crs_is_valid_only_inside_its_outline(
     cls = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["class"][0]
     assert (cls[:, 40:] == 255).all()  # east of the scene's outline: no data, not zeros classified
     assert (cls[:, :28] == 1).mean() > 0.8  # inside: the scene's values
+
+
+_CHILD = """
+import sys, time
+sys.path[:0] = [{tests!r}, {scan_tests!r}]
+from geofg.models.tiny import ThresholdPredictor
+from geofg.scan.config import build_scan
+from geofg.scan.run import run_scan
+import scanhelp
+
+class Slow(ThresholdPredictor):
+    def predict(self, x):
+        time.sleep(0.15)
+        return super().predict(x)
+
+cfg = build_scan(scanhelp.config(__import__("pathlib").Path({tmp!r}), __import__("pathlib").Path({model!r})))
+run_scan(cfg, predictor_factory=lambda p: Slow(p.card))
+"""
+
+
+def test_sigkill_mid_scan_then_the_next_scan_takes_the_lock_over_and_finishes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = threshold_bundle(tmp_path)
+    data = _data(9)
+    _scene(tmp_path / "inbox", "S_20200601.tif", data)
+    here = Path(__file__).resolve().parent
+    code = _CHILD.format(tests=str(here.parent), scan_tests=str(here), tmp=str(tmp_path), model=str(model))
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    units = tmp_path / "m.zarr" / ".geofg" / "units"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(units.glob("*.json")) if units.is_dir() else []) < 3:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = len(list(units.glob("*.json")))
+    assert 3 <= done < 12 and (tmp_path / "m.zarr" / ".geofg" / "lock").exists()  # killed mid-run
+    with pytest.warns(UserWarning, match="(?i)stale|dead|took over|taken over"):
+        r = run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    assert r.units_ran == 12 - done and r.units_skipped == done and not r.units_failed
+    cls = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["class"][0]
+    np.testing.assert_array_equal(cls, expected_class(data, np.ones(data.shape[1:], bool)))
