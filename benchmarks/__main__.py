@@ -16,6 +16,21 @@ run on the same machine so the ratios are comparable (machines here are shared a
   the bare forward over the *same tiles* delivers only (chunk / tile)^2 of its input pixels as
   output: "fwd same tiles" is that output rate, the ceiling for the pipeline with free I/O, and
   "ratio" is measured against it. "ratio raw" is against forward input pixels (bound (chunk/tile)^2).
+* stages: the unit loop's time split into read, normalise, forward, tile+blend, layers, write
+  (seconds summed over units; reads run on their own threads, so they overlap the rest).
+
+Extensions (all optional; the flags above and the columns of the first table keep their meaning):
+
+* ``--baseline``: also run :mod:`benchmarks.baseline` (windowed reads + the same model + a
+  full-scene probability accumulator, Raster Vision / TerraTorch style) on each raster in its own
+  subprocess, and print a second table: whole-job Mpx/s of both (geofg: ``run_job`` from
+  preflight to quicklook; baseline: model load to GeoTIFF written), the speed ratio, and both
+  peak RSS.
+* ``--mem-cap-mb N``: cap the private writable memory (``RLIMIT_DATA``; see
+  :func:`benchmarks.baseline.set_memory_cap`) of both subprocesses at N MiB, so a run that needs
+  more memory fails for real (the baseline reports ``oom``).
+* ``--compile``: ``torch.compile`` the network (forward and classify). ``--json PATH``: also
+  write the report there.
 """
 
 from __future__ import annotations
@@ -36,12 +51,13 @@ from benchmarks.rasters import make_s2_raster
 ROOT = Path(__file__).resolve().parent
 
 
-def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int) -> dict:
+def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int,
+                  compile_: bool = False) -> dict:
     """Time predict() on random (batch, C, tile, tile) input; return Mpx/s and seconds per batch."""
     from geofg.models.predictor import load_predictor
     from geofg.models.registry import resolve_model
 
-    pred = load_predictor(resolve_model(model), device)
+    pred = load_predictor(resolve_model(model), device, compile=compile_)
     x = np.random.default_rng(0).normal(0, 1, (batch, len(pred.card.bands), tile, tile)).astype(np.float32)
     pred.predict(x)  # warm-up
     times = []
@@ -50,8 +66,25 @@ def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int) 
         pred.predict(x)
         times.append(time.perf_counter() - t)
     best, med = min(times), float(np.median(times))
+    gpu_mb = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     return {"tile": tile, "batch": batch, "s_per_batch_median": med, "s_per_batch_best": best,
-            "mpx_s": batch * tile * tile / med / 1e6}
+            "mpx_s": batch * tile * tile / med / 1e6, "gpu_peak_mb": gpu_mb}
+
+
+def _subprocess(cmd: list[str], env: dict, cap_mb: int | None) -> dict:
+    """Run a benchmark subprocess (memory capped at ``cap_mb`` MiB) and parse its JSON line."""
+    from benchmarks.baseline import set_memory_cap
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                       preexec_fn=(lambda: set_memory_cap(cap_mb)) if cap_mb else None)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-3000:])
+        raise SystemExit(f"benchmark subprocess failed (exit {r.returncode}): {' '.join(cmd)}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run the full-scene-accumulator baseline on each raster")
+    ap.add_argument("--mem-cap-mb", type=int, default=None,
+                    help="RLIMIT_DATA for the geofg and baseline subprocesses, MiB")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network")
+    ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
     import torch
@@ -74,15 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     card = read_card(resolve_model(args.model))
     tile = -(-(args.chunk + 2 * card.halo) // card.tile_multiple) * card.tile_multiple
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    runs = []
+    runs, baselines = [], []
     for size in args.sizes:
         raster = make_s2_raster(args.workdir / f"s2_{size}.tif", size)
         out = args.workdir / f"s2_{size}.zarr"
         cmd = [sys.executable, "-m", "benchmarks.run_one", str(raster), str(out), args.model,
                str(args.chunk), str(args.batch), args.device]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    fwd = forward_mpx_s(args.model, tile, args.batch, args.device, args.repeats)
+        if args.compile:
+            cmd.append("compile")
+        runs.append(_subprocess(cmd, env, args.mem_cap_mb))
+        if args.baseline:
+            halo = runs[-1]["halo"]
+            cmd = [sys.executable, "-m", "benchmarks.baseline", str(raster),
+                   str(args.workdir / f"s2_{size}.baseline.tif"), args.model, str(tile),
+                   str(min(2 * halo, tile // 2)), str(args.batch), args.device]
+            baselines.append(_subprocess(cmd, env, args.mem_cap_mb))
+    fwd = forward_mpx_s(args.model, tile, args.batch, args.device, args.repeats, args.compile)
 
     bound = (args.chunk / tile) ** 2
     rows = []
@@ -98,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "model": args.model, "forward": fwd, "runs": rows,
+        "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
+        "baseline": baselines,
     }
     print(f"machine: {report['machine']}")
     print(f"model {args.model}: chunk {args.chunk}, tile {tile}, batch {args.batch}, forward "
@@ -111,12 +159,47 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['km2_per_h']:>8.1f} {r['peak_rss_mb']:>11.0f}")
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in r["profile"].items())
         print(f"{'':>12} profile: {prof}")
+        if "stages" in r:
+            inner = ("normalise", "forward", "tile+blend", "layers")  # the compute thread's
+            total = sum(r["stages"][k] for k in inner)
+            st = ", ".join(f"{k} {v:.1f}s" for k, v in r["stages"].items())
+            share = ", ".join(f"{k} {100 * r['stages'][k] / total:.0f}%" for k in inner if total > 0)
+            print(f"{'':>12} stages: {st}  (compute thread: {share})")
     if len(rows) > 1:
         print(f"peak RSS ratio largest/smallest: {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}")
+    if baselines:
+        _print_baseline(rows, baselines, args.mem_cap_mb)
     res = ROOT / "results"
     res.mkdir(exist_ok=True)
-    (res / f"classify_{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    (res / f"classify_{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text)
+    if args.json:
+        args.json.write_text(text)
     return 0
+
+
+def _print_baseline(rows: list[dict], baselines: list[dict], cap_mb: int | None) -> None:
+    """Print geofg vs the full-scene-accumulator baseline, whole job each (load to output)."""
+    cap = f", RLIMIT_DATA {cap_mb} MiB on both" if cap_mb else ""
+    print(f"baseline (windowed reads + same model + full-scene float32 accumulator){cap}:")
+    print(f"{'raster':>12} {'geofg Mpx/s':>11} {'base Mpx/s':>10} {'speed x':>7} {'geofg RSS':>9} "
+          f"{'base RSS':>8} {'accum MB':>8} {'base':>6}")
+    for r, b in zip(rows, baselines, strict=True):
+        px = r["height"] * r["width"]
+        g = px / r["job_s"] / 1e6
+        if b["status"] == "ok":
+            bm = px / (b["load_s"] + b["run_s"]) / 1e6
+            bms, sx = f"{bm:>10.3f}", f"{g / bm:>7.2f}"
+        else:
+            bms, sx = f"{'-':>10}", f"{'-':>7}"
+        acc = b.get("accumulator_mb")
+        print(f"{r['height']:>5}x{r['width']:<6} {g:>11.3f} {bms} {sx} {r['peak_rss_mb']:>9.0f} "
+              f"{b['peak_rss_mb']:>8.0f} {'-' if acc is None else str(round(acc)):>8} {b['status']:>6}")
+        if b["status"] == "ok":
+            st = ", ".join(f"{k} {v:.1f}s" for k, v in b["profile"].items())
+            print(f"{'':>12} baseline stages: {st}")
+        else:
+            print(f"{'':>12} baseline: {b.get('error', '')}")
 
 
 if __name__ == "__main__":

