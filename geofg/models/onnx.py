@@ -11,10 +11,11 @@ model that ``geofg classify --model OUT.onnx`` runs without torch:
 * **Dynamic batch, height and width** (multiples of ``card.tile_multiple``): the patch classifier
   is fully convolutional and runs densely over tiles of any size, so the export keeps all three
   axes symbolic. The graph returns logits; :class:`OnnxPredictor` applies the softmax in fp32.
-* **int8** is onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations)
-  calibrated on *train*-split EuroSAT chips assembled into 3 x 3 canvases (192 px, so activation
-  ranges come from chips with neighbours, as on tiles; see docs/models.md on mosaic training).
-  Never the test split.
+* **int8** is onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations,
+  MinMax ranges) of the *encoder* only, calibrated on *train*-split EuroSAT chips assembled into
+  3 x 3 canvases (192 px, so activation ranges come from chips with neighbours, as on tiles; see
+  docs/models.md on mosaic training). Never the test split. The spectral branch, the window
+  moments (a variance from E[x²] - E[x]²), the head and the upsampling stay fp32.
 * **Safety.** An ONNX file is a protobuf (no pickle, no code). :func:`read_onnx_card` still refuses
   models that reference external data files (a path outside the file; onnxruntime would open it)
   and files without a geofg card. A file is written atomically (temp file, fsync, rename).
@@ -318,13 +319,41 @@ def chip_canvases(x: np.ndarray, g: int = 3) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 4, 2, 5).reshape(k, c, g * s, g * s))
 
 
-def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray) -> dict[str, Any]:
+def encoder_nodes(path: str | Path) -> list[str] | None:
+    """Names of the nodes that compute the encoder's deepest features (the ancestors of the first
+    Conv whose weight is named ``deep.*``, i.e. the fcn-classifier's 1x1 conv on the encoder
+    output, that conv included); None when there is no such conv (e.g. ``unet``)."""
+    onnx = _need("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    target = next((n for n in model.graph.node
+                   if n.op_type == "Conv" and len(n.input) > 1 and n.input[1].startswith("deep.")),
+                  None)
+    if target is None:
+        return None
+    seen: dict[str, Any] = {}
+    stack = [target]
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen[node.name] = node
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return sorted(seen)
+
+
+def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray, *,
+                  encoder_only: bool = True) -> dict[str, Any]:
     """Static QDQ int8 quantisation of the ONNX model ``fp32`` into ``dest``.
 
     Args:
         fp32: An fp32 model (e.g. from :func:`export_onnx`); its metadata (card) is copied.
         dest: Output path (overwritten; callers write to a temp path and rename).
         calibration: Normalised float32 inputs ``(N, C, H, W)``, fed 4 at a time (train split).
+        encoder_only: Quantise only the encoder (:func:`encoder_nodes`); the spectral branch,
+            window moments (a variance from E[x²] - E[x]², which int8 ranges destroy), head and
+            upsampling stay fp32. They are a small share of the compute. Chosen on the val
+            split (docs/compression.md): quantising everything cost 16 points of val accuracy.
 
     Returns:
         A description of the calibration (method, batches, input shape).
@@ -347,11 +376,12 @@ def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray) -
         log.info("quantisation pre-processing skipped: %s", err)
         source = fp32
     batches = [calibration[i : i + 4] for i in range(0, len(calibration), 4)]
+    nodes = encoder_nodes(source) if encoder_only else None
     quantize_static(
         str(source), str(dest), _Calibration("x", batches),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     pre.unlink(missing_ok=True)
@@ -365,6 +395,8 @@ def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray) -
     if meta:
         _set_metadata(dest, meta)
     return {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+            "quantised": "encoder only" if nodes else "all supported ops",
+            "quantised_nodes": len(nodes) if nodes else None,
             "batches": len(batches), "inputs": list(calibration.shape)}
 
 

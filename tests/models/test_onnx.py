@@ -109,6 +109,17 @@ def test_int8_is_quantised_smaller_and_close(exported: dict[str, Path]) -> None:
     model = onnx.load(str(exported["int8"]))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = {}  # weight name -> is the weight int8 (fed through DequantizeLinear)?
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            w = producer.get(n.input[1])
+            name = w.input[0] if w is not None and w.op_type == "DequantizeLinear" else n.input[1]
+            convs[name] = w is not None and w.op_type == "DequantizeLinear"
+    enc = {k: v for k, v in convs.items() if k.startswith("encoder.")}
+    rest = {k: v for k, v in convs.items() if k.startswith(("spectral.", "head."))}
+    assert enc and all(enc.values()), "every encoder conv is int8"
+    assert rest and not any(rest.values()), "spectral branch and head stay fp32"
     assert exported["int8"].stat().st_size < 0.5 * exported["fp32"].stat().st_size
     x = batch(2, 128, 128, seed=5)
     a = load_onnx_predictor(exported["fp32"], threads=2).predict(x)
