@@ -21,8 +21,10 @@ from rasters import write_raster
 runner = CliRunner()
 
 
-@pytest.fixture
-def mosaic(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One scan mosaic (two dates) shared by the module's tests, which only read it."""
+    tmp_path = tmp_path_factory.mktemp("mosaic")
     model = threshold_bundle(tmp_path)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -70,3 +72,4 @@ def test_export_bad_requests_exit_3(tmp_path: Path, mosaic: Path, args: list[str
     assert r.exit_code == 3, r.output
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+    assert not out.exists() or out.read_text() == "keep"

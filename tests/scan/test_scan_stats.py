@@ -29,8 +29,10 @@ def _box(x0: float, y0: float, x1: float, y1: float) -> dict:
     return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
 
 
-@pytest.fixture
-def scanned(tmp_path: Path) -> tuple[Path, dict]:
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One scan mosaic (two dates) shared by the module's tests, which only read it."""
+    tmp_path = tmp_path_factory.mktemp("scanned")
     model = threshold_bundle(tmp_path)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -105,7 +107,7 @@ def test_stats_bad_input_exits_3_with_one_line(tmp_path: Path, scanned, what: st
     out = tmp_path / "o.csv"
     args = ["stats", str(mosaic), "--fields", str(fields), "-o", str(out)]
     if what == "not-mosaic":
-        args[1] = str(tmp_path / "inbox")
+        args[1] = str(tmp_path)
     elif what == "bad-json":
         fields.write_text("{not json")
     elif what == "points":
