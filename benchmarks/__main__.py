@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     card = read_card(resolve_model(args.model))
     tile = -(-(args.chunk + 2 * card.halo) // card.tile_multiple) * card.tile_multiple
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    load_start = os.getloadavg()
     runs, baselines = [], []
     for size in args.sizes:
         raster = make_s2_raster(args.workdir / f"s2_{size}.tif", size)
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+                    "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    # other jobs share the machine: 1-min load average before and after the run
+                    "loadavg_1m": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]},
         "model": args.model, "forward": fwd, "runs": rows,
         "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
         "baseline": baselines,
