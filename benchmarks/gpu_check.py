@@ -88,7 +88,8 @@ def agreement(model: str, device: str, tiles: np.ndarray, batch: int) -> dict:
         dev = load_predictor(model, device)
         got = dev.predict(tiles)
         path = f"{device} bf16 autocast, channels_last, staged"
-    return {"path": path, "tiles": list(tiles.shape), "agree": float((want.argmax(1) == got.argmax(1)).mean()),
+    agree = float((want.argmax(1) == got.argmax(1)).mean())
+    return {"path": path, "tiles": list(tiles.shape), "agree": agree,
             "max_prob_diff": float(np.abs(want - got).max()), "s": time.perf_counter() - t}
 
 
