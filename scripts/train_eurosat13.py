@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, tuple(int(v) for v in value.split(",")))
         else:
             setattr(cfg, key, type(current)(value))
+    from geofg.models.features import fit_fusion
+    from geofg.models.train import normalise
+
     torch.set_num_threads(cfg.threads)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
 
@@ -95,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
               f" t={rec['seconds']:.0f}s{extra}", flush=True)
 
     model, card, record = train_classifier(data, cfg, on_epoch=on_epoch)
+    t_fit = time.perf_counter()
+    fusion = fit_fusion(model, normalise(data["train"].x, card), data["train"].y,
+                        normalise(data["val"].x, card), data["val"].y, k=len(card.classes))
+    fusion["seconds"] = round(time.perf_counter() - t_fit, 1)
+    print(f"fusion head: {fusion}", flush=True)
     tensors = export_tensors(model)
 
     # Evaluate the stored (fp16) weights through the pipeline's predict() path; the card is
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             "test_confusion": {"rows": "true class", "cols": "predicted class",
                                "classes": card.class_names, "matrix": test["confusion"]},
             "baseline_spectral_logreg": baseline,
+            "baseline_val_accuracy": float(baseline["val_accuracy"]),
+            "baseline_test_accuracy": float(baseline["test_accuracy"]),
         })
         print(f"test accuracy {test['accuracy']:.4f} macro-F1 {test['macro_f1']:.4f}", flush=True)
     wall = round(time.perf_counter() - t_all, 1)
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": record["train_seconds"],
         "wall_seconds": wall,
         "val_history": record["val_history"],
+        "best_epoch": record["best_epoch"],
+        "fusion": fusion,
         "config": record["config"],
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -119,3 +119,68 @@ def spectral_baseline(splits: dict[str, Any], bands: Sequence[str], scale: float
         out.update(test_accuracy=round(m["accuracy"], 4), test_macro_f1=round(m["macro_f1"], 4))
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def _window_features(model: torch.nn.Module, x: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Window (= chip) features of normalised chips ``(N, C, P, P)`` -> ``(N, D)`` (eval mode)."""
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            cells = model.cell_features(torch.from_numpy(x[i : i + batch]))
+            out.append(model.window_features(cells.mean(dim=(2, 3), keepdim=True)).flatten(1))
+    return torch.cat(out).double()
+
+
+def fit_fusion(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+               x_val: np.ndarray, y_val: np.ndarray, *, k: int,
+               l2_grid: Sequence[float] = (3e-4, 1e-3, 3e-3, 1e-2),
+               weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+               folds: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Fit the linear head of a :class:`~geofg.models.nets.FusionChipClassifier` and its weight.
+
+    The linear head is multinomial logistic regression on the window's hand-made features of the
+    *train* chips (standardised with train statistics, stored in the model); its L2 is chosen by
+    ``folds``-fold cross-validation on train; the fusion weight is then chosen on *val* (best
+    accuracy, then lowest NLL). The model is updated in place.
+
+    Returns:
+        A record: ``{"l2", "cv_accuracy", "fusion_weight", "val": [(weight, acc, nll), ...]}``.
+    """
+    ft = model.hand_features(_window_features(model, x_train))
+    fv_all = _window_features(model, x_val)
+    mu, sd = ft.mean(0), ft.std(0).clamp_min(1e-6)
+    zt = ((ft - mu) / sd).numpy()
+    perm = np.random.default_rng(seed).permutation(len(y_train))
+    cv = []
+    for l2 in l2_grid:
+        correct = 0
+        for f in range(folds):
+            te = perm[f::folds]
+            tr = np.setdiff1d(perm, te)
+            w, b = fit_logreg(zt[tr], y_train[tr], k, l2)
+            correct += int(((torch.from_numpy(zt[te]) @ w + b).argmax(1).numpy()
+                            == y_train[te]).sum())
+        cv.append(correct / len(y_train))
+    l2 = l2_grid[int(np.argmax(cv))]
+    w, b = fit_logreg(zt, y_train, k, l2)
+    with torch.no_grad():
+        model.hand_mean.copy_(mu.float().view(1, -1, 1, 1))
+        model.hand_std.copy_(sd.float().view(1, -1, 1, 1))
+        model.linear.weight.copy_(w.T.float().reshape(k, -1, 1, 1))
+        model.linear.bias.copy_(b.float())
+    scores = []
+    yv = torch.from_numpy(y_val)
+    for a in weights:
+        with torch.no_grad():
+            model.fusion_weight.fill_(a)
+            logits = model.fuse(fv_all.float()[:, :, None, None]).flatten(1)
+        p = torch.softmax(logits, dim=1)
+        acc = float((p.argmax(1) == yv).float().mean())
+        nll = float(-p[torch.arange(len(yv)), yv].clamp_min(1e-8).log().mean())
+        scores.append((a, round(acc, 4), round(nll, 4)))
+    best = max(scores, key=lambda s: (s[1], -s[2]))
+    with torch.no_grad():
+        model.fusion_weight.fill_(best[0])
+    return {"l2": l2, "cv_accuracy": [round(c, 4) for c in cv], "fusion_weight": best[0],
+            "val": scores, "features": int(ft.shape[1])}

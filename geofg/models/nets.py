@@ -27,6 +27,11 @@ During training on ``patch_size`` chips the window covers the whole chip, so
 :meth:`DenseChipClassifier.chip_logits` (global average of cell features + head) and the dense
 map (constant over the chip) are the same function.
 
+``fcn-classifier`` is built as :class:`FusionChipClassifier`: the above plus texture features per
+cell and a second, linear head on the window's hand-made features (band/index means, stds,
+texture), fused with the MLP head by a stored weight (feature fusion + a two-expert ensemble in one
+network; ``forward(x)`` is unchanged).
+
 ``unet`` is ``smp.Unet`` with the card's encoder, band count and class count.
 """
 
@@ -45,6 +50,7 @@ __all__ = [
     "ARCHITECTURES",
     "SPECTRAL_INDICES",
     "DenseChipClassifier",
+    "FusionChipClassifier",
     "build_model",
     "build_unet",
 ]
@@ -215,6 +221,84 @@ class DenseChipClassifier(nn.Module):
         return self.upsample(self.window_logits(x), x.shape[-2], x.shape[-1])
 
 
+TEXTURE_SCALES = (1, 2, 4)
+"""Texture features: mean absolute difference between neighbouring pixels of every band and
+index, on the image and on its 2x2 and 4x4 pixel means (edges, roads, rows, roofs, waves)."""
+
+
+class FusionChipClassifier(DenseChipClassifier):
+    """``fcn-classifier`` with hand-made spectral/texture features fused twice (docs/models.md).
+
+    On top of :class:`DenseChipClassifier`: every cell also carries *texture* features (mean
+    absolute neighbour difference of bands and indices at the :data:`TEXTURE_SCALES`), which go
+    into the MLP head together with the deep, spectral and moment features; and a second,
+    *linear* head acts on the window's hand-made features alone (band and index means and stds,
+    texture), standardised with stored train-split statistics. The output logits are
+    ``(1 - a) * log_softmax(mlp) + a * log_softmax(linear)`` with ``a = fusion_weight``: a
+    product-of-experts ensemble of the CNN and a spectral-statistics classifier inside one
+    network (``a`` is 0 while the network is trained; the linear head is fitted afterwards as
+    L2-regularised logistic regression and ``a`` chosen on val).
+    """
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card)
+        spec_in = self.n_moments
+        self.n_texture = spec_in * len(TEXTURE_SCALES)
+        head_in = DEEP_CHANNELS + SPECTRAL_CHANNELS + 2 * spec_in + self.n_texture
+        self.head[0] = nn.BatchNorm2d(head_in)
+        self.head[2] = nn.Conv2d(head_in, HEAD_CHANNELS, 1)
+        n_hand = 2 * spec_in + self.n_texture
+        self.linear = nn.Conv2d(n_hand, len(card.classes), 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("hand_mean", torch.zeros(1, n_hand, 1, 1))
+        self.register_buffer("hand_std", torch.ones(1, n_hand, 1, 1))
+        self.register_buffer("fusion_weight", torch.zeros(()))
+
+    def cell_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Parent cell features followed by the texture features (``n_texture`` channels)."""
+        base = super().cell_features(x)
+        s = self.spectral_input(x)
+        tex = []
+        for p in TEXTURE_SCALES:
+            sp = F.avg_pool2d(s, p) if p > 1 else s
+            dx = F.pad((sp[..., :, 1:] - sp[..., :, :-1]).abs(), (0, 1, 0, 0), mode="replicate")
+            dy = F.pad((sp[..., 1:, :] - sp[..., :-1, :]).abs(), (0, 0, 0, 1), mode="replicate")
+            tex.append(F.avg_pool2d(dx + dy, REDUCTION // p))
+        return torch.cat([base, *tex], dim=1)
+
+    def window_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Head input: parent window features (moments -> std) plus texture."""
+        t = self.n_texture
+        return torch.cat([super().window_features(pooled[:, :-t]), pooled[:, -t:]], dim=1)
+
+    def hand_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """The hand-made part of :meth:`window_features` (means, stds, texture), unscaled."""
+        return feats[:, DEEP_CHANNELS + SPECTRAL_CHANNELS :]
+
+    def fuse(self, feats: torch.Tensor) -> torch.Tensor:
+        """Combine the MLP head and the linear head on window features ``(N, D, h, w)``."""
+        mlp = self.head(feats)
+        lin = self.linear((self.hand_features(feats) - self.hand_mean) / self.hand_std)
+        # = (1 - a) log_softmax(mlp) + a log_softmax(lin) up to a per-pixel constant (same
+        # softmax), exactly ``mlp`` for a = 0, and free of data-dependent branches (ONNX export)
+        a = self.fusion_weight
+        return mlp + a * (F.log_softmax(lin, dim=1) - F.log_softmax(mlp, dim=1))
+
+    def chip_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify whole chips: global mean of cell features -> fused heads; ``(N, K)``."""
+        cells = self.cell_features(x)
+        return self.fuse(self.window_features(cells.mean(dim=(2, 3), keepdim=True))).flatten(1)
+
+    def window_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused logits of every chip window (see :meth:`DenseChipClassifier.window_logits`)."""
+        cells = self.cell_features(x)
+        kh = min(self.window_cells, cells.shape[-2])
+        kw = min(self.window_cells, cells.shape[-1])
+        pooled = F.avg_pool2d(cells, (kh, kw), stride=1) if kh * kw > 1 else cells
+        return self.fuse(self.window_features(pooled))
+
+
 def build_unet(card: ModelCard) -> nn.Module:
     """Build ``smp.Unet`` for the card (no pretrained weights are ever downloaded)."""
     import segmentation_models_pytorch as smp
@@ -233,7 +317,7 @@ def build_unet(card: ModelCard) -> nn.Module:
 
 
 ARCHITECTURES: dict[str, Callable[[ModelCard], nn.Module]] = {
-    "fcn-classifier": DenseChipClassifier,
+    "fcn-classifier": FusionChipClassifier,
     "unet": build_unet,
 }
 """Architecture name (``card.architecture``) -> builder taking the card."""

@@ -546,6 +546,13 @@ def train_bundle(data: str | Path, output: str | Path, cfg: TrainConfig, *,
                                            checkpoint_dir=checkpoint_dir, init=init,
                                            freeze_encoder=freeze_encoder)
     metrics: dict[str, Any] = {}
+    if "val" in chips.splits and hasattr(model, "fusion_weight"):
+        from geofg.models.features import fit_fusion
+
+        record["fusion"] = fit_fusion(
+            model, normalise(chips.splits["train"].x, card), chips.splits["train"].y,
+            normalise(chips.splits["val"].x, card), chips.splits["val"].y, k=len(card.classes),
+            seed=cfg.seed)
     if "val" in chips.splits:
         probs = _chip_probs(model, torch.from_numpy(normalise(chips.splits["val"].x, card)), "cpu")
         m = confusion_metrics(chips.splits["val"].y, probs.argmax(1).numpy(), card.class_names)

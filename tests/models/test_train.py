@@ -221,3 +221,38 @@ def test_load_chips_rejects_mixed_shapes(tmp_path: Path) -> None:
                  descriptions=BANDS)
     with pytest.raises(InputError, match="all chips must have one shape"):
         load_chips(root)
+
+
+def test_fusion_network_is_dense_and_fits_its_linear_head(tmp_path: Path) -> None:
+    """FusionChipClassifier: fit_fusion fills the linear head and the weight (chosen on val), and
+    with a non-zero weight a chip's dense map still equals its chip logits, and every window of a
+    larger tile is the fused heads on the mean of its 2x2 cells."""
+    from geofg.models.features import fit_fusion
+    from geofg.models.nets import FusionChipClassifier
+    from geofg.models.train import normalise
+
+    chips = load_chips(make_chips(tmp_path / "c", {"train": 8, "val": 4}, size=64))
+    card = _card(chips).model_copy(update={"patch_size": 64})
+    torch.manual_seed(0)
+    net = FusionChipClassifier(card).eval()
+    xt, xv = normalise(chips.splits["train"].x, card), normalise(chips.splits["val"].x, card)
+    rec = fit_fusion(net, xt, chips.splits["train"].y, xv, chips.splits["val"].y, k=3,
+                     weights=(0.0, 0.5, 1.0))
+    # an untrained CNN is at chance; the linear head on spectral features separates the classes
+    assert dict((a, acc) for a, acc, _ in rec["val"])[1.0] == 1.0
+    assert float(net.fusion_weight) in (0.5, 1.0) and rec["fusion_weight"] == float(
+        net.fusion_weight)
+    assert torch.all(net.hand_std > 0) and net.linear.weight.abs().sum() > 0
+    with torch.inference_mode():
+        x = torch.from_numpy(xv)
+        dense = torch.softmax(net(x), dim=1)
+        chip = torch.softmax(net.chip_logits(x), dim=1)
+        torch.testing.assert_close(dense, chip[:, :, None, None].expand_as(dense), atol=1e-5,
+                                   rtol=1e-5)
+        big = torch.randn(1, len(card.bands), 96, 128)
+        grid, cells = net.window_logits(big), net.cell_features(big)
+        for i in range(grid.shape[2]):
+            for j in range(grid.shape[3]):
+                window = cells[:, :, i : i + 2, j : j + 2].mean(dim=(2, 3), keepdim=True)
+                want = net.fuse(net.window_features(window))[0, :, 0, 0]
+                torch.testing.assert_close(grid[0, :, i, j], want, atol=1e-5, rtol=1e-5)
