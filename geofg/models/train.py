@@ -147,7 +147,7 @@ class TrainConfig:
     """Hyper-parameters of :func:`train_classifier` (the defaults are the eurosat-13 recipe)."""
 
     encoder: str = "tu-mobilenetv4_conv_small"
-    epochs: int = 150
+    epochs: int = 120
     chips_per_step: int = 36  # divisible by 1, 4 and 9: one step = 36 chips in any mosaic size
     mosaic: tuple[int, ...] = (1, 2, 3)  # canvas sizes in chips per side, cycled step by step
     lr: float = 2e-3
@@ -158,7 +158,7 @@ class TrainConfig:
     gain_sigma: float = 0.02  # per-band multiplicative noise on reflectance
     global_gain_sigma: float = 0.05  # one brightness factor per chip
     offset_sigma: float = 0.001  # per-band additive noise on reflectance (scaled units)
-    crop_px: int = 0  # random crop: shift by up to this many px, borders reflected
+    crop_px: int = 4  # random crop: shift by up to this many px, borders reflected
     class_weighting: bool = True  # inverse class frequency in the loss
     patience: int = 0  # early stopping: evaluations without val improvement (0 = off)
     seed: int = 13
