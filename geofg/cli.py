@@ -59,7 +59,7 @@ def _fail(e: GeofgError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-Inputs = Annotated[list[Path], typer.Argument(help="A GeoTIFF/COG, or a Sentinel-2 band-file folder or files.")]
+Inputs = Annotated[list[Path], typer.Argument(help="A GeoTIFF/COG, a Sentinel-2 band-file folder or files, or several scenes: files, a quoted glob, or a manifest (@list.txt, one path per line) written into one mosaic on their union grid.")]
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Zarr mosaic.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundle name or .safetensors path.")]
 ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name, .safetensors or exported .onnx path; repeat to average an ensemble's probabilities.")]
