@@ -280,6 +280,12 @@ def write_bundle(path: str | Path, tensors: dict[str, np.ndarray], card: ModelCa
     arrays = {k: np.array(v, order="C", copy=None) for k, v in tensors.items()}
     blob = save(arrays, metadata={CARD_KEY: card.to_json()})
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def atomic_write(path: Path, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` via a fsynced temp file and a rename (no half-written file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -290,7 +296,6 @@ def write_bundle(path: str | Path, tensors: dict[str, np.ndarray], card: ModelCa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return hashlib.sha256(blob).hexdigest()
 
 
 def load_tensors(path: str | Path) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from geofg.errors import ConfigError
@@ -240,3 +241,28 @@ class ModelCard(BaseModel):
                 f"model card must be a JSON object, found {type(data).__name__}; fix the card"
             )
         return cls(**data)
+
+
+def check_input_batch(card: ModelCard, x: object) -> None:
+    """Refuse a model input that is not ``(N, C, H, W)`` with the card's bands and tile multiple.
+
+    Raises:
+        ConfigError: wrong rank, band count, empty batch or a size not a multiple of the card's.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ConfigError(
+            f"predict() expects a float32 array (N, C, H, W), found"
+            f" {getattr(x, 'shape', type(x).__name__)}"
+        )
+    n, c, h, w = x.shape
+    m = card.tile_multiple
+    if c != len(card.bands):
+        raise ConfigError(
+            f"model {card.name!r} expects {len(card.bands)} bands"
+            f" ({','.join(card.bands)}), found {c} channels; select the card's bands"
+        )
+    if n == 0 or h == 0 or w == 0 or h % m or w % m:
+        raise ConfigError(
+            f"predict() needs a non-empty batch with H and W multiples of {m}, found"
+            f" {x.shape}; pad tiles to a multiple of {m}"
+        )

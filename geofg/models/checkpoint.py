@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from geofg.errors import ConfigError, WeightsError
+from geofg.models.bundle import atomic_write
 
 __all__ = ["CheckpointState", "load_checkpoint", "save_checkpoint"]
 
@@ -26,19 +27,6 @@ TENSORS = "last.safetensors"
 STATE = "last.json"
 
 CheckpointState = dict[str, Any]
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -69,8 +57,8 @@ def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, ema: torch
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in generators.items()})
-    _atomic_write(directory / TENSORS, save(tensors, metadata={"format": "geofg-train-checkpoint"}))
-    _atomic_write(directory / STATE,
+    atomic_write(directory / TENSORS, save(tensors, metadata={"format": "geofg-train-checkpoint"}))
+    atomic_write(directory / STATE,
                   (json.dumps({**state, "optimizer": opt_meta}, indent=1) + "\n").encode())
 
 

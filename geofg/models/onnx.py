@@ -39,7 +39,7 @@ import numpy as np
 
 from geofg.errors import ConfigError, WeightsError
 from geofg.models.bundle import CARD_KEY, bundle_sha256
-from geofg.models.card import ModelCard
+from geofg.models.card import ModelCard, check_input_batch
 
 __all__ = [
     "CARD_KEY",
@@ -156,23 +156,7 @@ class OnnxPredictor:
         self._input = session.get_inputs()[0].name
 
     def _check(self, x: np.ndarray) -> None:
-        if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise ConfigError(
-                f"predict() expects a float32 array (N, C, H, W), found"
-                f" {getattr(x, 'shape', type(x).__name__)}"
-            )
-        n, c, h, w = x.shape
-        m = self.card.tile_multiple
-        if c != len(self.card.bands):
-            raise ConfigError(
-                f"model {self.card.name!r} expects {len(self.card.bands)} bands"
-                f" ({','.join(self.card.bands)}), found {c} channels; select the card's bands"
-            )
-        if n == 0 or h == 0 or w == 0 or h % m or w % m:
-            raise ConfigError(
-                f"predict() needs a non-empty batch with H and W multiples of {m}, found"
-                f" {x.shape}; pad tiles to a multiple of {m}"
-            )
+        check_input_batch(self.card, x)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Return the graph's logits ``(N, K, H, W)`` float32."""

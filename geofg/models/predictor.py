@@ -42,7 +42,7 @@ import torch
 
 from geofg.errors import ConfigError, WeightsError
 from geofg.models.bundle import load_tensors, read_card
-from geofg.models.card import ModelCard
+from geofg.models.card import ModelCard, check_input_batch
 from geofg.models.nets import build_model
 from geofg.models.registry import resolve_model
 
@@ -199,23 +199,7 @@ class TorchPredictor:
         self._fit: dict[tuple[int, int], int] = {}
 
     def _check(self, x: np.ndarray) -> None:
-        if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise ConfigError(
-                f"predict() expects a float32 array (N, C, H, W), found"
-                f" {getattr(x, 'shape', type(x).__name__)}"
-            )
-        n, c, h, w = x.shape
-        m = self.card.tile_multiple
-        if c != self._n_bands:
-            raise ConfigError(
-                f"model {self.card.name!r} expects {self._n_bands} bands"
-                f" ({','.join(self.card.bands)}), found {c} channels; select the card's bands"
-            )
-        if n == 0 or h == 0 or w == 0 or h % m or w % m:
-            raise ConfigError(
-                f"predict() needs a non-empty batch with H and W multiples of {m}, found"
-                f" {x.shape}; pad tiles to a multiple of {m}"
-            )
+        check_input_batch(self.card, x)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Return per-pixel class probabilities.
