@@ -19,21 +19,10 @@ from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.io.ledger import Ledger
-from rasters import write_raster
+from rasters import s2_like, write_raster
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 runner = CliRunner()
-
-
-def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth 13-band uint16 field with reflectance-like values (two land types)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    water = (np.sin(xx / 9.0) + np.cos(yy / 7.0)) > 0.8
-    base = np.where(water, 900, 2200)[None] + rng.integers(-60, 60, (13, height, width))
-    base[7] = np.where(water, 400, 3500)  # NIR: low over water, high over vegetation
-    base[12] = base[7]
-    return base.clip(1, 10000).astype("uint16")
 
 
 @pytest.fixture

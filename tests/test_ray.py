@@ -40,7 +40,7 @@ from geofg.io.ledger import Ledger  # noqa: E402
 from geofg.run import run_job  # noqa: E402
 from geofg.runners import cluster as rc  # noqa: E402
 from geofg.runners import ray as rr  # noqa: E402
-from rasters import write_raster  # noqa: E402
+from rasters import s2_like, write_raster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -49,17 +49,6 @@ TOKEN = secrets.token_hex(32)  # one token for this module's Ray runtimes; no ~/
 LAYERS = ("class", "health", "confidence")
 CHUNK, HALO = 32, 16  # 64-px model tiles: many small, fast units
 runner = CliRunner()
-
-
-def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth 13-band uint16 field (water and vegetation), as in test_cli."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    water = (np.sin(xx / 9.0) + np.cos(yy / 7.0)) > 0.8
-    base = np.where(water, 900, 2200)[None] + rng.integers(-60, 60, (13, height, width))
-    base[7] = np.where(water, 400, 3500)
-    base[12] = base[7]
-    return base.clip(1, 10000).astype("uint16")
 
 
 def write_random_bundle(path: Path) -> Path:
