@@ -315,7 +315,7 @@ def models_list() -> None:
         out.print(f"  path:    {path}", soft_wrap=True, highlight=False)
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train models on labelled chips.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models: a classifier on labelled chips, a segmenter on a labelled scene.")
 app.add_typer(train_app, name="train")
 
 
@@ -397,18 +397,90 @@ def train_classifier_cmd(
               highlight=False, soft_wrap=True)
 
 
+@train_app.command("segmenter")
+def train_segmenter_cmd(
+    image: Annotated[Path, typer.Option("--image", help="The scene to train on (GeoTIFF/COG or Sentinel-2 band files).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Dense labels: polygons (.gpkg/.geojson/.shp/.fgb, class in --class-field) or a class mask (.tif on the image's grid).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The bundle to write (.safetensors).")],
+    init: Annotated[Optional[str], typer.Option("--init", help="Start the U-Net's encoder from this bundle (e.g. eurosat-13): transfer learning; the bundle's bands, scale and mean/std are used.")] = None,
+    class_field: Annotated[Optional[str], typer.Option("--class-field", help="Polygons: the attribute holding each polygon's class.")] = None,
+    class_map: Annotated[Optional[str], typer.Option("--class-map", help="SOURCE=CLASS,... (SOURCE=- leaves it unlabelled); several sources may share a class. Default: each value is a class.")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", help="Train only inside minx,miny,maxx,maxy (image CRS); hold the rest out.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the output's stem).")] = None,
+    bands: Bands = None,
+    crop_classes: Annotated[Optional[str], typer.Option("--crop-classes", help="Classes where crop health applies, comma-separated.")] = None,
+    encoder: Annotated[str, typer.Option(help="smp encoder without --init (no squeeze-excitation).")] = "tu-mobilenetv4_conv_small",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    window: Annotated[int, typer.Option(help="Training window edge (px, multiple of 32).")] = 128,
+    batch: Annotated[int, typer.Option(help="Windows per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine).")] = 1e-3,
+    min_labelled: Annotated[float, typer.Option("--min-labelled", help="Sample windows with at least this share of labelled pixels.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed: same windows).")] = 13,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 1,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output bundle.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Fine-tune a U-Net segmenter on one labelled scene (random windows from the labelled area) and write a bundle."""
+    _configure(verbose, quiet)
+    from geofg.models.seg_labels import parse_class_map
+    from geofg.models.segment import SegTrainConfig, train_segmenter_bundle
+
+    cfg = SegTrainConfig(window=window, batch=batch, steps=steps, lr=lr, min_labelled=min_labelled,
+                         seed=seed, threads=threads, device=device)
+
+    def on_step(rec: dict) -> None:
+        if not quiet:
+            out.print(f"step {rec['step']}/{steps}: loss {rec['loss']:.4f} ({rec['seconds']:.0f} s)",
+                      highlight=False)
+
+    try:
+        res = train_segmenter_bundle(
+            image, labels, output, cfg, init=init, name=name,
+            bands=[b.strip() for b in bands.split(",")] if bands else None, region=region,
+            class_field=class_field, class_map=parse_class_map(class_map),
+            crop_classes=[c.strip() for c in crop_classes.split(",")] if crop_classes else (),
+            encoder=encoder, overwrite=overwrite, on_step=on_step)
+    except GeofgError as e:
+        raise _fail(e) from None
+    card, rec = res["card"], res["record"]
+    for note in res["notes"]:
+        out.print(f"note: {note}", highlight=False)
+    t = rec.get("transfer")
+    init_txt = (f", encoder from {init} ({t['copied_encoder']}/{t['encoder_tensors']} tensors)"
+                if t else ", from scratch")
+    out.print(f"wrote {res['bundle']} (sha256 {res['sha256'][:12]}): unet/{card.encoder}, "
+              f"{len(card.bands)} bands, classes {', '.join(card.class_names)}{init_txt}; "
+              f"{rec['config']['steps']} steps in {rec['train_seconds']:.0f} s on {rec['device']}",
+              highlight=False, soft_wrap=True)
+
+
 @app.command()
 def evaluate(
     bundle: Annotated[str, typer.Argument(help="Bundle name or .safetensors path.")],
-    data: Annotated[Path, typer.Option("--data", help="Labelled chips (as for geofg train classifier).")],
     report: Annotated[Path, typer.Option("--report", help="Folder for report.json, confusion_matrix.png, report.md.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled chips (as for geofg train classifier).")] = None,
     split: Annotated[str, typer.Option(help="Split to score: test, val or train.")] = "test",
     bands: Bands = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 flips/90-degree rotations of each chip.")] = False,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Segmentation: the scene to predict (with --labels instead of --data).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Segmentation: polygons or a class mask to score against (IoU per class, mIoU).")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", help="Segmentation: score only inside minx,miny,maxx,maxy (image CRS), e.g. a held-out part.")] = None,
+    class_field: Annotated[Optional[str], typer.Option("--class-field", help="Segmentation, polygons: the class attribute (default: the bundle's training one).")] = None,
+    class_map: Annotated[Optional[str], typer.Option("--class-map", help="Segmentation: SOURCE=CLASS,... onto the bundle's classes (default: the bundle's training map).")] = None,
+    chunk: Annotated[int, typer.Option(help="Segmentation: unit size (px), as geofg classify.")] = 1024,
     device: Device = "auto", verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Score a patch-classification bundle on labelled chips and write a report."""
+    """Score a bundle: on labelled chips (--data; accuracy, F1) or on a scene against dense labels (--image --labels; IoU per class, mIoU, optionally within --region). Writes a report."""
     _configure(verbose, quiet)
+    if (data is None) == (image is None or labels is None):
+        err.print("[red]geofg: error:[/] give either --data CHIPS, or --image SCENE with --labels"
+                  " POLYGONS|MASK", highlight=False)
+        raise typer.Exit(2)
+    if image is not None:
+        _evaluate_segmentation(bundle, report, image, labels, region, class_field, class_map,
+                               bands, chunk, device, quiet)
+        return
     from geofg.models.evaluate import evaluate_bundle, write_report
 
     try:
@@ -421,6 +493,30 @@ def evaluate(
     if not quiet:
         out.print(f"{rep['bundle_name']} on {rep['split']} ({rep['n']} chips): accuracy "
                   f"{rep['accuracy']:.4f}, macro F1 {rep['macro_f1']:.4f}", highlight=False)
+        out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
+                           region: str | None, class_field: str | None, class_map: str | None,
+                           bands: str | None, chunk: int, device: str, quiet: bool) -> None:
+    from geofg.models.seg_eval import evaluate_segmentation, write_seg_report
+    from geofg.models.seg_labels import parse_class_map
+
+    try:
+        rep = evaluate_segmentation(
+            bundle, image, labels, region=region, class_field=class_field,
+            class_map=parse_class_map(class_map),
+            bands=[b.strip() for b in bands.split(",")] if bands else None, device=device,
+            chunk=chunk)
+        written = write_seg_report(rep, report)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        ious = ", ".join(f"{n} {c['iou']:.3f}" for n, c in rep["per_class"].items()
+                         if c["iou"] is not None)
+        out.print(f"{rep['bundle_name']} on {rep['n']:,} labelled px"
+                  f"{' in the region' if rep['region'] else ''}: mIoU {rep['miou']:.4f}, pixel "
+                  f"accuracy {rep['pixel_accuracy']:.4f}; IoU {ious}", highlight=False, soft_wrap=True)
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
