@@ -358,7 +358,8 @@ def _load_polygons(path: Path, crs_wkt: str, transform: Sequence[float], height:
 
     geoms, raw_values, src_crs = _read_polygons(path, class_field)
     notes = []
-    keep = [(g, v) for g, v in zip(geoms, raw_values, strict=True) if g is not None and v is not None]
+    keep = [(g, v) for g, v in zip(geoms, raw_values, strict=True)
+            if g is not None and v is not None]
     if len(keep) < len(geoms):
         notes.append(f"{len(geoms) - len(keep)} features without geometry or {class_field} skipped")
     if not keep:

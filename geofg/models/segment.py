@@ -2,11 +2,11 @@
 
 Steps (every check happens before training starts; the bundle is written atomically at the end):
 
-1. **Inputs.** The image is opened like any ``geofg classify`` input (:func:`geofg.io.read.open_raster`,
-   same checks). The labels (polygons or a class mask, :mod:`geofg.models.seg_labels`) are bound
-   to the image's grid. With ``init`` the model's bands, band order, scale, mean and std are the
-   init bundle's (so the transferred encoder sees inputs normalised as in its own training); the
-   image must have those bands. Without ``init``: the image's bands, and per-band mean/std of the
+1. **Inputs.** The image is opened like any ``geofg classify`` input
+   (:func:`geofg.io.read.open_raster`, same checks). The labels (polygons or a class mask,
+   :mod:`geofg.models.seg_labels`) are bound to the image's grid. With ``init`` the model's
+   bands, band order, scale, mean and std are the init bundle's (so the transferred encoder sees
+   inputs normalised as in its own training); the image must have those bands. Without ``init``: the image's bands, and per-band mean/std of the
    valid pixels of the training region.
 2. **Training region.** ``region`` (bounds in the image CRS) limits everything training reads:
    the imagery and labels of that window are read once into memory (bounded by
@@ -133,7 +133,8 @@ def prepare_segmentation_data(
     image: str | Path | Sequence[str | Path], labels: str | Path, *,
     bands: Sequence[str] | None = None, region: str | Sequence[float] | None = None,
     class_field: str | None = None, class_map: dict[str, str | None] | None = None,
-    init: str | Path | None = None, name: str = "segmenter", encoder: str = "tu-mobilenetv4_conv_small",
+    init: str | Path | None = None, name: str = "segmenter",
+    encoder: str = "tu-mobilenetv4_conv_small",
     scale: float | None = None, crop_classes: Sequence[str] = (),
     normalisation: tuple[float, Sequence[float], Sequence[float]] | None = None,
     tile_size: int = 512, halo: int = 64, min_window: int = 32,
@@ -266,7 +267,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def init_from_bundle(model: Any, init: str | Path, card: ModelCard) -> dict[str, Any]:
     """Copy every tensor of ``init`` whose name and shape match into ``model``.
 
-    Returns ``{"copied": n, "copied_encoder": n, "skipped": [names]}``.
+    Returns ``{"from", "copied", "copied_encoder", "encoder_tensors", "skipped",
+    "skipped_modules"}`` (counts, and the top-level modules of the tensors not copied).
 
     Raises:
         MissingBandsError / BandCountMismatchError: The bundle has other bands.
@@ -299,9 +301,10 @@ def init_from_bundle(model: Any, init: str | Path, card: ModelCard) -> dict[str,
         raise ConfigError(f"{path}: no encoder tensor of the --init bundle fits the U-Net's"
                           f" {card.encoder} encoder; use a bundle with that encoder")
     model.load_state_dict(state, strict=False)
-    return {"copied": len(state), "copied_encoder": n_enc,
+    return {"from": src.name, "copied": len(state), "copied_encoder": n_enc,
             "encoder_tensors": sum(1 for k in own if k.startswith("encoder.")),
-            "skipped": skipped}
+            "skipped": len(skipped),
+            "skipped_modules": sorted({k.split(".")[0] for k in skipped})}
 
 
 def _dihedral(x: Any, y: Any, k: int, flip: bool) -> tuple[Any, Any]:

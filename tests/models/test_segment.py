@@ -65,8 +65,8 @@ def rect(col0: float, row0: float, col1: float, row1: float) -> list[list[list[f
 
 
 def geojson(path: Path, features: list[tuple[list, dict]], crs: str = "EPSG:32633") -> Path:
-    fc = {"type": "FeatureCollection",
-          "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:{crs.replace(':', '::')}"}},
+    urn = f"urn:ogc:def:crs:{crs.replace(':', '::')}"
+    fc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": urn}},
           "features": [{"type": "Feature", "properties": props,
                         "geometry": {"type": "Polygon", "coordinates": coords}}
                        for coords, props in features]}
