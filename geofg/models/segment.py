@@ -6,8 +6,8 @@ Steps (every check happens before training starts; the bundle is written atomica
    (:func:`geofg.io.read.open_raster`, same checks). The labels (polygons or a class mask,
    :mod:`geofg.models.seg_labels`) are bound to the image's grid. With ``init`` the model's
    bands, band order, scale, mean and std are the init bundle's (so the transferred encoder sees
-   inputs normalised as in its own training); the image must have those bands. Without ``init``: the image's bands, and per-band mean/std of the
-   valid pixels of the training region.
+   inputs normalised as in its own training); the image must have those bands. Without
+   ``init``: the image's bands, and per-band mean/std of the training region's valid pixels.
 2. **Training region.** ``region`` (bounds in the image CRS) limits everything training reads:
    the imagery and labels of that window are read once into memory (bounded by
    :data:`MAX_REGION_PIXELS`) and windows are sampled fully inside it, so nothing outside it,
