@@ -1,7 +1,8 @@
 """Hand-made chip features and the spectral-statistics baseline classifier.
 
 :func:`chip_statistics` gives per-chip mean and std of every band and of the normalised-difference
-indices of :data:`geofg.models.nets.SPECTRAL_INDICES` whose bands the data names.
+indices of :data:`geofg.models.nets.SPECTRAL_INDICES` whose bands the data names
+(:func:`~geofg.models.nets.spectral_index_bands`).
 :func:`spectral_baseline` fits multinomial logistic regression on them (L-BFGS, L2 chosen on the
 val split): the baseline every learned model is compared with in its card.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geofg.models.nets import SPECTRAL_INDICES
+from geofg.models.nets import spectral_index_bands
 
 __all__ = ["chip_statistics", "fit_logreg", "spectral_baseline"]
 
@@ -31,11 +32,10 @@ def chip_statistics(x: np.ndarray, bands: Sequence[str], scale: float) -> np.nda
     """
     refl = x.astype(np.float64) * scale
     feats = [refl.mean(axis=(2, 3)), refl.std(axis=(2, 3))]
-    for a, b in SPECTRAL_INDICES.values():
-        if a in bands and b in bands:
-            ra, rb = refl[:, list(bands).index(a)], refl[:, list(bands).index(b)]
-            nd = np.clip((ra - rb) / np.maximum(np.abs(ra + rb), 1e-3), -1, 1)
-            feats += [nd.mean(axis=(1, 2))[:, None], nd.std(axis=(1, 2))[:, None]]
+    for _, ia, ib in spectral_index_bands(bands):
+        ra, rb = refl[:, ia], refl[:, ib]
+        nd = np.clip((ra - rb) / np.maximum(np.abs(ra + rb), 1e-3), -1, 1)
+        feats += [nd.mean(axis=(1, 2))[:, None], nd.std(axis=(1, 2))[:, None]]
     return np.concatenate(feats, axis=1)
 
 

@@ -37,7 +37,7 @@ network; ``forward(x)`` is unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +48,13 @@ from geofg.models.card import ModelCard
 
 __all__ = [
     "ARCHITECTURES",
+    "BAND_ALIASES",
     "SPECTRAL_INDICES",
     "DenseChipClassifier",
     "FusionChipClassifier",
     "build_model",
     "build_unet",
+    "spectral_index_bands",
 ]
 
 REDUCTION = 32
@@ -72,7 +74,40 @@ SPECTRAL_INDICES: dict[str, tuple[str, str]] = {
     "ndre": ("B8A", "B05"),  # red edge, chlorophyll: (NIR narrow - RE1) / (NIR narrow + RE1)
 }
 """Normalised-difference indices fed to the spectral branch: name -> (band a, band b), (a-b)/(a+b).
-An index is used only when the card names both of its bands."""
+An index is used only when the card names both of its bands (or their :data:`BAND_ALIASES`)."""
+
+BAND_ALIASES: dict[str, tuple[str, ...]] = {
+    "B02": ("B", "BLUE"),
+    "B03": ("G", "GREEN"),
+    "B04": ("R", "RED"),
+    "B08": ("NIR", "N"),
+}
+"""Generic names that stand for the Sentinel-2 bands of :data:`SPECTRAL_INDICES` (e.g. NAIP's
+``R, G, B, NIR``); matched exactly, after the Sentinel-2 name itself."""
+
+
+def spectral_index_bands(bands: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Return ``(index name, position of band a, position of band b)`` for every usable index.
+
+    Examples:
+        >>> spectral_index_bands(["R", "G", "B", "NIR"])
+        [('ndvi', 3, 0), ('ndwi', 1, 3)]
+    """
+    names = list(bands)
+
+    def find(band: str) -> int | None:
+        for n in (band, *BAND_ALIASES.get(band, ())):
+            if n in names:
+                return names.index(n)
+        return None
+
+    out = []
+    for name, (a, b) in SPECTRAL_INDICES.items():
+        ia, ib = find(a), find(b)
+        if ia is not None and ib is not None:
+            out.append((name, ia, ib))
+    return out
+
 
 DEEP_CHANNELS = 96
 SPECTRAL_CHANNELS = 48
@@ -109,11 +144,7 @@ class DenseChipClassifier(nn.Module):
                 " such as 'tu-mobilenetv4_conv_small'"
             ) from None
         deep_in = self.encoder.out_channels[-1]
-        self.index_pairs = [
-            (card.bands.index(a), card.bands.index(b))
-            for a, b in SPECTRAL_INDICES.values()
-            if a in card.bands and b in card.bands
-        ]
+        self.index_pairs = [(ia, ib) for _, ia, ib in spectral_index_bands(card.bands)]
         self.register_buffer(
             "band_mean", torch.tensor(card.mean, dtype=torch.float32).view(1, -1, 1, 1),
             persistent=False,
