@@ -217,6 +217,7 @@ def scan(
     config: Annotated[Optional[Path], typer.Argument(help="Scan config, YAML (docs/scan.md, examples/scan.yaml).")] = None,
     break_lock: BreakLock = False,
     print_schema: Annotated[bool, typer.Option("--print-schema", help="Print the config's JSON schema and exit.")] = False,
+    runner: Annotated[Optional[str], typer.Option("--runner", help="local or ray (each date's units on Ray actors); overrides runner.kind of the config.")] = None,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Process only new or changed inbox scenes onto a fixed grid: one time slice per date, a latest view, a run report."""
@@ -234,7 +235,12 @@ def scan(
     from geofg.scan.run import run_scan
 
     try:
-        result = run_scan(load_scan(config), break_lock=break_lock)
+        cfg = load_scan(config)
+        if runner is not None:
+            from geofg.scan.config import with_runner
+
+            cfg = with_runner(cfg, runner, source=f"{config} (--runner)")
+        result = run_scan(cfg, break_lock=break_lock)
     except GeofgError as e:
         result = getattr(e, "result", None)
         if result is not None and not quiet:

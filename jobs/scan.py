@@ -3,10 +3,13 @@
     ray job submit --address http://HEAD:8265 --submission-id geofg-scan-2026-11-26-north \\
         --runtime-env cluster/runtime_env.yaml -- python jobs/scan.py /data/scan/north.yaml
 
-Same arguments as ``geofg scan`` (``python jobs/scan.py --help``). The scan runs in the job's
-driver with the local runner (Ray actors for scans are not built yet), so the driver needs the
-model's device: give the job's entrypoint the resources, e.g. ``--entrypoint-num-gpus 1``. The
-process exits with geofg's exit code (0 done or nothing new, 3 rejected, 4 failed scenes or units,
+Same arguments as ``geofg scan`` (``python jobs/scan.py --help``). With ``runner: {kind: ray}``
+in the config (or ``--runner ray``) each date's units run on Ray actors of the job's cluster
+(``RAY_ADDRESS`` names it inside a job; one actor per GPU, or per CPU without GPUs) and the driver
+only plans, records and reports: submit it without entrypoint GPUs (a GPU held by the driver is one
+no actor can use). With the local runner the scan runs in the job's driver, which then needs the
+model's device: give the entrypoint the resources, e.g. ``--entrypoint-num-gpus 1``. The process
+exits with geofg's exit code (0 done or nothing new, 3 rejected, 4 failed scenes or units,
 6 mosaic locked by another scan); ``ray job submit`` reports any failure as 1, and the driver's
 own code is ``JobSubmissionClient.get_job_info(id).driver_exit_code``. The run report lands beside
 the mosaic (``<mosaic>.reports/``).

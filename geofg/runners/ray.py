@@ -59,8 +59,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ __all__ = [
     "UnitWorker",
     "jobs_client",
     "run_ray",
+    "session",
 ]
 
 log = logging.getLogger(__name__)
@@ -338,7 +340,7 @@ class _Driver:
 
     def __init__(self, p: Plan, units: Sequence[WorkUnit], on_unit: OnUnit,
                  attempts: dict[str, int], sink: UnitSink,
-                 predictor_factory: PredictorFactory | None) -> None:
+                 predictor_factory: PredictorFactory | None, worker: type = UnitWorker) -> None:
         self.on_unit = on_unit
         self.sink = sink
         self.max_attempts = p.job.runner.max_attempts
@@ -349,12 +351,11 @@ class _Driver:
         self.inflight: dict[Any, tuple[WorkUnit, _Slot]] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
         device, n, resources = _actor_shape(p, len(units))
-        model = Path(p.model_path)
-        slim = dataclasses.replace(p, units=(), model_path=str(model.resolve()) if model.is_file() else p.model_path)
-        self.plan_ref = ray.put(slim)
+        self.plan_ref = ray.put(_slim(p))
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
         self.sink_args["path"] = Path(sink.path).resolve()
-        self.worker = ray.remote(UnitWorker)
+        self.worker = ray.remote(worker)
+        self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
         self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": WORKER_ENV}}
         self.device = device
         self.factory = predictor_factory
@@ -364,7 +365,7 @@ class _Driver:
         log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
 
     def _start(self) -> _Slot:
-        name = f"geofg-{self.sink.run_id}-{self.started}"
+        name = f"geofg-{self.sink.run_id}-{self.batch}-{self.started}"
         self.started += 1
         actor = self.worker.options(name=name, **self.options).remote(
             self.plan_ref, self.sink_args, self.device, self.factory)
@@ -494,6 +495,16 @@ class _Driver:
                 ray.kill(s.actor, no_restart=True)
 
 
+def _slim(p: Any) -> Any:
+    """The plan as actors get it: without its unit list, the model path absolute (when a file)."""
+    names = {f.name for f in dataclasses.fields(p)}
+    changes: dict[str, Any] = {"units": ()} if "units" in names else {}
+    model = Path(p.model_path)
+    if "model_path" in names and model.is_file():
+        changes["model_path"] = str(model.resolve())
+    return dataclasses.replace(p, **changes) if changes else p
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -506,6 +517,7 @@ def run_ray(
     attempts: dict[str, int] | None,
     sink: UnitSink,
     predictor_factory: PredictorFactory | None = None,
+    worker: type = UnitWorker,
 ) -> dict[str, float]:
     """Process ``units`` on Ray actors; every unit ends as a ledger record passed to ``on_unit``.
 
@@ -517,6 +529,11 @@ def run_ray(
         sink: the driver's sink; it records failed units, and its fields tell each actor where to
             write.
         predictor_factory: see :class:`UnitWorker`.
+        worker: the actor class: :class:`UnitWorker` (classify) or another with its constructor
+            ``(plan, sink_args, device, predictor_factory)`` and methods ``process(unit, attempt,
+            upcoming)`` (returning an object with ``record``, ``error`` and ``seconds``), ``pid()``
+            and ``close()``, e.g. :class:`geofg.scan.units.ScanUnitWorker`. ``sink`` then needs
+            ``run_id``, ``path``, ``ledger`` and ``failed(unit, error, attempt)``.
 
     Returns:
         Seconds per stage, summed over units and actors (read, wait_read, compute, write).
@@ -527,7 +544,25 @@ def run_ray(
     """
     connected = _connect(p.job.runner)
     try:
-        return _Driver(p, units, on_unit, attempts or {}, sink, predictor_factory).run()
+        return _Driver(p, units, on_unit, attempts or {}, sink, predictor_factory, worker).run()
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(cfg: RunnerConfig) -> Iterator[None]:
+    """Stay connected to Ray (joined or started as :func:`run_ray` does) for several runs.
+
+    :func:`run_ray` calls inside use this connection instead of connecting and shutting down
+    each time (a scan runs one per date). A connection this process already had is left open.
+
+    Raises:
+        ClusterError, InsecureClusterError: as :func:`run_ray` (exit 5).
+    """
+    connected = _connect(cfg)
+    try:
+        yield
     finally:
         if connected:
             ray.shutdown()

@@ -3,6 +3,9 @@
 Its JSON schema is published in docs/scan.md (``ScanConfig.model_json_schema()``). A config is
 small and frozen; :func:`load_scan` turns every problem into a one-line
 :class:`~geofg.errors.ConfigError` (exit 3) naming the file and the key.
+
+``runner.kind: local`` (default) runs a scan's units in this process; ``ray`` runs each date's
+units on Ray actors (:mod:`geofg.scan.units`, :mod:`geofg.runners.ray`), with the same results.
 """
 
 from __future__ import annotations
@@ -179,10 +182,6 @@ class ScanConfig(_Frozen):
         if "chunk" in self.tile.model_fields_set:
             raise ValueError("tile.chunk: a scan's unit size is the fixed grid's chunk; set "
                              "grid.chunk instead and remove tile.chunk")
-        if self.runner.kind != "local":
-            raise ValueError("runner.kind: scans run with the local runner for now (Ray actors "
-                             "for scans are not built yet); use kind: local, or submit the scan "
-                             "as a Ray job (jobs/scan.py), which runs it in the job's driver")
         return self
 
     def report_folder(self) -> Path:
@@ -221,6 +220,17 @@ def build_scan(data: object, source: str = "config") -> ScanConfig:
         shown = err.get("input")
         got = "" if isinstance(shown, dict) else f" (got {shown!r})"
         raise ConfigError(f"{source}: invalid value for {loc}: {msg}{got}; fix that key") from None
+
+
+def with_runner(cfg: ScanConfig, kind: str, source: str = "--runner") -> ScanConfig:
+    """Return ``cfg`` with ``runner.kind`` replaced (a CLI flag overrides the config file).
+
+    Raises:
+        ConfigError: ``kind`` is not a runner (names ``runner.kind``).
+    """
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    data["runner"] = {**data.get("runner", {}), "kind": kind}
+    return build_scan(data, source=source)
 
 
 def load_scan(path: str | Path) -> ScanConfig:

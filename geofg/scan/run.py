@@ -19,7 +19,8 @@ With nothing new, steps 3-4 write nothing into the mosaic: it stays byte-for-byt
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -50,6 +51,19 @@ from geofg.models.registry import resolve_model
 from geofg.pipeline import process_unit
 from geofg.scan import inbox as ib
 from geofg.scan.config import ScanConfig
+from geofg.scan.units import (
+    UNIT_ERRORS,
+    DatedUnit,
+    ScanSink,
+    ScanTask,
+    ScanUnitWorker,
+    covering,
+    finish_unit,
+    key_fingerprint,
+    scene_key,
+    unit_id,
+    unit_record,
+)
 from geofg.scan.warp import Grid, Scene, SceneWindowReader, footprint
 
 log = logging.getLogger(__name__)
@@ -360,13 +374,16 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
         mz.sweep_partials(out)
         ledger.sweep_temp()
     result.wrote = True
-    predictor = _predictor(p, predictor_factory)
     units = plan_units(p.grid.height, p.grid.width, p.job.grid.chunk, p.halo)
-    for day in sorted(work_dates):
-        scenes = [prep.scene for prep in ok.values() if prep.date == day and prep.scene is not None]
-        if not scenes:
-            continue
-        _run_date(p, out, day, scenes, units, records, ledger, predictor, result)
+    on_ray = p.job.runner.kind == "ray"
+    # local: the model runs here; ray: each actor loads its own, this process only plans and records
+    predictor = None if on_ray else _predictor(p, predictor_factory)
+    with _ray_session(p) if on_ray else contextlib.nullcontext():
+        for day in sorted(work_dates):
+            scenes = [prep.scene for prep in ok.values() if prep.date == day and prep.scene is not None]
+            if not scenes:
+                continue
+            _run_date(p, out, day, scenes, units, records, ledger, predictor, result, predictor_factory)
     ib.save_state(out, state)
     complete = not any(r.status == "failed" for r in records.values())
     result.summary = summarise_dates(p, records)
@@ -385,25 +402,24 @@ def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any
     return load_predictor(p.model_path, p.job.model.device)
 
 
-def unit_id(day: int, unit: WorkUnit) -> str:
-    """Ledger id of a unit of one date, e.g. ``d20160816_r0000_c0001``."""
-    return f"d{ib.day_str(day).replace('-', '')}_{unit.id}"
+def _ray_session(p: ScanPlan) -> Any:
+    """One Ray connection for all of this scan's dates (joined or started as for classify)."""
+    from geofg.runners.ray import session  # the only module importing ray
 
-
-def _scene_key(scenes: list[Scene]) -> list[str]:
-    return sorted({s.sha256[:16] for s in scenes})
+    return session(p.job.runner)
 
 
 def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list[WorkUnit],
-              records: dict[str, UnitRecord], ledger: Ledger, predictor: Any, result: ScanResult) -> None:  # fmt: skip
-    covered = [(u, [s for s in scenes if s.cover.intersection(u.core) is not None]) for u in units]
+              records: dict[str, UnitRecord], ledger: Ledger, predictor: Any, result: ScanResult,
+              predictor_factory: Callable[[ScanPlan], object] | None = None) -> None:  # fmt: skip
+    covered = [(u, covering(scenes, u)) for u in units]
     covered = [(u, ss) for u, ss in covered if ss]
     pending = []
     for u, ss in covered:
         r = records.get(unit_id(day, u))
         seen = set(r.stats.get("scenes", [])) if r is not None else set()
         current = (r is not None and r.status == "done" and r.model_sha256 == p.model_sha256
-                   and r.config_hash == p.config_hash and set(_scene_key(ss)) <= seen)  # fmt: skip
+                   and r.config_hash == p.config_hash and set(scene_key(ss)) <= seen)  # fmt: skip
         if current:
             result.units_skipped += 1
         else:
@@ -415,6 +431,10 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
     tm = mz.TimeMosaic(out)
     dates = mz.time_slices(out)
     log.info("%s: %d units to run, %d current", ib.day_str(day), len(pending), len(covered) - len(pending))
+    if p.job.runner.kind == "ray":
+        _run_date_ray(p, out, day, t, dates, scenes, [u for u, _ in pending], records, result,
+                      predictor_factory)  # fmt: skip
+        return
     local = threading.local()
     readers: list[SceneWindowReader] = []
     lock = threading.Lock()
@@ -443,27 +463,19 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
                 uid = unit_id(day, u)
                 prev = records.get(uid)
                 attempt = (prev.attempt + 1) if prev is not None else 1
-                key = _scene_key(ss)
-                fp = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+                key = scene_key(ss)
                 try:
                     data, valid = fut.result()
                     o = process_unit(u, data, valid, predictor, p)  # type: ignore[arg-type]
-                    layers = o.layers
-                    if layers is None:
-                        shape = (u.core.height, u.core.width)
-                        layers = {n: np.full(shape, mz.FILL, np.uint8) for n in tm.layers}
-                    tm.write_slice(t, u, layers)
-                    tm.update_latest(u, dates)
-                    tm.sync_unit(u, t)
-                    stats = {**o.stats, "scenes": key, "date": day}
-                    rec = _record(uid, "done", fp, p, attempt, o.empty, stats, result.run_id)
+                    rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
+                                      p.model_sha256, p.config_hash)  # fmt: skip
                     result.units_empty += o.empty
                     result.km2_processed += u.core.size * km2_px
-                except (GeofgError, OSError, RuntimeError, ValueError, MemoryError) as e:
+                except UNIT_ERRORS as e:
                     log.error("unit %s failed: %s", uid, e)
                     msg = f"{type(e).__name__}: {e}".splitlines()[0]
-                    rec = _record(uid, "failed", fp, p, attempt, False, {"date": day, "scenes": []},
-                                  result.run_id, msg)  # fmt: skip
+                    rec = _record(uid, "failed", key_fingerprint(key), p, attempt, False,
+                                  {"date": day, "scenes": []}, result.run_id, msg)  # fmt: skip
                     result.units_failed[uid] = msg
                 ledger.write(rec)
                 records[uid] = rec
@@ -475,9 +487,35 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
 
 def _record(uid: str, status: str, fp: str, p: ScanPlan, attempt: int, empty: bool, stats: dict,
             run_id: str, error: str | None = None) -> UnitRecord:  # fmt: skip
-    return UnitRecord(unit_id=uid, status=status, input_fingerprint=fp,  # type: ignore[arg-type]
-                      model_sha256=p.model_sha256, config_hash=p.config_hash, attempt=attempt,
-                      empty=empty, stats=stats, run_id=run_id, finished_at=_now(), error=error)  # fmt: skip
+    return unit_record(uid, status, fp, p.model_sha256, p.config_hash, attempt, empty, stats, run_id, error)
+
+
+def _run_date_ray(p: ScanPlan, out: Path, day: int, t: int, dates: list[int], scenes: list[Scene],
+                  pending: list[WorkUnit], records: dict[str, UnitRecord], result: ScanResult,
+                  predictor_factory: Callable[[ScanPlan], object] | None) -> None:  # fmt: skip
+    """Run one date's pending units on Ray actors (:class:`~geofg.scan.units.ScanUnitWorker`)."""
+    from geofg.runners.ray import run_ray  # the only module importing ray
+
+    model = Path(p.model_path)
+    task = ScanTask(plan=dataclasses.replace(p, model_path=str(model.resolve())) if model.is_file() else p,
+                    day=day, t=t, dates=tuple(dates), scenes=tuple(scenes))  # fmt: skip
+    todo = [DatedUnit(u.row, u.col, u.core, u.read, day) for u in pending]
+    by_id = {u.id: u for u in todo}
+    attempts = {u.id: records[u.id].attempt for u in todo if u.id in records}
+    km2_px = p.grid.pixel_area_m2 / 1e6
+
+    def on_unit(rec: UnitRecord) -> None:
+        records[rec.unit_id] = rec
+        result.units_ran += 1
+        if rec.status == "failed":
+            log.error("unit %s failed: %s", rec.unit_id, rec.error)
+            result.units_failed[rec.unit_id] = rec.error or "failed"
+        else:
+            result.units_empty += rec.empty
+            result.km2_processed += by_id[rec.unit_id].core.size * km2_px
+
+    sink = ScanSink(out, result.run_id, p.model_sha256, p.config_hash)
+    run_ray(task, todo, on_unit, attempts, sink, predictor_factory, worker=ScanUnitWorker)  # type: ignore[arg-type]
 
 
 def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, Any]:

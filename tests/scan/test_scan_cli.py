@@ -86,7 +86,7 @@ def test_scan_runs_then_has_nothing_new_then_is_locked(tmp_path: Path, unet_bund
          "left < right"),
         ({"grid": {"crs": "EPSG:4326", "resolution": 0.1, "origin": [0, 0], "extent": [0, 0, 1, 1]}}, "grid.crs"),
         ({"tile": {"chunk": 64}}, "grid.chunk"),
-        ({"runner": {"kind": "ray"}}, "runner.kind"),
+        ({"runner": {"kind": "dask"}}, "runner.kind"),
     ],
 )
 def test_bad_config_exits_3_naming_the_key_and_writes_nothing(tmp_path: Path, change: dict, key: str) -> None:
@@ -109,3 +109,19 @@ def test_missing_inbox_exits_3_and_schema_is_printable(tmp_path: Path) -> None:
     assert r.exit_code == 3 and "inbox.folder" in r.stderr and not (tmp_path / "m.zarr").exists()
     r = invoke("scan", "--print-schema")
     assert r.exit_code == 0 and json.loads(r.output) == ScanConfig.model_json_schema()
+
+
+def test_runner_flag_overrides_the_config_and_is_validated(tmp_path: Path) -> None:
+    from geofg.scan.config import build_scan, with_runner
+
+    model = threshold_bundle(tmp_path)
+    (tmp_path / "inbox").mkdir()
+    path = _write_cfg(tmp_path, config(tmp_path, model))
+    r = invoke("scan", str(path), "--runner", "dask")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3 and len(lines) == 1 and "runner.kind" in lines[0] and "--runner" in lines[0], r.stderr
+    assert not (tmp_path / "m.zarr").exists()
+    cfg = build_scan(config(tmp_path, model))
+    ray_cfg = with_runner(cfg, "ray")
+    assert ray_cfg.runner.kind == "ray" and ray_cfg.runner.read_workers == cfg.runner.read_workers == 1
+    assert ray_cfg.model_copy(update={"runner": cfg.runner}) == cfg  # nothing else changed
