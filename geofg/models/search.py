@@ -1,0 +1,782 @@
+"""Hyper-parameter search for ``geofg train classifier --search SPACE.yaml [--trials N]`` (Ray Tune).
+
+Each trial trains a patch classifier with :func:`geofg.models.train.train_bundle` (the same code
+as a plain ``geofg train classifier``) inside a Ray Tune function trainable, with resources
+``{"cpu": cpus_per_trial}`` plus ``{"gpu": 1}`` when the Ray cluster has GPUs (or as configured),
+and reports every epoch (loss, and the val accuracy of the EMA network at each evaluation). The
+trial's bundle goes back to the driver as a Tune checkpoint. The driver picks the best trial **on
+the val split only** (the test split is never read), writes its bundle to ``-o`` atomically, with
+the search recorded in the card (``training.search``), and writes a report beside it:
+``OUT.search.json`` and ``OUT.search.md`` (a table of every trial: parameters, val accuracy,
+epochs, seconds, status).
+
+SPACE.yaml (validated by pydantic, ``extra="forbid"``; a bad key or range is a one-line
+:class:`~geofg.errors.ConfigError` naming it, exit 3, before anything is written)::
+
+    method: random            # random (choice / uniform / loguniform) or grid (grid: [...])
+    trials: 8                 # random only; --trials N overrides it
+    seed: 0                   # seed of the random sampling (not of training: --seed)
+    include_defaults: true    # trial 0 = the hand-set defaults, same budget (compare against it)
+    max_concurrent: 2         # trials at a time
+    cpus_per_trial: 1         # Ray CPUs and torch threads per trial
+    gpus_per_trial: auto      # auto: 1 when the Ray cluster has a GPU, else 0; or a number
+    num_cpus: 2               # CPUs of the local Ray geofg starts (default: what the trials need)
+    params:
+      lr: {loguniform: [3.0e-4, 1.0e-2]}
+      aug_strength: {uniform: [0.0, 2.0]}
+      freeze_epochs: {choice: [0, 5]}
+      encoder: {choice: [tu-mobilenetv4_conv_small, tu-resnet18]}
+      weight_decay: 0.1        # a plain value: fixed for every trial
+
+Parameters (``params``) are :class:`~geofg.models.train.TrainConfig` fields (``lr``,
+``weight_decay``, ``label_smoothing``, ``warmup_epochs``, ``ema_decay``, ``gain_sigma``,
+``global_gain_sigma``, ``offset_sigma``, ``crop_px``, ``class_weighting``, ``epochs``,
+``patience``, ``eval_every``, ``chips_per_step``, ``encoder``) and two derived ones:
+
+* ``aug_strength`` (>= 0) scales the hand-set augmentation: ``gain_sigma``, ``global_gain_sigma``,
+  ``offset_sigma`` and ``crop_px`` (rounded) are multiplied by it; 1 = the defaults, 0 = dihedral
+  transforms only. It cannot be combined with those four keys.
+* ``freeze_epochs`` (>= 0): a freeze schedule. The first ``freeze_epochs`` epochs train only the
+  non-encoder parts (``freeze_encoder``), then training continues from that model with everything
+  trainable for the remaining epochs (a second warm-up + cosine schedule; the weights pass through
+  one fp16 bundle between the phases). ``freeze_epochs >= epochs`` keeps the encoder frozen
+  throughout; 0 never freezes it. With ``--init`` this is linear-probe-then-fine-tune.
+
+``seed``, ``threads``, ``device`` and ``mosaic`` are not searchable: every trial uses ``--seed``
+(so with data that has no split column every trial draws the same val split), its resources give
+threads and device. Values not in ``params`` come from the command line (``--epochs``, ``--lr``,
+``--encoder`` ...) or the :class:`TrainConfig` defaults: those are the "hand-set defaults", and
+with ``include_defaults`` the first trial trains exactly them with the same budget.
+
+Selection: the trial with the highest val accuracy of its *bundle* (after the fusion head is fitted,
+as recorded in ``card.metrics``), ties broken by val macro-F1, then the lower trial number.
+
+Ray: when this process has no Ray connection, a local Ray is started (``num_cpus`` bounded, no
+dashboard, token authentication on as Ray 2.60 does by default, the token file written 0600 first as
+:mod:`geofg.runners.ray` does) and shut down afterwards, also on errors. An existing connection
+(a notebook, a test, a script that joined a cluster) is used as it is and left open; on a cluster
+the Tune storage (the staging folder beside ``-o``) must be on a filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from geofg.errors import ConfigError, GeofgError
+
+__all__ = [
+    "SEARCH_KEYS",
+    "SearchSpace",
+    "SearchTrialsFailedError",
+    "load_space",
+    "report_paths",
+    "search_bundle",
+    "trial_table",
+]
+
+log = logging.getLogger(__name__)
+
+AUG_KEYS = ("gain_sigma", "global_gain_sigma", "offset_sigma", "crop_px")
+NOT_SEARCHABLE = ("seed", "threads", "device", "mosaic")
+BUNDLE_NAME = "trial.safetensors"
+
+
+class SearchTrialsFailedError(GeofgError):
+    """A search finished but some (or all) trials failed; exit 4 like a run with failed units."""
+
+    exit_code = 4
+
+
+# --- the search space -------------------------------------------------------------------------
+
+
+class _Values(BaseModel):
+    """The allowed range of every searchable parameter (used to check each value and bound)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str = Field(None, min_length=1)
+    epochs: int = Field(None, ge=1)
+    chips_per_step: int = Field(None, ge=1)
+    lr: float = Field(None, gt=0, le=1)
+    weight_decay: float = Field(None, ge=0)
+    label_smoothing: float = Field(None, ge=0, lt=1)
+    warmup_epochs: int = Field(None, ge=0)
+    ema_decay: float = Field(None, ge=0, lt=1)
+    gain_sigma: float = Field(None, ge=0)
+    global_gain_sigma: float = Field(None, ge=0)
+    offset_sigma: float = Field(None, ge=0)
+    crop_px: int = Field(None, ge=0)
+    class_weighting: bool = None
+    patience: int = Field(None, ge=0)
+    eval_every: int = Field(None, ge=1)
+    aug_strength: float = Field(None, ge=0)
+    freeze_epochs: int = Field(None, ge=0)
+
+
+SEARCH_KEYS: tuple[str, ...] = tuple(_Values.model_fields)
+"""Keys allowed under ``params:``."""
+FLOAT_KEYS = tuple(k for k, f in _Values.model_fields.items() if f.annotation is float)
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
+
+
+class SearchSpace(BaseModel):
+    """A validated SPACE.yaml (module docstring). ``params`` maps each key to a fixed value or a
+    ``{"choice" | "grid": [values]}`` / ``{"uniform" | "loguniform": [low, high]}`` dict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["random", "grid"] = "random"
+    trials: int | None = Field(None, ge=1)
+    seed: int = 0
+    include_defaults: bool = True
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: int = Field(1, ge=1)
+    gpus_per_trial: Literal["auto"] | float = "auto"
+    num_cpus: int | None = Field(None, ge=1)
+    params: dict[str, Any] = Field(min_length=1)
+
+    def searched(self) -> dict[str, dict[str, Any]]:
+        """The keys that vary: ``{key: {dist: values}}``."""
+        return {k: v for k, v in self.params.items() if isinstance(v, dict)}
+
+    def fixed(self) -> dict[str, Any]:
+        """The keys fixed for every trial."""
+        return {k: v for k, v in self.params.items() if not isinstance(v, dict)}
+
+    def grid_size(self) -> int:
+        return math.prod(len(d["grid"]) for d in self.searched().values())
+
+
+def _check_value(path: Path, where: str, key: str, value: Any) -> Any:
+    try:
+        return getattr(_Values.model_validate({key: value}), key)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"{path}: {where}: {value!r} is not allowed ({err['msg']}); fix the"
+                          " value") from None
+
+
+def _check_param(path: Path, key: str, spec: Any, method: str) -> Any:
+    """Return the normalised spec of one ``params`` entry or raise a one-line ConfigError."""
+    where = f"params.{key}"
+    if key not in SEARCH_KEYS:
+        why = (" is fixed for every trial (set it on the command line)" if key in NOT_SEARCHABLE
+               else " is not a searchable parameter")
+        raise ConfigError(f"{path}: {where}{why}; expected one of {', '.join(SEARCH_KEYS)};"
+                          " remove or rename it")
+    if isinstance(spec, list):
+        raise ConfigError(f"{path}: {where}: a bare list is ambiguous; write {{choice: [...]}}"
+                          " (method random) or {grid: [...]} (method grid)")
+    if not isinstance(spec, dict):
+        return _check_value(path, where, key, spec)
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"{path}: {where}: expected one of {{choice: [...]}}, {{uniform: [low,"
+                          f" high]}}, {{loguniform: [low, high]}}, {{grid: [...]}}, found keys"
+                          f" {sorted(map(str, spec))}; fix it")
+    dist, values = next(iter(spec.items()))
+    allowed = ("grid",) if method == "grid" else ("choice", "uniform", "loguniform")
+    if dist not in allowed:
+        raise ConfigError(f"{path}: {where}: method {method} takes {' / '.join(allowed)}, found"
+                          f" {dist}; change the method or the distribution")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{path}: {where}.{dist}: expected a non-empty list, found {values!r}")
+    if dist in ("choice", "grid"):
+        return {dist: [_check_value(path, f"{where}.{dist}", key, v) for v in values]}
+    if key not in FLOAT_KEYS:
+        raise ConfigError(f"{path}: {where}: {dist} needs a real-valued parameter and {key} is"
+                          f" not; use {{choice: [...]}}")
+    if len(values) != 2:
+        raise ConfigError(f"{path}: {where}.{dist}: expected [low, high], found {len(values)}"
+                          " values")
+    lo, hi = (_check_value(path, f"{where}.{dist}", key, v) for v in values)
+    if not lo < hi:
+        raise ConfigError(f"{path}: {where}.{dist}: low {lo} must be below high {hi}; swap or"
+                          " fix them")
+    if dist == "loguniform" and lo <= 0:
+        raise ConfigError(f"{path}: {where}.loguniform: low {lo} must be > 0; use uniform or a"
+                          " positive low")
+    return {dist: [lo, hi]}
+
+
+def load_space(path: str | Path, *, trials: int | None = None, epochs: int | None = None,
+               freeze_encoder: bool = False) -> SearchSpace:
+    """Read and validate SPACE.yaml; ``trials`` (``--trials``) overrides ``trials:``.
+
+    Args:
+        path: The YAML file.
+        trials: Number of trials from the command line (random search only).
+        epochs: The fixed epoch budget (to check ``freeze_epochs`` against it).
+        freeze_encoder: ``--freeze-encoder`` was given (cannot be combined with freeze_epochs).
+
+    Raises:
+        RasterNotFoundError: The file does not exist.
+        ConfigError: Bad YAML, an unknown key, a bad value or range (one line naming the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: search space not found; pass --search SPACE.yaml"
+                          " (see examples/search.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a params: section, found"
+                          f" {type(raw).__name__}; see examples/search.yaml")
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{path}: unknown key {key!r}; expected"
+                              f" {', '.join(SearchSpace.model_fields)}; remove or rename it"
+                              ) from None
+        raise ConfigError(f"{path}: {key}: {err['msg']} (found {err.get('input')!r}); fix it"
+                          ) from None
+    params = {str(k): _check_param(path, str(k), v, space.method)
+              for k, v in space.params.items()}
+    space = space.model_copy(update={"params": params})
+    searched = space.searched()
+    if not searched:
+        raise ConfigError(f"{path}: params: nothing to search (every value is fixed); give at"
+                          " least one key a {choice|uniform|loguniform|grid: ...}")
+    clash = [k for k in AUG_KEYS if k in params]
+    if "aug_strength" in params and clash:
+        raise ConfigError(f"{path}: params.aug_strength scales {', '.join(AUG_KEYS)}; remove"
+                          f" {', '.join(clash)} or aug_strength")
+    if "freeze_epochs" in params and freeze_encoder:
+        raise ConfigError(f"{path}: params.freeze_epochs sets when the encoder is frozen; drop"
+                          " --freeze-encoder or freeze_epochs")
+    if "freeze_epochs" in params and "epochs" not in params and epochs is not None:
+        spec = params["freeze_epochs"]
+        top = max(next(iter(spec.values()))) if isinstance(spec, dict) else spec
+        if top > epochs:
+            raise ConfigError(f"{path}: params.freeze_epochs {top} exceeds the {epochs} epochs"
+                              " of a trial; lower it or raise --epochs")
+    if space.method == "grid":
+        if trials is not None and trials != space.grid_size():
+            raise ConfigError(f"{path}: method grid runs every combination ({space.grid_size()}"
+                              f" trials), not --trials {trials}; drop --trials or use method"
+                              " random")
+        if space.trials is not None:
+            raise ConfigError(f"{path}: trials: is for method random (a grid runs every"
+                              " combination); remove it")
+    else:
+        n = trials if trials is not None else space.trials
+        if n is None:
+            raise ConfigError(f"{path}: random search needs a number of trials; add trials: N"
+                              " or pass --trials N")
+        if n < 1:
+            raise ConfigError(f"--trials {n}: expected at least 1")
+        space = space.model_copy(update={"trials": n})
+    return space
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every trial needs (small, picklable): data, the hand-set config, train_bundle args."""
+
+    data: str
+    base: dict[str, Any]  # TrainConfig as a dict (the hand-set defaults)
+    fixed: dict[str, Any]  # params fixed by SPACE.yaml
+    name: str
+    bands: list[str] | None
+    scale: float | None
+    crop_classes: list[str]
+    val_fraction: float
+    init: str | None
+    freeze_encoder: bool
+    threads: int
+    device: str
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Any, int]:
+    """Return the TrainConfig of a trial and its number of frozen-encoder epochs.
+
+    ``base`` is the hand-set TrainConfig (as a dict); ``params`` the trial's values (module
+    docstring: ``aug_strength`` scales the augmentation keys, ``freeze_epochs`` is returned apart).
+    """
+    from geofg.models.train import TrainConfig
+
+    values = dict(base)
+    values["mosaic"] = tuple(values["mosaic"])
+    s = params.get("aug_strength")
+    if s is not None:
+        for k in AUG_KEYS:
+            values[k] = round(base[k] * s) if k == "crop_px" else base[k] * s
+    values.update({k: v for k, v in params.items() if k not in ("aug_strength", "freeze_epochs")})
+    cfg = TrainConfig(**values)
+    return cfg, int(params.get("freeze_epochs", 0))
+
+
+def _run_trial(config: dict[str, Any], job: _Job) -> None:
+    """The Tune function trainable: train one configuration, report epochs, hand back the bundle."""
+    from ray import tune
+
+    from geofg.models.train import train_bundle
+
+    t0 = time.perf_counter()
+    params = {**job.fixed, **config}
+    cfg, freeze = trial_config(job.base, params)
+    cfg = replace(cfg, threads=job.threads, device=job.device)
+    phases = [(min(freeze, cfg.epochs), True), (cfg.epochs - min(freeze, cfg.epochs), False)]
+    if not freeze:
+        phases = [(cfg.epochs, job.freeze_encoder)]
+    phases = [(n, frozen) for n, frozen in phases if n > 0]
+    val_history: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="geofg-trial-") as tmp:
+        init, offset, res = job.init, 0, None
+        for i, (n, frozen) in enumerate(phases):
+            last = i == len(phases) - 1
+            out = Path(tmp) / (BUNDLE_NAME if last else f"phase{i}.safetensors")
+            phase = "encoder frozen" if frozen else "all trainable"
+
+            def on_epoch(rec: dict[str, Any], offset: int = offset, phase: str = phase) -> None:
+                if "epoch" not in rec:
+                    return
+                row = {"epoch": rec["epoch"] + offset, "loss": rec["loss"], "phase": phase,
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                if "val_accuracy" in rec:
+                    row.update(val_accuracy=rec["val_accuracy"], val_nll=rec["val_nll"])
+                    val_history.append((row["epoch"], rec["val_accuracy"]))
+                tune.report(row)
+
+            res = train_bundle(job.data, out, replace(cfg, epochs=n), name=job.name,
+                               bands=job.bands, scale=job.scale, crop_classes=job.crop_classes,
+                               val_fraction=job.val_fraction, init=init, freeze_encoder=frozen,
+                               on_epoch=on_epoch)
+            init, offset = str(out), offset + res["record"]["epochs_run"]
+        rec, metrics = res["record"], res["card"].metrics
+        final = {
+            "epoch": offset, "done": True,
+            "bundle_val_accuracy": metrics["val_accuracy"],
+            "bundle_val_macro_f1": metrics["val_macro_f1"],
+            "epochs_run": offset, "best_epoch": (offset - rec["epochs_run"]
+                                                 + (rec["best_epoch"] or 0)),
+            "stopped_early": rec["stopped_early"], "device": rec["device"],
+            "phases": [{"epochs": n, "encoder_frozen": f} for n, f in phases],
+            "val_history": val_history, "trial_seconds": round(time.perf_counter() - t0, 1),
+            "sha256": res["sha256"],
+        }
+        for p in Path(tmp).glob("phase*.safetensors"):
+            p.unlink()
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _done_callback(on_trial: Callable[[dict[str, Any]], None]) -> Any:
+    """A Tune callback that calls ``on_trial(row)`` as each trial ends (for progress output).
+
+    Tune pickles its run config into the experiment state; the pickled copy drops ``on_trial``
+    (a CLI closure holding a console), the live one in this process keeps it.
+    """
+    from ray.tune import Callback
+
+    class TrialDone(Callback):
+        def __init__(self, fn: Callable[[dict[str, Any]], None]) -> None:
+            self.on_trial: Callable[[dict[str, Any]], None] | None = fn
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"on_trial": None}
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any
+                              ) -> None:
+            r = trial.last_result or {}
+            if self.on_trial is not None:
+                self.on_trial({"trial": trial.trial_id, "status": "done", "config": trial.config,
+                               "val_accuracy": r.get("bundle_val_accuracy"),
+                               "seconds": r.get("trial_seconds")})
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if self.on_trial is not None:
+                self.on_trial({"trial": trial.trial_id, "status": "failed",
+                               "config": trial.config})
+
+    return TrialDone(on_trial)
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int) -> Iterator[bool]:
+    """Use this process's Ray connection, or start a local Ray for the block and shut it down.
+
+    Yields True when this call started Ray. The local Ray has ``num_cpus`` CPUs, no dashboard and
+    token authentication (Ray 2.60's default); without a token in the environment the token file
+    ``~/.ray/auth_token`` is created 0600 first (Ray would write it 0644).
+    """
+    import ray
+
+    from geofg.runners.cluster import ensure_token_file
+
+    if ray.is_initialized():
+        yield False
+        return
+    if not (os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN")
+            or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        ensure_token_file(Path.home() / ".ray" / "auth_token")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Silence Tune's console tables and its default result loggers (TensorBoard, CSV): the CLI
+    prints its own table and the report holds every trial's record. The JSON logger is added
+    back explicitly (Tune's ResultGrid reads it)."""
+    values = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tune_space(space: SearchSpace) -> dict[str, Any]:
+    from ray import tune
+
+    makers = {"choice": tune.choice, "grid": tune.grid_search,
+              "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    return {k: makers[d](v) for k, spec in space.searched().items() for d, v in spec.items()}
+
+
+def default_point(space: SearchSpace, base: dict[str, Any]) -> dict[str, Any]:
+    """The searched keys at their hand-set values (aug_strength 1, freeze_epochs 0)."""
+    derived = {"aug_strength": 1.0, "freeze_epochs": 0}
+    return {k: derived[k] if k in derived else base[k] for k in space.searched()}
+
+
+# --- the search -------------------------------------------------------------------------------
+
+
+def report_paths(output: str | Path) -> tuple[Path, Path]:
+    """``OUT.search.json`` and ``OUT.search.md`` beside the bundle ``OUT.safetensors``."""
+    output = Path(output)
+    stem = output.with_suffix("")
+    return Path(f"{stem}.search.json"), Path(f"{stem}.search.md")
+
+
+def _preflight(data: str | Path, output: Path, cfg: Any, space: SearchSpace, *,
+               bands: Sequence[str] | None, scale: float | None, crop_classes: Sequence[str],
+               val_fraction: float, init: str | None, overwrite: bool) -> Any:
+    """Every check that can fail before a trial starts (exit 3, nothing written)."""
+    from geofg.models.bundle import BUNDLE_SUFFIX, read_card
+    from geofg.models.chips import default_scale, load_chips
+    from geofg.models.nets import build_model
+    from geofg.models.registry import resolve_model
+    from geofg.models.train import band_stats, build_card
+
+    if output.suffix != BUNDLE_SUFFIX:
+        raise ConfigError(f"{output}: expected an output ending in {BUNDLE_SUFFIX}, found"
+                          f" {output.suffix or 'no suffix'}; pass -o NAME.safetensors")
+    for p in (output, *report_paths(output)):
+        if p.exists() and not overwrite:
+            raise ConfigError(f"{p}: exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise ConfigError(f"{output}: folder {output.parent} does not exist; create it first")
+    init_card = read_card(resolve_model(init)) if init is not None else None
+    chips = load_chips(data, bands=bands, val_fraction=val_fraction, seed=cfg.seed,
+                       default_bands=init_card.bands if init_card else None)
+    if "val" not in chips.splits:
+        raise ConfigError(f"{data}: no val chips; a search picks its best trial on val: add"
+                          " val rows to the labels or raise --val-fraction")
+    if chips.patch_size % 32:
+        raise ConfigError(f"{data}: chips of {chips.patch_size} px; the dense chip classifier"
+                          " needs a multiple of 32 px; crop the chips (e.g. to 32 or 64 px)")
+    unknown = [c for c in crop_classes if c not in chips.class_names]
+    if unknown:
+        raise ConfigError(f"--crop-classes {unknown} are not classes of the data"
+                          f" ({chips.class_names}); fix the names")
+    encoders = {cfg.encoder}
+    spec = space.params.get("encoder")
+    if spec is not None:
+        encoders = set(next(iter(spec.values()))) if isinstance(spec, dict) else {spec}
+    if init_card is not None and encoders != {init_card.encoder}:
+        raise ConfigError(f"params.encoder: --init {init} has encoder {init_card.encoder};"
+                          " a search from it cannot change the encoder; remove params.encoder")
+    mean, std = band_stats(chips.splits["train"].x[:8],
+                           scale if scale is not None else default_scale(chips.dtype))
+    for enc in sorted(encoders):  # unknown or unusable encoders fail here, not in every trial
+        build_model(build_card(name="check", bands=chips.bands, class_names=chips.class_names,
+                               mean=mean, std=std, scale=1.0, encoder=enc,
+                               patch_size=chips.patch_size))
+    return chips
+
+
+def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchSpace, *,
+                  space_path: str | Path | None = None, name: str | None = None,
+                  bands: Sequence[str] | None = None, scale: float | None = None,
+                  crop_classes: Sequence[str] = (), val_fraction: float = 0.15,
+                  init: str | None = None, freeze_encoder: bool = False, overwrite: bool = False,
+                  on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the search and write the best trial's bundle and the report (module docstring).
+
+    Args:
+        data, name, bands, scale, crop_classes, val_fraction, init, freeze_encoder: as for
+            :func:`geofg.models.train.train_bundle`.
+        output: The bundle to write (``.safetensors``); the report goes beside it.
+        cfg: The hand-set :class:`~geofg.models.train.TrainConfig` (command line + defaults).
+        space: From :func:`load_space`.
+        space_path: The SPACE.yaml path, recorded in the report and the card.
+        overwrite: Replace an existing bundle and report.
+        on_trial: Called as each trial ends with ``{"trial", "status", "config", ...}``.
+
+    Returns:
+        The report (also written to ``OUT.search.json``), with ``"bundle"``, ``"sha256"``,
+        ``"report_json"``, ``"report_md"`` and ``"failed"`` (number of failed trials).
+
+    Raises:
+        ConfigError and other exit-3 errors: before any trial starts, nothing written.
+        SearchTrialsFailedError: Some trials failed (the best finished one is still written) or
+            all did (nothing written); exit 4.
+    """
+    try:
+        from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+    except ImportError as e:
+        raise ConfigError(f"--search needs Ray Tune ({e}); pip install 'geofg[ray]'") from None
+    output = Path(output).absolute()
+    _preflight(data, output, cfg, space, bands=bands, scale=scale, crop_classes=crop_classes,
+               val_fraction=val_fraction, init=init, overwrite=overwrite)
+    base = asdict(cfg)
+    n_trials = space.grid_size() if space.method == "grid" else space.trials
+    points = []
+    if space.include_defaults:
+        points = [default_point(space, base)]
+        if space.method == "grid":  # the grid runs after the defaults point, all of it
+            n_trials += 1
+    cpus = space.cpus_per_trial
+    num_cpus = space.num_cpus or min(os.cpu_count() or 1, space.max_concurrent * cpus)
+    if num_cpus < cpus:
+        raise ConfigError(f"num_cpus {num_cpus} is below cpus_per_trial {cpus}; raise num_cpus")
+    job_args = {"data": str(Path(data).absolute()), "base": base, "fixed": space.fixed(),
+                "name": name or output.stem, "bands": list(bands) if bands else None,
+                "scale": scale, "crop_classes": list(crop_classes), "val_fraction": val_fraction,
+                "init": str(Path(init).absolute()) if init and Path(init).exists() else init,
+                "freeze_encoder": freeze_encoder, "threads": cpus}
+    t0 = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.stem}.search-", dir=output.parent))
+    try:
+        with local_ray(num_cpus):
+            import ray
+
+            gpus = space.gpus_per_trial
+            if gpus == "auto":
+                gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+            job = _Job(**job_args, device="cuda" if gpus else "cpu")
+            base.update(threads=cpus, device=job.device)  # what the trials ran with
+            resources = {"cpu": cpus, **({"gpu": gpus} if gpus else {})}
+            trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job), resources)
+            tuner = tune.Tuner(
+                trainable, param_space=_tune_space(space),
+                tune_config=tune.TuneConfig(
+                    num_samples=1 if space.method == "grid" else n_trials,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points or None,
+                                                     max_concurrent=space.max_concurrent,
+                                                     random_state=space.seed)),
+                run_config=tune.RunConfig(
+                    name="search", storage_path=str(staging), verbose=0,
+                    callbacks=[JsonLoggerCallback(),
+                               *([_done_callback(on_trial)] if on_trial else [])],
+                    failure_config=tune.FailureConfig(max_failures=0)))
+            with _quiet_tune():
+                grid = tuner.fit()
+            trials = _collect(grid, space, base, points)
+        report = _report(trials, space, base, cfg, job_args, resources, num_cpus, space_path,
+                         round(time.perf_counter() - t0, 1))
+        ok = [t for t in trials if t["status"] == "done"]
+        if not ok:
+            raise SearchTrialsFailedError(
+                f"all {len(trials)} trials failed (first: {trials[0]['error']}); nothing written;"
+                " fix the cause and re-run")
+        best = max(ok, key=lambda t: (t["val_accuracy"], t["val_macro_f1"], -t["index"]))
+        report["best"] = {k: best[k] for k in ("index", "trial_id", "params", "val_accuracy",
+                                               "val_macro_f1", "defaults")}
+        sha = _write_best(output, Path(best["checkpoint"]) / BUNDLE_NAME, report)
+        report.update(bundle=str(output), sha256=sha)
+        for t in trials:
+            t.pop("checkpoint", None)
+        json_path, md_path = report_paths(output)
+        from geofg.models.bundle import atomic_write
+
+        atomic_write(json_path, (json.dumps(report, indent=2, default=str) + "\n").encode())
+        atomic_write(md_path, markdown_report(report).encode())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.update(report_json=str(json_path), report_md=str(md_path),
+                  failed=len(trials) - len(ok))
+    if len(ok) < len(trials):
+        failed = [t for t in trials if t["status"] != "done"]
+        err = SearchTrialsFailedError(
+            f"{len(failed)} of {len(trials)} trials failed (first: {failed[0]['error']}); wrote"
+            f" the best of the others to {output}; see {md_path}")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return report
+
+
+def _collect(grid: Any, space: SearchSpace, base: dict[str, Any],
+             points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per trial, in Tune's trial order."""
+    keys = list(space.searched())
+    out = []
+    results = sorted((grid[i] for i in range(len(grid))),
+                     key=lambda r: (r.metrics or {}).get("trial_id") or Path(r.path).name)
+    for i, r in enumerate(results):
+        m = r.metrics or {}
+        params = {k: r.config.get(k) for k in keys}
+        rec: dict[str, Any] = {
+            "index": i, "trial_id": m.get("trial_id") or Path(r.path).name, "params": params,
+            "defaults": bool(points) and i == 0 and params == points[0],
+            "status": "done" if r.error is None and m.get("done") else "failed",
+            "error": None if r.error is None else _last_line(str(r.error)),
+        }
+        if rec["status"] == "done":
+            rec.update(val_accuracy=m["bundle_val_accuracy"],
+                       val_macro_f1=m["bundle_val_macro_f1"],
+                       best_network_val_accuracy=max((a for _, a in m["val_history"]),
+                                                     default=None),
+                       epochs_run=m["epochs_run"], best_epoch=m["best_epoch"],
+                       stopped_early=m["stopped_early"], phases=m["phases"],
+                       seconds=m["trial_seconds"], device=m["device"],
+                       val_history=m["val_history"], trial_sha256=m["sha256"],
+                       checkpoint=r.checkpoint.path if r.checkpoint else None)
+            if rec["checkpoint"] is None:
+                rec.update(status="failed", error="no bundle came back from the trial")
+        elif rec["error"] is None:
+            rec["error"] = "the trial ended before its last report"
+        out.append(rec)
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _report(trials: list[dict[str, Any]], space: SearchSpace, base: dict[str, Any], cfg: Any,
+            job_args: dict[str, Any], resources: dict[str, float], num_cpus: int,
+            space_path: str | Path | None, seconds: float) -> dict[str, Any]:
+    return {
+        "space_file": str(Path(space_path).absolute()) if space_path else None,
+        "space": space.model_dump(),
+        "method": space.method,
+        "trials_requested": len(trials),
+        "hand_set_defaults": base,
+        "data": job_args["data"],
+        "init": job_args["init"],
+        "resources_per_trial": resources,
+        "ray_num_cpus": num_cpus,
+        "max_concurrent": space.max_concurrent,
+        "selection": ("highest val accuracy of the trial's bundle (after the fusion head), ties"
+                      " by val macro-F1, then the lower trial number; the test split is never"
+                      " read"),
+        "seconds": seconds,
+        "trials": trials,
+    }
+
+
+def _write_best(output: Path, trial_bundle: Path, report: dict[str, Any]) -> str:
+    """Copy the best trial's bundle to ``output`` (atomically) with the search in its card."""
+    from geofg.models.bundle import load_tensors, read_card, write_bundle
+
+    card = read_card(trial_bundle)
+    best = report["best"]
+    training = copy.deepcopy(card.training)
+    training["init"] = report["init"]
+    training["search"] = {
+        "space_file": report["space_file"], "method": report["method"],
+        "trials": len(report["trials"]), "best_trial": best["index"], "params": best["params"],
+        "selection": report["selection"],
+        "phases": next(t["phases"] for t in report["trials"] if t["index"] == best["index"]),
+    }
+    final = card.model_copy(update={"training": training,
+                                    "made_by": "geofg train classifier --search"})
+    final = type(card)(**final.model_dump())
+    return write_bundle(output, load_tensors(trial_bundle), final)
+
+
+# --- presenting -------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, digits: int | None = None) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if digits is not None else f"{v:.3g}"
+    return str(v)
+
+
+def trial_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the trial table (what the CLI prints and the Markdown report holds)."""
+    keys = list(report["trials"][0]["params"]) if report["trials"] else []
+    headers = ["trial", *keys, "val acc", "val F1", "epochs (best/run)", "seconds", "status"]
+    best = report.get("best", {}).get("index")
+    rows = []
+    for t in report["trials"]:
+        status = "best" if t["index"] == best else t["status"]
+        if t["status"] != "done":
+            status = f"failed: {t['error']}"
+        if t["defaults"]:
+            status += " (defaults)"
+        rows.append([str(t["index"]), *(_fmt(t["params"][k]) for k in keys),
+                     _fmt(t.get("val_accuracy"), 3), _fmt(t.get("val_macro_f1"), 3),
+                     f"{_fmt(t.get('best_epoch'))}/{_fmt(t.get('epochs_run'))}",
+                     _fmt(t.get("seconds"), 0), status])
+    return headers, rows
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """``lr=0.00183, freeze_epochs=0`` (3 significant digits), for progress lines."""
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The Markdown report: what was searched, the trial table, the best trial vs defaults."""
+    headers, rows = trial_table(report)
+    lines = [f"# Hyper-parameter search: {Path(report.get('bundle', '')).name}", "",
+             f"- space: `{report['space_file']}` ({report['method']}, {len(report['trials'])}"
+             f" trials, seed {report['space']['seed']})",
+             f"- data: `{report['data']}`; selection: {report['selection']}",
+             f"- resources per trial: {report['resources_per_trial']}, at most"
+             f" {report['max_concurrent']} at a time, Ray CPUs {report['ray_num_cpus']};"
+             f" {report['seconds']:.0f} s in all", ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    best = report.get("best")
+    if best:
+        lines += ["", f"Best: trial {best['index']}, val accuracy {best['val_accuracy']:.3f}"
+                      f" (macro-F1 {best['val_macro_f1']:.3f}), params {best['params']}."]
+        d = next((t for t in report["trials"] if t["defaults"] and t["status"] == "done"), None)
+        if d is not None:
+            lines.append(f"Hand-set defaults (trial {d['index']}, same budget): val accuracy"
+                         f" {d['val_accuracy']:.3f} (macro-F1 {d['val_macro_f1']:.3f}).")
+    return "\n".join(lines) + "\n"
+
