@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from geofg import __version__
-from geofg.errors import GeofgError
+from geofg.errors import ConfigError, GeofgError
 
 EXIT_CODES = {
     "done": 0,
@@ -348,6 +348,8 @@ def train_classifier_cmd(
     init: Annotated[Optional[str], typer.Option("--init", help="Start from this bundle (same bands and encoder): transfer learning.")] = None,
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="With --init: train only the head and spectral branch.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output bundle.")] = False,
+    search: Annotated[Optional[Path], typer.Option("--search", help="Hyper-parameter search (Ray Tune) over the space in this YAML (examples/search.yaml); the best trial on val is written to -o, a report to OUT.search.json/.md.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="With --search (random): number of trials.")] = None,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Train a patch classifier (dense over scenes) on labelled chips and write a bundle."""
@@ -363,6 +365,12 @@ def train_classifier_cmd(
         err.print("[red]geofg: error:[/] --freeze-encoder needs --init BUNDLE; add --init")
         raise typer.Exit(2)
     crops = [c.strip() for c in crop_classes.split(",")] if crop_classes else []
+    if search is not None or trials is not None:
+        _search_cmd(search, trials, data, output, cfg, name=name, crop_classes=crops, scale=scale,
+                    bands=[b.strip() for b in bands.split(",")] if bands else None,
+                    val_fraction=val_fraction, init=init, freeze_encoder=freeze_encoder,
+                    overwrite=overwrite, checkpoint_dir=checkpoint_dir, quiet=quiet)
+        return
     bar = Progress(TextColumn("[bold]epochs"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                    TimeRemainingColumn(), console=out, disable=quiet)
@@ -401,6 +409,49 @@ def train_classifier_cmd(
               f"{' (stopped early)' if rec['stopped_early'] else ''}, "
               f"val accuracy {'-' if val is None else f'{val:.3f}'}, {rec['train_seconds']:.0f} s on {rec['device']}",
               highlight=False, soft_wrap=True)
+
+
+def _search_cmd(search: Optional[Path], trials: Optional[int], data: Path, output: Path, cfg,  # noqa: ANN001
+                checkpoint_dir: Optional[Path], quiet: bool, **kw) -> None:  # noqa: ANN003
+    """``geofg train classifier --search``: geofg.models.search, a table of the trials."""
+    from rich.table import Table
+
+    from geofg.models.search import format_params, load_space, search_bundle, trial_table
+
+    def on_trial(t: dict) -> None:
+        if not quiet:
+            acc = t.get("val_accuracy")
+            out.print(f"trial {t['trial']} {t['status']}: {format_params(t['config'])}"
+                      f"{'' if acc is None else f', val accuracy {acc:.3f}'}", highlight=False)
+
+    try:
+        if search is None:
+            raise ConfigError("--trials needs --search SPACE.yaml; add --search")
+        if checkpoint_dir is not None:
+            raise ConfigError("--checkpoint-dir does not apply to --search (each trial is a fresh"
+                              " run); drop it")
+        space = load_space(search, trials=trials, epochs=cfg.epochs,
+                           freeze_encoder=kw["freeze_encoder"])
+        report = search_bundle(data, output, cfg, space, space_path=search, on_trial=on_trial, **kw)
+    except GeofgError as e:
+        report = getattr(e, "report", None)
+        if report is None:
+            raise _fail(e) from None
+        failed = e
+    else:
+        failed = None
+    if not quiet:
+        headers, rows = trial_table(report)
+        table = Table(*headers, title=f"search: {len(rows)} trials, best on val")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    best = report["best"]
+    out.print(f"wrote {report['bundle']} (sha256 {report['sha256'][:12]}): trial {best['index']},"
+              f" val accuracy {best['val_accuracy']:.3f}; report {report['report_md']}",
+              highlight=False, soft_wrap=True)
+    if failed is not None:
+        raise _fail(failed)
 
 
 @train_app.command("segmenter")
