@@ -1,6 +1,9 @@
 """The Ray runner: the local runner's units on Ray actors, one per GPU (one per core without GPUs).
 
-This is the only geofg module that imports ray; :mod:`geofg.run` imports it lazily.
+This is the only geofg module that imports ray; :mod:`geofg.run` imports it lazily. Scans
+(:mod:`geofg.scan.run`) use the same driver with their own actor class
+(:class:`geofg.scan.units.ScanUnitWorker`, the ``worker`` argument of :func:`run_ray`), one run
+per date inside one :func:`session`.
 
 What travels between processes is small: the :class:`~geofg.pipeline.Plan` without its unit list
 (put once in the object store and shared by every actor), one :class:`~geofg.grid.WorkUnit` (a

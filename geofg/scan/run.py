@@ -10,7 +10,9 @@ Order (the same safety rules as :mod:`geofg.run`):
    the units whose core the date's scenes cover are planned; a unit runs unless its ledger record
    is done, for the same model and config, and already saw every scene covering it now.
    Each unit: warped composite read -> :func:`geofg.pipeline.process_unit` -> slice chunks ->
-   ``latest_*`` chunks -> fsync -> ledger record.
+   ``latest_*`` chunks -> fsync -> ledger record (:func:`geofg.scan.units.finish_unit`), in this
+   process (``runner.kind: local``) or on Ray actors (``ray``: one Ray run per date, see
+   :mod:`geofg.scan.units`).
 4. The inbox state is saved (only if changed), provenance written, metadata consolidated when no
    unit is left failed, and the report written beside the mosaic.
 
