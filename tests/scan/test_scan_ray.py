@@ -138,3 +138,67 @@ def test_ray_scan_equals_local_scan_array_for_array(ray_session, tmp_path: Path)
 
     again = run_scan(remote)  # nothing new: no actor starts, nothing written
     assert (again.units_ran, again.wrote) == (0, False)
+
+
+class PoisonPredictor:
+    """ThresholdPredictor that raises on a marker (band 0 raw 9500, normalised 17; scenes <= 6)."""
+
+    def __init__(self, plan) -> None:  # noqa: ANN001 (a ScanPlan)
+        from geofg.models.tiny import ThresholdPredictor
+
+        self.card = plan.card
+        self._inner = ThresholdPredictor(plan.card)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if (x[:, 0] > 10).any():
+            raise ValueError("poisoned tile")
+        return self._inner.predict(x)
+
+
+def test_ray_scan_records_a_failing_unit_exits_4_and_the_next_scan_retries_only_it(
+        ray_session, tmp_path: Path) -> None:  # noqa: ANN001
+    import sys
+
+    from scanhelp import threshold_bundle
+
+    from geofg.scan.run import ScanFailuresError
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors need not import tests/
+    model = threshold_bundle(tmp_path)
+    inbox = tmp_path / "inbox"
+    _scene(inbox, "S_20200601.tif", 3)
+    with rasterio_update(inbox / "S_20200601.tif") as data:
+        data[0, 5, 5] = 9500  # the marker, in unit r0000_c0000 only (chunk 32, halo 4)
+    cfg = _cfg(tmp_path, model, "poison.zarr", "ray")
+    with pytest.raises(ScanFailuresError) as err:
+        run_scan(cfg, predictor_factory=PoisonPredictor)
+    r = err.value.result
+    assert list(r.units_failed) == ["d20200601_r0000_c0000"] and r.units_ran == 6
+    assert "ValueError: poisoned tile" in r.units_failed["d20200601_r0000_c0000"]
+    rec = Ledger(tmp_path / "poison.zarr" / ".geofg").load()["d20200601_r0000_c0000"]
+    assert (rec.status, rec.attempt, rec.stats["date"]) == ("failed", 1, 18414)
+
+    # the cause is gone (a fixed model); the next scan retries the failed unit's date: that unit only
+    again = run_scan(cfg, predictor_factory=_Unpoisoned)
+    assert (again.units_ran, again.units_skipped, again.units_failed) == (1, 5, {})
+    rec = Ledger(tmp_path / "poison.zarr" / ".geofg").load()["d20200601_r0000_c0000"]
+    assert (rec.status, rec.attempt) == ("done", 2)
+    cls = zarr.open_group(str(tmp_path / "poison.zarr"), mode="r")["class"][0]
+    assert (cls != 255).all()
+
+
+def _Unpoisoned(plan):  # noqa: ANN001, ANN202, N802
+    from geofg.models.tiny import ThresholdPredictor
+
+    return ThresholdPredictor(plan.card)
+
+
+@contextlib.contextmanager
+def rasterio_update(path: Path):  # noqa: ANN201
+    """Edit a GeoTIFF's pixels in place (yields the (C, H, W) array to change)."""
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        data = ds.read()
+        yield data
+        ds.write(data)
