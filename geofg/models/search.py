@@ -62,10 +62,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -273,8 +275,8 @@ def load_space(path: str | Path, *, trials: int | None = None, epochs: int | Non
     if space.method == "grid":
         if trials is not None and trials != space.grid_size():
             raise ConfigError(f"{path}: method grid runs every combination ({space.grid_size()}"
-                              f" trials), not --trials {trials}; drop --trials or use method"
-                              " random")
+                              f" trials, plus the defaults trial unless include_defaults: false),"
+                              f" not --trials {trials}; drop --trials or use method random")
         if space.trials is not None:
             raise ConfigError(f"{path}: trials: is for method random (a grid runs every"
                               " combination); remove it")
@@ -336,7 +338,7 @@ def _run_trial(config: dict[str, Any], job: _Job) -> None:
     from geofg.models.train import train_bundle
 
     t0 = time.perf_counter()
-    params = {**job.fixed, **config}
+    params = {**job.fixed, **config.get("point", config)}
     cfg, freeze = trial_config(job.base, params)
     cfg = replace(cfg, threads=job.threads, device=job.device)
     phases = [(min(freeze, cfg.epochs), True), (cfg.epochs - min(freeze, cfg.epochs), False)]
@@ -402,14 +404,15 @@ def _done_callback(on_trial: Callable[[dict[str, Any]], None]) -> Any:
                               ) -> None:
             r = trial.last_result or {}
             if self.on_trial is not None:
-                self.on_trial({"trial": trial.trial_id, "status": "done", "config": trial.config,
+                self.on_trial({"trial": trial.trial_id, "status": "done",
+                               "config": trial.config.get("point", trial.config),
                                "val_accuracy": r.get("bundle_val_accuracy"),
                                "seconds": r.get("trial_seconds")})
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if self.on_trial is not None:
                 self.on_trial({"trial": trial.trial_id, "status": "failed",
-                               "config": trial.config})
+                               "config": trial.config.get("point", trial.config)})
 
     return TrialDone(on_trial)
 
@@ -458,12 +461,31 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _tune_space(space: SearchSpace) -> dict[str, Any]:
+def _tune_space(space: SearchSpace, grid_points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tune's param_space: the random distributions, or one grid over explicit points.
+
+    A grid is handed to Tune as ``{"point": grid_search([...])}`` over the combinations listed
+    here (the defaults first): Tune's BasicVariantGenerator runs *only* ``points_to_evaluate``
+    when combined with ``grid_search`` (seen with Ray 2.60), so the defaults trial could not be
+    added to a plain grid.
+    """
     from ray import tune
 
-    makers = {"choice": tune.choice, "grid": tune.grid_search,
-              "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    if space.method == "grid":
+        return {"point": tune.grid_search(grid_points)}
+    makers = {"choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+              "loguniform": lambda v: tune.loguniform(*v)}
     return {k: makers[d](v) for k, spec in space.searched().items() for d, v in spec.items()}
+
+
+def grid_points(space: SearchSpace, defaults: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every combination of a grid space, row-major; ``defaults`` (if given) first, once."""
+    keys = list(space.searched())
+    points = [dict(zip(keys, vals, strict=True))
+              for vals in itertools.product(*(space.searched()[k]["grid"] for k in keys))]
+    if defaults is not None:
+        points = [defaults, *(p for p in points if p != defaults)]
+    return points
 
 
 def default_point(space: SearchSpace, base: dict[str, Any]) -> dict[str, Any]:
@@ -484,7 +506,8 @@ def report_paths(output: str | Path) -> tuple[Path, Path]:
 
 def _preflight(data: str | Path, output: Path, cfg: Any, space: SearchSpace, *,
                bands: Sequence[str] | None, scale: float | None, crop_classes: Sequence[str],
-               val_fraction: float, init: str | None, overwrite: bool) -> Any:
+               val_fraction: float, init: str | None, overwrite: bool,
+               space_path: str | Path | None) -> Any:
     """Every check that can fail before a trial starts (exit 3, nothing written)."""
     from geofg.models.bundle import BUNDLE_SUFFIX, read_card
     from geofg.models.chips import default_scale, load_chips
@@ -513,19 +536,31 @@ def _preflight(data: str | Path, output: Path, cfg: Any, space: SearchSpace, *,
     if unknown:
         raise ConfigError(f"--crop-classes {unknown} are not classes of the data"
                           f" ({chips.class_names}); fix the names")
-    encoders = {cfg.encoder}
-    spec = space.params.get("encoder")
-    if spec is not None:
-        encoders = set(next(iter(spec.values()))) if isinstance(spec, dict) else {spec}
+    where = f"{space_path}: " if space_path else ""
+
+    def candidates(key: str) -> set[Any]:
+        spec = space.params.get(key)
+        if spec is None:
+            return {getattr(cfg, key)}
+        return set(next(iter(spec.values()))) if isinstance(spec, dict) else {spec}
+
+    for n in sorted(candidates("chips_per_step")):
+        if any(n % (g * g) for g in cfg.mosaic):
+            raise ConfigError(f"{where}params.chips_per_step: {n} must be divisible by g*g for every"
+                              f" mosaic size g in {tuple(cfg.mosaic)}; use a multiple of 36")
+    encoders = candidates("encoder")
     if init_card is not None and encoders != {init_card.encoder}:
-        raise ConfigError(f"params.encoder: --init {init} has encoder {init_card.encoder};"
+        raise ConfigError(f"{where}params.encoder: --init {init} has encoder {init_card.encoder};"
                           " a search from it cannot change the encoder; remove params.encoder")
     mean, std = band_stats(chips.splits["train"].x[:8],
                            scale if scale is not None else default_scale(chips.dtype))
     for enc in sorted(encoders):  # unknown or unusable encoders fail here, not in every trial
-        build_model(build_card(name="check", bands=chips.bands, class_names=chips.class_names,
-                               mean=mean, std=std, scale=1.0, encoder=enc,
-                               patch_size=chips.patch_size))
+        try:
+            build_model(build_card(name="check", bands=chips.bands, class_names=chips.class_names,
+                                   mean=mean, std=std, scale=1.0, encoder=enc,
+                                   patch_size=chips.patch_size))
+        except ConfigError as e:
+            raise ConfigError(f"{where}params.encoder: {e}") from None
     return chips
 
 
@@ -564,14 +599,10 @@ def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchS
         raise ConfigError(f"--search needs Ray Tune ({e}); pip install 'geofg[ray]'") from None
     output = Path(output).absolute()
     _preflight(data, output, cfg, space, bands=bands, scale=scale, crop_classes=crop_classes,
-               val_fraction=val_fraction, init=init, overwrite=overwrite)
+               val_fraction=val_fraction, init=init, overwrite=overwrite, space_path=space_path)
     base = asdict(cfg)
-    n_trials = space.grid_size() if space.method == "grid" else space.trials
-    points = []
-    if space.include_defaults:
-        points = [default_point(space, base)]
-        if space.method == "grid":  # the grid runs after the defaults point, all of it
-            n_trials += 1
+    points = [default_point(space, base)] if space.include_defaults else []
+    grid_pts = grid_points(space, points[0] if points else None) if space.method == "grid" else []
     cpus = space.cpus_per_trial
     num_cpus = space.num_cpus or min(os.cpu_count() or 1, space.max_concurrent * cpus)
     if num_cpus < cpus:
@@ -595,10 +626,11 @@ def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchS
             resources = {"cpu": cpus, **({"gpu": gpus} if gpus else {})}
             trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job), resources)
             tuner = tune.Tuner(
-                trainable, param_space=_tune_space(space),
+                trainable, param_space=_tune_space(space, grid_pts),
                 tune_config=tune.TuneConfig(
-                    num_samples=1 if space.method == "grid" else n_trials,
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points or None,
+                    num_samples=1 if space.method == "grid" else space.trials,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=None if grid_pts else
+                                                     (points or None),
                                                      max_concurrent=space.max_concurrent,
                                                      random_state=space.seed)),
                 run_config=tune.RunConfig(
@@ -647,13 +679,13 @@ def _collect(grid: Any, space: SearchSpace, base: dict[str, Any],
     """One record per trial, in Tune's trial order."""
     keys = list(space.searched())
     out = []
-    results = sorted((grid[i] for i in range(len(grid))),
-                     key=lambda r: (r.metrics or {}).get("trial_id") or Path(r.path).name)
+    results = sorted((grid[i] for i in range(len(grid))), key=_trial_id)
     for i, r in enumerate(results):
         m = r.metrics or {}
-        params = {k: r.config.get(k) for k in keys}
+        config = r.config.get("point", r.config)
+        params = {k: config.get(k) for k in keys}
         rec: dict[str, Any] = {
-            "index": i, "trial_id": m.get("trial_id") or Path(r.path).name, "params": params,
+            "index": i, "trial_id": _trial_id(r), "params": params,
             "defaults": bool(points) and i == 0 and params == points[0],
             "status": "done" if r.error is None and m.get("done") else "failed",
             "error": None if r.error is None else _last_line(str(r.error)),
@@ -674,6 +706,15 @@ def _collect(grid: Any, space: SearchSpace, base: dict[str, Any],
             rec["error"] = "the trial ended before its last report"
         out.append(rec)
     return out
+
+
+def _trial_id(result: Any) -> str:
+    """Tune's trial id (``"9f4bc_00003"``: experiment, then creation order)."""
+    tid = (result.metrics or {}).get("trial_id")
+    if tid:
+        return tid
+    found = re.search(r"([0-9a-f]{5}_\d{5})", Path(result.path).name)
+    return found.group(1) if found else Path(result.path).name
 
 
 def _last_line(text: str) -> str:

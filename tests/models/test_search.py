@@ -21,7 +21,13 @@ from typer.testing import CliRunner  # noqa: E402
 
 from geofg.cli import app  # noqa: E402
 from geofg.errors import ConfigError  # noqa: E402
-from geofg.models.search import SEARCH_KEYS, default_point, load_space, trial_config  # noqa: E402
+from geofg.models.search import (  # noqa: E402
+    SEARCH_KEYS,
+    default_point,
+    grid_points,
+    load_space,
+    trial_config,
+)
 from geofg.models.train import TrainConfig  # noqa: E402
 
 runner = CliRunner()
@@ -54,6 +60,8 @@ BAD = {
     "aug_strength and crop_px": ("trials: 2\nparams:\n  aug_strength: {uniform: [0.0, 2.0]}\n  crop_px: 2\n", "params.aug_strength"),
     "no trials": ("params:\n  lr: {choice: [0.001, 0.01]}\n", "trials"),
     "not a mapping": ("- lr\n", "mapping"),
+    "chips_per_step vs mosaic": ("trials: 2\nparams:\n  chips_per_step: {choice: [36, 20]}\n", "params.chips_per_step"),
+    "unknown encoder": ("trials: 2\nparams:\n  encoder: {choice: [tu-mobilenetv4_conv_small, no-such-net]}\n", "no-such-net"),
 }
 
 
@@ -119,6 +127,19 @@ def test_defaults_point_is_the_hand_set_config(tmp_path: Path) -> None:
     assert point == {"lr": 5e-3, "aug_strength": 1.0, "freeze_epochs": 0}
     cfg, freeze = trial_config(base, point)
     assert cfg == TrainConfig(lr=5e-3) and freeze == 0
+
+
+def test_grid_points_run_every_combination_with_the_defaults_first_once(tmp_path: Path) -> None:
+    p = tmp_path / "g.yaml"
+    p.write_text("method: grid\nparams:\n  lr: {grid: [0.001, 0.002]}\n"
+                 "  freeze_epochs: {grid: [0, 2, 4]}\n")
+    space = load_space(p)
+    assert len(grid_points(space, None)) == 6
+    inside = default_point(space, vars(TrainConfig(lr=0.002)))  # lr 0.002, freeze 0: in the grid
+    pts = grid_points(space, inside)
+    assert pts[0] == inside and len(pts) == 6 and pts.count(inside) == 1
+    outside = default_point(space, vars(TrainConfig(lr=0.005)))
+    assert grid_points(space, outside)[0] == outside and len(grid_points(space, outside)) == 7
 
 
 # --- a real (tiny) search ----------------------------------------------------------------------
