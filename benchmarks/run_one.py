@@ -2,7 +2,7 @@
 
 Used by the harness in a fresh subprocess per raster so each peak RSS stands alone.
 
-    python -m benchmarks.run_one INPUT OUT MODEL CHUNK BATCH DEVICE [COMPILE]
+    python -m benchmarks.run_one INPUT OUT MODEL CHUNK BATCH DEVICE [compile] [streams=N]
 
 Besides the runner's own profile (read, wait_read, compute, write, wait_write: what
 ``geofg classify --profile`` prints), ``stages`` splits ``compute`` into normalise, forward
@@ -17,11 +17,12 @@ import json
 import resource
 import shutil
 import sys
+import threading
 import time
 
 
 def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
-         compile_: bool = False) -> None:
+         compile_: bool = False, streams: int | None = None) -> None:
     """Classify ``inp`` into ``out`` and print timings, unit profile and peak RSS as JSON."""
     t0 = time.perf_counter()
     from geofg import pipeline
@@ -35,9 +36,12 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "tile": {"chunk": chunk, "batch_size": batch},
         "model": {"model": model, "device": device},
         "write": {"output": out, "quicklook": True},
+        "runner": {"compute_streams": streams},
     })
     marks: dict[str, float] = {}
     stages = dict.fromkeys(("normalise", "forward", "layers"), 0.0)
+
+    lock = threading.Lock()
 
     def timed(stage: str, fn):  # noqa: ANN001, ANN202
         def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
@@ -45,7 +49,8 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
             try:
                 return fn(*a, **k)
             finally:
-                stages[stage] += time.perf_counter() - t
+                with lock:  # compute streams call these from several threads
+                    stages[stage] += time.perf_counter() - t
         return wrapper
 
     pipeline.normalise = timed("normalise", pipeline.normalise)
@@ -87,6 +92,7 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "profile": prof,
         "stages": split,
         "compiled": compile_,
+        "compute_streams": streams,
         "gpu_peak_mb": gpu_peak_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
@@ -94,4 +100,5 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], len(a) > 6 and a[6] == "compile")
+    n = next((int(x.split("=", 1)[1]) for x in a[6:] if x.startswith("streams=")), None)
+    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], "compile" in a[6:], n)

@@ -86,14 +86,31 @@ def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN0
     if result.quicklook:
         console.print(f"quicklook: {result.quicklook}")
     if profile and result.profile:
-        total = sum(v for k, v in result.profile.items() if not k.startswith("wait"))
-        t = Table(title="profile (seconds, summed over units)")
-        t.add_column("stage")
-        t.add_column("seconds", justify="right")
-        for k, v in result.profile.items():
-            t.add_row(k, f"{v:.2f}")
-        console.print(t)
-        console.print(f"busy total {total:.2f} s")
+        print_profile(console, result.profile)
+
+
+def print_profile(console: Console, prof: dict[str, float]) -> None:
+    """Print seconds per stage, the parts of compute indented under it with their share."""
+    from geofg.runners.local import Profile
+
+    parts = Profile.COMPUTE_PARTS
+    t = Table(title="profile (seconds, summed over units and threads)")
+    t.add_column("stage")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    compute = prof.get("compute", 0.0)
+    for k, v in prof.items():
+        if k in parts:
+            continue
+        t.add_row(k, f"{v:.2f}", "")
+        if k == "compute":
+            for part in parts:
+                if part in prof:
+                    share = f"{100 * prof[part] / compute:.0f} %" if compute > 0 else "-"
+                    t.add_row(f"  {part}", f"{prof[part]:.2f}", share)
+    console.print(t)
+    busy = sum(v for k, v in prof.items() if not k.startswith("wait") and k not in parts)
+    console.print(f"busy total {busy:.2f} s (reads and writes overlap compute on their own threads)")
 
 
 def describe_mosaic(path: Path) -> dict:

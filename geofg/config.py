@@ -80,11 +80,14 @@ class RunnerConfig(_Frozen):
     local Ray (or joins ``RAY_ADDRESS`` when set), else ``ray.init(address=...)``. ``num_actors``
     None means one actor per GPU, or one CPU actor per core where the cluster has no GPU. A
     cluster that accepts unauthenticated requests is refused unless ``allow_insecure_cluster``.
+    ``compute_streams`` (local runner) is how many units the model works on at once; None lets the
+    predictor choose: one per torch CPU thread, one on a GPU (see :mod:`geofg.runners.local`).
     """
 
     kind: Literal["local", "ray"] = "local"
     read_workers: int = Field(default=2, ge=1, le=64)
     prefetch: int = Field(default=2, ge=1, le=64)
+    compute_streams: int | None = Field(default=None, ge=1, le=64)
     max_attempts: int = Field(default=2, ge=1, le=10)
     address: str | None = None
     num_actors: int | None = Field(default=None, ge=1, le=4096)

@@ -12,7 +12,9 @@ bars here.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -263,18 +265,51 @@ def layers_from_probs(
     return {"class": cls, "health": health, "confidence": conf}, stats
 
 
+class _TimedPredictor:
+    """A predictor whose ``predict`` calls add their seconds to ``forward``."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.card = inner.card
+        self.forward = 0.0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return self.inner.predict(x)
+        finally:
+            self.forward += time.perf_counter() - t
+
+
+Timer = Callable[[str, float], None]
+"""Receives (stage, seconds): normalise, forward, blend (tiling and blending), layers."""
+
+
 def process_unit(
-    unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan
+    unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
+    timer: Timer | None = None,
 ) -> UnitOutput:
-    """Process one unit from its read window's data (C, H, W) and validity (H, W)."""
+    """Process one unit from its read window's data (C, H, W) and validity (H, W).
+
+    ``timer``, when given, receives the seconds of each compute stage (``geofg classify --profile``).
+    """
     core = unit.core.relative_to(unit.read)
     core_valid = valid[core]
     if not core_valid.any():
         return UnitOutput(None, {"valid_px": 0})
     card = p.card
+    timed = _TimedPredictor(predictor)
+    t0 = time.perf_counter()
     x = normalise(data, valid, card.scale, card.mean, card.std)
+    t1 = time.perf_counter()
     probs = predict_window(
-        x, valid, predictor, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
+        x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
     )
+    t2 = time.perf_counter()
     layers, stats = layers_from_probs(probs[(slice(None), *core)], data[(slice(None), *core)], core_valid, card)
+    if timer is not None:
+        timer("normalise", t1 - t0)
+        timer("forward", timed.forward)
+        timer("blend", t2 - t1 - timed.forward)
+        timer("layers", time.perf_counter() - t2)
     return UnitOutput(layers, stats)

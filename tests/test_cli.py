@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -184,3 +185,18 @@ def test_segment_runs_a_unet_bundle_and_classify_refuses_nothing(tmp_path: Path,
 def test_models_list_shows_default_bundle_metrics() -> None:
     r = invoke("models", "list")
     assert r.exit_code == 0 and "eurosat-13" in r.output and "test_accuracy" in r.output
+
+
+def test_profile_splits_compute_into_its_stages(tmp_path: Path, scene: Path) -> None:
+    r = invoke("classify", str(scene), "-o", str(tmp_path / "p.zarr"), "--chunk", "64", "--device", "cpu",
+               "--profile")
+    assert r.exit_code == 0, r.output
+    sec = {m.group(1): float(m.group(2))
+           for m in re.finditer(r"^\W*(\w+)\s*\W\s*([\d.]+)\s", r.output, re.M)}
+    for stage in ("read", "compute", "normalise", "forward", "blend", "layers", "write"):
+        assert stage in sec, (stage, r.output)
+    assert sec["forward"] > 0
+    parts = sec["normalise"] + sec["forward"] + sec["blend"] + sec["layers"]
+    assert parts <= sec["compute"] * 1.001 + 0.01  # the parts are inside compute
+    assert parts >= 0.5 * sec["compute"]  # and account for most of it
+    assert "busy total" in r.output

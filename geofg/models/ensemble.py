@@ -20,11 +20,12 @@ This module imports neither torch nor onnxruntime at import time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -65,6 +66,21 @@ def untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.rot90(y, -k, axes=(-2, -1))
 
 
+@contextlib.contextmanager
+def shared_streams(preds: Sequence[_Predictor], want: int | None) -> Iterator[int]:
+    """Concurrent ``predict`` calls for predictors that wrap ``preds`` (see ``TorchPredictor.streams``).
+
+    Torch's thread count is process-wide, so one member's hook prepares them all; a member
+    without the hook (ONNX) means one stream.
+    """
+    hooks: list[Any] = [getattr(m, "streams", None) for m in preds]
+    if not hooks or any(h is None for h in hooks):
+        yield 1
+        return
+    with hooks[0](want) as n:
+        yield n
+
+
 class TTAPredictor:
     """Average of a predictor's probabilities over the 8 dihedral transforms (un-transformed).
 
@@ -86,6 +102,10 @@ class TTAPredictor:
         assert acc is not None
         acc /= len(DIHEDRAL)
         return acc
+
+    def streams(self, want: int | None = None) -> contextlib.AbstractContextManager[int]:
+        """How many ``predict`` calls may run at once (:func:`shared_streams`)."""
+        return shared_streams([self.inner], want)
 
     def __repr__(self) -> str:
         """Describe the wrapper."""
@@ -177,6 +197,10 @@ class EnsemblePredictor:
         assert acc is not None
         acc /= len(self.members)
         return acc
+
+    def streams(self, want: int | None = None) -> contextlib.AbstractContextManager[int]:
+        """How many ``predict`` calls may run at once (:func:`shared_streams`)."""
+        return shared_streams(self.members, want)
 
     def __repr__(self) -> str:
         """Describe the ensemble."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -222,6 +223,26 @@ class TorchPredictor:
             logits = self.model(batch)
             probs = torch.softmax(logits.float(), dim=1)
         return probs.numpy()
+
+    @contextlib.contextmanager
+    def streams(self, want: int | None = None) -> Iterator[int]:
+        """Prepare for ``want`` concurrent :meth:`predict` calls; yield how many to run.
+
+        On CPU the intra-op threads are divided between the streams for the duration (``want``
+        None: one stream per thread). Two single-threaded forwards on two cores deliver more
+        than one two-threaded forward (docs/performance.md). On CUDA (one stream owns the
+        staging buffers) this yields 1.
+        """
+        if self._staged:
+            yield 1
+            return
+        threads = torch.get_num_threads()
+        n = max(1, want or threads)
+        torch.set_num_threads(max(1, threads // n))
+        try:
+            yield n
+        finally:
+            torch.set_num_threads(threads)
 
     # --- the staged (CUDA) path ---------------------------------------------------------------
 

@@ -1,20 +1,31 @@
-"""The in-process runner: a reader thread pool and a writer thread overlap I/O with compute.
+"""The in-process runner: reader threads and a writer thread overlap I/O with compute streams.
 
-Reads run ahead on ``read_workers`` threads (each with its own dataset handles; GDAL datasets
-are never shared between threads), at most ``prefetch`` units beyond the one being computed.
-The model runs in the calling thread. Writes (zarr chunks, then the ledger record) run on one
-writer thread with at most two units queued. Memory is therefore bounded by
-``prefetch + read_workers + 3`` units in flight, whatever the raster size.
+* **Reads** run ahead on ``read_workers`` threads. Each reader owns its dataset handles (GDAL
+  datasets are never shared between threads) and reads every ``read_workers``-th row of units,
+  left to right. Units are processed in that interleaved order, e.g. ``(r, c), (r+1, c),
+  (r, c+1), ...`` for two readers. Each handle then moves along its own row, so the halo blocks
+  it shares with the unit to its left come from GDAL's block cache and are not decoded twice.
+* **Compute** runs in ``streams`` threads at once. Each thread calls ``predictor.predict`` on its
+  own unit. On CPU a torch predictor divides its intra-op threads between the streams: two
+  single-threaded forwards on two cores outrun one two-threaded forward (see
+  docs/performance.md). On CUDA, and for predictors without a ``streams`` hook (ONNX), there is
+  one stream.
+* **Writes** (zarr chunks, then the ledger record) run on one writer thread, at most two units queued.
+
+Memory is bounded by ``max(prefetch, read_workers) + streams + 3`` units in flight, whatever the
+raster size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 
@@ -23,17 +34,21 @@ from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import RasterReader
 from geofg.io.sink import UnitSink
-from geofg.pipeline import Plan, Predictor, process_unit
+from geofg.memory import trim_heap
+from geofg.pipeline import Plan, Predictor, UnitOutput, process_unit
 
 log = logging.getLogger(__name__)
 
 OnUnit = Callable[[UnitRecord], None]
+_UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 class Profile:
-    """Seconds spent per stage, summed over units (thread-safe)."""
+    """Seconds spent per stage, summed over units and threads (thread-safe)."""
 
     STAGES = ("read", "wait_read", "compute", "write", "wait_write")
+    COMPUTE_PARTS = ("normalise", "forward", "blend", "layers")
+    """Parts of ``compute`` (not added to totals a second time)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -45,6 +60,33 @@ class Profile:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
+def reader_order(units: Sequence[WorkUnit], readers: int) -> list[WorkUnit]:
+    """Order ``units`` so that ``readers`` handles each walk their own rows left to right.
+
+    Rows are taken in groups of ``readers``; within a group, column by column, one unit per row.
+
+    Examples:
+        >>> from geofg.grid import plan_units
+        >>> [u.id for u in reader_order(plan_units(3, 2, 1, 0), 2)]
+        ['r0000_c0000', 'r0001_c0000', 'r0000_c0001', 'r0001_c0001', 'r0002_c0000', 'r0002_c0001']
+    """
+    return sorted(units, key=lambda u: (u.row // readers, u.col, u.row % readers))
+
+
+@contextlib.contextmanager
+def compute_streams(predictor: Predictor, want: int | None) -> Iterator[int]:
+    """Yield how many ``predict`` calls may run at once, letting the predictor prepare for them.
+
+    ``want`` None lets the predictor choose (a torch CPU predictor: one per intra-op thread).
+    """
+    hook: Any = getattr(predictor, "streams", None)
+    if hook is None:
+        yield 1
+        return
+    with hook(want) as n:
+        yield n
+
+
 def run_local(
     p: Plan,
     units: Sequence[WorkUnit],
@@ -54,75 +96,98 @@ def run_local(
     attempts: dict[str, int] | None = None,
     profile: Profile | None = None,
 ) -> None:
-    """Process ``units`` in order; every unit ends as a ledger record passed to ``on_unit``."""
+    """Process ``units``; every unit ends as a ledger record passed to ``on_unit``."""
     prof = profile or Profile()
     attempts = attempts or {}
-    local = threading.local()
-    readers: list[RasterReader] = []
-    readers_lock = threading.Lock()
+    cfg = p.job.runner
+    n_readers = cfg.read_workers
+    handles: dict[int, RasterReader] = {}
+    handles_lock = threading.Lock()
+    rpools = [ThreadPoolExecutor(1, thread_name_prefix=f"geofg-read{k}") for k in range(n_readers)]
 
-    def read(unit: WorkUnit) -> tuple[np.ndarray, np.ndarray]:
-        reader = getattr(local, "reader", None)
+    def read(k: int, unit: WorkUnit) -> tuple[np.ndarray, np.ndarray]:
+        """Read on reader thread ``k`` with its own handle (opened there on first use)."""
+        reader = handles.get(k)
         if reader is None:
-            reader = local.reader = RasterReader(p.info, p.band_indices)
-            with readers_lock:
-                readers.append(reader)
+            reader = RasterReader(p.info, p.band_indices)
+            with handles_lock:
+                handles[k] = reader
         t = time.perf_counter()
         out = reader.read(unit.read)
         prof.add("read", time.perf_counter() - t)
         return out
 
-    def write(unit: WorkUnit, layers: dict | None, stats: dict, attempt: int) -> UnitRecord:
+    def compute(unit: WorkUnit, k: int, fut: Future) -> UnitOutput:
         t = time.perf_counter()
-        rec = sink.done(unit, layers, stats, attempt)
+        again = lambda: rpools[k].submit(read, k, unit).result()  # noqa: E731 - same reader thread
+        data, valid = _result_with_retry(fut, again, cfg.max_attempts)
+        prof.add("wait_read", time.perf_counter() - t)
+        t = time.perf_counter()
+        out = process_unit(unit, data, valid, predictor, p, prof.add)
+        del data, valid
+        trim_heap()
+        prof.add("compute", time.perf_counter() - t)
+        return out
+
+    def write(unit: WorkUnit, out: UnitOutput, attempt: int) -> UnitRecord:
+        t = time.perf_counter()
+        rec = sink.done(unit, out.layers, out.stats, attempt)
         prof.add("write", time.perf_counter() - t)
         return rec
 
-    max_attempts = p.job.runner.max_attempts
-    ahead = p.job.runner.prefetch + p.job.runner.read_workers
-    with (
-        ThreadPoolExecutor(p.job.runner.read_workers, thread_name_prefix="geofg-read") as rpool,
-        ThreadPoolExecutor(1, thread_name_prefix="geofg-write") as wpool,
-    ):
-        todo = deque(units)
-        reads: deque[tuple[WorkUnit, Future]] = deque()
-        writes: deque[Future] = deque()
+    order = deque(reader_order(units, n_readers))
+    ahead = max(cfg.prefetch, n_readers)  # reads queued beyond the units being computed
+    try:
+        with (
+            compute_streams(predictor, cfg.compute_streams) as n_streams,
+            ThreadPoolExecutor(n_streams, thread_name_prefix="geofg-compute") as cpool,
+            ThreadPoolExecutor(1, thread_name_prefix="geofg-write") as wpool,
+        ):
+            reads: deque[tuple[WorkUnit, int, Future]] = deque()
+            computing: dict[Future, WorkUnit] = {}
+            writes: deque[Future] = deque()
 
-        def top_up() -> None:
-            while todo and len(reads) < ahead:
-                u = todo.popleft()
-                reads.append((u, rpool.submit(read, u)))
+            def top_up() -> None:
+                while order and len(reads) < ahead:
+                    u = order.popleft()
+                    k = u.row % n_readers
+                    reads.append((u, k, rpools[k].submit(read, k, u)))
 
-        def drain(limit: int) -> None:
-            while len(writes) > limit:
-                t = time.perf_counter()
-                rec = writes.popleft().result()
-                prof.add("wait_write", time.perf_counter() - t)
-                on_unit(rec)
+            def drain(limit: int) -> None:
+                while len(writes) > limit:
+                    t = time.perf_counter()
+                    rec = writes.popleft().result()
+                    prof.add("wait_write", time.perf_counter() - t)
+                    on_unit(rec)
 
-        top_up()
-        while reads:
-            unit, fut = reads.popleft()
+            def finish(fut: Future) -> None:
+                unit = computing.pop(fut)
+                attempt = attempts.get(unit.id, 0) + 1
+                try:
+                    out = fut.result()
+                except _UNIT_ERRORS as e:
+                    log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                    drain(0)
+                    on_unit(sink.failed(unit, f"{type(e).__name__}: {e}".splitlines()[0], attempt))
+                    return
+                writes.append(wpool.submit(write, unit, out, attempt))
+                drain(2)
+
             top_up()
-            attempt = attempts.get(unit.id, 0) + 1
-            try:
-                t = time.perf_counter()
-                data, valid = _result_with_retry(fut, lambda u=unit: read(u), max_attempts)
-                prof.add("wait_read", time.perf_counter() - t)
-                t = time.perf_counter()
-                out = process_unit(unit, data, valid, predictor, p)
-                prof.add("compute", time.perf_counter() - t)
-                del data, valid
-            except (GeofgError, OSError, RuntimeError, ValueError, MemoryError) as e:
-                log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
-                drain(0)
-                on_unit(sink.failed(unit, f"{type(e).__name__}: {e}".splitlines()[0], attempt))
-                continue
-            writes.append(wpool.submit(write, unit, out.layers, out.stats, attempt))
-            drain(2)
-        drain(0)
-    for r in readers:
-        r.close()
+            while reads or computing:
+                while reads and len(computing) < n_streams:
+                    unit, k, fut = reads.popleft()
+                    computing[cpool.submit(compute, unit, k, fut)] = unit
+                    top_up()
+                done, _ = wait(list(computing), return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: computing[f].id):
+                    finish(fut)
+            drain(0)
+    finally:
+        for pool in rpools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for h in handles.values():
+            h.close()
 
 
 def _result_with_retry(fut: Future, again: Callable[[], tuple], max_attempts: int) -> tuple:

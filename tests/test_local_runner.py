@@ -1,0 +1,161 @@
+"""The local runner: reader-row order, concurrent compute streams, one handle per reader thread."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geofg.config import build_job
+from geofg.grid import plan_units
+from geofg.io.ledger import Ledger
+from geofg.models.bundle import write_bundle
+from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.run import run_job
+from geofg.runners.local import reader_order
+from rasters import write_raster
+
+BANDS = ["B04", "B08"]
+
+
+class CountingPredictor(ThresholdPredictor):
+    """ThresholdPredictor that records how many predict calls overlap, and offers ``streams``."""
+
+    def __init__(self, card, offer: int | None) -> None:  # noqa: ANN001
+        super().__init__(card)
+        self.offer = offer
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+        self.asked: list[int | None] = []
+
+    @contextlib.contextmanager
+    def streams(self, want: int | None = None) -> Iterator[int]:
+        self.asked.append(want)
+        yield want or self.offer or 1
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.threads.add(threading.current_thread().name)
+        time.sleep(0.02)  # long enough for a second stream to overlap
+        try:
+            return super().predict(x)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> tuple[Path, Path]:
+    card = tiny_card(BANDS, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
+                     scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
+    bundle = tmp_path / "t.safetensors"
+    write_bundle(bundle, {"unused": np.zeros(1, np.float32)}, card)
+    data = np.random.default_rng(11).integers(1, 3000, (2, 64, 80)).astype("uint16")
+    return write_raster(tmp_path / "in.tif", data, descriptions=BANDS), bundle
+
+
+def _job(inp: Path, out: Path, model: Path, **runner) -> object:  # noqa: ANN003
+    return build_job({
+        "read": {"inputs": [str(inp)]},
+        "tile": {"chunk": 16},
+        "model": {"model": str(model), "device": "cpu"},
+        "write": {"output": str(out)},
+        "runner": runner,
+    })
+
+
+def test_reader_order_walks_each_readers_rows_left_to_right() -> None:
+    units = plan_units(40, 30, 10, 2)  # 4 rows x 3 cols
+    got = [(u.row, u.col) for u in reader_order(units, 2)]
+    assert got == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
+                   (2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2)]
+    # each reader (row % 2) sees its units in column order, one row after the other
+    for k in range(2):
+        mine = [(r, c) for r, c in got if r % 2 == k]
+        assert mine == sorted(mine)
+    assert [(u.row, u.col) for u in reader_order(units, 1)] == [(u.row, u.col) for u in units]
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_streams_run_predict_concurrently_with_the_same_mosaic(tmp_path: Path, scene, streams: int) -> None:
+    inp, bundle = scene
+    preds = {}
+
+    def factory(key: str):  # noqa: ANN202
+        def make(p):  # noqa: ANN001, ANN202
+            preds[key] = CountingPredictor(p.card, offer=None)
+            return preds[key]
+        return make
+
+    ref = tmp_path / "ref.zarr"
+    run_job(_job(inp, ref, bundle, compute_streams=1, read_workers=1), predictor_factory=factory("ref"))
+    out = tmp_path / "out.zarr"
+    res = run_job(_job(inp, out, bundle, compute_streams=streams, read_workers=2),
+                  predictor_factory=factory("run"))
+    assert len(res.ran) == 4 * 5
+    run = preds["run"]
+    assert run.asked == [streams]
+    assert run.peak == streams  # never more than asked; with 20 units and a sleep, exactly that many
+    assert len(run.threads) == streams and all(t.startswith("geofg-compute") for t in run.threads)
+    assert preds["ref"].peak == 1
+    a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(out), mode="r")
+    for layer in ("class", "confidence"):
+        np.testing.assert_array_equal(a[layer][:], b[layer][:])
+    recs = Ledger(out / ".geofg").load()
+    assert len(recs) == 20 and all(r.status == "done" for r in recs.values())
+
+
+def test_predictor_chooses_streams_when_config_leaves_it_open(tmp_path: Path, scene) -> None:
+    inp, bundle = scene
+    made = []
+
+    def make(p):  # noqa: ANN001, ANN202
+        made.append(CountingPredictor(p.card, offer=2))
+        return made[-1]
+
+    run_job(_job(inp, tmp_path / "o.zarr", bundle), predictor_factory=make)
+    assert made[0].asked == [None] and made[0].peak == 2
+
+
+def test_predictor_without_streams_hook_runs_one_at_a_time(tmp_path: Path, scene) -> None:
+    inp, bundle = scene
+
+    class Plain(CountingPredictor):
+        streams = None  # type: ignore[assignment]
+
+    made = []
+
+    def make(p):  # noqa: ANN001, ANN202
+        made.append(Plain(p.card, offer=4))
+        return made[-1]
+
+    run_job(_job(inp, tmp_path / "o.zarr", bundle, compute_streams=4), predictor_factory=make)
+    assert made[0].peak == 1
+
+
+def test_torch_predictor_divides_its_threads_between_streams_and_restores_them() -> None:
+    torch = pytest.importorskip("torch")
+    from geofg.models.predictor import TorchPredictor
+
+    card = tiny_card(BANDS, ["water", "crop"], tile_size=32, halo=4)
+    pred = TorchPredictor(card, torch.nn.Identity(), "cpu", Path("x.safetensors"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with pred.streams(None) as n:
+            assert n == 4 and torch.get_num_threads() == 1
+        with pred.streams(2) as n:
+            assert n == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
