@@ -4,9 +4,10 @@ NAIP (../shared/data/naip_nd_opengeos): 4 bands R,G,B,NIR, uint8, 5 m, EPSG:2691
 of the same North Dakota cropland; the three files sit on slightly different origins (485900.6,
 485902.0, 485899.0), so each one is warped onto the fixed grid.
 
-There is no trained 4-band (R,G,B,NIR) model in geofg yet. This scenario runs with
-``NdviRulePredictor``, a **rule model** (vegetation where NDVI > 0.2, a logistic of the margin as
-confidence), in a bundle named ``naip-ndvi-rule``; it tests the scan machinery, not a classifier.
+The model is the shipped ``naip-4band`` bundle (scripts/train_naip4.py, docs/models.md): ten
+EuroSAT land-cover classes learned from EuroSAT chips rendered as NAIP DN, at 10 m. The grid is
+therefore 10 m with ``average`` resampling (each grid pixel the mean of 2 x 2 NAIP pixels). The
+scans run the real predictor (``load_predictor``), no stand-in.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import rasterio
 import zarr
 from scanhelp import tree_digest
 
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import tiny_card
+from geofg.models.registry import BUNDLE_DIR
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan
 
@@ -32,20 +32,7 @@ pytestmark = pytest.mark.realdata
 
 DATES = ("20160816", "20180716", "20200831")
 NAMES = [f"m_4709963_se_14_1_{d}.tif" for d in DATES]
-
-
-class NdviRulePredictor:
-    """A rule, not a learned model: P(vegetation) = logistic(20 * (NDVI - 0.2)) from R and NIR."""
-
-    def __init__(self, card) -> None:  # noqa: ANN001
-        self.card = card
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, 4, H, W) R,G,B,NIR scaled to 0..1 -> (N, 2, H, W)."""
-        r, nir = x[:, 0], x[:, 3]
-        ndvi = np.where(nir + r > 0, (nir - r) / np.maximum(nir + r, 1e-6), 0.0)
-        p = 1.0 / (1.0 + np.exp(-20.0 * (ndvi - 0.2)))
-        return np.stack([1 - p, p], axis=1).astype(np.float32)
+BUNDLE = BUNDLE_DIR / "naip-4band.safetensors"
 
 
 def _night(inbox: Path, src: Path) -> Path:
@@ -61,37 +48,29 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
     naip = data_root / "naip_nd_opengeos"
     if not all((naip / n).is_file() for n in NAMES):
         pytest.skip(f"NAIP scenes not found in {naip}")
-    card = tiny_card(["R", "G", "B", "NIR"], ["other", "vegetation"], crop_classes=["vegetation"],
-                     tile_size=64, halo=8, scale=1 / 255)
-    card = card.model_copy(update={"name": "naip-ndvi-rule", "architecture": "rule",
-                                   "encoder": "ndvi-threshold-0.2"})
-    bundle = tmp_path / "naip-ndvi-rule.safetensors"
-    write_bundle(bundle, {"unused": np.zeros(1, np.float32)}, card)
+    if not BUNDLE.is_file():
+        pytest.skip(f"{BUNDLE} not shipped")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = build_scan({
         "inbox": {"folder": str(inbox), "glob": "m_*.tif", "bands": ["R", "G", "B", "NIR"],
                   "quiet_period_s": 600, "date": {"pattern": r"_(?P<date>\d{8})\.tif$"}},
         "mosaic": str(tmp_path / "nd.zarr"),
-        "grid": {"crs": "EPSG:26914", "resolution": 5, "origin": [0, 0], "chunk": 256,
-                 "extent": [485900, 5205630, 490570, 5209245]},
-        "model": {"model": str(bundle), "device": "cpu"},
-        "tile": {"tile_size": 272},
+        "grid": {"crs": "EPSG:26914", "resolution": 10, "origin": [0, 0], "chunk": 128,
+                 "extent": [485900, 5205630, 490570, 5209240], "resampling": "average"},
+        "model": {"model": "naip-4band", "device": "cpu"},
     })
-    assert (cfg.grid.width, cfg.grid.height) == (934, 723)
-
-    def scan():  # noqa: ANN202
-        return run_scan(cfg, predictor_factory=NdviRulePredictor)
+    assert (cfg.grid.width, cfg.grid.height) == (467, 361)
 
     results = []
     for name in NAMES:  # three nights, one new date each
         _night(inbox, naip / name)
-        results.append(scan())
+        results.append(run_scan(cfg))
     for night, r in enumerate(results):
         assert r.count("processed") == 1 and r.count("skipped") == night and not r.units_failed
-        assert r.units_ran == 12  # 4 x 3 chunks of 256 px
+        assert r.units_ran == 12  # 4 x 3 chunks of 128 px
     g = zarr.open_group(str(tmp_path / "nd.zarr"), mode="r")
-    assert g["class"].shape == (3, 723, 934)
+    assert g["class"].shape == (3, 361, 467)
     days = [int(v) for v in g["time"][:]]
     cls = g["class"][:]
     for t in range(3):  # each date covers the grid but for the warped scene's edge
@@ -103,23 +82,29 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
     # the report after the third night: areas per date from the ledger match the slices, and
     # the change against 2018 is the difference of the two dates' areas
     rep = json.loads(Path(results[2].report_paths[0]).read_text())
+    classes = rep["areas"]["class_names"]
+    assert len(classes) == 10
     rows = {row["date"]: row for row in rep["areas"]["dates"]}
     assert list(rows) == ["2016-08-16", "2018-07-16", "2020-08-31"]
-    km2 = 25 / 1e6
+    km2 = 100 / 1e6
     for t, d in enumerate(sorted(days)):
         row = rows[list(rows)[t]]
-        assert row["classes"]["vegetation"] == pytest.approx((cls[days.index(d)] == 1).sum() * km2)
+        for k, c in enumerate(classes):
+            assert row["classes"][c] == pytest.approx((cls[days.index(d)] == k).sum() * km2), c
     ch = rows["2020-08-31"]["change"]
     assert ch["from"] == "2018-07-16"
-    assert ch["classes"]["vegetation"] == pytest.approx(
-        rows["2020-08-31"]["classes"]["vegetation"] - rows["2018-07-16"]["classes"]["vegetation"], abs=1e-6)
-    assert sum(rows["2020-08-31"]["health"].values()) == pytest.approx(rows["2020-08-31"]["classes"]["vegetation"])
+    for c in classes:
+        assert ch["classes"][c] == pytest.approx(rows["2020-08-31"]["classes"][c] - rows["2018-07-16"]["classes"][c],
+                                                 abs=1e-6)
+    crop = ("AnnualCrop", "PermanentCrop", "Pasture", "HerbaceousVegetation")  # the card's crop classes
+    for row in rows.values():  # health (index-based) exists exactly on crop-class pixels
+        assert sum(row["health"].values()) == pytest.approx(sum(row["classes"][c] for c in crop))
     md = Path(results[2].report_paths[1]).read_text()
     assert "change since 2018-07-16" in md
 
     # a fourth night with nothing new does nothing
     before = tree_digest(tmp_path / "nd.zarr")
-    r4 = scan()
+    r4 = run_scan(cfg)
     assert (r4.units_ran, r4.count("processed"), r4.count("skipped"), r4.wrote) == (0, 0, 3, False)
     assert tree_digest(tmp_path / "nd.zarr") == before
 
@@ -128,13 +113,13 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
     st = p18.stat()
     with rasterio.open(p18) as src:
         profile, data = src.profile, src.read()
-    data[3, :360] = data[0, :360]  # NIR := red over the northern half: no vegetation there
+    data[3, :360] = data[0, :360]  # NIR := red over the northern half: no vegetation signal there
     tmp = tmp_path / "replacement.tif"
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
     shutil.copyfile(tmp, p18)
     os.utime(p18, ns=(st.st_atime_ns, st.st_mtime_ns))
-    r5 = scan()
+    r5 = run_scan(cfg)
     assert r5.dates_touched == ["2018-07-16"] and r5.units_ran == 12 and r5.count("processed") == 1
     after = tree_digest(tmp_path / "nd.zarr")
     t18 = days.index(sorted(days)[1])
@@ -143,5 +128,12 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
         same = {k: v for k, v in after.items() if k.startswith(prefix)} == {
             k: v for k, v in before.items() if k.startswith(prefix)}
         assert same == (t != t18), t  # other dates' slices are byte-for-byte unchanged
-    new18 = zarr.open_group(str(tmp_path / "nd.zarr"), mode="r")["class"][t18]
-    assert (new18[:340] == 1).mean() < 0.01 < (cls[t18][:340] == 1).mean()
+    g = zarr.open_group(str(tmp_path / "nd.zarr"), mode="r")
+    north = slice(0, 170)  # 5 m rows 0..359 are 10 m rows 0..179 (the scene starts 8 m lower)
+    new18 = g["class"][t18]
+    assert (new18[north] != cls[t18][north]).mean() > 0.1  # the edit changed the classes there
+    # units whose read window (core + 64 px halo) misses the edit: recomputed, the same pixels
+    np.testing.assert_array_equal(new18[256:], cls[t18][256:])
+    # the index-based health on crop classes: NDVI = 0 where NIR = red, i.e. bare/stressed (0)
+    h18 = g["health"][t18][north]
+    assert (h18 != 255).any() and set(np.unique(h18[h18 != 255]).tolist()) == {0}
