@@ -34,7 +34,13 @@ ARRAYS = ("time", "class", "health", "confidence", "latest_class", "latest_healt
 
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """One local Ray for this module (2 CPUs, no dashboard, token auth; actors: 1 torch thread)."""
+    """One local Ray for this module (2 CPUs, no dashboard, token auth; actors: 1 torch thread).
+
+    Ray caches the auth token per process: an earlier module's Ray (another token) would leave the
+    driver presenting a stale one to this GCS, so the cache is reset on the way in and out.
+    """
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -43,12 +49,14 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
             mp.setenv(name, "")
             mp.delenv(name)
+        reset_auth_token_state()
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  _temp_dir=str(tmp_path_factory.mktemp("ray")))
         try:
             yield ray
         finally:
             ray.shutdown()
+            reset_auth_token_state()
 
 
 @contextlib.contextmanager
