@@ -40,7 +40,10 @@ Parameters (``params``) are :class:`~geofg.models.train.TrainConfig` fields (``l
   non-encoder parts (``freeze_encoder``), then training continues from that model with everything
   trainable for the remaining epochs (a second warm-up + cosine schedule; the weights pass through
   one fp16 bundle between the phases). ``freeze_epochs >= epochs`` keeps the encoder frozen
-  throughout; 0 never freezes it. With ``--init`` this is linear-probe-then-fine-tune.
+  throughout; 0 never freezes it. It needs ``--init`` (as ``--freeze-encoder`` does): this is
+  linear-probe-then-fine-tune. A frozen *random* encoder was tried on EuroSAT: with
+  ``tu-mobilenetv4_conv_small`` (ReLU) its features grew until the head's BatchNorm running_var
+  overflowed float16 and the trial failed at export, so it is refused before the search starts.
 
 ``seed``, ``threads``, ``device`` and ``mosaic`` are not searchable: every trial uses ``--seed``
 (so with data that has no split column every trial draws the same val split), its resources give
@@ -445,15 +448,19 @@ def local_ray(num_cpus: int) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def _quiet_tune() -> Iterator[None]:
-    """Silence Tune's console tables and its default result loggers (TensorBoard, CSV): the CLI
-    prints its own table and the report holds every trial's record. The JSON logger is added
-    back explicitly (Tune's ResultGrid reads it)."""
+    """Silence Tune's console tables, its log of failed trials' tracebacks and its default result
+    loggers (TensorBoard, CSV): the CLI prints its own table and the report holds every trial's
+    record and error line. The JSON logger is added back explicitly (Tune's ResultGrid reads it)."""
     values = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
+    tune_log = logging.getLogger("ray.tune")  # a failed trial's traceback: the table has its line
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        tune_log.setLevel(level)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -548,6 +555,10 @@ def _preflight(data: str | Path, output: Path, cfg: Any, space: SearchSpace, *,
         if any(n % (g * g) for g in cfg.mosaic):
             raise ConfigError(f"{where}params.chips_per_step: {n} must be divisible by g*g for every"
                               f" mosaic size g in {tuple(cfg.mosaic)}; use a multiple of 36")
+    if init is None and "freeze_epochs" in space.params and max(candidates("freeze_epochs")) > 0:
+        raise ConfigError(f"{where}params.freeze_epochs: freezing the encoder needs --init BUNDLE"
+                          " (a frozen random encoder gives unbounded features, seen as a"
+                          " BatchNorm running_var overflowing float16); add --init or drop it")
     encoders = candidates("encoder")
     if init_card is not None and encoders != {init_card.encoder}:
         raise ConfigError(f"{where}params.encoder: --init {init} has encoder {init_card.encoder};"

@@ -61,6 +61,7 @@ BAD = {
     "no trials": ("params:\n  lr: {choice: [0.001, 0.01]}\n", "trials"),
     "not a mapping": ("- lr\n", "mapping"),
     "chips_per_step vs mosaic": ("trials: 2\nparams:\n  chips_per_step: {choice: [36, 20]}\n", "params.chips_per_step"),
+    "freeze without --init": ("trials: 2\nparams:\n  freeze_epochs: {choice: [0, 2]}\n", "needs --init"),
     "unknown encoder": ("trials: 2\nparams:\n  encoder: {choice: [tu-mobilenetv4_conv_small, no-such-net]}\n", "no-such-net"),
 }
 
@@ -159,10 +160,21 @@ def _ray_children() -> list[str]:
     return names
 
 
+@pytest.fixture(scope="module")
+def init_bundle(chips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-epoch bundle on the same chips, for --init (the freeze schedule needs one)."""
+    from geofg.models.train import train_bundle
+
+    out = tmp_path_factory.mktemp("init") / "init.safetensors"
+    train_bundle(chips_dir, out, TrainConfig(epochs=1, threads=1, device="cpu"))
+    return out
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_tiny_search_writes_the_argmax_trial_and_a_table_of_every_trial(
-        chips_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        chips_dir: Path, init_bundle: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.tune")
     import secrets
@@ -178,10 +190,11 @@ def test_tiny_search_writes_the_argmax_trial_and_a_table_of_every_trial(
         monkeypatch.delenv(name)
     space = tmp_path / "space.yaml"
     space.write_text("method: grid\ninclude_defaults: false\nmax_concurrent: 2\nnum_cpus: 2\n"
-                     "params:\n  lr: {grid: [1.0e-5, 5.0e-3]}\n  weight_decay: 0.1\n")
+                     "params:\n  lr: {grid: [1.0e-5, 5.0e-3]}\n  weight_decay: 0.1\n"
+                     "  freeze_epochs: 1\n")
     out = tmp_path / "best.safetensors"
     r = invoke("train", "classifier", "--data", chips_dir, "-o", out, "--search", space,
-               "--epochs", "1", "--eval-every", "1", "--device", "cpu")
+               "--init", init_bundle, "--epochs", "2", "--eval-every", "1", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert _ray_children() == []  # geofg's Ray was shut down
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -200,9 +213,13 @@ def test_tiny_search_writes_the_argmax_trial_and_a_table_of_every_trial(
     assert card.training["config"]["weight_decay"] == 0.1  # the fixed value reached the trial
     assert card.training["search"]["best_trial"] == want["index"]
     assert card.name == "best" and "test_accuracy" not in card.metrics
+    # the freeze schedule: 1 epoch with the --init encoder frozen, then 1 with all trainable
+    phases = [{"epochs": 1, "encoder_frozen": True}, {"epochs": 1, "encoder_frozen": False}]
+    assert card.training["search"]["phases"] == phases
+    assert card.training["init"] == str(init_bundle) and card.training["freeze_encoder"] is False
     for t in trials:
-        assert t["epochs_run"] == 1 and t["seconds"] > 0
-        assert [e for e, _ in t["val_history"]] == [1]  # val reported for the epoch
+        assert t["phases"] == phases and t["epochs_run"] == 2 and t["seconds"] > 0
+        assert [e for e, _ in t["val_history"]] == [1, 2]  # val reported for every epoch
     # every trial in the Markdown table and in the printed table
     md = (tmp_path / "best.search.md").read_text()
     rows = [ln for ln in md.splitlines() if re.match(r"\| \d", ln)]
