@@ -357,7 +357,9 @@ def test_only_runners_ray_imports_ray() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             if any(n == "ray" or n.startswith("ray.") for n in names):
                 importers.add(py.relative_to(root).as_posix())
-    assert importers == {"runners/ray.py"}
+    # models/search.py is a Ray Tune program (geofg train classifier --search); it imports ray
+    # only inside functions, so everything else still imports without ray (its module docstring)
+    assert importers == {"runners/ray.py", "models/search.py"}
 
 
 # --- geofg submit against a head started by this test ---------------------------------------------
