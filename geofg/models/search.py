@@ -59,6 +59,10 @@ dashboard, token authentication on as Ray 2.60 does by default, the token file w
 :mod:`geofg.runners.ray` does) and shut down afterwards, also on errors. An existing connection
 (a notebook, a test, a script that joined a cluster) is used as it is and left open; on a cluster
 the Tune storage (the staging folder beside ``-o``) must be on a filesystem every node sees.
+
+DESIGN.md keeps ``ray`` in ``runners/ray.py``; this module is the one other place, because a
+search *is* a Ray Tune program. Ray is imported only inside functions, so importing this module,
+``geofg --help`` and every other command work without Ray installed.
 """
 
 from __future__ import annotations
@@ -607,7 +611,7 @@ def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchS
         from ray.tune.logger import JsonLoggerCallback
         from ray.tune.search.basic_variant import BasicVariantGenerator
     except ImportError as e:
-        raise ConfigError(f"--search needs Ray Tune ({e}); pip install 'geofg[ray]'") from None
+        raise ConfigError(f"--search needs Ray Tune ({e}); pip install 'geofg[tune]'") from None
     output = Path(output).absolute()
     _preflight(data, output, cfg, space, bands=bands, scale=scale, crop_classes=crop_classes,
                val_fraction=val_fraction, init=init, overwrite=overwrite, space_path=space_path)

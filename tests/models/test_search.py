@@ -193,8 +193,15 @@ def test_tiny_search_writes_the_argmax_trial_and_a_table_of_every_trial(
                      "params:\n  lr: {grid: [1.0e-5, 5.0e-3]}\n  weight_decay: 0.1\n"
                      "  freeze_epochs: 1\n")
     out = tmp_path / "best.safetensors"
-    r = invoke("train", "classifier", "--data", chips_dir, "-o", out, "--search", space,
-               "--init", init_bundle, "--epochs", "2", "--eval-every", "1", "--device", "cpu")
+    # Ray caches the auth token per process: reset it around this Ray (other modules' tokens)
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
+    try:
+        r = invoke("train", "classifier", "--data", chips_dir, "-o", out, "--search", space,
+                   "--init", init_bundle, "--epochs", "2", "--eval-every", "1", "--device", "cpu")
+    finally:
+        reset_auth_token_state()
     assert r.exit_code == 0, r.output
     assert _ray_children() == []  # geofg's Ray was shut down
     assert sorted(p.name for p in tmp_path.iterdir()) == [
