@@ -242,11 +242,13 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], report_dir: str | Path) -> list[Path]:
+def write_report(report: dict[str, Any], report_dir: str | Path,
+                 markdown: Callable[[dict[str, Any]], str] | None = None) -> list[Path]:
     """Write ``report.json``, ``confusion_matrix.png`` and ``report.md`` into ``report_dir``.
 
     Everything is rendered first; each file goes to a temporary name in the folder and is renamed
-    into place. Returns the written paths.
+    into place. ``markdown`` renders report.md (default: the chip classification report).
+    Returns the written paths.
     """
     report_dir = Path(report_dir)
     if report_dir.exists() and not report_dir.is_dir():
@@ -255,7 +257,7 @@ def write_report(report: dict[str, Any], report_dir: str | Path) -> list[Path]:
     blobs = {
         "report.json": (json.dumps(report, indent=2) + "\n").encode(),
         "confusion_matrix.png": _confusion_png(report),
-        "report.md": _markdown(report).encode(),
+        "report.md": (markdown or _markdown)(report).encode(),
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []

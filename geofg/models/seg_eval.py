@@ -22,9 +22,6 @@ first and each renamed into place, after every prediction is made; a bad input w
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,28 +214,7 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 def write_seg_report(report: dict[str, Any], report_dir: str | Path) -> list[Path]:
     """Write ``report.json``, ``confusion_matrix.png`` and ``report.md`` into ``report_dir``."""
-    from geofg.models.evaluate import _confusion_png
+    from geofg.models.evaluate import write_report
 
-    report_dir = Path(report_dir)
-    if report_dir.exists() and not report_dir.is_dir():
-        raise ConfigError(f"{report_dir}: expected a folder for the report, found a file;"
-                          " pass another --report")
-    blobs = {
-        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
-        "confusion_matrix.png": _confusion_png(report),
-        "report.md": _markdown(report).encode(),
-    }
-    report_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, blob in blobs.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=report_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, report_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(report_dir / name)
-    return written
+    return write_report(report, report_dir, markdown=_markdown)
 
