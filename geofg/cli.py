@@ -469,6 +469,7 @@ def train_segmenter_cmd(
     encoder: Annotated[str, typer.Option(help="smp encoder without --init (no squeeze-excitation).")] = "tu-mobilenetv4_conv_small",
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
     window: Annotated[int, typer.Option(help="Training window edge (px, multiple of 32).")] = 128,
+    decoder_channels: Annotated[str, typer.Option("--decoder-channels", help="U-Net decoder widths, deepest first, comma-separated.")] = "128,64,32,16,8",
     batch: Annotated[int, typer.Option(help="Windows per step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine).")] = 1e-3,
     min_labelled: Annotated[float, typer.Option("--min-labelled", help="Sample windows with at least this share of labelled pixels.")] = 0.1,
@@ -483,8 +484,15 @@ def train_segmenter_cmd(
     from geofg.models.seg_labels import parse_class_map
     from geofg.models.segment import SegTrainConfig, train_segmenter_bundle
 
+    try:
+        widths = tuple(int(c) for c in decoder_channels.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 5 or min(widths) < 1:
+        raise _fail(ConfigError(f"--decoder-channels: expected 5 positive integers, found "
+                                f"{decoder_channels!r}; pass e.g. 128,64,32,16,8"))
     cfg = SegTrainConfig(window=window, batch=batch, steps=steps, lr=lr, min_labelled=min_labelled,
-                         seed=seed, threads=threads, device=device)
+                         seed=seed, threads=threads, device=device, decoder_channels=widths)
 
     def on_step(rec: dict) -> None:
         if not quiet:

@@ -83,6 +83,7 @@ class ModelCard(BaseModel):
         tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).
         tile_size: Default inference tile edge in pixels, a multiple of ``tile_multiple``.
         halo: Default context in pixels added on each side of a tile (>= receptive-field margin).
+        decoder_channels: U-Net decoder widths, deepest first (None: smp's 256, 128, 64, 32, 16).
         patch_size: For classifiers, the chip edge in pixels the model was trained on.
         resolution_m: Ground sampling distance of the training data in metres.
         training: Training provenance (data, splits, epochs, seed, wall time, command).
@@ -107,6 +108,7 @@ class ModelCard(BaseModel):
     tile_multiple: int = 32
     tile_size: int
     halo: int
+    decoder_channels: list[int] | None = None
     patch_size: int | None = None
     resolution_m: float | None = None
     training: dict[str, Any] = {}

@@ -340,6 +340,7 @@ def build_unet(card: ModelCard) -> nn.Module:
             encoder_weights=None,
             in_channels=len(card.bands),
             classes=len(card.classes),
+            **({"decoder_channels": list(card.decoder_channels)} if card.decoder_channels else {}),
         )
     except (KeyError, ValueError, RuntimeError) as err:
         raise ConfigError(

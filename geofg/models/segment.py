@@ -95,6 +95,8 @@ class SegTrainConfig:
     seed: int = 13
     threads: int = 1
     device: str = "cpu"
+    # U-Net decoder widths, deepest first: a quarter of smp's default (256, ..., 16) parameters
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
 
 
 @dataclass
@@ -138,6 +140,7 @@ def prepare_segmentation_data(
     scale: float | None = None, crop_classes: Sequence[str] = (),
     normalisation: tuple[float, Sequence[float], Sequence[float]] | None = None,
     tile_size: int = 512, halo: int = 64, min_window: int = 32,
+    decoder_channels: Sequence[int] | None = None,
 ) -> SegmentationData:
     """Check every input and read the training region (see the module docstring, steps 1-2).
 
@@ -232,6 +235,7 @@ def prepare_segmentation_data(
         classes=[ClassInfo(name=n, colour=c) for n, c in zip(names, class_colours(names),
                                                               strict=True)],
         crop_classes=list(crop_classes), tile_multiple=32, tile_size=tile_size, halo=halo,
+        decoder_channels=list(decoder_channels) if decoder_channels else None,
         resolution_m=abs(info.transform[0]),
     )
     return SegmentationData(x=x, valid=valid, y=y, card=card, labels=lab,
@@ -334,6 +338,7 @@ def train_segmenter(
 
     from geofg.models.nets import build_model
     from geofg.models.predictor import resolve_device
+    from geofg.models.train import ema_update
 
     card = data.card
     if cfg.window % card.tile_multiple or cfg.window <= 0:
@@ -411,12 +416,7 @@ def train_segmenter(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        d = min(cfg.ema_decay, (2 + step) / (11 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - d)
-            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-                be.copy_(bm)
+        ema_update(ema, model, step + 1, cfg.ema_decay)
         run_loss += float(loss.detach())
         n_loss += 1
         if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
@@ -478,7 +478,8 @@ def train_segmenter_bundle(
     data = prepare_segmentation_data(
         image, labels, bands=bands, region=region, class_field=class_field, class_map=class_map,
         init=init, name=name or output.stem, encoder=encoder, scale=scale,
-        crop_classes=crop_classes, normalisation=normalisation, min_window=cfg.window)
+        crop_classes=crop_classes, normalisation=normalisation, min_window=cfg.window,
+        decoder_channels=cfg.decoder_channels)
     model, record = train_segmenter(data, cfg, init=init, on_step=on_step)
     card = data.card
     training = {

@@ -408,12 +408,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             step += 1
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - d)
-                for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-                    be.copy_(bm)
+            ema_update(ema, model, step, cfg.ema_decay)
             run_loss += float(loss.detach())
         rec: dict[str, Any] = {"epoch": epoch, "loss": round(run_loss / steps_per_epoch, 4),
                                "seconds": round(time.perf_counter() - t0, 1)}
@@ -476,6 +471,20 @@ def _chip_probs(model: torch.nn.Module, x: torch.Tensor, device: str,
                 logits = model(xb)
             out.append(torch.softmax(logits.float(), dim=1).mean(dim=(2, 3)).cpu())
     return torch.cat(out)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, steps_done: int, decay: float) -> None:
+    """Move ``ema``'s weights towards ``model``'s after ``steps_done`` optimiser steps.
+
+    The decay ramps up as ``(1 + n) / (10 + n)`` to ``decay``, so early steps are not averaged
+    with the initial weights for long; buffers (BatchNorm statistics) are copied.
+    """
+    d = min(decay, (1 + steps_done) / (10 + steps_done))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - d)
+        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+            be.copy_(bm)
 
 
 def export_tensors(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -263,6 +263,10 @@ def test_train_evaluate_and_classify_end_to_end(files: dict, tmp_path: Path) -> 
     assert card.training["region_window"] == {"row_off": 0, "col_off": 0, "height": H,
                                               "width": 96}
     assert card.training["transfer"]["copied_encoder"] > 100
+    assert card.decoder_channels == [128, 64, 32, 16, 8]  # the compact default decoder
+    widths = {k: v.shape[0] for k, v in load_tensors(out).items()
+              if k.startswith("decoder.blocks.") and k.endswith("conv2.0.weight")}
+    assert sorted(widths.values(), reverse=True) == [128, 64, 32, 16, 8]
     rep_dir = tmp_path / "rep"
     r = invoke("evaluate", out, "--image", files["image"], "--labels", files["mask"],
                "--region", EAST, "--report", rep_dir, "--device", "cpu")
@@ -319,6 +323,12 @@ def _bad(tmp_path: Path, *args: object, match: str) -> None:
     assert match in r.output, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert list(out.parent.iterdir()) == []
+
+
+def test_bad_decoder_channels(files: dict, tmp_path: Path) -> None:
+    for bad in ("128,64,32", "128,64,x,16,8", "128,64,32,16,0"):
+        _bad(tmp_path, "--image", files["image"], "--labels", files["mask"], "--init", files["init"],
+             "--decoder-channels", bad, match="--decoder-channels: expected 5 positive integers")
 
 
 def test_bad_labels(files: dict, tmp_path: Path) -> None:
