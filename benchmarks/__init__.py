@@ -1,1 +1,10 @@
-"""Benchmarks run by hand (never timed assertions in tests). See benchmarks/README.md."""
+"""geofg benchmarks (run by hand; see benchmarks/README.md).
+
+Every benchmark process allocates memory as the ``geofg`` command does (one reused heap,
+:func:`geofg.memory.reuse_heap`, before torch loads), so the bare forward, geofg and the baseline
+are measured under the same allocator.
+"""
+
+from geofg.memory import reuse_heap
+
+HEAP_REUSED = reuse_heap()

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import HEAP_REUSED
 from benchmarks.rasters import make_s2_raster
 
 ROOT = Path(__file__).resolve().parent
@@ -95,6 +96,15 @@ def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int,
     return {"tile": tile, "batch": batch, "s_per_batch_median": med, "s_per_batch_best": best,
             "mpx_s_one_stream": one, "streams": n, "mpx_s_streams": many,
             "mpx_s": max(one, many or 0.0), "gpu_peak_mb": gpu_mb}
+
+
+def _thp_mode() -> str | None:
+    """The kernel's transparent huge page mode (the bracketed word), None where unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.find("[") + 1 : text.find("]")] or None
 
 
 def _subprocess(cmd: list[str], env: dict, cap_mb: int | None) -> dict:
@@ -170,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     # other jobs share the machine: 1-min load average before and after the run
-                    "loadavg_1m": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]},
+                    "loadavg_1m": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+                    "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                    "heap_reused": HEAP_REUSED,
+                    "thp_system": _thp_mode()},
         "model": args.model, "forward": fwd, "runs": rows,
         "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
         "baseline": baselines,

@@ -68,7 +68,9 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         marks["last_progress"], marks["last_km2"] = now, km2
 
     t_job = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     result = run_job(job, on_progress=on_progress, predictor_factory=factory)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     p = result.plan
     prof = result.profile
@@ -95,6 +97,10 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "compute_streams": streams,
         "gpu_peak_mb": gpu_peak_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # CPU seconds of run_job, all threads: user (compute, decode) and system (page faults, I/O)
+        "cpu_user_s": ru1.ru_utime - ru0.ru_utime,
+        "cpu_sys_s": ru1.ru_stime - ru0.ru_stime,
+        "minor_faults": ru1.ru_minflt - ru0.ru_minflt,
     }))
 
 

@@ -27,10 +27,10 @@ def normalise(
     c = data.shape[0]
     a = (np.float32(scale) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
     b = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
-    out = data.astype(np.float32)
-    out *= a
+    out = np.multiply(data, a, dtype=np.float32)  # as data.astype(float32) * a, one pass less
     out -= b
-    out[:, ~valid] = 0.0
+    if not valid.all():
+        out[:, ~valid] = 0.0
     # NaN can only be at invalid pixels (the reader marks them), already zeroed.
     return out
 

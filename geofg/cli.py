@@ -719,6 +719,9 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def main() -> None:
     """Console-script entry point."""
+    from geofg.memory import reuse_heap
+
+    reuse_heap()  # before torch, GDAL or any thread starts
     app(prog_name="geofg")
 
 

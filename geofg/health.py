@@ -55,11 +55,14 @@ def band_roles(band_names: Sequence[str]) -> dict[str, int]:
 
 
 def _index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a - b) / (a + b) in float32, 0 where a + b <= 0 (or NaN)."""
     a = a.astype(np.float32)
     b = b.astype(np.float32)
     s = a + b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(s > 0, (a - b) / np.where(s > 0, s, 1), 0.0)
+    np.subtract(a, b, out=a)
+    out = np.zeros_like(a)
+    np.divide(a, s, out=out, where=s > 0)
+    return out
 
 
 def health_zones(data: np.ndarray, roles: dict[str, int]) -> np.ndarray | None:
@@ -68,13 +71,15 @@ def health_zones(data: np.ndarray, roles: dict[str, int]) -> np.ndarray | None:
         return None
     nir = data[roles["nir"]]
     ndvi = _index(nir, data[roles["red"]])
-    zone = np.digitize(ndvi, NDVI_ZONES).astype(np.uint8)
+    zone = (ndvi >= NDVI_ZONES[0]).view(np.uint8).copy()  # the number of zone edges <= NDVI
+    for edge in NDVI_ZONES[1:]:
+        zone += ndvi >= edge
     if "swir" in roles:
         dry = _index(nir, data[roles["swir"]]) < -0.1
-        zone = np.where(dry & (zone >= 2), zone - 1, zone).astype(np.uint8)
+        np.subtract(zone, 1, out=zone, where=dry & (zone >= 2))
     if "rededge" in roles:
         weak = _index(nir, data[roles["rededge"]]) < 0.1
-        zone = np.where(weak & (zone == 3), 2, zone).astype(np.uint8)
+        np.copyto(zone, 2, where=weak & (zone == 3))
     return zone
 
 
@@ -85,9 +90,13 @@ def health_layer(
     out = np.full(classes.shape, FILL, dtype=np.uint8)
     if not crop_ids:
         return out
+    lut = np.zeros(256, dtype=bool)
+    lut[np.asarray(crop_ids)] = True
+    is_crop = lut[classes]
+    if not is_crop.any():
+        return out
     zone = health_zones(data, roles)
     if zone is None:
         return out
-    is_crop = np.isin(classes, np.asarray(crop_ids, dtype=classes.dtype))
-    out[is_crop] = zone[is_crop]
+    np.copyto(out, zone, where=is_crop)
     return out

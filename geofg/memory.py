@@ -1,10 +1,18 @@
-"""Hand freed heap memory back to the OS between units (glibc only).
+"""glibc heap policy for geofg's own processes: reuse freed memory, or hand it back between units.
 
-A unit's buffers (normalised input, activations, probabilities) are allocated and freed by
-several compute and reader threads, each with its own glibc heap; freed space stays resident in
-whichever heap held it. ``malloc_trim(0)`` after each unit returns those free pages, so peak RSS
-follows the units in flight rather than the heaps' accumulated high-water marks. Measured in
-docs/performance.md. ``GEOFG_MALLOC_TRIM=0`` turns it off.
+A forward pass allocates and frees its activations (hundreds of MB) every call, and reads and
+normalisation add tens of MB per unit. glibc serves blocks over its mmap threshold (at most
+32 MiB) with fresh ``mmap`` calls and unmaps them on free, so every unit page-faults all of that
+memory in again: on the 2-core VM a third of the CPU went to the kernel (docs/performance.md).
+
+* :func:`reuse_heap` (the ``geofg`` command calls it at start-up, before any thread exists):
+  every allocation comes from one heap that is never unmapped or trimmed, so a unit reuses the
+  pages the previous one freed. Peak RSS is the high-water mark of the units in flight, which
+  does not grow with the raster. ``GEOFG_MALLOC_REUSE=0`` turns it off.
+* :func:`trim_heap` otherwise (library use, Ray workers): ``malloc_trim(0)`` after each unit
+  returns free pages, so peak RSS follows the units in flight rather than the per-thread heaps'
+  accumulated high-water marks. ``GEOFG_MALLOC_TRIM=0`` turns it off. It does nothing while the
+  heap is reused.
 """
 
 from __future__ import annotations
@@ -12,28 +20,53 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
+from typing import Any
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 
 
-def _load_trim() -> Callable[[], None] | None:
-    if os.environ.get("GEOFG_MALLOC_TRIM", "1") == "0":
-        return None
+def _glibc() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl and others lack it)
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    return lambda: fn(0)
+    return libc
 
 
-_TRIM = _load_trim()
+_LIBC = _glibc()
+_reusing = False
+
+
+def reuse_heap() -> bool:
+    """Keep freed memory in one glibc heap for reuse; True when applied.
+
+    Call it at process start, before threads start (glibc fixes the number of heaps when the
+    first extra one is created). Where torch's huge-page setting was geofg's default, it is
+    turned off: 2 MiB-aligned blocks waste space in a reused heap (measured: 3.1 vs 2.6 GB peak).
+    """
+    global _reusing
+    if _LIBC is None or os.environ.get("GEOFG_MALLOC_REUSE", "1") == "0":
+        return False
+    ok = all(_LIBC.mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_MAX, 0),  # no mmap per block: everything from the heap
+        (_M_ARENA_MAX, 1),  # one heap for all threads (others cannot grow past 64 MiB)
+        (_M_TRIM_THRESHOLD, 2**31 - 1),  # never give the heap's top back
+    ))  # fmt: skip
+    if ok:
+        import geofg
+
+        if geofg.THP_DEFAULTED:
+            os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+    _reusing = ok
+    return ok
 
 
 def trim_heap() -> bool:
-    """Return freed heap pages to the OS; False where this is not glibc or it is turned off."""
-    if _TRIM is None:
+    """Return freed heap pages to the OS; False where this is not glibc, turned off or reusing."""
+    if _LIBC is None or _reusing or os.environ.get("GEOFG_MALLOC_TRIM", "1") == "0":
         return False
-    _TRIM()
+    _LIBC.malloc_trim(0)
     return True

@@ -246,23 +246,47 @@ def layers_from_probs(
     probs: np.ndarray, raw: np.ndarray, valid: np.ndarray, card: ModelCard
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Turn core probabilities (K, h, w) and raw core data (C, h, w) into uint8 layers + stats."""
-    cls = probs.argmax(axis=0).astype(np.uint8)
-    conf = np.rint(probs.max(axis=0) * CONFIDENCE_SCALE).clip(0, CONFIDENCE_SCALE).astype(np.uint8)
+    cls, top = _top_class(probs)
+    np.multiply(top, CONFIDENCE_SCALE, out=top)
+    np.rint(top, out=top)
+    conf = top.clip(0, CONFIDENCE_SCALE).astype(np.uint8)
     names = [c.name for c in card.classes]
     crop_ids = [names.index(n) for n in card.crop_classes]
     health = health_layer(raw, cls, crop_ids, band_roles(card.bands))
-    for layer in (cls, conf, health):
-        layer[~valid] = FILL
+    all_valid = bool(valid.all())
+    if not all_valid:
+        for layer in (cls, conf, health):
+            layer[~valid] = FILL
     k = len(names)
     stats = {
         "valid_px": int(valid.sum()),
-        "class_counts": np.bincount(cls[valid], minlength=k)[:k].tolist(),
-        "health_counts": np.bincount(health[health != FILL], minlength=len(HEALTH_CLASSES))[
-            : len(HEALTH_CLASSES)
-        ].tolist(),
-        "confidence_sum": int(conf[valid].sum(dtype=np.int64)),
+        # FILL (255) is never a class or health zone: count everything, keep the real codes
+        "class_counts": _counts(cls, k),
+        "health_counts": _counts(health, len(HEALTH_CLASSES)),
+        "confidence_sum": int((conf if all_valid else conf[valid]).sum(dtype=np.int64)),
     }
     return {"class": cls, "health": health, "confidence": conf}, stats
+
+
+def _top_class(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (argmax over K as uint8, max over K as float32) of ``probs`` (K, h, w).
+
+    One pass per class instead of numpy's argmax and max over axis 0 (each a strided reduction,
+    3x slower together on a 10 x 1024² unit). Ties go to the lower class, as with argmax.
+    """
+    top = probs[0].astype(np.float32, copy=True)
+    cls = np.zeros(top.shape, dtype=np.uint8)
+    better = np.empty(top.shape, dtype=bool)
+    for i in range(1, probs.shape[0]):
+        np.greater(probs[i], top, out=better)
+        np.copyto(cls, i, where=better)
+        np.maximum(top, probs[i], out=top)
+    return cls, top
+
+
+def _counts(layer: np.ndarray, n: int) -> list[int]:
+    """Pixels of each code 0..n-1 in a uint8 ``layer``."""
+    return np.bincount(layer.ravel(), minlength=256)[:n].tolist()
 
 
 class _TimedPredictor:

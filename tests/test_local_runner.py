@@ -15,10 +15,11 @@ import zarr
 from geofg.config import build_job
 from geofg.grid import plan_units
 from geofg.io.ledger import Ledger
+from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, open_raster
 from geofg.models.bundle import write_bundle
 from geofg.models.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job
-from geofg.runners.local import reader_order
+from geofg.runners.local import block_cache_bytes, reader_of, reader_order
 from rasters import write_raster
 
 BANDS = ["B04", "B08"]
@@ -74,16 +75,30 @@ def _job(inp: Path, out: Path, model: Path, **runner) -> object:  # noqa: ANN003
     })
 
 
-def test_reader_order_walks_each_readers_rows_left_to_right() -> None:
-    units = plan_units(40, 30, 10, 2)  # 4 rows x 3 cols
-    got = [(u.row, u.col) for u in reader_order(units, 2)]
+def test_reader_order_walks_bands_of_two_rows_column_by_column() -> None:
+    units = plan_units(50, 30, 10, 2)  # 5 rows x 3 cols
+    got = [(u.row, u.col) for u in reader_order(units, 1)]
     assert got == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
-                   (2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2)]
-    # each reader (row % 2) sees its units in column order, one row after the other
-    for k in range(2):
-        mine = [(r, c) for r, c in got if r % 2 == k]
-        assert mine == sorted(mine)
-    assert [(u.row, u.col) for u in reader_order(units, 1)] == [(u.row, u.col) for u in units]
+                   (2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2), (4, 0), (4, 1), (4, 2)]
+    got = [(u.row, u.col) for u in reader_order(units, 2)]
+    assert got[:8] == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1), (3, 1)]
+    # reader k owns the bands of two rows with (row // 2) % 2 == k and sees them column by column
+    by_reader = {k: [(u.row, u.col) for u in reader_order(units, 2) if reader_of(u, 2) == k] for k in (0, 1)}
+    assert {r for r, _ in by_reader[0]} == {0, 1, 4} and {r for r, _ in by_reader[1]} == {2, 3}
+    assert by_reader[1] == [(2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2)]
+    assert sorted(got) == sorted((u.row, u.col) for u in units)
+
+
+def test_block_cache_holds_two_units_of_blocks_per_reader(tmp_path: Path) -> None:
+    path = write_raster(tmp_path / "t.tif", np.ones((3, 100, 100), np.uint16), tiled=True, block=16)
+    info = open_raster([str(path)])
+    units = plan_units(100, 100, 20, 4)  # read windows up to 28 x 28
+    with RasterReader(info, [0, 1, 2]) as r:
+        # 28 px span up to 3 blocks of 16 each way when not aligned: 9 blocks of 16² x 3 bands x 2 B
+        assert r.block_bytes(units[5].read) == 9 * 16 * 16 * 3 * 2
+        assert block_cache_bytes(r, units, 2) == GDAL_CACHE_BYTES  # small: the floor
+        big = plan_units(100, 100, 20, 4000)  # absurd halo: capped
+        assert block_cache_bytes(r, big, 2) == GDAL_CACHE_MAX_BYTES
 
 
 @pytest.mark.parametrize("streams", [1, 3])

@@ -41,3 +41,74 @@ def test_trim_returns_freed_heap_pages() -> None:
 def test_trim_can_be_turned_off() -> None:
     ok, before, after = _run({"GEOFG_MALLOC_TRIM": "0"})
     assert ok == "False"
+
+
+THP = """
+import os, resource
+import geofg, torch
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    x = torch.ones(32 * 2**20)  # 128 MiB, freed and mapped again each time, like activations
+    del x
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()  # noqa: SIM115
+    except OSError:
+        return None
+    return text[text.find("[") + 1 : text.find("]")]
+
+
+@pytest.mark.parametrize("value", [None, "0"])
+def test_import_geofg_backs_torch_buffers_with_huge_pages_unless_opted_out(value: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = value
+    out = subprocess.run([sys.executable, "-c", THP], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == (value or "1")
+    faults = int(out[1])
+    small_pages = 3 * 128 * 2**20 // 4096  # 98,304 faults with 4 KiB pages
+    mode = _thp_mode()
+    if mode == "madvise":  # huge pages only where asked for: the setting decides
+        assert (faults > small_pages * 0.9) if value == "0" else (faults < small_pages / 10)
+    elif mode != "always":  # no huge pages on this kernel, whatever the setting
+        assert faults > small_pages * 0.9
+
+
+REUSE = """
+import os, resource
+import numpy as np
+from geofg.memory import reuse_heap, trim_heap
+np._core.multiarray._set_madvise_hugepage(False)  # count 4 KiB faults, whatever numpy would do
+applied = reuse_heap()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(16 * 2**20); del a  # 128 MiB, above glibc's largest mmap threshold
+before = faults()
+for _ in range(3):
+    a = np.ones(16 * 2**20); del a  # allocated again: reused pages fault no more
+print(applied, trim_heap(), faults() - before, os.environ["THP_MEM_ALLOC_ENABLE"])
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("env", [{}, {"GEOFG_MALLOC_REUSE": "0"}, {"THP_MEM_ALLOC_ENABLE": "1"}])
+def test_reused_heap_serves_the_next_unit_without_faulting_its_pages_in(env: dict[str, str]) -> None:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MALLOC_", "GEOFG_MALLOC", "THP_MEM"))}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", REUSE], env={**base, **env}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    applied, trimmed, faults, thp = out[0] == "True", out[1] == "True", int(out[2]), out[3]
+    pages = 3 * 128 * 2**20 // 4096
+    if env.get("GEOFG_MALLOC_REUSE") == "0":
+        assert not applied and trimmed and faults > pages * 0.9  # mapped and faulted in again
+        assert thp == "1"
+    else:
+        assert applied and not trimmed  # trimming would hand the reused pages back
+        assert faults < pages / 100
+        assert thp == env.get("THP_MEM_ALLOC_ENABLE", "0")  # geofg's default off, the user's kept

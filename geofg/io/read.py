@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import Interleaving, MaskFlags
 from rasterio.errors import CRSError, RasterioError
 from rasterio.session import DummySession
 from rasterio.windows import Window as RioWindow
@@ -79,19 +79,24 @@ GDAL_OPTIONS: dict[str, str] = {
 
 #: GDAL's block cache (bytes). Its default is 5 % of RAM and it fills with every block read, so
 #: peak memory grew with the raster up to that cap (measured: 1.58 GB for 2000², 2.82 GB for
-#: 16000²). Units read each block about once (halo reads touch neighbours), so a small cache
-#: costs little. rasterio applies it with GDALSetCacheMax64 (process-wide).
+#: 16000²). This is the floor; the local runner raises it to what its readers reuse (see
+#: :meth:`RasterReader.block_bytes`), never by raster size. rasterio applies it with
+#: GDALSetCacheMax64 (process-wide).
 GDAL_CACHE_BYTES = 96 * 2**20
+#: The most a runner raises the block cache to (strip-organised files would ask for whole strips).
+GDAL_CACHE_MAX_BYTES = 512 * 2**20
 
 
-def gdal_env() -> rasterio.Env:
+def gdal_env(cache_bytes: int | None = None) -> rasterio.Env:
     """Return the ``rasterio.Env`` geofg reads under; enter it in every thread that opens or reads.
 
     rasterio sets the options process-wide when entered from the main thread and thread-locally
     from any other thread, and GDAL's own worker threads see only the process-wide ones; hence each
     reader thread enters it itself. No AWS session is created, whatever the environment holds.
+    ``cache_bytes`` sets GDAL's block cache (default :data:`GDAL_CACHE_BYTES`).
     """
-    return rasterio.Env(session=DummySession(), GDAL_CACHEMAX=GDAL_CACHE_BYTES, **GDAL_OPTIONS)
+    cache = GDAL_CACHE_BYTES if cache_bytes is None else cache_bytes
+    return rasterio.Env(session=DummySession(), GDAL_CACHEMAX=cache, **GDAL_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -382,14 +387,18 @@ class RasterReader:
         info: from :func:`open_raster` (possibly in another process).
         band_indices: indices into ``info.band_files``, in the order the caller wants channels
             (e.g. from :func:`select_bands`).
+        cache_bytes: GDAL's block cache while this reader reads (default :data:`GDAL_CACHE_BYTES`).
 
     Raises:
         ConfigError: an index is out of range.
         InputError: a file changed (size or mtime) since preflight, or no longer opens.
     """
 
-    def __init__(self, info: RasterInfo, band_indices: Sequence[int]) -> None:
+    def __init__(self, info: RasterInfo, band_indices: Sequence[int],
+                 cache_bytes: int | None = None) -> None:
         self._info = info
+        self.cache_bytes = cache_bytes
+        """GDAL's block cache while this reader reads (None: :data:`GDAL_CACHE_BYTES`)."""
         self._dtype = np.dtype(info.dtype)
         self._grid = Window(0, 0, info.height, info.width)
         self._bands = tuple(int(i) for i in band_indices)
@@ -411,7 +420,7 @@ class RasterReader:
             path, band = info.band_files[i]
             by_path.setdefault(path, []).append((channel, band))
         try:
-            with gdal_env():
+            with gdal_env(self.cache_bytes):
                 for path, pairs in by_path.items():
                     self._groups.append(self._plan(path, records[path], pairs))
         except BaseException:
@@ -474,7 +483,7 @@ class RasterReader:
         rows, cols = common.relative_to(window)
         part, ok = data[:, rows, cols], valid[rows, cols]
         ok[...] = True
-        with gdal_env():
+        with gdal_env(self.cache_bytes):
             for g in self._groups:
                 try:
                     self._read_group(g, common, part, ok)
@@ -490,6 +499,23 @@ class RasterReader:
             part[:, ~ok] = 0
         return data, valid
 
+    def block_bytes(self, window: Window) -> int:
+        """Bytes of the file blocks a read of ``window``'s size can touch (0 for scene mosaics).
+
+        Blocks hold every band of a pixel-interleaved file, the requested ones otherwise; a
+        window not aligned to the blocks touches one more block each way. A runner sizes GDAL's
+        block cache from this so the blocks a unit shares with its neighbours are decoded once.
+        """
+        total = 0
+        for g in self._groups:
+            bh, bw = g.ds.block_shapes[0]
+            h = -(-window.height // g.place.f_rows)
+            w = -(-window.width // g.place.f_cols)
+            blocks = (-(-h // bh) + 1) * (-(-w // bw) + 1)
+            bands = g.ds.count if g.ds.interleaving == Interleaving.pixel else len(g.indexes)
+            total += blocks * bh * bw * bands * np.dtype(g.ds.dtypes[g.indexes[0] - 1]).itemsize
+        return total
+
     def _read_scenes(self, window: Window, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Fill ``window`` from each overlapping scene in turn; earlier scenes take precedence.
 
@@ -503,7 +529,7 @@ class RasterReader:
                 continue
             sub = self._subs.get(i)
             if sub is None:
-                sub = self._subs[i] = RasterReader(scene, self._bands)
+                sub = self._subs[i] = RasterReader(scene, self._bands, self.cache_bytes)
             local = Window(common.row_off - cover.row_off, common.col_off - cover.col_off,
                            common.height, common.width)  # fmt: skip
             d, v = sub.read(local)
@@ -557,7 +583,7 @@ class RasterReader:
         for sub in subs.values():
             sub.close()
         groups, self._groups = getattr(self, "_groups", []), []
-        with gdal_env():
+        with gdal_env(self.cache_bytes):
             for g in groups:
                 g.ds.close()
 
