@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
     ap.add_argument("--streams", type=int, nargs="+", default=[0],
                     help="local runner compute streams to run, e.g. 1 0 (0: the predictor's choice)")
+    ap.add_argument("--compress", default="deflate", choices=["deflate", "none"],
+                    help="compression of the generated rasters (none: reads cost no decoding)")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
@@ -150,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     runs, baselines = [], []
     for size in args.sizes:
-        raster = make_s2_raster(args.workdir / f"s2_{size}.tif", size)
-        out = args.workdir / f"s2_{size}.zarr"
+        stem = f"s2_{size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
+        raster = make_s2_raster(args.workdir / f"{stem}.tif", size, compress=args.compress)
+        out = args.workdir / f"{stem}.zarr"
         cmd = [sys.executable, "-m", "benchmarks.run_one", str(raster), str(out), args.model,
                str(args.chunk), str(args.batch), args.device]
         if args.compile:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             halo = runs[-1]["halo"]
             cmd = [sys.executable, "-m", "benchmarks.baseline", str(raster),
-                   str(args.workdir / f"s2_{size}.baseline.tif"), args.model, str(tile),
+                   str(args.workdir / f"{stem}.baseline.tif"), args.model, str(tile),
                    str(min(2 * halo, tile // 2)), str(args.batch), args.device]
             baselines.append(_subprocess(cmd, env, args.mem_cap_mb))
     fwd = forward_mpx_s(args.model, tile, args.batch, args.device, args.repeats, args.compile)
@@ -184,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                     "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                     "heap_reused": HEAP_REUSED,
                     "thp_system": _thp_mode()},
-        "model": args.model, "forward": fwd, "runs": rows,
+        "model": args.model, "compress": args.compress, "forward": fwd, "runs": rows,
         "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
         "baseline": baselines,
     }
     print(f"machine: {report['machine']}")
-    print(f"model {args.model}: chunk {args.chunk}, tile {tile}, batch {args.batch}, forward "
+    print(f"model {args.model}: {args.compress} rasters, chunk {args.chunk}, tile {tile}, batch {args.batch}, forward "
           f"{fwd['mpx_s']:.3f} Mpx/s of tile pixels (one stream {fwd['mpx_s_one_stream']:.3f}, "
           f"{fwd['s_per_batch_median']:.3f} s/batch median of {args.repeats}; "
           f"{fwd['streams']} streams {fwd['mpx_s_streams'] or 0:.3f}); "
@@ -204,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in r["profile"].items())
         print(f"{'':>12} profile: {prof}")
         if "stages" in r:
-            inner = ("normalise", "forward", "tile+blend", "layers")  # the compute thread's
+            inner = ("normalise", "forward", "tile+blend", "layers")  # the work on pixels
             total = sum(r["stages"][k] for k in inner)
             st = ", ".join(f"{k} {v:.1f}s" for k, v in r["stages"].items())
             share = ", ".join(f"{k} {100 * r['stages'][k] / total:.0f}%" for k in inner if total > 0)
-            print(f"{'':>12} stages: {st}  (compute thread: {share})")
+            print(f"{'':>12} stages: {st}  (of the pixel work: {share})")
+            print(f"{'':>12} CPU: user {r['cpu_user_s']:.1f}s, system {r['cpu_sys_s']:.1f}s, "
+                  f"{r['minor_faults']:,} page faults")
     k = len(args.streams)
     for i, n in enumerate(args.streams):
         same = rows[i::k]  # one per raster size, in size order

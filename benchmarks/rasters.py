@@ -11,8 +11,12 @@ from rasterio.transform import from_origin
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 
 
-def make_s2_raster(path: Path, size: int, block: int = 512, seed: int = 0) -> Path:
-    """Write a ``size`` x ``size`` x 13 uint16 tiled deflate GeoTIFF without holding it in memory.
+def make_s2_raster(path: Path, size: int, block: int = 512, seed: int = 0,
+                   compress: str = "deflate") -> Path:
+    """Write a ``size`` x ``size`` x 13 uint16 tiled GeoTIFF without holding it in memory.
+
+    ``compress`` is ``deflate`` (with the horizontal predictor, as imagery is usually stored) or
+    ``none`` (decoding costs nothing: shows the pipeline's own overhead).
 
     The field mixes water, vegetation and bare patterns at several scales plus noise, so the
     model sees varied input and the file compresses like real imagery (not like pure noise).
@@ -24,9 +28,10 @@ def make_s2_raster(path: Path, size: int, block: int = 512, seed: int = 0) -> Pa
     profile = {
         "driver": "GTiff", "width": size, "height": size, "count": 13, "dtype": "uint16",
         "crs": "EPSG:32633", "transform": from_origin(300000.0, 5900000.0, 10.0, 10.0),
-        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
-        "predictor": 2, "BIGTIFF": "YES",
+        "tiled": True, "blockxsize": block, "blockysize": block, "BIGTIFF": "YES",
     }
+    if compress != "none":
+        profile.update(compress=compress, predictor=2)
     rng = np.random.default_rng(seed)
     base = np.array([1500, 1300, 1200, 1100, 1400, 1900, 2100, 2300, 800, 20, 1800, 1200, 2400], np.float32)
     veg = np.array([-200, -300, -250, -500, 0, 700, 1100, 1400, -300, 0, -200, -400, 1500], np.float32)

@@ -4,11 +4,9 @@ Used by the harness in a fresh subprocess per raster so each peak RSS stands alo
 
     python -m benchmarks.run_one INPUT OUT MODEL CHUNK BATCH DEVICE [compile] [streams=N]
 
-Besides the runner's own profile (read, wait_read, compute, write, wait_write: what
-``geofg classify --profile`` prints), ``stages`` splits ``compute`` into normalise, forward
-(``predict()``), tile+blend (cutting tiles, blend accumulation) and layers (argmax, confidence,
-crop health) by timing those calls from outside: the predictor through ``predictor_factory`` and
-the two pipeline functions through wrappers installed in this benchmark process only.
+``profile`` is the runner's own (what ``geofg classify --profile`` prints); ``stages`` picks
+the per-unit work from it: read and normalise (reader threads), forward and tile+blend (compute
+threads), layers (argmax, confidence, crop health) and write (writer thread).
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import json
 import resource
 import shutil
 import sys
-import threading
 import time
 
 
@@ -25,7 +22,6 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
          compile_: bool = False, streams: int | None = None) -> None:
     """Classify ``inp`` into ``out`` and print timings, unit profile and peak RSS as JSON."""
     t0 = time.perf_counter()
-    from geofg import pipeline
     from geofg.config import build_job
     from geofg.models.predictor import load_predictor
     from geofg.run import run_job
@@ -39,27 +35,9 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "runner": {"compute_streams": streams},
     })
     marks: dict[str, float] = {}
-    stages = dict.fromkeys(("normalise", "forward", "layers"), 0.0)
-
-    lock = threading.Lock()
-
-    def timed(stage: str, fn):  # noqa: ANN001, ANN202
-        def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                with lock:  # compute streams call these from several threads
-                    stages[stage] += time.perf_counter() - t
-        return wrapper
-
-    pipeline.normalise = timed("normalise", pipeline.normalise)
-    pipeline.layers_from_probs = timed("layers", pipeline.layers_from_probs)
 
     def factory(p):  # noqa: ANN001, ANN202
-        pred = load_predictor(p.model_path, p.job.model.device, compile=compile_)
-        pred.predict = timed("forward", pred.predict)
-        return pred
+        return load_predictor(p.model_path, p.job.model.device, compile=compile_)
 
     def on_progress(done: int, total: int, km2: float) -> None:
         now = time.perf_counter()
@@ -74,10 +52,10 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
     t1 = time.perf_counter()
     p = result.plan
     prof = result.profile
-    split = {"read": prof.get("read", 0.0), **stages}
-    split["tile+blend"] = max(0.0, prof.get("compute", 0.0) - sum(stages.values()))
-    split["write"] = prof.get("write", 0.0)
-    split = {k: split[k] for k in ("read", "normalise", "forward", "tile+blend", "layers", "write")}
+    # the runner's own profile: reader (read, normalise), compute (forward, blend), writer
+    # (layers, write); seconds summed over units and threads
+    split = {k: prof.get(k, 0.0) for k in ("read", "normalise", "forward", "blend", "layers", "write")}
+    split["tile+blend"] = split.pop("blend")
     gpu_peak_mb = None
     if device.startswith("cuda"):
         import torch

@@ -90,27 +90,28 @@ def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN0
 
 
 def print_profile(console: Console, prof: dict[str, float]) -> None:
-    """Print seconds per stage, the parts of compute indented under it with their share."""
+    """Print seconds per stage and the thread it runs on, compute's parts indented with their share."""
     from geofg.runners.local import Profile
 
     parts = Profile.COMPUTE_PARTS
     t = Table(title="profile (seconds, summed over units and threads)")
     t.add_column("stage")
+    t.add_column("thread")
     t.add_column("seconds", justify="right")
     t.add_column("share", justify="right")
     compute = prof.get("compute", 0.0)
     for k, v in prof.items():
         if k in parts:
             continue
-        t.add_row(k, f"{v:.2f}", "")
+        t.add_row(k, Profile.THREADS.get(k, ""), f"{v:.2f}", "")
         if k == "compute":
             for part in parts:
                 if part in prof:
                     share = f"{100 * prof[part] / compute:.0f} %" if compute > 0 else "-"
-                    t.add_row(f"  {part}", f"{prof[part]:.2f}", share)
+                    t.add_row(f"  {part}", "", f"{prof[part]:.2f}", share)
     console.print(t)
     busy = sum(v for k, v in prof.items() if not k.startswith("wait") and k not in parts)
-    console.print(f"busy total {busy:.2f} s (reads and writes overlap compute on their own threads)")
+    console.print(f"busy total {busy:.2f} s (reader, compute and writer threads overlap)")
 
 
 def describe_mosaic(path: Path) -> dict:

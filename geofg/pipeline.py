@@ -309,31 +309,61 @@ Timer = Callable[[str, float], None]
 """Receives (stage, seconds): normalise, forward, blend (tiling and blending), layers."""
 
 
+def _no_timer(stage: str, seconds: float) -> None:
+    pass
+
+
+def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
+                 timer: Timer | None = None) -> np.ndarray | None:
+    """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel."""
+    core = unit.core.relative_to(unit.read)
+    if not valid[core].any():
+        return None
+    t = time.perf_counter()
+    x = normalise(data, valid, p.card.scale, p.card.mean, p.card.std)
+    (timer or _no_timer)("normalise", time.perf_counter() - t)
+    return x
+
+
+def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
+               timer: Timer | None = None) -> np.ndarray:
+    """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input."""
+    timed = _TimedPredictor(predictor)
+    t = time.perf_counter()
+    probs = predict_window(
+        x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
+    )
+    timer = timer or _no_timer
+    timer("forward", timed.forward)
+    timer("blend", time.perf_counter() - t - timed.forward)
+    return probs
+
+
+def finish_unit(unit: WorkUnit, probs: np.ndarray, data: np.ndarray, valid: np.ndarray, p: Plan,
+                timer: Timer | None = None) -> UnitOutput:
+    """The unit's layers and statistics from its window's probabilities and raw data."""
+    core = unit.core.relative_to(unit.read)
+    t = time.perf_counter()
+    layers, stats = layers_from_probs(
+        probs[(slice(None), *core)], data[(slice(None), *core)], valid[core], p.card
+    )
+    (timer or _no_timer)("layers", time.perf_counter() - t)
+    return UnitOutput(layers, stats)
+
+
 def process_unit(
     unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
     timer: Timer | None = None,
 ) -> UnitOutput:
     """Process one unit from its read window's data (C, H, W) and validity (H, W).
 
-    ``timer``, when given, receives the seconds of each compute stage (``geofg classify --profile``).
+    The three stages in one call; the local runner runs them on its reader, compute and writer
+    threads instead. ``timer``, when given, receives the seconds of each compute stage
+    (``geofg classify --profile``).
     """
-    core = unit.core.relative_to(unit.read)
-    core_valid = valid[core]
-    if not core_valid.any():
+    x = prepare_unit(unit, data, valid, p, timer)
+    if x is None:
         return UnitOutput(None, {"valid_px": 0})
-    card = p.card
-    timed = _TimedPredictor(predictor)
-    t0 = time.perf_counter()
-    x = normalise(data, valid, card.scale, card.mean, card.std)
-    t1 = time.perf_counter()
-    probs = predict_window(
-        x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
-    )
-    t2 = time.perf_counter()
-    layers, stats = layers_from_probs(probs[(slice(None), *core)], data[(slice(None), *core)], core_valid, card)
-    if timer is not None:
-        timer("normalise", t1 - t0)
-        timer("forward", timed.forward)
-        timer("blend", t2 - t1 - timed.forward)
-        timer("layers", time.perf_counter() - t2)
-    return UnitOutput(layers, stats)
+    probs = infer_unit(x, valid, predictor, p, timer)
+    del x
+    return finish_unit(unit, probs, data, valid, p, timer)

@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 from geofg.config import build_job
+from geofg.errors import RunFailedUnitsError
 from geofg.grid import plan_units
 from geofg.io.ledger import Ledger
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, open_raster
@@ -174,3 +175,45 @@ def test_torch_predictor_divides_its_threads_between_streams_and_restores_them()
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_streams_default_to_one_where_the_heap_is_reused(tmp_path: Path, scene, monkeypatch) -> None:
+    import geofg.runners.local as local
+
+    inp, bundle = scene
+    made = []
+
+    def make(p):  # noqa: ANN001, ANN202
+        made.append(CountingPredictor(p.card, offer=2))
+        return made[-1]
+
+    monkeypatch.setattr(local, "heap_reused", lambda: True)
+    run_job(_job(inp, tmp_path / "o.zarr", bundle), predictor_factory=make)
+    assert made[0].asked == [1] and made[0].peak == 1
+    run_job(_job(inp, tmp_path / "o2.zarr", bundle, compute_streams=2), predictor_factory=make)
+    assert made[1].asked == [2]  # an explicit choice is kept
+
+
+def test_a_unit_whose_layers_fail_is_recorded_failed_and_the_rest_complete(
+    tmp_path: Path, scene, monkeypatch
+) -> None:
+    import geofg.pipeline as pipeline
+
+    inp, bundle = scene
+    real = pipeline.layers_from_probs
+    calls = []
+
+    def flaky(probs, raw, valid, card):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("layers broke")
+        return real(probs, raw, valid, card)
+
+    monkeypatch.setattr(pipeline, "layers_from_probs", flaky)
+    out = tmp_path / "o.zarr"
+    with pytest.raises(RunFailedUnitsError, match=r"1 of 20 units failed: .*ValueError: layers broke"):
+        run_job(_job(inp, out, bundle), predictor_factory=lambda p: ThresholdPredictor(p.card))
+    recs = Ledger(out / ".geofg").load()
+    failed = [r for r in recs.values() if r.status == "failed"]
+    assert len(recs) == 20 and len(failed) == 1
+    assert failed[0].error == "ValueError: layers broke"

@@ -7,12 +7,17 @@
   shares with the unit above it and with the one to its left are decoded once, not two or three
   times (measured: 238 -> 99 ms of decoding per 1152² unit of a 13-band deflate GeoTIFF, see
   docs/performance.md).
-* **Compute** runs in ``streams`` threads at once. Each thread calls ``predictor.predict`` on its
-  own unit. On CPU a torch predictor divides its intra-op threads between the streams: two
-  single-threaded forwards on two cores outrun one two-threaded forward (see
-  docs/performance.md). On CUDA, and for predictors without a ``streams`` hook (ONNX), there is
-  one stream.
-* **Writes** (zarr chunks, then the ledger record) run on one writer thread, at most two units queued.
+* **The stages of a unit run on different threads**, so they overlap: the reader also normalises
+  (:func:`~geofg.pipeline.prepare_unit`), the compute threads only run the model and blend
+  (:func:`~geofg.pipeline.infer_unit`), and the writer turns probabilities into layers
+  (:func:`~geofg.pipeline.finish_unit`) before writing the zarr chunks and then the ledger record,
+  at most two units queued.
+* **Compute** runs in ``streams`` threads at once, each calling ``predictor.predict`` on its own
+  unit. Without a choice (``runner.compute_streams`` None): one stream with all of torch's
+  threads where the heap is reused (the ``geofg`` command, :func:`geofg.memory.reuse_heap`:
+  two streams interleaving their activations in one heap fragment it, and peak RSS crept up
+  with the raster); otherwise the predictor's choice, which on CPU is one single-threaded stream
+  per torch thread. On CUDA, and for predictors without a ``streams`` hook (ONNX), one stream.
 
 Memory is bounded by ``max(prefetch, read_workers) + streams + 3`` units in flight plus GDAL's
 block cache (two units' blocks per reader, at most :data:`GDAL_CACHE_MAX_BYTES`), whatever the
@@ -37,20 +42,27 @@ from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
 from geofg.io.sink import UnitSink
-from geofg.memory import trim_heap
-from geofg.pipeline import Plan, Predictor, UnitOutput, process_unit
+from geofg.memory import heap_reused, trim_heap
+from geofg.pipeline import Plan, Predictor, UnitOutput, finish_unit, infer_unit, prepare_unit
 
 log = logging.getLogger(__name__)
 
 OnUnit = Callable[[UnitRecord], None]
+_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""A unit's raw data, validity and model input (None: no valid pixel in its core)."""
+_Computed = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""A unit's raw data, validity and probabilities (None: nothing to predict)."""
 _UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 class Profile:
     """Seconds spent per stage, summed over units and threads (thread-safe)."""
 
-    STAGES = ("read", "wait_read", "compute", "write", "wait_write")
-    COMPUTE_PARTS = ("normalise", "forward", "blend", "layers")
+    STAGES = ("read", "normalise", "wait_read", "compute", "layers", "write", "wait_write")
+    THREADS = {"read": "reader", "normalise": "reader", "wait_read": "compute", "compute": "compute",
+               "layers": "writer", "write": "writer", "wait_write": "main"}
+    """The thread each stage runs on."""
+    COMPUTE_PARTS = ("forward", "blend")
     """Parts of ``compute`` (not added to totals a second time)."""
 
     def __init__(self) -> None:
@@ -107,6 +119,8 @@ def compute_streams(predictor: Predictor, want: int | None) -> Iterator[int]:
     ``want`` None lets the predictor choose (a torch CPU predictor: one per intra-op thread).
     """
     hook: Any = getattr(predictor, "streams", None)
+    if want is None and heap_reused():
+        want = 1  # streams interleaving their activations in one reused heap fragment it
     if hook is None:
         yield 1
         return
@@ -132,8 +146,8 @@ def run_local(
     handles_lock = threading.Lock()
     rpools = [ThreadPoolExecutor(1, thread_name_prefix=f"geofg-read{k}") for k in range(n_readers)]
 
-    def read(k: int, unit: WorkUnit) -> tuple[np.ndarray, np.ndarray]:
-        """Read on reader thread ``k`` with its own handle (opened there on first use)."""
+    def read(k: int, unit: WorkUnit) -> _Read:
+        """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
         reader = handles.get(k)
         if reader is None:
             reader = RasterReader(p.info, p.band_indices)
@@ -141,27 +155,42 @@ def run_local(
             with handles_lock:
                 handles[k] = reader
         t = time.perf_counter()
-        out = reader.read(unit.read)
+        data, valid = reader.read(unit.read)
         prof.add("read", time.perf_counter() - t)
-        return out
+        return data, valid, prepare_unit(unit, data, valid, p, prof.add)
 
-    def compute(unit: WorkUnit, k: int, fut: Future) -> UnitOutput:
+    def compute(unit: WorkUnit, k: int, fut: Future) -> _Computed:
         t = time.perf_counter()
         again = lambda: rpools[k].submit(read, k, unit).result()  # noqa: E731 - same reader thread
-        data, valid = _result_with_retry(fut, again, cfg.max_attempts)
+        data, valid, x = _result_with_retry(fut, again, cfg.max_attempts)
         prof.add("wait_read", time.perf_counter() - t)
+        if x is None:
+            return data, valid, None
         t = time.perf_counter()
-        out = process_unit(unit, data, valid, predictor, p, prof.add)
-        del data, valid
+        probs = infer_unit(x, valid, predictor, p, prof.add)
+        del x
         trim_heap()
         prof.add("compute", time.perf_counter() - t)
-        return out
+        return data, valid, probs
 
-    def write(unit: WorkUnit, out: UnitOutput, attempt: int) -> UnitRecord:
+    def write(unit: WorkUnit, computed: _Computed, attempt: int) -> UnitRecord:
+        """Layers from the probabilities, then the chunks and the ledger record (writer thread)."""
+        data, valid, probs = computed
+        del computed
+        try:
+            out = (UnitOutput(None, {"valid_px": 0}) if probs is None
+                   else finish_unit(unit, probs, data, valid, p, prof.add))  # fmt: skip
+        except _UNIT_ERRORS as e:
+            return _failed(unit, e, attempt)
+        del data, valid, probs
         t = time.perf_counter()
         rec = sink.done(unit, out.layers, out.stats, attempt)
         prof.add("write", time.perf_counter() - t)
         return rec
+
+    def _failed(unit: WorkUnit, e: BaseException, attempt: int) -> UnitRecord:
+        log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
+        return sink.failed(unit, f"{type(e).__name__}: {e}".splitlines()[0], attempt)
 
     order = deque(reader_order(units, n_readers))
     ahead = max(cfg.prefetch, n_readers)  # reads queued beyond the units being computed
@@ -194,9 +223,8 @@ def run_local(
                 try:
                     out = fut.result()
                 except _UNIT_ERRORS as e:
-                    log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
                     drain(0)
-                    on_unit(sink.failed(unit, f"{type(e).__name__}: {e}".splitlines()[0], attempt))
+                    on_unit(_failed(unit, e, attempt))
                     return
                 writes.append(wpool.submit(write, unit, out, attempt))
                 drain(2)
