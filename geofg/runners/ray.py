@@ -87,7 +87,7 @@ from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
 from geofg.io.sink import UnitSink
 from geofg.models.bundle import bundle_sha256
-from geofg.pipeline import Plan, Predictor, process_unit
+from geofg.pipeline import Plan, Predictor, UnitOutput, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
 from geofg.runners.local import _result_with_retry
 
@@ -124,6 +124,7 @@ QUEUED_PER_ACTOR = 2
 WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 
 STAGES = ("read", "wait_read", "compute", "write")
+"""Seconds an actor reports per unit: read includes normalising (on the read thread)."""
 _RESOLVE_TIMEOUT_S = 60.0  # a dead actor's other calls resolve (with an error) well within this
 _MAX_PREFETCHED = 4
 
@@ -185,8 +186,11 @@ class UnitWorker:
         """Return the actor's process id (tests kill it with it)."""
         return os.getpid()
 
-    def _read(self, unit: WorkUnit) -> tuple[Any, Any, float]:
-        """Read a unit's window on a read thread, with that thread's own reader."""
+    def _read(self, unit: WorkUnit) -> tuple[Any, Any, Any, float]:
+        """Read and normalise a unit's window on a read thread, with that thread's own reader.
+
+        Normalising here keeps it off the thread that drives the device.
+        """
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = self._local.reader = RasterReader(self._plan.info, self._plan.band_indices)
@@ -194,7 +198,8 @@ class UnitWorker:
                 self._readers.append(reader)
         t = time.perf_counter()
         data, valid = reader.read(unit.read)
-        return data, valid, time.perf_counter() - t
+        x = prepare_unit(unit, data, valid, self._plan)
+        return data, valid, x, time.perf_counter() - t
 
     def _read_async(self, unit: WorkUnit) -> Future:
         return self._reads.submit(self._read, unit)
@@ -216,11 +221,18 @@ class UnitWorker:
         try:
             t = time.perf_counter()
             again = lambda u=unit: self._read_async(u).result()  # noqa: E731
-            data, valid, seconds["read"] = _result_with_retry(fut, again,
-                                                              self._plan.job.runner.max_attempts)
+            data, valid, x, seconds["read"] = _result_with_retry(
+                fut, again, self._plan.job.runner.max_attempts
+            )
             seconds["wait_read"] = time.perf_counter() - t
             t = time.perf_counter()
-            out = process_unit(unit, data, valid, self._predictor, self._plan)
+            if x is None:
+                out = UnitOutput(None, {"valid_px": 0})
+            else:
+                probs = infer_unit(x, valid, self._predictor, self._plan)
+                del x
+                out = finish_unit(unit, probs, data, valid, self._plan)
+                del probs
             seconds["compute"] = time.perf_counter() - t
             del data, valid
             t = time.perf_counter()
