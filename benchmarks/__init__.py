@@ -1,6 +1,6 @@
 """geofg benchmarks (run by hand; see benchmarks/README.md).
 
-Every benchmark process allocates memory as the ``geofg`` command does (one reused heap,
+Every benchmark process allocates memory as ``geofg classify`` does (one reused heap,
 :func:`geofg.memory.reuse_heap`, before torch loads), so the bare forward, geofg and the baseline
 are measured under the same allocator.
 """

@@ -7,7 +7,7 @@ switch only take effect before the first thread and the first allocation:
 
 * ``glibc``: glibc's defaults (``GEOFG_MALLOC_REUSE=0``, ``THP_MEM_ALLOC_ENABLE=0``);
 * ``thp``: torch backs its large buffers with transparent huge pages (what ``import geofg`` sets);
-* ``reuse``: one reused heap (:func:`geofg.memory.reuse_heap`, what the ``geofg`` command does).
+* ``reuse``: one reused heap (:func:`geofg.memory.reuse_heap`, what ``geofg classify`` does).
 
 For each, one stream with all torch threads and as many single-threaded streams as threads.
 """

@@ -11,7 +11,8 @@ import os
 # set before its first allocation (it is read once). A CNN forward allocates and frees its
 # activations every call; with 4 KiB pages each one page-faults again (measured: 20x the faults,
 # half the forward speed on the 2-core VM, docs/performance.md). Set it to 0 to opt out. The
-# geofg command reuses one heap instead (geofg.memory.reuse_heap) and turns this off again.
+# geofg classify/segment/scan commands reuse one heap instead (geofg.memory.reuse_heap) and
+# turn this off again.
 THP_DEFAULTED = "THP_MEM_ALLOC_ENABLE" not in os.environ
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

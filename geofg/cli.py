@@ -717,11 +717,17 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """geofg."""
 
 
+_TILE_COMMANDS = frozenset({"classify", "segment", "scan"})
+"""Commands that run the tile pipeline: they reuse one heap (docs/performance.md, section 0)."""
+
+
 def main() -> None:
     """Console-script entry point."""
-    from geofg.memory import reuse_heap
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command in _TILE_COMMANDS:
+        from geofg.memory import reuse_heap
 
-    reuse_heap()  # before torch, GDAL or any thread starts
+        reuse_heap()  # before torch, GDAL or any thread starts
     app(prog_name="geofg")
 
 

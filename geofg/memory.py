@@ -5,10 +5,13 @@ normalisation add tens of MB per unit. glibc serves blocks over its mmap thresho
 32 MiB) with fresh ``mmap`` calls and unmaps them on free, so every unit page-faults all of that
 memory in again: on the 2-core VM a third of the CPU went to the kernel (docs/performance.md).
 
-* :func:`reuse_heap` (the ``geofg`` command calls it at start-up, before any thread exists):
+* :func:`reuse_heap` (``geofg classify``, ``segment`` and ``scan`` call it at start-up, before
+  any thread exists; training and the other commands keep glibc's defaults):
   every allocation comes from one heap that is never unmapped or trimmed, so a unit reuses the
-  pages the previous one freed. Peak RSS is the high-water mark of the units in flight, which
-  does not grow with the raster. ``GEOFG_MALLOC_REUSE=0`` turns it off.
+  pages the previous one freed. With one compute stream (the local runner's default then), peak
+  RSS is the high-water mark of the units in flight and does not grow with the raster; two
+  streams interleaving their activations fragment the heap. ``GEOFG_MALLOC_REUSE=0`` turns it
+  off.
 * :func:`trim_heap` otherwise (library use, Ray workers): ``malloc_trim(0)`` after each unit
   returns free pages, so peak RSS follows the units in flight rather than the per-thread heaps'
   accumulated high-water marks. ``GEOFG_MALLOC_TRIM=0`` turns it off. It does nothing while the

@@ -112,3 +112,27 @@ def test_reused_heap_serves_the_next_unit_without_faulting_its_pages_in(env: dic
         assert applied and not trimmed  # trimming would hand the reused pages back
         assert faults < pages / 100
         assert thp == env.get("THP_MEM_ALLOC_ENABLE", "0")  # geofg's default off, the user's kept
+
+
+CLI = """
+import sys
+from geofg import cli, memory
+sys.argv = ["geofg", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit:
+    pass
+print("REUSED", memory.heap_reused())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize(("args", "reused"), [
+    (["classify", "--help"], True), (["scan", "--help"], True), (["models", "list"], False),
+    (["--version"], False),
+])
+def test_the_command_reuses_the_heap_only_for_tile_pipeline_commands(args: list[str], reused: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOFG_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert f"REUSED {reused}" in out

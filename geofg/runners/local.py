@@ -14,7 +14,7 @@
   at most two units queued.
 * **Compute** runs in ``streams`` threads at once, each calling ``predictor.predict`` on its own
   unit. Without a choice (``runner.compute_streams`` None): one stream with all of torch's
-  threads where the heap is reused (the ``geofg`` command, :func:`geofg.memory.reuse_heap`:
+  threads where the heap is reused (``geofg classify``, :func:`geofg.memory.reuse_heap`:
   two streams interleaving their activations in one heap fragment it, and peak RSS crept up
   with the raster); otherwise the predictor's choice, which on CPU is one single-threaded stream
   per torch thread. On CUDA, and for predictors without a ``streams`` hook (ONNX), one stream.
