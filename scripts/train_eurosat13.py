@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from geofg.models.bundle import write_bundle
     from geofg.models.predictor import load_predictor
-    from geofg.models.registry import BUNDLE_DIR, MANIFEST_PATH
+    from geofg.models.registry import publish_bundle
     from geofg.models.train import (
         EUROSAT_BANDS,
         EUROSAT_CLASSES,
@@ -55,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_chips,
         export_tensors,
         load_eurosat,
+        run_summary,
         spectral_baseline,
         train_classifier,
     )
@@ -138,20 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": "EuroSAT-MS subset (Sentinel-2 L1C, 13 bands, 64x64 px), labels.csv splits",
         "splits": sizes,
         "normalisation": "per-band mean/std of reflectance (DN * 1e-4) over the train split only",
-        "epochs": cfg.epochs,
-        "steps": record["steps"],
-        "seed": cfg.seed,
-        "threads": cfg.threads,
-        "train_seconds": record["train_seconds"],
-        "wall_seconds": wall,
-        "val_history": record["val_history"],
-        "best_epoch": record["best_epoch"],
         "fusion": fusion,
-        "config": record["config"],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "weights_dtype": "float16 (cast to float32 on load)",
+        **run_summary(cfg, record, wall),
     }
     final = card.model_copy(update={
         "training": training,
@@ -160,15 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.date.today().isoformat(),
     })
     final = type(card)(**final.model_dump())  # re-validate
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sha = write_bundle(args.out, tensors, final)
-    size = args.out.stat().st_size
-    print(f"wrote {args.out} ({size / 1e6:.2f} MB) sha256 {sha}", flush=True)
-    if args.out.resolve().parent == BUNDLE_DIR.resolve():
-        entries = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {}
-        entries[args.out.stem] = sha
-        MANIFEST_PATH.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-        print(f"updated {MANIFEST_PATH}", flush=True)
+    sha, pinned = publish_bundle(args.out, tensors, final)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) sha256 {sha}"
+          f"{', pinned in MANIFEST.json' if pinned else ''}", flush=True)
     print(f"wall time {wall:.0f} s", flush=True)
     return 0
 

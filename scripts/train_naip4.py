@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     from geofg.models.features import fit_fusion, spectral_baseline
     from geofg.models.predictor import load_predictor
     from geofg.models.radiometry import band_quantiles, fit_quantile_map
-    from geofg.models.registry import BUNDLE_DIR, MANIFEST_PATH
+    from geofg.models.registry import publish_bundle
     from geofg.models.train import (
         CROP_CLASSES,
         EUROSAT_BANDS,
@@ -139,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         export_tensors,
         load_eurosat,
         normalise,
+        run_summary,
         train_classifier,
     )
 
@@ -268,32 +267,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "input": "NAIP R,G,B,NIR uint8 DN as delivered, on a 10 m grid (average resampling); bands "
                  "named R,G,B,NIR (e.g. a scan's inbox.bands) or unnamed in that order",
         "init": init_record or "scratch (random weights)",
-        "epochs": cfg.epochs,
-        "steps": record["steps"],
-        "seed": cfg.seed,
-        "threads": cfg.threads,
-        "train_seconds": record["train_seconds"],
-        "wall_seconds": wall,
-        "val_history": record["val_history"],
-        "best_epoch": record["best_epoch"],
         "fusion": fusion,
-        "config": record["config"],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "weights_dtype": "float16 (cast to float32 on load)",
+        **run_summary(cfg, record, wall),
     }
     final = card.model_copy(update={"training": training, "metrics": metrics,
                                     "made_by": f"scripts/train_naip4.py: {command}",
                                     "created": dt.date.today().isoformat()})
     final = type(card)(**final.model_dump())
-    sha = write_bundle(args.out, tensors, final)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) sha256 {sha}", flush=True)
-    if args.out.resolve().parent == BUNDLE_DIR.resolve():
-        entries = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {}
-        entries[final.name] = sha
-        MANIFEST_PATH.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-        print(f"updated {MANIFEST_PATH}", flush=True)
+    sha, pinned = publish_bundle(args.out, tensors, final)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) sha256 {sha}"
+          f"{', pinned in MANIFEST.json' if pinned else ''}", flush=True)
     print(f"wall time {wall:.0f} s", flush=True)
     return 0
 

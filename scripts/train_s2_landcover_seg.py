@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from geofg.io.read import open_raster
     from geofg.models.bundle import load_tensors, read_card, write_bundle
-    from geofg.models.registry import BUNDLE_DIR, MANIFEST_PATH, resolve_model
+    from geofg.models.registry import publish_bundle, resolve_model
     from geofg.models.seg_eval import evaluate_segmentation, write_seg_report
     from geofg.models.seg_labels import load_labels, region_window
     from geofg.models.segment import SegTrainConfig, train_segmenter_bundle
@@ -270,13 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             "training": training, "metrics": metrics,
             "made_by": "scripts/train_s2_landcover_seg.py (geofg.models.segment)"})
         final = type(card)(**final.model_dump())
-        sha = write_bundle(args.bundle, load_tensors(src), final)
-        print(f"wrote {args.bundle} (sha256 {sha})", flush=True)
-        if args.bundle.resolve().parent == BUNDLE_DIR.resolve():
-            entries = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {}
-            entries[final.name] = sha
-            MANIFEST_PATH.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-            print(f"updated {MANIFEST_PATH}", flush=True)
+        sha, pinned = publish_bundle(args.bundle, load_tensors(src), final)
+        print(f"wrote {args.bundle} (sha256 {sha}){', pinned in MANIFEST.json' if pinned else ''}",
+              flush=True)
     return 0
 
 

@@ -18,7 +18,13 @@ import os
 from pathlib import Path
 
 from geofg.errors import ModelError, UnknownModelError, WeightsError
-from geofg.models.bundle import BUNDLE_SUFFIX, PICKLED_SUFFIXES, read_card, verify_checksum
+from geofg.models.bundle import (
+    BUNDLE_SUFFIX,
+    PICKLED_SUFFIXES,
+    read_card,
+    verify_checksum,
+    write_bundle,
+)
 from geofg.models.card import ModelCard
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "list_models",
     "manifest",
     "model_dirs",
+    "publish_bundle",
     "read_model_card",
     "resolve_model",
 ]
@@ -68,6 +75,22 @@ def manifest() -> dict[str, str]:
             f"{MANIFEST_PATH}: expected a JSON object name -> sha256; reinstall geofg"
         )
     return data
+
+
+def publish_bundle(path: Path, tensors: dict, card: ModelCard) -> tuple[str, bool]:
+    """Write a bundle; return its sha256 and whether it was pinned in ``MANIFEST.json``.
+
+    A bundle written into :data:`BUNDLE_DIR` is pinned under its file stem, the key
+    :func:`resolve_model` verifies shipped bundles against (the training scripts use this).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sha = write_bundle(path, tensors, card)
+    shipped = path.resolve().parent == BUNDLE_DIR.resolve()
+    if shipped:
+        entries = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {}
+        entries[path.stem] = sha
+        MANIFEST_PATH.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    return sha, shipped
 
 
 def list_models() -> list[tuple[Path, ModelCard]]:

@@ -487,6 +487,21 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, steps_done: int, de
             be.copy_(bm)
 
 
+def run_summary(cfg: TrainConfig, record: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+    """The fields a training script records in a card's ``training`` to make its run repeatable."""
+    import os
+    import platform
+
+    return {
+        "epochs": cfg.epochs, "steps": record["steps"], "seed": cfg.seed, "threads": cfg.threads,
+        "train_seconds": record["train_seconds"], "wall_seconds": wall_seconds,
+        "val_history": record["val_history"], "best_epoch": record["best_epoch"],
+        "config": record["config"], "torch": torch.__version__,
+        "python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "weights_dtype": "float16 (cast to float32 on load)",
+    }
+
+
 def export_tensors(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Return the model's state dict as numpy, floating tensors stored as float16."""
     out = {}

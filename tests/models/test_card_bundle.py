@@ -310,3 +310,23 @@ def test_importing_models_does_not_import_torch() -> None:
             "geofg.models.card; geofg.models.list_models(); "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_publish_pins_bundles_written_into_the_shipped_folder_only(tmp_path: Path, monkeypatch) -> None:
+    shipped = tmp_path / "bundles"
+    shipped.mkdir()
+    manifest = shipped / "MANIFEST.json"
+    manifest.write_text(json.dumps({"other": "1" * 64}))
+    monkeypatch.setattr(registry, "BUNDLE_DIR", shipped)
+    monkeypatch.setattr(registry, "MANIFEST_PATH", manifest)
+
+    sha, pinned = registry.publish_bundle(shipped / "toy-v2.safetensors", toy_tensors(),
+                                          ModelCard(**card_kwargs()))
+    assert pinned and registry.manifest() == {"other": "1" * 64, "toy-v2": sha}  # keyed by stem
+    verify_checksum(shipped / "toy-v2.safetensors", sha)
+
+    sha2, pinned2 = registry.publish_bundle(tmp_path / "elsewhere" / "toy.safetensors", toy_tensors(),
+                                            ModelCard(**card_kwargs()))
+    assert not pinned2 and (tmp_path / "elsewhere" / "toy.safetensors").exists()
+    assert "toy" not in registry.manifest()
+    assert sha2 == sha  # same tensors and card
