@@ -72,18 +72,9 @@ def heap_reused() -> bool:
     return _reusing
 
 
-_calls = 0
-
-
 def trim_heap() -> bool:
     """Return freed heap pages to the OS; False where this is not glibc, turned off or reusing."""
-    global _calls
-    if _LIBC is None or os.environ.get("GEOFG_MALLOC_TRIM", "1") == "0":
+    if _LIBC is None or _reusing or os.environ.get("GEOFG_MALLOC_TRIM", "1") == "0":
         return False
-    if _reusing:
-        _calls += 1
-        every = int(os.environ.get("GEOFG_REUSE_TRIM_EVERY", "0"))
-        if not every or _calls % every:
-            return False
     _LIBC.malloc_trim(0)
     return True

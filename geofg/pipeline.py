@@ -314,56 +314,63 @@ def _no_timer(stage: str, seconds: float) -> None:
 
 
 def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
-                 timer: Timer | None = None) -> np.ndarray | None:
+                 timer: Timer = _no_timer) -> np.ndarray | None:
     """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel."""
     core = unit.core.relative_to(unit.read)
     if not valid[core].any():
         return None
     t = time.perf_counter()
     x = normalise(data, valid, p.card.scale, p.card.mean, p.card.std)
-    (timer or _no_timer)("normalise", time.perf_counter() - t)
+    timer("normalise", time.perf_counter() - t)
     return x
 
 
 def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
-               timer: Timer | None = None) -> np.ndarray:
+               timer: Timer = _no_timer) -> np.ndarray:
     """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input."""
     timed = _TimedPredictor(predictor)
     t = time.perf_counter()
     probs = predict_window(
         x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
     )
-    timer = timer or _no_timer
     timer("forward", timed.forward)
     timer("blend", time.perf_counter() - t - timed.forward)
     return probs
 
 
-def finish_unit(unit: WorkUnit, probs: np.ndarray, data: np.ndarray, valid: np.ndarray, p: Plan,
-                timer: Timer | None = None) -> UnitOutput:
-    """The unit's layers and statistics from its window's probabilities and raw data."""
+def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
+                p: Plan, timer: Timer = _no_timer) -> UnitOutput:
+    """The unit's layers and statistics from its window's probabilities and raw data.
+
+    ``probs`` None (nothing was predicted: no valid pixel in the core) gives an empty output.
+    """
+    if probs is None:
+        return UnitOutput(None, {"valid_px": 0})
     core = unit.core.relative_to(unit.read)
     t = time.perf_counter()
     layers, stats = layers_from_probs(
         probs[(slice(None), *core)], data[(slice(None), *core)], valid[core], p.card
     )
-    (timer or _no_timer)("layers", time.perf_counter() - t)
+    timer("layers", time.perf_counter() - t)
     return UnitOutput(layers, stats)
 
 
 def process_unit(
     unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
-    timer: Timer | None = None,
+    timer: Timer = _no_timer,
 ) -> UnitOutput:
     """Process one unit from its read window's data (C, H, W) and validity (H, W).
 
     The three stages in one call; the local runner runs them on its reader, compute and writer
-    threads instead. ``timer``, when given, receives the seconds of each compute stage
-    (``geofg classify --profile``).
+    threads instead. ``timer`` receives the seconds of each stage (``geofg classify --profile``).
     """
     x = prepare_unit(unit, data, valid, p, timer)
-    if x is None:
-        return UnitOutput(None, {"valid_px": 0})
-    probs = infer_unit(x, valid, predictor, p, timer)
+    return predict_unit(unit, x, data, valid, predictor, p, timer)
+
+
+def predict_unit(unit: WorkUnit, x: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
+                 predictor: Predictor, p: Plan, timer: Timer = _no_timer) -> UnitOutput:
+    """:func:`infer_unit` then :func:`finish_unit` on :func:`prepare_unit`'s output ``x``."""
+    probs = None if x is None else infer_unit(x, valid, predictor, p, timer)
     del x
     return finish_unit(unit, probs, data, valid, p, timer)

@@ -43,25 +43,24 @@ from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
 from geofg.io.sink import UnitSink
 from geofg.memory import heap_reused, trim_heap
-from geofg.pipeline import Plan, Predictor, UnitOutput, finish_unit, infer_unit, prepare_unit
+from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 
 log = logging.getLogger(__name__)
 
 OnUnit = Callable[[UnitRecord], None]
-_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
-"""A unit's raw data, validity and model input (None: no valid pixel in its core)."""
-_Computed = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
-"""A unit's raw data, validity and probabilities (None: nothing to predict)."""
+_Stage = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""A unit between stages: raw data, validity, and the model input (after the reader) or the
+probabilities (after compute); None when its core has no valid pixel."""
 _UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 class Profile:
     """Seconds spent per stage, summed over units and threads (thread-safe)."""
 
-    STAGES = ("read", "normalise", "wait_read", "compute", "layers", "write", "wait_write")
     THREADS = {"read": "reader", "normalise": "reader", "wait_read": "compute", "compute": "compute",
                "layers": "writer", "write": "writer", "wait_write": "main"}
-    """The thread each stage runs on."""
+    """Each stage, in pipeline order, and the thread it runs on."""
+    STAGES = tuple(THREADS)
     COMPUTE_PARTS = ("forward", "blend")
     """Parts of ``compute`` (not added to totals a second time)."""
 
@@ -146,7 +145,7 @@ def run_local(
     handles_lock = threading.Lock()
     rpools = [ThreadPoolExecutor(1, thread_name_prefix=f"geofg-read{k}") for k in range(n_readers)]
 
-    def read(k: int, unit: WorkUnit) -> _Read:
+    def read(k: int, unit: WorkUnit) -> _Stage:
         """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
         reader = handles.get(k)
         if reader is None:
@@ -159,7 +158,7 @@ def run_local(
         prof.add("read", time.perf_counter() - t)
         return data, valid, prepare_unit(unit, data, valid, p, prof.add)
 
-    def compute(unit: WorkUnit, k: int, fut: Future) -> _Computed:
+    def compute(unit: WorkUnit, k: int, fut: Future) -> _Stage:
         t = time.perf_counter()
         again = lambda: rpools[k].submit(read, k, unit).result()  # noqa: E731 - same reader thread
         data, valid, x = _result_with_retry(fut, again, cfg.max_attempts)
@@ -173,13 +172,12 @@ def run_local(
         prof.add("compute", time.perf_counter() - t)
         return data, valid, probs
 
-    def write(unit: WorkUnit, computed: _Computed, attempt: int) -> UnitRecord:
+    def write(unit: WorkUnit, computed: _Stage, attempt: int) -> UnitRecord:
         """Layers from the probabilities, then the chunks and the ledger record (writer thread)."""
         data, valid, probs = computed
         del computed
         try:
-            out = (UnitOutput(None, {"valid_px": 0}) if probs is None
-                   else finish_unit(unit, probs, data, valid, p, prof.add))  # fmt: skip
+            out = finish_unit(unit, probs, data, valid, p, prof.add)
         except _UNIT_ERRORS as e:
             return _failed(unit, e, attempt)
         del data, valid, probs

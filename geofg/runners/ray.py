@@ -87,7 +87,7 @@ from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
 from geofg.io.sink import UnitSink
 from geofg.models.bundle import bundle_sha256
-from geofg.pipeline import Plan, Predictor, UnitOutput, finish_unit, infer_unit, prepare_unit
+from geofg.pipeline import Plan, Predictor, predict_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
 from geofg.runners.local import _result_with_retry
 
@@ -226,13 +226,8 @@ class UnitWorker:
             )
             seconds["wait_read"] = time.perf_counter() - t
             t = time.perf_counter()
-            if x is None:
-                out = UnitOutput(None, {"valid_px": 0})
-            else:
-                probs = infer_unit(x, valid, self._predictor, self._plan)
-                del x
-                out = finish_unit(unit, probs, data, valid, self._plan)
-                del probs
+            out = predict_unit(unit, x, data, valid, self._predictor, self._plan)
+            del x
             seconds["compute"] = time.perf_counter() - t
             del data, valid
             t = time.perf_counter()
