@@ -14,7 +14,10 @@ U-Net (resnet18) with RANDOM UNTRAINED weights built only for timing
    ``../shared/data``) has it. The untrained U-Net's classes are near-ties everywhere, so its
    agreement is printed but only ``eurosat-13``'s is held to the target;
 2. runs the benchmark harness (``python -m benchmarks``) for it and prints one table: forward
-   Mpx/s, end-to-end Mpx/s, their ratio, peak RSS and peak GPU memory.
+   Mpx/s, end-to-end Mpx/s, their ratio, peak RSS and peak GPU memory;
+3. runs the pipeline with the model replaced by fixed probabilities (:mod:`benchmarks.io_ceiling`),
+   with the read and write threads the runner gives a GPU on this host: the end-to-end rate no
+   model can exceed here, and the CPU per unit that sets it.
 
 ``--cpu``: the device path is emulated on CPU as ``torch.autocast("cpu", bfloat16)`` over the same
 network (the precision the CUDA path uses; not its kernels), at small sizes, so the script itself
@@ -165,11 +168,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:40s} {r['height']:>5}x{r['width']:<5} {fwd['mpx_s']:>9.2f} "
                   f"{r['e2e_mpx_s'] / r['ratio']:>10.2f} {r['e2e_mpx_s']:>9.2f} {r['ratio']:>6.3f} "
                   f"{r['peak_rss_mb']:>7.0f} {_gpu_mb(r):>7}")
+    from benchmarks.io_ceiling import gpu_threads, run_pair
+
+    readers, writers = gpu_threads()
+    io = run_pair(synth, a.workdir / "gpu_check_io.zarr", readers, writers)
+    ms = io["cpu_ms_per_unit"]
+    print(f"\nI/O ceiling {synth.name} (model replaced by fixed probabilities; {readers} read, {writers} "
+          f"write threads, {os.cpu_count()} CPUs): {io['e2e_mpx_s']:.2f} Mpx/s; CPU per unit: read "
+          f"{ms['geofg-read']:.0f} ms, write {ms['geofg-write']:.0f} ms")
     print(f"\nagreement target {100 * TARGET:.1f} % on eurosat-13: {'PASS' if ok else 'FAIL'}")
     res = ROOT / "results"
     res.mkdir(exist_ok=True)
     (res / f"gpu_check_{device}_{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
-        json.dumps({"device": gpu, "agreement": checks, "reports": reports}, indent=2))
+        json.dumps({"device": gpu, "agreement": checks, "reports": reports, "io_ceiling": io}, indent=2))
     return 0 if ok else 1
 
 

@@ -2,13 +2,15 @@
 
 A :class:`JobConfig` is all a worker needs to rebuild a run: it is small, JSON round-trips and
 travels between processes. CLI flags override fields of a config file, never the other way round.
-Its JSON schema is published in docs/config.md (``JobConfig.model_json_schema()``).
+Its JSON schema is ``JobConfig.model_json_schema()``; docs/scan.md publishes the scan config's,
+which shares the runner, tile and model sections.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -82,16 +84,43 @@ class RunnerConfig(_Frozen):
     cluster that accepts unauthenticated requests is refused unless ``allow_insecure_cluster``.
     ``compute_streams`` (local runner) is how many units the model works on at once; None lets the
     predictor choose: one per torch CPU thread, one on a GPU (see :mod:`geofg.runners.local`).
+    ``read_workers`` and ``write_workers`` are the threads that read (decode and normalise) and
+    write (layers, chunks, ledger) units; None sizes them for the device (:meth:`io_threads`).
     """
 
     kind: Literal["local", "ray"] = "local"
-    read_workers: int = Field(default=2, ge=1, le=64)
+    read_workers: int | None = Field(default=None, ge=1, le=64)
+    write_workers: int | None = Field(default=None, ge=1, le=64)
     prefetch: int = Field(default=2, ge=1, le=64)
     compute_streams: int | None = Field(default=None, ge=1, le=64)
     max_attempts: int = Field(default=2, ge=1, le=10)
     address: str | None = None
     num_actors: int | None = Field(default=None, ge=1, le=4096)
     allow_insecure_cluster: bool = False
+
+    def io_threads(self, device: str, cpus: int | None = None) -> tuple[int, int]:
+        """Return (read threads, write threads) for a model on ``device`` with ``cpus`` cores.
+
+        Set fields win. Otherwise, on CPU the model needs the cores: 2 readers and 1 writer (the
+        fastest of 1-2 readers on 2 cores, docs/performance.md). On a GPU the cores are free for
+        I/O, which is then the bottleneck (one read thread decodes about 7 units of a 13-band
+        DEFLATE raster a second): a quarter of them write, the rest but one (for the thread that
+        drives the device) read. ``cpus`` defaults to the cores this process may run on.
+
+        Examples:
+            >>> RunnerConfig().io_threads("cpu", 16)
+            (2, 1)
+            >>> RunnerConfig().io_threads("cuda", 16)
+            (11, 4)
+            >>> RunnerConfig(read_workers=3).io_threads("cuda:0", 4)
+            (3, 1)
+        """
+        if device.startswith("cuda"):
+            n = cpus or len(os.sched_getaffinity(0))
+            writers = self.write_workers or max(1, n // 4)
+            readers = self.read_workers or max(2, n - writers - 1)
+            return readers, writers
+        return self.read_workers or 2, self.write_workers or 1
 
 
 class JobConfig(_Frozen):

@@ -98,11 +98,17 @@ class Plan:
         return abs(a * e - b * d)
 
     def peak_memory_bytes(self) -> int:
-        """Rough upper bound of memory per unit in flight (input, normalised, probs, weights)."""
+        """Rough upper bound of the memory of the local runner's units in flight.
+
+        Per unit: input, normalised input, probabilities, weights. Units: reads queued, one
+        computing, writes queued and being written (:mod:`geofg.runners.local`), with the read and
+        write threads sized for ``model.device`` (``auto`` counted as CPU).
+        """
         side = round_up(max(self.job.tile.chunk + 2 * self.halo, self.tile_size), 32)
         c, k = len(self.band_indices), len(self.card.classes)
         per_unit = side * side * (c * (8 + 4) + k * 4 + 8)
-        return per_unit * (self.job.runner.prefetch + 2)
+        readers, writers = self.job.runner.io_threads(self.job.model.device)
+        return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1)
 
     def provenance(self) -> dict:
         """Attributes recorded in the mosaic."""

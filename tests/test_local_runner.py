@@ -217,3 +217,82 @@ def test_a_unit_whose_layers_fail_is_recorded_failed_and_the_rest_complete(
     failed = [r for r in recs.values() if r.status == "failed"]
     assert len(recs) == 20 and len(failed) == 1
     assert failed[0].error == "ValueError: layers broke"
+
+
+def test_io_threads_keep_two_readers_on_cpu_and_give_a_gpu_the_cores() -> None:
+    from geofg.config import RunnerConfig
+
+    auto = RunnerConfig()
+    assert [auto.io_threads("cpu", n) for n in (2, 16, 64)] == [(2, 1)] * 3
+    # on a GPU: a quarter of the cores write, all but one of the rest read (at least 2 readers)
+    assert [auto.io_threads("cuda", n) for n in (2, 4, 8, 16)] == [(2, 1), (2, 1), (5, 2), (11, 4)]
+    assert auto.io_threads("cuda:1", 16) == (11, 4)
+    assert RunnerConfig(read_workers=3, write_workers=2).io_threads("cuda", 16) == (3, 2)
+    assert RunnerConfig(write_workers=2).io_threads("cpu", 16) == (2, 2)
+    assert RunnerConfig(read_workers=6).io_threads("cuda", 16) == (6, 4)
+
+
+class _SlowSink:
+    """Wraps UnitSink.done: records how many writes overlap, on which threads, in what order."""
+
+    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
+        from geofg.io.sink import UnitSink
+
+        self.lock, self.active, self.peak, self.threads = threading.Lock(), 0, 0, set()
+        real = UnitSink.done
+
+        def done(sink, unit, *a):  # noqa: ANN001, ANN002, ANN202
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+                self.threads.add(threading.current_thread().name)
+            time.sleep(0.05)  # long enough for the other writers to start theirs
+            try:
+                return real(sink, unit, *a)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        monkeypatch.setattr(UnitSink, "done", done)
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_write_workers_write_units_concurrently_with_the_same_mosaic(
+    tmp_path: Path, scene, monkeypatch, writers: int
+) -> None:
+    inp, bundle = scene
+    ref = tmp_path / "ref.zarr"
+    run_job(_job(inp, ref, bundle, read_workers=1), predictor_factory=lambda p: ThresholdPredictor(p.card))
+    slow = _SlowSink(monkeypatch)
+    out = tmp_path / "out.zarr"
+    seen = []
+    res = run_job(_job(inp, out, bundle, write_workers=writers),
+                  predictor_factory=lambda p: ThresholdPredictor(p.card),
+                  on_progress=lambda done, total, km2: seen.append(done))
+    assert slow.peak == writers and len(slow.threads) == writers
+    assert all(t.startswith("geofg-write") for t in slow.threads)
+    a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(out), mode="r")
+    for layer in ("class", "confidence", "health"):
+        np.testing.assert_array_equal(a[layer][:], b[layer][:])
+    recs = Ledger(out / ".geofg").load()
+    assert len(set(res.ran)) == len(recs) == 20 and all(r.status == "done" for r in recs.values())
+    assert seen == list(range(21))  # each unit reported once (after the start), in turn
+
+
+def test_a_gpu_predictor_gets_readers_and_writers_sized_from_the_cores(
+    tmp_path: Path, scene, monkeypatch
+) -> None:
+    import geofg.config
+
+    inp, bundle = scene
+    monkeypatch.setattr(geofg.config.os, "sched_getaffinity", lambda pid: set(range(16)))
+    slow = _SlowSink(monkeypatch)
+    made = []
+
+    def make(p):  # noqa: ANN001, ANN202
+        made.append(ThresholdPredictor(p.card))
+        made[-1].device = "cuda"  # what the runner sizes its threads for; the model runs on CPU
+        return made[-1]
+
+    run_job(_job(inp, tmp_path / "out.zarr", bundle, compute_streams=1), predictor_factory=make)
+    assert slow.peak == 4 and len(slow.threads) == 4  # 16 cores: 4 writers (and 11 readers)

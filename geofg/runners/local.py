@@ -140,7 +140,7 @@ def run_local(
     prof = profile or Profile()
     attempts = attempts or {}
     cfg = p.job.runner
-    n_readers = cfg.read_workers
+    n_readers, n_writers = cfg.io_threads(getattr(predictor, "device", "cpu"))
     handles: dict[int, RasterReader] = {}
     handles_lock = threading.Lock()
     rpools = [ThreadPoolExecutor(1, thread_name_prefix=f"geofg-read{k}") for k in range(n_readers)]
@@ -196,7 +196,7 @@ def run_local(
         with (
             compute_streams(predictor, cfg.compute_streams) as n_streams,
             ThreadPoolExecutor(n_streams, thread_name_prefix="geofg-compute") as cpool,
-            ThreadPoolExecutor(1, thread_name_prefix="geofg-write") as wpool,
+            ThreadPoolExecutor(n_writers, thread_name_prefix="geofg-write") as wpool,
         ):
             reads: deque[tuple[WorkUnit, int, Future]] = deque()
             computing: dict[Future, WorkUnit] = {}
@@ -225,7 +225,7 @@ def run_local(
                     on_unit(_failed(unit, e, attempt))
                     return
                 writes.append(wpool.submit(write, unit, out, attempt))
-                drain(2)
+                drain(n_writers + 1)
 
             top_up()
             while reads or computing:

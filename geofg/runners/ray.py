@@ -14,13 +14,14 @@ their chunks and ledger records itself, through its own :class:`~geofg.io.sink.U
 Actors
     :class:`UnitWorker` loads the predictor once in ``__init__`` (a restarted actor reloads it;
     nothing assumes earlier state), checks the bundle's sha256 against the plan's, enters its own
-    GDAL environment, and reads on ``runner.read_workers`` threads of its own, each with its own
+    GDAL environment, and reads on threads of its own (:func:`actor_read_threads`), each with its own
     :class:`~geofg.io.read.RasterReader` (GDAL datasets are never shared between threads). Each
     call names the unit to process and the next ``runner.prefetch`` units the driver has reserved
     for this actor; the actor starts reading those before computing the current one, so the model
     does not wait on reads. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
-    actor does not sit idle waiting for the driver between units. GPU actors reserve
-    ``read_workers`` CPUs for their read threads; CPU actors one core each.
+    actor does not sit idle waiting for the driver between units. GPU actors reserve a CPU per
+    read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
+    readers for the cluster's CPUs per GPU. CPU actors take one core each and read on 2 threads.
 
 Failures (../shared/RELIABILITY.md R1-R8)
     * An exception inside a unit (a corrupt block, a model error) comes back as a failure and the
@@ -178,7 +179,8 @@ class UnitWorker:
         self._local = threading.local()
         self._readers: list[RasterReader] = []
         self._readers_lock = threading.Lock()
-        self._reads = ThreadPoolExecutor(p.job.runner.read_workers, thread_name_prefix="geofg-read")
+        self._reads = ThreadPoolExecutor(actor_read_threads(p.job.runner, device),
+                                         thread_name_prefix="geofg-read")
         self._ahead: dict[str, Future] = {}
         self._sink = UnitSink(**sink_args)
 
@@ -340,9 +342,23 @@ def _actor_shape(p: Plan, n_units: int) -> tuple[str, int, dict[str, float]]:
                            "or set runner.num_actors to wait for the autoscaler to add them")
     use_gpu = want == "cuda" or (want == "auto" and gpus > 0)
     n = p.job.runner.num_actors or (gpus if use_gpu else max(1, cpus))
-    # a GPU actor's read threads decode on CPUs of its node: reserve them; CPU actors take a core
-    opts = {"num_gpus": 1, "num_cpus": p.job.runner.read_workers} if use_gpu else {"num_cpus": 1}
+    # a GPU actor's read threads decode on CPUs of its node: reserve them (sized from the cluster's
+    # CPUs per GPU, as the local runner sizes them from the machine's); CPU actors take a core
+    readers, _ = p.job.runner.io_threads("cuda", max(1, cpus // max(gpus, 1)))
+    opts = {"num_gpus": 1, "num_cpus": readers} if use_gpu else {"num_cpus": 1}
     return ("cuda" if use_gpu else "cpu"), max(1, min(n, n_units)), opts
+
+
+def actor_read_threads(runner: RunnerConfig, device: str) -> int:
+    """Read threads of an actor on ``device``: as many as the CPUs it reserved on a GPU.
+
+    Call it inside the actor. CPU actors use :meth:`~geofg.config.RunnerConfig.io_threads`'s
+    CPU count.
+    """
+    if device.startswith("cuda") and runner.read_workers is None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        return max(1, int(cpus))
+    return runner.io_threads(device)[0]
 
 
 class _Driver:

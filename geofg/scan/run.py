@@ -451,7 +451,7 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
         return r.read(u.read)
 
     km2_px = p.grid.pixel_area_m2 / 1e6
-    workers = p.job.runner.read_workers
+    workers, _ = p.job.runner.io_threads(getattr(predictor, "device", "cpu"))
     ahead = workers + p.job.runner.prefetch
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="geofg-scan-read") as pool:

@@ -209,7 +209,10 @@ class ScanUnitWorker:
         self._local = threading.local()
         self._readers: list[SceneWindowReader] = []
         self._readers_lock = threading.Lock()
-        self._reads = ThreadPoolExecutor(task.job.runner.read_workers, thread_name_prefix="geofg-scan-read")
+        from geofg.runners.ray import actor_read_threads
+
+        self._reads = ThreadPoolExecutor(actor_read_threads(task.job.runner, device),
+                                         thread_name_prefix="geofg-scan-read")
         self._ahead: dict[str, Future] = {}
 
     def pid(self) -> int:
