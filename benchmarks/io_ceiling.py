@@ -34,7 +34,11 @@ GROUPS = ("geofg-read", "geofg-write", "geofg-compute", "MainThread")
 
 
 class NullPredictor:
-    """Returns fixed class probabilities of the input's shape (computed once per shape)."""
+    """Returns fixed class probabilities of the input's shape (computed once per shape).
+
+    The probabilities vary smoothly, so the class map is made of patches tens to hundreds of
+    pixels across and the layers compress like a real map's (random ones would not compress).
+    """
 
     def __init__(self, card) -> None:  # noqa: ANN001
         self.card = card
@@ -44,9 +48,14 @@ class NullPredictor:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N, K, H, W) float32 probabilities, the same for every call with this shape."""
         if x.shape not in self._cache:
-            p = np.random.default_rng(0).random((x.shape[0], len(self.card.classes), *x.shape[2:]),
-                                                dtype=np.float32)
-            self._cache[x.shape] = p / p.sum(axis=1, keepdims=True)
+            n, _, h, w = x.shape
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+            k = len(self.card.classes)
+            logits = np.stack([np.sin(xx / (40 + 13 * i) + i) * np.cos(yy / (55 + 11 * i) - i)
+                               for i in range(k)]) * 3
+            p = np.exp(logits - logits.max(axis=0))
+            p = (p / p.sum(axis=0)).astype(np.float32)
+            self._cache[x.shape] = np.broadcast_to(p, (n, k, h, w))
         return self._cache[x.shape]
 
 

@@ -27,7 +27,10 @@ def normalise(
     c = data.shape[0]
     a = (np.float32(scale) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
     b = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
-    out = np.multiply(data, a, dtype=np.float32)  # as data.astype(float32) * a, one pass less
+    # cast, then scale and shift in place: a multiply that casts as it goes (dtype=float32) uses
+    # numpy's buffered loop and took 11.7 ms per 13 x 1152² unit against 8.6 ms for these three
+    out = data.astype(np.float32)
+    out *= a
     out -= b
     if not valid.all():
         out[:, ~valid] = 0.0
