@@ -102,10 +102,11 @@ class RunnerConfig(_Frozen):
         """Return (read threads, write threads) for a model on ``device`` with ``cpus`` cores.
 
         Set fields win. Otherwise, on CPU the model needs the cores: 2 readers and 1 writer (the
-        fastest of 1-2 readers on 2 cores, docs/performance.md). On a GPU the cores are free for
-        I/O, which is then the bottleneck (one read thread decodes about 7 units of a 13-band
-        DEFLATE raster a second): a quarter of them write, the rest but one (for the thread that
-        drives the device) read. ``cpus`` defaults to the cores this process may run on.
+        fastest pair on 2 cores). On a GPU the cores are free for I/O, which is then the limit
+        (a 1152² unit of a 13-band DEFLATE raster costs about 110 ms of CPU to read and 50 to
+        write): a quarter of them write, the rest but one (for the thread that drives the
+        device) read. ``cpus`` defaults to the cores this process may run on. Measurements:
+        docs/performance.md, section 0a.
 
         Examples:
             >>> RunnerConfig().io_threads("cpu", 16)

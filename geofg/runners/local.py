@@ -9,9 +9,12 @@
   docs/performance.md).
 * **The stages of a unit run on different threads**, so they overlap: the reader also normalises
   (:func:`~geofg.pipeline.prepare_unit`), the compute threads only run the model and blend
-  (:func:`~geofg.pipeline.infer_unit`), and the writer turns probabilities into layers
+  (:func:`~geofg.pipeline.infer_unit`), and the writers turn probabilities into layers
   (:func:`~geofg.pipeline.finish_unit`) before writing the zarr chunks and then the ledger record,
-  at most two units queued.
+  at most one unit queued beyond those being written. Units never share a chunk and each record is
+  a file of its own, so several writers work independently; progress is still reported in order.
+* **How many** readers and writers: :meth:`~geofg.config.RunnerConfig.io_threads` for the
+  predictor's device (2 and 1 on CPU; on a GPU most of the cores, which the model leaves free).
 * **Compute** runs in ``streams`` threads at once, each calling ``predictor.predict`` on its own
   unit. Without a choice (``runner.compute_streams`` None): one stream with all of torch's
   threads where the heap is reused (``geofg classify``, :func:`geofg.memory.reuse_heap`:
@@ -19,7 +22,7 @@
   with the raster); otherwise the predictor's choice, which on CPU is one single-threaded stream
   per torch thread. On CUDA, and for predictors without a ``streams`` hook (ONNX), one stream.
 
-Memory is bounded by ``max(prefetch, read_workers) + streams + 3`` units in flight plus GDAL's
+Memory is bounded by ``max(prefetch, readers) + streams + writers + 2`` units in flight plus GDAL's
 block cache (two units' blocks per reader, at most :data:`GDAL_CACHE_MAX_BYTES`), whatever the
 raster size.
 """
