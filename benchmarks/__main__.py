@@ -98,6 +98,11 @@ def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int,
             "mpx_s": max(one, many or 0.0), "gpu_peak_mb": gpu_mb}
 
 
+def px_of(run: dict) -> int:
+    """Pixels of a run's raster."""
+    return run["height"] * run["width"]
+
+
 def _thp_mode() -> str | None:
     """The kernel's transparent huge page mode (the bracketed word), None where unknown."""
     try:
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['km2_per_h']:>8.1f} {r['peak_rss_mb']:>11.0f}")
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in r["profile"].items())
         print(f"{'':>12} profile: {prof}")
+        if r.get("steady_s"):
+            steady = px_of(r) * r["steady_fraction"] / r["steady_s"] / 1e6
+            print(f"{'':>12} after the first unit (model loaded{', compiled' if r['compiled'] else ''}): "
+                  f"{steady:.3f} Mpx/s, ratio {steady / (fwd['mpx_s'] * bound):.3f}")
         if "stages" in r:
             inner = ("normalise", "forward", "tile+blend", "layers")  # the work on pixels
             total = sum(r["stages"][k] for k in inner)

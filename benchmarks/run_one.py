@@ -43,6 +43,8 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         now = time.perf_counter()
         if "first_progress" not in marks:
             marks["first_progress"], marks["first_km2"] = now, km2
+        elif "first_unit" not in marks:  # the first unit finished: model loaded (and compiled)
+            marks["first_unit"], marks["first_unit_km2"] = now, km2
         marks["last_progress"], marks["last_km2"] = now, km2
 
     t_job = time.perf_counter()
@@ -69,6 +71,10 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         # the steady-state window: units finished after the first one, over the time they took
         "units_s": marks["last_progress"] - marks["first_progress"],
         "units_fraction": (marks["last_km2"] - marks["first_km2"]) / marks["last_km2"],
+        # after the first unit: without model loading, compilation and the first read
+        "steady_s": marks["last_progress"] - marks.get("first_unit", marks["first_progress"]),
+        "steady_fraction": (marks["last_km2"] - marks.get("first_unit_km2", marks["first_km2"]))
+        / marks["last_km2"],
         "profile": prof,
         "stages": split,
         "compiled": compile_,

@@ -206,11 +206,14 @@ def predict_window(
     """Predict every tile covering ``x`` (C, H, W) and blend them into (K, H, W) float32.
 
     Tiles without any valid pixel are skipped (their pixels are all invalid). ``x`` is padded up
-    to at least one tile; the result is cropped back to (H, W).
+    to at least one tile; the result is cropped back to (H, W). A window smaller than ``tile``
+    both ways gets a smaller tile, except for a compiled predictor (``compiled``), which always
+    sees ``tile``: each new shape would compile the network again.
     """
     _, h, w = x.shape
     mult = getattr(predictor.card, "tile_multiple", 1)
-    tile = min(tile, round_up(max(h, w), mult))
+    if not getattr(predictor, "compiled", False):
+        tile = min(tile, round_up(max(h, w), mult))
     ph, pw = max(h, tile), max(w, tile)
     xp = pad_to(x, ph, pw)
     vp = np.zeros((ph, pw), dtype=bool)
@@ -301,6 +304,7 @@ class _TimedPredictor:
     def __init__(self, inner: Predictor) -> None:
         self.inner = inner
         self.card = inner.card
+        self.compiled = getattr(inner, "compiled", False)
         self.forward = 0.0
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -155,7 +155,8 @@ def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> 
     if predictor_factory is None:
         from geofg.models.ensemble import load_models
 
-        predictor = load_models(p.model_paths, p.job.model.device, tta=p.job.model.tta)
+        predictor = load_models(p.model_paths, p.job.model.device, tta=p.job.model.tta,
+                                compile=p.job.model.compile)
     else:
         predictor = predictor_factory(p)
     prof = Profile()

@@ -202,3 +202,49 @@ def test_profile_splits_compute_into_its_stages(tmp_path: Path, scene: Path) -> 
     assert sec["normalise"] > 0 and sec["layers"] > 0  # on the reader and writer threads
     assert re.search(r"normalise\W+reader", r.output) and re.search(r"layers\W+writer", r.output)
     assert "busy total" in r.output
+
+
+def test_compile_runs_one_compiled_network_at_one_tile_shape(tmp_path: Path, scene: Path, monkeypatch) -> None:
+    import torch
+
+    compiled, shapes = [], set()
+
+    class Recorder(torch.nn.Module):
+        """Stands in for torch.compile's module (compiling for real takes ~40 s): records shapes."""
+
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shapes.add(tuple(x.shape))
+            return self.net(x)
+
+    def fake_compile(model, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        compiled.append(model)
+        return Recorder(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "c.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu", "--compile")
+    assert r.exit_code == 0, r.output
+    assert len(compiled) == 1
+    # 150 x 130 in 64-px units: the last row and column read windows are smaller than the 192-px
+    # tile both ways at the corner; compiled, every unit is still predicted at 192 x 192
+    assert shapes == {(1, 13, 192, 192)}
+    eager = tmp_path / "e.zarr"
+    assert invoke("classify", str(scene), "-o", str(eager), "--chunk", "64", "--device", "cpu").exit_code == 0
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(eager), mode="r")
+    differ = a["class"][:] != b["class"][:]
+    # the same network, so only the corner unit (a bigger tile: more zero padding past the raster
+    # edge) can differ, and only in a few near-tie pixels
+    assert not differ[:128].any() and not differ[:, :128].any()
+    assert differ.sum() <= 10
+
+
+def test_compile_refuses_an_onnx_model_with_one_line(tmp_path: Path) -> None:
+    from geofg.errors import ConfigError
+    from geofg.models.ensemble import load_one
+
+    with pytest.raises(ConfigError, match=r"m\.onnx: --compile expects a \.safetensors bundle"):
+        load_one(tmp_path / "m.onnx", "cpu", compile=True)

@@ -92,6 +92,7 @@ class TTAPredictor:
         self.inner = inner
         self.card = inner.card
         self.device = getattr(inner, "device", "cpu")
+        self.compiled = getattr(inner, "compiled", False)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Return ``(N, K, H, W)`` float32: the mean of the 8 un-transformed probability maps."""
@@ -173,6 +174,7 @@ class EnsemblePredictor:
         self.card = combined_card(cards, labels)
         self.members = list(members)
         self.device = getattr(members[0], "device", "cpu")
+        self.compiled = any(getattr(m, "compiled", False) for m in members)
         ref = cards[0]
         self._affine: list[tuple[np.ndarray, np.ndarray] | None] = []
         for c in cards:
@@ -207,28 +209,39 @@ class EnsemblePredictor:
         return f"EnsemblePredictor({', '.join(repr(m) for m in self.members)})"
 
 
-def load_one(path: str | Path, device: str = "auto") -> _Predictor:
-    """Load one ``.safetensors`` bundle (torch) or exported ``.onnx`` model (onnxruntime)."""
+def load_one(path: str | Path, device: str = "auto", compile: bool = False) -> _Predictor:  # noqa: A002
+    """Load one ``.safetensors`` bundle (torch) or exported ``.onnx`` model (onnxruntime).
+
+    ``compile`` wraps a torch network in ``torch.compile``.
+
+    Raises:
+        ConfigError: ``compile`` for an ONNX model.
+    """
     p = Path(path)
     if p.suffix.lower() == ".onnx":
+        if compile:
+            raise ConfigError(f"{p}: --compile expects a .safetensors bundle (torch), found an ONNX "
+                              "model; drop --compile or give the bundle it was exported from")
         from geofg.models.onnx import load_onnx_predictor
 
         return load_onnx_predictor(p, device)
     from geofg.models.predictor import load_predictor
 
-    return load_predictor(p, device)
+    return load_predictor(p, device, compile=compile)
 
 
-def load_models(paths: Sequence[str | Path], device: str = "auto", tta: bool = False) -> _Predictor:
+def load_models(paths: Sequence[str | Path], device: str = "auto", tta: bool = False,
+                compile: bool = False) -> _Predictor:  # noqa: A002
     """Build the predictor for one or several models, optionally with test-time augmentation.
 
     Args:
         paths: Resolved model files (``.safetensors`` or ``.onnx``); several are averaged.
         device: As :func:`geofg.models.predictor.load_predictor`.
         tta: Wrap in :class:`TTAPredictor` (outside the ensemble: 8 x members forwards).
+        compile: ``torch.compile`` each member (torch bundles only).
 
     Raises:
-        ConfigError: Incompatible members, or an unusable device.
+        ConfigError: Incompatible members, an unusable device, or ``compile`` for an ONNX model.
         WeightsError: A model file is refused (see :mod:`geofg.models.bundle`, :mod:`.onnx`).
     """
     if not paths:
@@ -237,7 +250,7 @@ def load_models(paths: Sequence[str | Path], device: str = "auto", tta: bool = F
         from geofg.models.registry import read_model_card
 
         check_compatible([read_model_card(p) for p in paths], [str(p) for p in paths])
-    members = [load_one(p, device) for p in paths]
+    members = [load_one(p, device, compile) for p in paths]
     pred: _Predictor = members[0] if len(members) == 1 else EnsemblePredictor(
         members, [str(p) for p in paths])
     return TTAPredictor(pred) if tta else pred

@@ -172,7 +172,8 @@ class UnitWorker:
                     f"planned with (sha256 {p.model_sha256[:12]}...), found sha256 {found[:12]}...; "
                     "put the same bundle on every node"
                 )
-            self._predictor: Predictor = load_models(p.model_paths, device, tta=p.job.model.tta)
+            self._predictor: Predictor = load_models(p.model_paths, device, tta=p.job.model.tta,
+                                                     compile=p.job.model.compile)
         else:
             self._predictor = predictor_factory(p)
         RasterReader(p.info, p.band_indices).close()  # inputs missing or changed here: fail now

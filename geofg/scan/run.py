@@ -401,7 +401,7 @@ def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any
         return factory(p)
     from geofg.models.predictor import load_predictor
 
-    return load_predictor(p.model_path, p.job.model.device)
+    return load_predictor(p.model_path, p.job.model.device, compile=p.job.model.compile)
 
 
 def _ray_session(p: ScanPlan) -> Any:

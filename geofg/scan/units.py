@@ -200,7 +200,7 @@ class ScanUnitWorker:
                 )
             from geofg.models.predictor import load_predictor
 
-            self._predictor = load_predictor(task.model_path, device)
+            self._predictor = load_predictor(task.model_path, device, compile=task.job.model.compile)
         else:
             self._predictor = predictor_factory(task.plan)
         self._sink = ScanSink(**sink_args)
