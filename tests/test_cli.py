@@ -199,9 +199,16 @@ def test_profile_splits_compute_into_its_stages(tmp_path: Path, scene: Path) -> 
     parts = sec["forward"] + sec["blend"]
     assert parts <= sec["compute"] * 1.001 + 0.01  # the parts are inside compute
     assert parts >= 0.5 * sec["compute"]  # and account for most of it
-    assert sec["normalise"] > 0 and sec["layers"] > 0  # on the reader and writer threads
     assert re.search(r"normalise\W+reader", r.output) and re.search(r"layers\W+writer", r.output)
     assert "busy total" in r.output
+    # the printout rounds to 10 ms, which the layers of 9 small units may not reach: the profile
+    # itself has them, timed on the reader and writer threads
+    from geofg.config import build_job
+    from geofg.run import run_job
+
+    prof = run_job(build_job({"read": {"inputs": [str(scene)]}, "tile": {"chunk": 64},
+                              "model": {"device": "cpu"}, "write": {"output": str(tmp_path / "q.zarr")}})).profile
+    assert prof["normalise"] > 0 and prof["layers"] > 0 and prof["write"] > 0
 
 
 def test_compile_runs_one_compiled_network_at_one_tile_shape(tmp_path: Path, scene: Path, monkeypatch) -> None:
