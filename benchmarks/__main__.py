@@ -223,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':>12} stages: {st}  (of the pixel work: {share})")
             print(f"{'':>12} CPU: user {r['cpu_user_s']:.1f}s, system {r['cpu_sys_s']:.1f}s, "
                   f"{r['minor_faults']:,} page faults")
+            c = r.get("cpu_threads") or {}
+            if c.get("wall"):
+                have = c["cores"] * c["wall"]
+                print(f"{'':>12} unit loop CPU by thread: readers {c['reader']:.1f}s, writers "
+                      f"{c['writer']:.1f}s, compute and the rest "
+                      f"{c['process'] - c['reader'] - c['writer']:.1f}s; idle "
+                      f"{max(0.0, have - c['process']):.1f} of {have:.1f} core-s")
     k = len(args.streams)
     for i, n in enumerate(args.streams):
         same = rows[i::k]  # one per raster size, in size order

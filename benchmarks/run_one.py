@@ -76,6 +76,7 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "steady_fraction": (marks["last_km2"] - marks.get("first_unit_km2", marks["first_km2"]))
         / marks["last_km2"],
         "profile": prof,
+        "cpu_threads": result.cpu,  # CPU s of reader and writer threads, the process, wall, cores
         "stages": split,
         "compiled": compile_,
         "compute_streams": streams,

@@ -86,11 +86,14 @@ def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN0
     if result.quicklook:
         console.print(f"quicklook: {result.quicklook}")
     if profile and result.profile:
-        print_profile(console, result.profile)
+        print_profile(console, result.profile, result.cpu)
 
 
-def print_profile(console: Console, prof: dict[str, float]) -> None:
-    """Print seconds per stage and the thread it runs on, compute's parts indented with their share."""
+def print_profile(console: Console, prof: dict[str, float], cpu: dict[str, float] | None = None) -> None:
+    """Print seconds per stage and the thread it runs on, compute's parts indented with their share.
+
+    With ``cpu`` (the local runner's), also the CPU seconds by thread and the cores left idle.
+    """
     from geofg.runners.local import Profile
 
     parts = Profile.COMPUTE_PARTS
@@ -112,6 +115,13 @@ def print_profile(console: Console, prof: dict[str, float]) -> None:
     console.print(t)
     busy = sum(v for k, v in prof.items() if not k.startswith("wait") and k not in parts)
     console.print(f"busy total {busy:.2f} s (reader, compute and writer threads overlap)")
+    if cpu and cpu.get("wall"):
+        rest = cpu["process"] - cpu["reader"] - cpu["writer"]
+        have = cpu["cores"] * cpu["wall"]
+        idle = max(0.0, have - cpu["process"])
+        console.print(f"CPU {cpu['process']:.2f} s over {cpu['wall']:.2f} s on {cpu['cores']:.0f} cores: "
+                      f"readers {cpu['reader']:.2f}, writers {cpu['writer']:.2f}, compute and the rest "
+                      f"{rest:.2f}; idle {idle:.2f} core-s ({100 * idle / have:.0f} %)")
 
 
 def describe_mosaic(path: Path) -> dict:

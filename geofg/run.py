@@ -44,6 +44,8 @@ class RunResult:
     summary: RunSummary | None = None
     quicklook: Path | None = None
     profile: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by thread of the local runner's unit loop (:attr:`geofg.runners.local.Profile.cpu`)."""
 
 
 def run_job(
@@ -162,3 +164,4 @@ def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> 
     prof = Profile()
     run_local(p, pending, predictor, sink, on_unit, attempts, prof)  # type: ignore[arg-type]
     result.profile = dict(prof.seconds)
+    result.cpu = dict(prof.cpu)

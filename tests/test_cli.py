@@ -206,9 +206,18 @@ def test_profile_splits_compute_into_its_stages(tmp_path: Path, scene: Path) -> 
     from geofg.config import build_job
     from geofg.run import run_job
 
-    prof = run_job(build_job({"read": {"inputs": [str(scene)]}, "tile": {"chunk": 64},
-                              "model": {"device": "cpu"}, "write": {"output": str(tmp_path / "q.zarr")}})).profile
+    res = run_job(build_job({"read": {"inputs": [str(scene)]}, "tile": {"chunk": 64},
+                             "model": {"device": "cpu"}, "write": {"output": str(tmp_path / "q.zarr")}}))
+    prof, cpu = res.profile, res.cpu
     assert prof["normalise"] > 0 and prof["layers"] > 0 and prof["write"] > 0
+    # CPU by thread: the readers' and writers' own, inside the whole process's over the unit loop
+    assert cpu["reader"] > 0 and cpu["writer"] > 0 and cpu["process"] > cpu["reader"] + cpu["writer"]
+    assert cpu["wall"] > 0 and cpu["cores"] >= 1
+    m = re.search(r"CPU ([\d.]+) s over ([\d.]+) s on (\d+) cores: readers ([\d.]+), writers ([\d.]+), "
+                  r"compute and the rest ([\d.]+); idle ([\d.]+) core-s \((\d+) %\)", " ".join(r.output.split()))
+    assert m, r.output
+    total, wall, cores, readers, writers, rest, idle, _ = (float(v) for v in m.groups())
+    assert abs(readers + writers + rest - total) < 0.02 and abs(cores * wall - total - idle) < 0.05
 
 
 def test_compile_runs_one_compiled_network_at_one_tile_shape(tmp_path: Path, scene: Path, monkeypatch) -> None:

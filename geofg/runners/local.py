@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import resource
 import threading
 import time
 from collections import deque
@@ -70,11 +72,20 @@ class Profile:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self.cpu: dict[str, float] = {"reader": 0.0, "writer": 0.0}
+        """CPU seconds of the reader and writer threads (their own, ``time.thread_time``), and,
+        set by :func:`run_local`: ``process`` (every thread of the process, torch's included),
+        ``wall`` (seconds of the unit loop) and ``cores`` (the CPUs the process may use)."""
 
     def add(self, stage: str, seconds: float) -> None:
         """Add time to a stage."""
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def add_cpu(self, thread: str, seconds: float) -> None:
+        """Add CPU seconds spent on ``thread`` (reader or writer)."""
+        with self._lock:
+            self.cpu[thread] = self.cpu.get(thread, 0.0) + seconds
 
 
 BAND_ROWS = 2
@@ -150,6 +161,13 @@ def run_local(
 
     def read(k: int, unit: WorkUnit) -> _Stage:
         """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
+        cpu = time.thread_time()
+        try:
+            return _read(k, unit)
+        finally:
+            prof.add_cpu("reader", time.thread_time() - cpu)
+
+    def _read(k: int, unit: WorkUnit) -> _Stage:
         reader = handles.get(k)
         if reader is None:
             reader = RasterReader(p.info, p.band_indices)
@@ -177,6 +195,13 @@ def run_local(
 
     def write(unit: WorkUnit, computed: _Stage, attempt: int) -> UnitRecord:
         """Layers from the probabilities, then the chunks and the ledger record (writer thread)."""
+        cpu = time.thread_time()
+        try:
+            return _write(unit, computed, attempt)
+        finally:
+            prof.add_cpu("writer", time.thread_time() - cpu)
+
+    def _write(unit: WorkUnit, computed: _Stage, attempt: int) -> UnitRecord:
         data, valid, probs = computed
         del computed
         try:
@@ -195,6 +220,7 @@ def run_local(
 
     order = deque(reader_order(units, n_readers))
     ahead = max(cfg.prefetch, n_readers)  # reads queued beyond the units being computed
+    ru, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     try:
         with (
             compute_streams(predictor, cfg.compute_streams) as n_streams,
@@ -245,6 +271,9 @@ def run_local(
             pool.shutdown(wait=True, cancel_futures=True)
         for h in handles.values():
             h.close()
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        prof.cpu.update(process=end.ru_utime + end.ru_stime - ru.ru_utime - ru.ru_stime,
+                        wall=time.perf_counter() - wall, cores=len(os.sched_getaffinity(0)))
 
 
 def _result_with_retry(fut: Future, again: Callable[[], tuple], max_attempts: int) -> tuple:
