@@ -66,7 +66,8 @@ ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name
 Tta = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rot90s of each tile (8x the compute).")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the network: faster forwards after a one-off compilation (about "
-    "40 s on 2 CPU cores); pays off from a few hundred units. Outputs may differ in the last bits.")]
+    "40 s on 2 CPU cores, seconds once torch's disk cache has it); pays off from a few hundred "
+    "units. Outputs may differ in the last bits.")]
 Bands = Annotated[Optional[str], typer.Option(help="Band names, comma-separated, e.g. B02,B03,B04,B08.")]
 TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px).")]
 Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit.")]
