@@ -11,8 +11,6 @@ renamed, the tensors first, so a crash leaves the previous complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
