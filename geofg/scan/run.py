@@ -12,7 +12,9 @@ Order (the same safety rules as :mod:`geofg.run`):
    Each unit: warped composite read -> :func:`geofg.pipeline.process_unit` -> slice chunks ->
    ``latest_*`` chunks -> fsync -> ledger record (:func:`geofg.scan.units.finish_unit`), in this
    process (``runner.kind: local``) or on Ray actors (``ray``: one Ray run per date, see
-   :mod:`geofg.scan.units`).
+   :mod:`geofg.scan.units`). In this process the stages overlap as in the local runner: read
+   threads warp and normalise, this thread runs the model, write threads build the layers and
+   write the chunks and the record (:meth:`~geofg.config.RunnerConfig.io_threads` sizes both).
 4. The inbox state is saved (only if changed), provenance written, metadata consolidated when no
    unit is left failed, and the report written beside the mosaic.
 
@@ -50,7 +52,7 @@ from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
 from geofg.models.bundle import bundle_sha256, read_card
 from geofg.models.card import ModelCard
 from geofg.models.registry import resolve_model
-from geofg.pipeline import process_unit
+from geofg import pipeline as pl
 from geofg.scan import inbox as ib
 from geofg.scan.config import ScanConfig
 from geofg.scan.units import (
@@ -441,20 +443,58 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
     readers: list[SceneWindowReader] = []
     lock = threading.Lock()
     resampling = p.job.grid.resampling
+    km2_px = p.grid.pixel_area_m2 / 1e6
+    workers, writers = p.job.runner.io_threads(getattr(predictor, "device", "cpu"))
+    ahead = workers + p.job.runner.prefetch
 
-    def read(u: WorkUnit) -> tuple[np.ndarray, np.ndarray]:
+    def read(u: WorkUnit) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The composite window and the model input, on a read thread with its own reader."""
         r = getattr(local, "reader", None)
         if r is None:
             r = local.reader = SceneWindowReader(scenes, p.grid, resampling)
             with lock:
                 readers.append(r)
-        return r.read(u.read)
+        data, valid = r.read(u.read)
+        return data, valid, pl.prepare_unit(u, data, valid, p)  # type: ignore[arg-type]
 
-    km2_px = p.grid.pixel_area_m2 / 1e6
-    workers, _ = p.job.runner.io_threads(getattr(predictor, "device", "cpu"))
-    ahead = workers + p.job.runner.prefetch
+    def failed(uid: str, key: list[str], attempt: int, e: BaseException) -> tuple[UnitRecord, None]:
+        """The failed record of a unit (read, model, layers or chunk write raised ``e``)."""
+        log.error("unit %s failed: %s", uid, e)
+        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        return _record(uid, "failed", key_fingerprint(key), p, attempt, False, {"date": day, "scenes": []},
+                       result.run_id, msg), None  # fmt: skip
+
+    def write(u: WorkUnit, key: list[str], attempt: int, data: np.ndarray, valid: np.ndarray,
+              probs: np.ndarray | None) -> tuple[UnitRecord, pl.UnitOutput | None]:
+        """Layers, slice and latest chunks, then the ledger record, on a write thread."""
+        try:
+            o = pl.finish_unit(u, probs, data, valid, p)  # type: ignore[arg-type]
+            del data, valid, probs
+            rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
+                              p.model_sha256, p.config_hash)  # fmt: skip
+        except UNIT_ERRORS as e:
+            rec, o = failed(unit_id(day, u), key, attempt, e)
+        ledger.write(rec)
+        return rec, o
+
+    writes: deque[tuple[WorkUnit, Future]] = deque()
+
+    def drain(limit: int) -> None:
+        """Take finished writes, in order, until at most ``limit`` are in flight."""
+        while len(writes) > limit:
+            u, fut = writes.popleft()
+            rec, o = fut.result()
+            records[rec.unit_id] = rec
+            result.units_ran += 1
+            if o is None:
+                result.units_failed[rec.unit_id] = rec.error or "failed"
+            else:
+                result.units_empty += o.empty
+                result.km2_processed += u.core.size * km2_px
+
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="geofg-scan-read") as pool:
+        with (ThreadPoolExecutor(workers, thread_name_prefix="geofg-scan-read") as pool,
+              ThreadPoolExecutor(writers, thread_name_prefix="geofg-scan-write") as wpool):
             todo = deque(pending)
             reads: deque[tuple[WorkUnit, list[Scene], Future]] = deque()
             while todo or reads:
@@ -467,21 +507,20 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
                 attempt = (prev.attempt + 1) if prev is not None else 1
                 key = scene_key(ss)
                 try:
-                    data, valid = fut.result()
-                    o = process_unit(u, data, valid, predictor, p)  # type: ignore[arg-type]
-                    rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
-                                      p.model_sha256, p.config_hash)  # fmt: skip
-                    result.units_empty += o.empty
-                    result.km2_processed += u.core.size * km2_px
+                    data, valid, x = fut.result()
+                    probs = None if x is None else pl.infer_unit(x, valid, predictor, p)  # type: ignore[arg-type]
+                    del x
                 except UNIT_ERRORS as e:
-                    log.error("unit %s failed: %s", uid, e)
-                    msg = f"{type(e).__name__}: {e}".splitlines()[0]
-                    rec = _record(uid, "failed", key_fingerprint(key), p, attempt, False,
-                                  {"date": day, "scenes": []}, result.run_id, msg)  # fmt: skip
-                    result.units_failed[uid] = msg
-                ledger.write(rec)
-                records[uid] = rec
-                result.units_ran += 1
+                    rec, _ = failed(uid, key, attempt, e)
+                    ledger.write(rec)
+                    settled: Future = Future()
+                    settled.set_result((rec, None))
+                    writes.append((u, settled))  # accounted in order with the writes before it
+                    continue
+                writes.append((u, wpool.submit(write, u, key, attempt, data, valid, probs)))
+                del data, valid, probs
+                drain(writers + 1)
+            drain(0)
     finally:
         for r in readers:
             r.close()
