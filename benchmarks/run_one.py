@@ -23,21 +23,17 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
     """Classify ``inp`` into ``out`` and print timings, unit profile and peak RSS as JSON."""
     t0 = time.perf_counter()
     from geofg.config import build_job
-    from geofg.models.predictor import load_predictor
     from geofg.run import run_job
 
     shutil.rmtree(out, ignore_errors=True)
     job = build_job({
         "read": {"inputs": [inp]},
         "tile": {"chunk": chunk, "batch_size": batch},
-        "model": {"model": model, "device": device},
+        "model": {"model": model, "device": device, "compile": compile_},
         "write": {"output": out, "quicklook": True},
         "runner": {"compute_streams": streams},
     })
     marks: dict[str, float] = {}
-
-    def factory(p):  # noqa: ANN001, ANN202
-        return load_predictor(p.model_path, p.job.model.device, compile=compile_)
 
     def on_progress(done: int, total: int, km2: float) -> None:
         now = time.perf_counter()
@@ -49,7 +45,7 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
 
     t_job = time.perf_counter()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    result = run_job(job, on_progress=on_progress, predictor_factory=factory)
+    result = run_job(job, on_progress=on_progress)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     p = result.plan

@@ -202,17 +202,18 @@ def predict_window(
     overlap: int,
     batch_size: int,
     blend: str = "cosine",
+    fixed_tile: bool = False,
 ) -> np.ndarray:
     """Predict every tile covering ``x`` (C, H, W) and blend them into (K, H, W) float32.
 
     Tiles without any valid pixel are skipped (their pixels are all invalid). ``x`` is padded up
     to at least one tile; the result is cropped back to (H, W). A window smaller than ``tile``
-    both ways gets a smaller tile, except for a compiled predictor (``compiled``), which always
-    sees ``tile``: each new shape would compile the network again.
+    both ways gets a smaller tile, unless ``fixed_tile`` (a compiled network: each new shape
+    would compile it again).
     """
     _, h, w = x.shape
     mult = getattr(predictor.card, "tile_multiple", 1)
-    if not getattr(predictor, "compiled", False):
+    if not fixed_tile:
         tile = min(tile, round_up(max(h, w), mult))
     ph, pw = max(h, tile), max(w, tile)
     xp = pad_to(x, ph, pw)
@@ -304,7 +305,6 @@ class _TimedPredictor:
     def __init__(self, inner: Predictor) -> None:
         self.inner = inner
         self.card = inner.card
-        self.compiled = getattr(inner, "compiled", False)
         self.forward = 0.0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -340,9 +340,8 @@ def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
     """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input."""
     timed = _TimedPredictor(predictor)
     t = time.perf_counter()
-    probs = predict_window(
-        x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size, p.job.tile.blend
-    )
+    probs = predict_window(x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size,
+                           p.job.tile.blend, fixed_tile=p.job.model.compile)
     timer("forward", timed.forward)
     timer("blend", time.perf_counter() - t - timed.forward)
     return probs

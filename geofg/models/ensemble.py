@@ -92,7 +92,6 @@ class TTAPredictor:
         self.inner = inner
         self.card = inner.card
         self.device = getattr(inner, "device", "cpu")
-        self.compiled = getattr(inner, "compiled", False)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Return ``(N, K, H, W)`` float32: the mean of the 8 un-transformed probability maps."""
@@ -174,7 +173,6 @@ class EnsemblePredictor:
         self.card = combined_card(cards, labels)
         self.members = list(members)
         self.device = getattr(members[0], "device", "cpu")
-        self.compiled = any(getattr(m, "compiled", False) for m in members)
         ref = cards[0]
         self._affine: list[tuple[np.ndarray, np.ndarray] | None] = []
         for c in cards:

@@ -191,8 +191,6 @@ class TorchPredictor:
         self.device = device
         self.path = path
         self.max_batch = max_batch
-        self.compiled = False
-        """True when ``model`` is ``torch.compile``'s: callers keep the input shape fixed."""
         self._n_bands = len(card.bands)
         self._n_classes = len(card.classes)
         self._cuda = device.startswith("cuda")
@@ -403,6 +401,4 @@ def load_predictor(
         model = torch.compile(model)
     log.debug("loaded %s (%s/%s) on %s%s", bundle, card.architecture, card.encoder, dev,
               " (compiled)" if compile else "")
-    pred = TorchPredictor(card, model, dev, Path(bundle), max_batch)
-    pred.compiled = compile
-    return pred
+    return TorchPredictor(card, model, dev, Path(bundle), max_batch)

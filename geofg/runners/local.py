@@ -82,10 +82,15 @@ class Profile:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
-    def add_cpu(self, thread: str, seconds: float) -> None:
-        """Add CPU seconds spent on ``thread`` (reader or writer)."""
-        with self._lock:
-            self.cpu[thread] = self.cpu.get(thread, 0.0) + seconds
+    @contextlib.contextmanager
+    def thread_cpu(self, thread: str) -> Iterator[None]:
+        """Add the calling thread's CPU seconds inside the block to ``cpu[thread]``."""
+        start = time.thread_time()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.cpu[thread] = self.cpu.get(thread, 0.0) + time.thread_time() - start
 
 
 BAND_ROWS = 2
@@ -161,23 +166,17 @@ def run_local(
 
     def read(k: int, unit: WorkUnit) -> _Stage:
         """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
-        cpu = time.thread_time()
-        try:
-            return _read(k, unit)
-        finally:
-            prof.add_cpu("reader", time.thread_time() - cpu)
-
-    def _read(k: int, unit: WorkUnit) -> _Stage:
-        reader = handles.get(k)
-        if reader is None:
-            reader = RasterReader(p.info, p.band_indices)
-            reader.cache_bytes = block_cache_bytes(reader, units, n_readers)
-            with handles_lock:
-                handles[k] = reader
-        t = time.perf_counter()
-        data, valid = reader.read(unit.read)
-        prof.add("read", time.perf_counter() - t)
-        return data, valid, prepare_unit(unit, data, valid, p, prof.add)
+        with prof.thread_cpu("reader"):
+            reader = handles.get(k)
+            if reader is None:
+                reader = RasterReader(p.info, p.band_indices)
+                reader.cache_bytes = block_cache_bytes(reader, units, n_readers)
+                with handles_lock:
+                    handles[k] = reader
+            t = time.perf_counter()
+            data, valid = reader.read(unit.read)
+            prof.add("read", time.perf_counter() - t)
+            return data, valid, prepare_unit(unit, data, valid, p, prof.add)
 
     def compute(unit: WorkUnit, k: int, fut: Future) -> _Stage:
         t = time.perf_counter()
@@ -195,24 +194,18 @@ def run_local(
 
     def write(unit: WorkUnit, computed: _Stage, attempt: int) -> UnitRecord:
         """Layers from the probabilities, then the chunks and the ledger record (writer thread)."""
-        cpu = time.thread_time()
-        try:
-            return _write(unit, computed, attempt)
-        finally:
-            prof.add_cpu("writer", time.thread_time() - cpu)
-
-    def _write(unit: WorkUnit, computed: _Stage, attempt: int) -> UnitRecord:
-        data, valid, probs = computed
-        del computed
-        try:
-            out = finish_unit(unit, probs, data, valid, p, prof.add)
-        except _UNIT_ERRORS as e:
-            return _failed(unit, e, attempt)
-        del data, valid, probs
-        t = time.perf_counter()
-        rec = sink.done(unit, out.layers, out.stats, attempt)
-        prof.add("write", time.perf_counter() - t)
-        return rec
+        with prof.thread_cpu("writer"):
+            data, valid, probs = computed
+            del computed
+            try:
+                out = finish_unit(unit, probs, data, valid, p, prof.add)
+            except _UNIT_ERRORS as e:
+                return _failed(unit, e, attempt)
+            del data, valid, probs
+            t = time.perf_counter()
+            rec = sink.done(unit, out.layers, out.stats, attempt)
+            prof.add("write", time.perf_counter() - t)
+            return rec
 
     def _failed(unit: WorkUnit, e: BaseException, attempt: int) -> UnitRecord:
         log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))

@@ -457,12 +457,12 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
         data, valid = r.read(u.read)
         return data, valid, pl.prepare_unit(u, data, valid, p)  # type: ignore[arg-type]
 
-    def failed(uid: str, key: list[str], attempt: int, e: BaseException) -> tuple[UnitRecord, None]:
+    def failed(uid: str, key: list[str], attempt: int, e: BaseException) -> UnitRecord:
         """The failed record of a unit (read, model, layers or chunk write raised ``e``)."""
         log.error("unit %s failed: %s", uid, e)
         msg = f"{type(e).__name__}: {e}".splitlines()[0]
         return _record(uid, "failed", key_fingerprint(key), p, attempt, False, {"date": day, "scenes": []},
-                       result.run_id, msg), None  # fmt: skip
+                       result.run_id, msg)  # fmt: skip
 
     def write(u: WorkUnit, key: list[str], attempt: int, data: np.ndarray, valid: np.ndarray,
               probs: np.ndarray | None) -> tuple[UnitRecord, pl.UnitOutput | None]:
@@ -473,7 +473,7 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
             rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
                               p.model_sha256, p.config_hash)  # fmt: skip
         except UNIT_ERRORS as e:
-            rec, o = failed(unit_id(day, u), key, attempt, e)
+            rec, o = failed(unit_id(day, u), key, attempt, e), None
         ledger.write(rec)
         return rec, o
 
@@ -511,7 +511,7 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
                     probs = None if x is None else pl.infer_unit(x, valid, predictor, p)  # type: ignore[arg-type]
                     del x
                 except UNIT_ERRORS as e:
-                    rec, _ = failed(uid, key, attempt, e)
+                    rec = failed(uid, key, attempt, e)
                     ledger.write(rec)
                     settled: Future = Future()
                     settled.set_result((rec, None))
