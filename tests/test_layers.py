@@ -28,7 +28,7 @@ def _pixels(nir: int, red: int, rededge: int = 0, swir: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(("nir", "red", "rededge", "swir", "zone"), [
     (1000, 1000, 0, 0, 0),        # NDVI 0: bare/stressed
-    (1500, 1000, 0, 0, 0),        # NDVI 0.2 exactly? (1500-1000)/2500 = 0.2 -> low edge is inclusive
+    (1500, 1000, 0, 0, 0),        # NDVI exactly 0.2, the low edge: float32 rounding decides (below)
     (1600, 1000, 0, 0, 1),        # NDVI 0.23: low
     (2400, 1000, 0, 0, 2),        # NDVI 0.41: moderate
     (4000, 1000, 0, 0, 3),        # NDVI 0.6: vigorous (edge inclusive)
