@@ -5,7 +5,7 @@
 On a generated 13-band deflate raster (512² blocks), with ``time.thread_time``:
 
 * reads of ``--units`` units (4 rows of units from row 4) in the runner's old order (each of
-  two readers walks its own row) and in the current one (:func:`geofg.runners.local.reader_order`,
+  two readers walks its own row) and in the current one (:func:`geofg.runners.local.reader_plan`,
   bands of two rows), for several GDAL block-cache sizes, and one aligned 1024² window;
 * normalise, the forward with 1 torch thread, and the layers (class, confidence, health) of one
   interior unit.
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from geofg.config import build_job
     from geofg.io import read as rd
     from geofg.pipeline import layers_from_probs, normalise, plan
-    from geofg.runners.local import BAND_ROWS, reader_order
+    from geofg.runners.local import reader_plan
 
     raster = make_s2_raster(args.workdir / f"s2_{args.size}.tif", args.size)
     p = plan(build_job({"read": {"inputs": [str(raster)]}, "model": {"model": args.model},
@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if order_name.startswith("own"):
             units, who = old, (lambda u: u.row % 2)
         else:
-            units = [u for u in reader_order(p.units, readers) if u.row in rows]
-            who = (lambda u, n=readers: (u.row // BAND_ROWS) % n)  # noqa: E731
+            plan_ = {u.id: k for u, k in reader_plan(p.units, readers)}
+            units = [u for u, _ in reader_plan(p.units, readers) if u.row in rows]
+            who = (lambda u, m=plan_: m[u.id])  # noqa: E731
         units = units[: args.units]
         handles = [rd.RasterReader(p.info, p.band_indices, cache_mb * 2**20) for _ in range(readers)]
         t = time.thread_time()

@@ -20,7 +20,7 @@ from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, 
 from geofg.models.bundle import write_bundle
 from geofg.models.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job
-from geofg.runners.local import block_cache_bytes, reader_of, reader_order
+from geofg.runners.local import block_cache_bytes, reader_plan
 from rasters import write_raster
 
 BANDS = ["B04", "B08"]
@@ -76,18 +76,37 @@ def _job(inp: Path, out: Path, model: Path, **runner) -> object:  # noqa: ANN003
     })
 
 
-def test_reader_order_walks_bands_of_two_rows_column_by_column() -> None:
+def test_reader_plan_walks_bands_of_two_rows_column_by_column() -> None:
     units = plan_units(50, 30, 10, 2)  # 5 rows x 3 cols
-    got = [(u.row, u.col) for u in reader_order(units, 1)]
+    got = [(u.row, u.col) for u, _ in reader_plan(units, 1)]
     assert got == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
                    (2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2), (4, 0), (4, 1), (4, 2)]
-    got = [(u.row, u.col) for u in reader_order(units, 2)]
-    assert got[:8] == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1), (3, 1)]
+    plan2 = reader_plan(units, 2)
+    got = [(u.row, u.col) for u, _ in plan2]
+    assert got[:8] == [(0, 0), (2, 0), (1, 0), (3, 0), (0, 1), (2, 1), (1, 1), (3, 1)]
     # reader k owns the bands of two rows with (row // 2) % 2 == k and sees them column by column
-    by_reader = {k: [(u.row, u.col) for u in reader_order(units, 2) if reader_of(u, 2) == k] for k in (0, 1)}
+    by_reader = {k: [(u.row, u.col) for u, r in plan2 if r == k] for k in (0, 1)}
     assert {r for r, _ in by_reader[0]} == {0, 1, 4} and {r for r, _ in by_reader[1]} == {2, 3}
     assert by_reader[1] == [(2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2)]
     assert sorted(got) == sorted((u.row, u.col) for u in units)
+
+
+def test_reader_plan_gives_many_readers_runs_of_columns() -> None:
+    """11 readers (a GPU host) on 8 x 8 units: 4 bands of two rows, each cut into 2 runs of 4
+    columns. Before, readers owned whole bands and only 4 of the 11 ever read."""
+    units = plan_units(80, 80, 10, 2)
+    plan = reader_plan(units, 11)
+    assert sorted((u.row, u.col) for u, _ in plan) == sorted((u.row, u.col) for u in units)
+    by_reader: dict[int, list[tuple[int, int]]] = {}
+    for u, k in plan:
+        by_reader.setdefault(k, []).append((u.row, u.col))
+    assert len(by_reader) == 8
+    for cells in by_reader.values():  # one band, 4 adjacent columns, walked column by column
+        assert len({r // 2 for r, _ in cells}) == 1 and len(cells) == 8
+        cols = [c for _, c in cells]
+        assert cols == sorted(cols) and cols[-1] - cols[0] == 3
+    # the first 8 reads go to 8 different readers, so they all start at once
+    assert len({k for _, k in plan[:8]}) == 8
 
 
 def test_block_cache_holds_two_units_of_blocks_per_reader(tmp_path: Path) -> None:
@@ -99,7 +118,8 @@ def test_block_cache_holds_two_units_of_blocks_per_reader(tmp_path: Path) -> Non
         assert r.block_bytes(units[5].read) == 9 * 16 * 16 * 3 * 2
         assert block_cache_bytes(r, units, 2) == GDAL_CACHE_BYTES  # small: the floor
         big = plan_units(100, 100, 20, 4000)  # absurd halo: capped
-        assert block_cache_bytes(r, big, 2) == GDAL_CACHE_MAX_BYTES
+        assert block_cache_bytes(r, big, 2) == 2 * GDAL_CACHE_MAX_BYTES  # per reader
+        assert block_cache_bytes(r, big, 11) == 11 * GDAL_CACHE_MAX_BYTES
 
 
 @pytest.mark.parametrize("streams", [1, 3])

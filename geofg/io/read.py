@@ -83,8 +83,9 @@ GDAL_OPTIONS: dict[str, str] = {
 #: :meth:`RasterReader.block_bytes`), never by raster size. rasterio applies it with
 #: GDALSetCacheMax64 (process-wide).
 GDAL_CACHE_BYTES = 96 * 2**20
-#: The most a runner raises the block cache to (strip-organised files would ask for whole strips).
-GDAL_CACHE_MAX_BYTES = 512 * 2**20
+#: The most a runner raises the block cache to, per reader thread (strip-organised files would ask
+#: for whole strips): 512 MiB for the 2 readers of a CPU run, more on a GPU host with more readers.
+GDAL_CACHE_MAX_BYTES = 256 * 2**20
 
 
 def gdal_env(cache_bytes: int | None = None) -> rasterio.Env:
