@@ -489,3 +489,14 @@ def test_driver_sigkilled_mid_run_then_rerun_resumes_and_equals_clean_run(
     assert len(after) == 36 and all(r.status == "done" for r in after.values())
     assert all(after[u].run_id == before[u].run_id for u in before), "a unit done before the kill was redone"
     _assert_layers_equal(out, golden)
+
+
+def test_actor_prefetch_gives_every_read_thread_a_unit() -> None:
+    """The driver reserves at least one unit per read thread ahead of each actor's current one
+    (a GPU actor with 11 read threads and prefetch 2 read on 3 of them)."""
+    from geofg.config import RunnerConfig
+
+    assert rr.actor_prefetch(RunnerConfig(), "cpu", {"num_cpus": 1}) == 2
+    assert rr.actor_prefetch(RunnerConfig(), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 11
+    assert rr.actor_prefetch(RunnerConfig(prefetch=16), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 16
+    assert rr.actor_prefetch(RunnerConfig(read_workers=3), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 3

@@ -16,8 +16,8 @@ Actors
     nothing assumes earlier state), checks the bundle's sha256 against the plan's, enters its own
     GDAL environment, and reads on threads of its own (:func:`actor_read_threads`), each with its own
     :class:`~geofg.io.read.RasterReader` (GDAL datasets are never shared between threads). Each
-    call names the unit to process and the next ``runner.prefetch`` units the driver has reserved
-    for this actor; the actor starts reading those before computing the current one, so the model
+    call names the unit to process and the next units the driver has reserved for this actor
+    (``runner.prefetch``, at least one per read thread: :func:`actor_prefetch`); the actor starts reading those before computing the current one, so the model
     does not wait on reads. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
     actor does not sit idle waiting for the driver between units. GPU actors reserve a CPU per
     read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
@@ -362,6 +362,22 @@ def actor_read_threads(runner: RunnerConfig, device: str) -> int:
     return runner.io_threads(device)[0]
 
 
+def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float]) -> int:
+    """Units the driver reserves ahead of each actor's current one: ``runner.prefetch``, but at
+    least one per read thread the actor has (:func:`actor_read_threads`), so that all of them read.
+
+    A GPU actor with 11 read threads and the default prefetch of 2 would otherwise read on 3 of
+    them (the local runner's readers starved the same way on the H100 host, docs/performance.md).
+    """
+    if runner.read_workers is not None:
+        readers = runner.read_workers
+    elif device.startswith("cuda"):
+        readers = max(1, int(resources.get("num_cpus", 1)))
+    else:
+        readers = runner.io_threads(device)[0]
+    return max(runner.prefetch, readers)
+
+
 class _Driver:
     """The unit <-> call bookkeeping of one Ray run (see the module docstring)."""
 
@@ -371,13 +387,13 @@ class _Driver:
         self.on_unit = on_unit
         self.sink = sink
         self.max_attempts = p.job.runner.max_attempts
-        self.prefetch = p.job.runner.prefetch
         self.todo: deque[WorkUnit] = deque(units)
         self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
         self.losses: Counter[str] = Counter()
         self.inflight: dict[Any, tuple[WorkUnit, _Slot]] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
         device, n, resources = _actor_shape(p, len(units))
+        self.prefetch = actor_prefetch(p.job.runner, device, resources)
         self.plan_ref = ray.put(_slim(p))
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
         self.sink_args["path"] = Path(sink.path).resolve()
