@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         if order_name.startswith("own"):
             units, who = old, (lambda u: u.row % 2)
         else:
-            plan_ = {u.id: k for u, k in reader_plan(p.units, readers)}
-            units = [u for u, _ in reader_plan(p.units, readers) if u.row in rows]
-            who = (lambda u, m=plan_: m[u.id])  # noqa: E731
+            planned = [(u, k) for u, k in reader_plan(p.units, readers) if u.row in rows]
+            units = [u for u, _ in planned]
+            reader_of = {u.id: k for u, k in planned}
+            who = (lambda u: reader_of[u.id])  # noqa: E731
         units = units[: args.units]
         handles = [rd.RasterReader(p.info, p.band_indices, cache_mb * 2**20) for _ in range(readers)]
         t = time.thread_time()

@@ -350,15 +350,17 @@ def _actor_shape(p: Plan, n_units: int) -> tuple[str, int, dict[str, float]]:
     return ("cuda" if use_gpu else "cpu"), max(1, min(n, n_units)), opts
 
 
-def actor_read_threads(runner: RunnerConfig, device: str) -> int:
+def actor_read_threads(runner: RunnerConfig, device: str, reserved_cpus: float | None = None) -> int:
     """Read threads of an actor on ``device``: as many as the CPUs it reserved on a GPU.
 
-    Call it inside the actor. CPU actors use :meth:`~geofg.config.RunnerConfig.io_threads`'s
+    Inside the actor the reserved CPUs come from Ray's runtime context; the driver passes the
+    ``num_cpus`` it asks for. CPU actors use :meth:`~geofg.config.RunnerConfig.io_threads`'s
     CPU count.
     """
     if device.startswith("cuda") and runner.read_workers is None:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        return max(1, int(cpus))
+        if reserved_cpus is None:
+            reserved_cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        return max(1, int(reserved_cpus))
     return runner.io_threads(device)[0]
 
 
@@ -369,13 +371,7 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     A GPU actor with 11 read threads and the default prefetch of 2 would otherwise read on 3 of
     them (the local runner's readers starved the same way on the H100 host, docs/performance.md).
     """
-    if runner.read_workers is not None:
-        readers = runner.read_workers
-    elif device.startswith("cuda"):
-        readers = max(1, int(resources.get("num_cpus", 1)))
-    else:
-        readers = runner.io_threads(device)[0]
-    return max(runner.prefetch, readers)
+    return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
 
 class _Driver:
