@@ -12,7 +12,11 @@ memory in again: on the 2-core VM a third of the CPU went to the kernel (docs/pe
   RSS is the high-water mark of the units in flight and does not grow with the raster; two
   streams interleaving their activations fragment the heap. ``GEOFG_MALLOC_REUSE=0`` turns it
   off.
-* :func:`trim_heap` otherwise (library use, Ray workers): ``malloc_trim(0)`` after each unit
+* :func:`heap_env`: the same policy for a process yet to start, as glibc environment variables
+  (read once, at start-up, before any thread exists). The Ray runner starts its actors with it,
+  whoever started the driver: without it, each actor page-faulted its forward's activations in
+  again every unit (docs/performance.md, "Ray actors").
+* :func:`trim_heap` otherwise (library use): ``malloc_trim(0)`` after each unit
   returns free pages, so peak RSS follows the units in flight rather than the per-thread heaps'
   accumulated high-water marks. ``GEOFG_MALLOC_TRIM=0`` turns it off. It does nothing while the
   heap is reused.
@@ -65,6 +69,28 @@ def reuse_heap() -> bool:
             os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
     _reusing = ok
     return ok
+
+
+def heap_env() -> dict[str, str]:
+    """Environment variables that give a new process :func:`reuse_heap`'s policy from its start.
+
+    glibc reads ``MALLOC_*`` once when the process starts, so this works where calling
+    :func:`reuse_heap` would come too late (a Ray worker has its threads and heaps before an actor's
+    code runs). Empty where ``GEOFG_MALLOC_REUSE=0``. torch's huge-page setting goes to 0 unless it
+    was set by hand, as :func:`reuse_heap` does.
+
+    Examples:
+        >>> sorted(heap_env())[:3]
+        ['MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_']
+    """
+    if os.environ.get("GEOFG_MALLOC_REUSE", "1") == "0":
+        return {}
+    env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    import geofg
+
+    if geofg.THP_DEFAULTED:
+        env["THP_MEM_ALLOC_ENABLE"] = "0"
+    return env
 
 
 def heap_reused() -> bool:

@@ -136,3 +136,37 @@ def test_the_command_reuses_the_heap_only_for_tile_pipeline_commands(args: list[
     out = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert f"REUSED {reused}" in out
+
+
+ENV_REUSE = """
+import resource
+import numpy as np
+np._core.multiarray._set_madvise_hugepage(False)  # count 4 KiB faults, whatever numpy would do
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(16 * 2**20); del a  # 128 MiB, above glibc's largest mmap threshold
+before = faults()
+for _ in range(3):
+    a = np.ones(16 * 2**20); del a
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("reuse", [True, False])
+def test_heap_env_gives_a_new_process_the_reused_heap_from_its_start(
+        reuse: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Ray actors are started with: glibc's policy from the environment, no geofg call."""
+    from geofg.memory import heap_env
+
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MALLOC_", "GEOFG_MALLOC", "THP_MEM"))}  # fmt: skip
+    monkeypatch.setenv("GEOFG_MALLOC_REUSE", "1" if reuse else "0")
+    env = heap_env()
+    out = subprocess.run([sys.executable, "-c", ENV_REUSE], env={**base, **env}, capture_output=True,
+                         text=True, check=True).stdout
+    pages = 3 * 128 * 2**20 // 4096
+    if reuse:
+        assert int(out) < pages / 100
+    else:
+        assert env == {} and int(out) > pages * 0.9

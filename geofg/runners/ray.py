@@ -87,6 +87,7 @@ from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
 from geofg.io.sink import UnitSink
+from geofg.memory import heap_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, predict_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
@@ -121,7 +122,8 @@ QUEUED_PER_ACTOR = 2
 
 #: Environment of every actor process (``runtime_env.env_vars``), on top of the job's: geofg's
 #: GDAL options (no sidecars, no network, no credential lookups; see docs/input.md) hold in the
-#: whole process even before the actor enters its own ``rasterio.Env``.
+#: whole process even before the actor enters its own ``rasterio.Env``. The driver adds
+#: :func:`geofg.memory.heap_env` (one reused glibc heap, as ``geofg classify`` has).
 WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 
 STAGES = ("read", "wait_read", "compute", "write")
@@ -395,7 +397,8 @@ class _Driver:
         self.sink_args["path"] = Path(sink.path).resolve()
         self.worker = ray.remote(worker)
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
-        self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": WORKER_ENV}}
+        env = {**WORKER_ENV, **heap_env()}  # glibc reads its heap policy when the process starts
+        self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": env}}
         self.device = device
         self.factory = predictor_factory
         self.replacements = n * self.max_attempts
