@@ -20,7 +20,7 @@ from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, 
 from geofg.models.bundle import write_bundle
 from geofg.models.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job
-from geofg.runners.local import block_cache_bytes, reader_plan
+from geofg.runners.local import ReadLanes, block_cache_bytes, reader_plan
 from rasters import write_raster
 
 BANDS = ["B04", "B08"]
@@ -107,6 +107,28 @@ def test_reader_plan_gives_many_readers_runs_of_columns() -> None:
         assert cols == sorted(cols) and cols[-1] - cols[0] == 3
     # the first 8 reads go to 8 different readers, so they all start at once
     assert len({k for _, k in plan[:8]}) == 8
+
+
+def test_read_lanes_run_each_lanes_reads_on_its_own_thread_in_order() -> None:
+    import threading
+
+    lanes = ReadLanes(3, "t-lane")
+    try:
+        seen = [lanes.submit(k, lambda i: (i, threading.current_thread().name), i).result()
+                for i, k in enumerate([0, 1, 2, 4, 1])]  # lane 4 of 3: lane 1
+        assert [name for _, name in seen] == ["t-lane0_0", "t-lane1_0", "t-lane2_0", "t-lane1_0", "t-lane1_0"]
+        turns = [lanes.submit(None, lambda: threading.current_thread().name).result() for _ in range(4)]
+        assert turns == ["t-lane0_0", "t-lane1_0", "t-lane2_0", "t-lane0_0"]  # no lane: in turn
+        order: list[int] = []
+        gate = threading.Event()
+        lanes.submit(0, gate.wait)
+        futs = [lanes.submit(0, order.append, i) for i in range(5)]
+        gate.set()
+        for f in futs:
+            f.result()
+        assert order == [0, 1, 2, 3, 4]  # one lane reads in the order its reads came
+    finally:
+        lanes.shutdown()
 
 
 def test_block_cache_holds_two_units_of_blocks_per_reader(tmp_path: Path) -> None:

@@ -543,3 +543,37 @@ def test_actor_prefetch_gives_every_read_thread_a_unit() -> None:
     assert rr.actor_prefetch(RunnerConfig(), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 11
     assert rr.actor_prefetch(RunnerConfig(prefetch=16), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 16
     assert rr.actor_prefetch(RunnerConfig(read_workers=3), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 3
+
+
+@pytest.mark.parametrize(("rows", "actors", "lanes", "used"), [(16, 2, 2, 4), (8, 1, 11, 8), (8, 3, 11, 32)],
+                         ids=["2-cpu-actors", "1-gpu-actor", "3-gpu-actors"])
+def test_actor_shares_give_each_read_thread_a_run_of_neighbours(rows: int, actors: int, lanes: int,
+                                                                used: int) -> None:
+    """Each actor's read threads walk neighbouring units (their shared blocks decoded once), as the
+    local runner's readers do; before, any thread of any actor read any unit."""
+    from geofg.grid import plan_units
+
+    units = plan_units(rows * 10, 16 * 10, 10, 2)
+    shares, lane = rr.actor_shares(units, actors, lanes)
+    assert len(shares) == actors
+    assert sorted(u.id for s in shares for u in s) == sorted(u.id for u in units)
+    assert set(lane.values()) <= set(range(lanes))
+    walks = {}
+    for a, share in enumerate(shares):
+        assert len({lane[u.id] for u in share[:lanes]}) == min(lanes, len({lane[u.id] for u in share}))
+        for u in share:
+            walks.setdefault((a, lane[u.id]), []).append((u.row, u.col))
+    assert len(walks) == used
+    runs = []
+    for cells in walks.values():  # a thread walks whole bands (or runs of them) one after another
+        for i, (r, c) in enumerate(cells):
+            if i == 0 or r // 2 != cells[i - 1][0] // 2:
+                runs.append([])
+            runs[-1].append((r, c))
+    for run in runs:  # each: one band of two rows, column by column, no gaps, each unit once
+        cols = [c for _, c in run]
+        assert cols == sorted(cols) and cols[-1] - cols[0] + 1 == len(set(cols))
+        assert len(set(run)) == len(run)
+    sizes = [len(s) for s in shares]  # actors get equal shares, to a run
+    assert max(sizes) - min(sizes) <= max(len(r) for r in runs)
+

@@ -136,6 +136,33 @@ def reader_plan(units: Sequence[WorkUnit], readers: int) -> list[tuple[WorkUnit,
     return [(u, k) for _, u, k in keyed]
 
 
+class ReadLanes:
+    """``n`` read threads ("lanes"), each running the reads routed to it in the order they come.
+
+    A lane opens its own dataset handles on first use (GDAL datasets are never shared between
+    threads), so the units :func:`reader_plan` gives one reader, read on one lane, find the blocks
+    they share still in that lane's block cache. Reads with no lane go to the lanes in turn.
+    """
+
+    def __init__(self, n: int, prefix: str) -> None:
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"{prefix}{k}") for k in range(max(1, n))]
+        self._turn = 0
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def submit(self, lane: int | None, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on ``lane`` (modulo the lanes there are; None: the next in turn)."""
+        if lane is None:
+            lane, self._turn = self._turn, (self._turn + 1) % len(self._pools)
+        return self._pools[lane % len(self._pools)].submit(fn, *args)
+
+    def shutdown(self) -> None:
+        """Drop the reads not started, wait for the running ones, stop the threads."""
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def block_cache_bytes(reader: RasterReader, units: Sequence[WorkUnit], readers: int) -> int:
     """GDAL block cache for ``readers`` walking :func:`reader_plan`: two units' blocks each.
 
@@ -181,7 +208,7 @@ def run_local(
     n_readers, n_writers = cfg.io_threads(getattr(predictor, "device", "cpu"))
     handles: dict[int, RasterReader] = {}
     handles_lock = threading.Lock()
-    rpools = [ThreadPoolExecutor(1, thread_name_prefix=f"geofg-read{k}") for k in range(n_readers)]
+    lanes = ReadLanes(n_readers, "geofg-read")
 
     def read(k: int, unit: WorkUnit) -> _Stage:
         """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
@@ -199,7 +226,7 @@ def run_local(
 
     def compute(unit: WorkUnit, k: int, fut: Future) -> _Stage:
         t = time.perf_counter()
-        again = lambda: rpools[k].submit(read, k, unit).result()  # noqa: E731 - same reader thread
+        again = lambda: lanes.submit(k, read, k, unit).result()  # noqa: E731 - same reader thread
         data, valid, x = _result_with_retry(fut, again, cfg.max_attempts)
         prof.add("wait_read", time.perf_counter() - t)
         if x is None:
@@ -246,7 +273,7 @@ def run_local(
             def top_up() -> None:
                 while order and len(reads) < ahead:
                     u, k = order.popleft()
-                    reads.append((u, k, rpools[k].submit(read, k, u)))
+                    reads.append((u, k, lanes.submit(k, read, k, u)))
 
             def drain(limit: int) -> None:
                 while len(writes) > limit:
@@ -278,8 +305,7 @@ def run_local(
                     finish(fut)
             drain(0)
     finally:
-        for pool in rpools:
-            pool.shutdown(wait=True, cancel_futures=True)
+        lanes.shutdown()
         for h in handles.values():
             h.close()
         end = resource.getrusage(resource.RUSAGE_SELF)

@@ -18,7 +18,13 @@ Actors
     :class:`~geofg.io.read.RasterReader` (GDAL datasets are never shared between threads). Each
     call names the unit to process and the next units the driver has reserved for this actor
     (``runner.prefetch``, at least one per read thread: :func:`actor_prefetch`); the actor starts reading those before computing the current one, so the model
-    does not wait on reads. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
+    does not wait on reads. Which units, and on which read thread: the driver cuts the units with
+    the local runner's :func:`~geofg.runners.local.reader_plan` for all the actors' read threads
+    together, gives each actor its share in that order (reader *k*: actor *k* mod *n*, its thread
+    *k* // *n*) and names each unit's thread in the call, so a thread walks neighbouring units and
+    decodes the blocks they share once (with a block cache sized as the local runner's). An actor
+    that runs out takes from the end of the share of the actor with most left; re-queued units
+    go first to whichever actor asks. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
     actor does not sit idle waiting for the driver between units. GPU actors reserve a CPU per
     read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
     readers for the cluster's CPUs per GPU. CPU actors take one core each and read on 2 threads.
@@ -66,7 +72,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +97,7 @@ from geofg.memory import heap_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, predict_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
-from geofg.runners.local import _result_with_retry
+from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
 
 __all__ = [
     "ACTOR_OPTIONS",
@@ -182,8 +188,7 @@ class UnitWorker:
         self._local = threading.local()
         self._readers: list[RasterReader] = []
         self._readers_lock = threading.Lock()
-        self._reads = ThreadPoolExecutor(actor_read_threads(p.job.runner, device),
-                                         thread_name_prefix="geofg-read")
+        self._reads = ReadLanes(actor_read_threads(p.job.runner, device), "geofg-read")
         self._ahead: dict[str, Future] = {}
         self._sink = UnitSink(**sink_args)
 
@@ -199,6 +204,8 @@ class UnitWorker:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = self._local.reader = RasterReader(self._plan.info, self._plan.band_indices)
+            # the blocks of the last two units each lane read, as the local runner's readers
+            reader.cache_bytes = block_cache_bytes(reader, [unit], len(self._reads))
             with self._readers_lock:
                 self._readers.append(reader)
         t = time.perf_counter()
@@ -206,26 +213,31 @@ class UnitWorker:
         x = prepare_unit(unit, data, valid, self._plan)
         return data, valid, x, time.perf_counter() - t
 
-    def _read_async(self, unit: WorkUnit) -> Future:
-        return self._reads.submit(self._read, unit)
+    def _read_async(self, unit: WorkUnit, lane: int | None) -> Future:
+        return self._reads.submit(lane, self._read, unit)
 
-    def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = ()) -> UnitOutcome:
+    def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = (),
+                lanes: dict[str, int] | None = None) -> UnitOutcome:
         """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
+
+        ``lanes`` names the read thread of each unit (the driver's :func:`reader_plan`), so that
+        each thread walks its own run of neighbouring units and reuses their shared blocks.
 
         Returns:
             The unit's ledger record, written after its chunks; or, when the unit failed, a one-line
             error (the driver records the failure).
         """
         seconds = dict.fromkeys(STAGES, 0.0)
-        fut = self._ahead.pop(unit.id, None) or self._read_async(unit)
+        lanes = lanes or {}
+        fut = self._ahead.pop(unit.id, None) or self._read_async(unit, lanes.get(unit.id))
         for u in upcoming:
             if u.id not in self._ahead:
-                self._ahead[u.id] = self._read_async(u)
+                self._ahead[u.id] = self._read_async(u, lanes.get(u.id))
         while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
             self._ahead.pop(next(iter(self._ahead))).cancel()
         try:
             t = time.perf_counter()
-            again = lambda u=unit: self._read_async(u).result()  # noqa: E731
+            again = lambda u=unit: self._read_async(u, lanes.get(u.id)).result()  # noqa: E731
             data, valid, x, seconds["read"] = _result_with_retry(
                 fut, again, self._plan.job.runner.max_attempts
             )
@@ -248,7 +260,7 @@ class UnitWorker:
         for fut in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
-        self._reads.shutdown(wait=True)
+        self._reads.shutdown()
         for reader in self._readers:
             reader.close()
         self._env.close()
@@ -327,6 +339,7 @@ class _Slot:
     name: str
     calls: deque = dataclasses.field(default_factory=deque)
     ahead: deque = dataclasses.field(default_factory=deque)  # reserved units, being prefetched
+    own: deque = dataclasses.field(default_factory=deque)  # its share of the read plan, in order
     dead: bool = False
 
 
@@ -376,6 +389,26 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
 
+def actor_shares(units: Sequence[WorkUnit], actors: int, lanes: int) -> tuple[list[list[WorkUnit]], dict[str, int]]:
+    """Each actor's share of ``units``, in read order, and the read thread ("lane") of each unit.
+
+    :func:`~geofg.runners.local.reader_plan` for ``actors * lanes`` readers; reader *k* is lane
+    *k* // ``actors`` of actor *k* % ``actors``, so the first runs go to different actors.
+
+    Examples:
+        >>> from geofg.grid import plan_units
+        >>> shares, lane = actor_shares(plan_units(4, 2, 1, 0), 2, 1)  # two bands, one per actor
+        >>> [[(u.row, u.col) for u in share] for share in shares]
+        [[(0, 0), (1, 0), (0, 1), (1, 1)], [(2, 0), (3, 0), (2, 1), (3, 1)]]
+    """
+    shares: list[list[WorkUnit]] = [[] for _ in range(actors)]
+    lane: dict[str, int] = {}
+    for u, k in reader_plan(units, actors * lanes):
+        shares[k % actors].append(u)
+        lane[u.id] = k // actors
+    return shares, lane
+
+
 class _Driver:
     """The unit <-> call bookkeeping of one Ray run (see the module docstring)."""
 
@@ -385,13 +418,14 @@ class _Driver:
         self.on_unit = on_unit
         self.sink = sink
         self.max_attempts = p.job.runner.max_attempts
-        self.todo: deque[WorkUnit] = deque(units)
+        self.todo: deque[WorkUnit] = deque()  # re-queued units, before any actor's own
         self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
         self.losses: Counter[str] = Counter()
         self.inflight: dict[Any, tuple[WorkUnit, _Slot]] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
         device, n, resources = _actor_shape(p, len(units))
         self.prefetch = actor_prefetch(p.job.runner, device, resources)
+        lanes = actor_read_threads(p.job.runner, device, resources.get("num_cpus", 1))
         self.plan_ref = ray.put(_slim(p))
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
         self.sink_args["path"] = Path(sink.path).resolve()
@@ -404,6 +438,9 @@ class _Driver:
         self.replacements = n * self.max_attempts
         self.started = 0
         self.slots = [self._start() for _ in range(n)]
+        shares, self.lane = actor_shares(units, n, lanes)
+        for slot, share in zip(self.slots, shares, strict=True):
+            slot.own.extend(share)
         log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
 
     def _start(self) -> _Slot:
@@ -437,18 +474,30 @@ class _Driver:
                 unit = s.ahead.popleft() if s.ahead else self._take(s)
                 if unit is None:
                     break
-                while len(s.ahead) < self.prefetch and self.todo:
-                    s.ahead.append(self.todo.popleft())
-                ref = s.actor.process.remote(unit, self.attempt[unit.id], list(s.ahead))
+                while len(s.ahead) < self.prefetch and (u := self._next(s)) is not None:
+                    s.ahead.append(u)
+                lanes = {u.id: self.lane[u.id] for u in (unit, *s.ahead)}
+                ref = s.actor.process.remote(unit, self.attempt[unit.id], list(s.ahead), lanes)
                 s.calls.append(ref)
                 self.inflight[ref] = (unit, s)
 
-    def _take(self, slot: _Slot) -> WorkUnit | None:
-        """Next unit for an actor with none reserved: from the queue, else the last one reserved
-        by the actor holding most (near the end of a run, so no actor idles while another has a
-        backlog; the donor's early read of it is wasted, nothing else)."""
+    def _next(self, slot: _Slot) -> WorkUnit | None:
+        """A unit for ``slot`` to reserve: a re-queued one, else its own next, else the last of the
+        live actor with most left of its own (its tail, which it would reach last)."""
         if self.todo:
             return self.todo.popleft()
+        if slot.own:
+            return slot.own.popleft()
+        donors = [s for s in self.slots if s is not slot and not s.dead and s.own]
+        return max(donors, key=lambda s: len(s.own)).own.pop() if donors else None
+
+    def _take(self, slot: _Slot) -> WorkUnit | None:
+        """Next unit for an actor with none reserved: :meth:`_next`, else the last one reserved
+        by the actor holding most (near the end of a run, so no actor idles while another has a
+        backlog; the donor's early read of it is wasted, nothing else)."""
+        unit = self._next(slot)
+        if unit is not None:
+            return unit
         donors = [s for s in self.slots if s is not slot and not s.dead and s.ahead]
         return max(donors, key=lambda s: len(s.ahead)).ahead.pop() if donors else None
 
@@ -509,10 +558,14 @@ class _Driver:
                     self.losses[charged.id] if charged else 0, self.max_attempts, len(requeue))
         self.todo.extendleft(reversed(requeue))
         self.slots.remove(slot)
-        if self.replacements > 0 and (self.todo or self.inflight):
+        if self.replacements > 0 and (self.todo or self.inflight or slot.own
+                                      or any(s.own for s in self.slots)):
             self.replacements -= 1
             self.slots.append(self._start())
-        elif not self.slots and self.todo:
+            self.slots[-1].own = slot.own  # its share of the plan, in order
+        else:
+            self.todo.extend(slot.own)  # for the actors left
+        if not self.slots and self.todo:
             raise ClusterError(
                 f"every Ray actor died ({self.started} started; last: {first}); {len(self.todo)} "
                 "units were not run; the mosaic is consistent: re-run to resume"
@@ -573,7 +626,7 @@ def run_ray(
         predictor_factory: see :class:`UnitWorker`.
         worker: the actor class: :class:`UnitWorker` (classify) or another with its constructor
             ``(plan, sink_args, device, predictor_factory)`` and methods ``process(unit, attempt,
-            upcoming)`` (returning an object with ``record``, ``error`` and ``seconds``), ``pid()``
+            upcoming, lanes)`` (``lanes``: unit id -> read thread; returning an object with ``record``, ``error`` and ``seconds``), ``pid()``
             and ``close()``, e.g. :class:`geofg.scan.units.ScanUnitWorker`. ``sink`` then needs
             ``run_id``, ``path``, ``ledger`` and ``failed(unit, error, attempt)``.
 

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,10 +209,10 @@ class ScanUnitWorker:
         self._local = threading.local()
         self._readers: list[SceneWindowReader] = []
         self._readers_lock = threading.Lock()
+        from geofg.runners.local import ReadLanes
         from geofg.runners.ray import actor_read_threads
 
-        self._reads = ThreadPoolExecutor(actor_read_threads(task.job.runner, device),
-                                         thread_name_prefix="geofg-scan-read")
+        self._reads = ReadLanes(actor_read_threads(task.job.runner, device), "geofg-scan-read")
         self._ahead: dict[str, Future] = {}
 
     def pid(self) -> int:
@@ -231,13 +231,18 @@ class ScanUnitWorker:
         data, valid = reader.read(unit.read)
         return data, valid, time.perf_counter() - t
 
-    def process(self, unit: DatedUnit, attempt: int, upcoming: Sequence[DatedUnit] = ()) -> ScanUnitOutcome:
-        """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``."""
+    def process(self, unit: DatedUnit, attempt: int, upcoming: Sequence[DatedUnit] = (),
+                lanes: dict[str, int] | None = None) -> ScanUnitOutcome:
+        """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
+
+        ``lanes``: the read thread of each unit, as :meth:`geofg.runners.ray.UnitWorker.process`.
+        """
         seconds = {"read": 0.0, "wait_read": 0.0, "compute": 0.0, "write": 0.0}
-        fut = self._ahead.pop(unit.id, None) or self._reads.submit(self._read, unit)
+        lanes = lanes or {}
+        fut = self._ahead.pop(unit.id, None) or self._reads.submit(lanes.get(unit.id), self._read, unit)
         for u in upcoming:
             if u.id not in self._ahead:
-                self._ahead[u.id] = self._reads.submit(self._read, u)
+                self._ahead[u.id] = self._reads.submit(lanes.get(u.id), self._read, u)
         while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
             self._ahead.pop(next(iter(self._ahead))).cancel()
         task, sink = self._task, self._sink
@@ -264,7 +269,7 @@ class ScanUnitWorker:
         for fut in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
-        self._reads.shutdown(wait=True)
+        self._reads.shutdown()
         for reader in self._readers:
             reader.close()
         self._env.close()
