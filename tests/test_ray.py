@@ -146,6 +146,18 @@ def _assert_layers_equal(out: Path, expected: dict[str, np.ndarray]) -> None:
 # --- equality and failures (in-process Ray) ------------------------------------------------------
 
 
+def test_ray_with_write_threads_equals_local(ray_session, tmp_path: Path, bundle: Path, scene: Path,
+                                             golden: dict) -> None:
+    """Actors with write threads (GPU actors have them) return before their units are written and
+    report them in later replies: every unit is recorded once, and the mosaic is the same."""
+    out = tmp_path / "ray.zarr"
+    result = run_job(_job(scene, out, bundle, write_workers=2))
+    assert not result.failed and sorted(result.ran) == sorted(u.id for u in result.plan.units)
+    _assert_layers_equal(out, golden)
+    recs = Ledger(out / ".geofg").load()
+    assert len(recs) == 36 and {(r.status, r.attempt) for r in recs.values()} == {("done", 1)}
+
+
 def test_ray_mosaic_equals_local_array_for_array(ray_session, tmp_path: Path, bundle: Path, scene: Path,
                                                  golden: dict) -> None:
     out = tmp_path / "ray.zarr"
@@ -160,13 +172,15 @@ def test_ray_mosaic_equals_local_array_for_array(ray_session, tmp_path: Path, bu
     assert (golden["class"] < 10).all()  # every pixel valid and classified
 
 
-@pytest.mark.parametrize("max_restarts", [0, 1], ids=["ActorDiedError", "ActorUnavailableError"])
+@pytest.mark.parametrize(("max_restarts", "writers"), [(0, None), (1, None), (0, 2)],
+                         ids=["ActorDiedError", "ActorUnavailableError", "write-threads"])
 def test_sigkill_actor_mid_run_completes_and_equals_clean_run(
     ray_session, tmp_path: Path, bundle: Path, scene: Path, golden: dict, monkeypatch: pytest.MonkeyPatch,
-    max_restarts: int, caplog: pytest.LogCaptureFixture,
+    max_restarts: int, writers: int | None, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """R1/R2: kill one actor's worker process mid-run; the run recovers. With max_restarts=1 Ray
-    raises ActorUnavailableError instead of ActorDiedError: geofg must catch RayActorError."""
+    raises ActorUnavailableError instead of ActorDiedError: geofg must catch RayActorError. With
+    write threads (as GPU actors have), units being written when the actor dies are re-run."""
     caplog.set_level(logging.WARNING, logger="geofg.runners.ray")
     monkeypatch.setitem(rr.ACTOR_OPTIONS, "max_restarts", max_restarts)
     before = set(ray.util.list_named_actors())
@@ -195,7 +209,7 @@ def test_sigkill_actor_mid_run_completes_and_equals_clean_run(
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     out = tmp_path / "chaos.zarr"
-    result = run_job(_job(scene, out, bundle), on_progress=on_progress)
+    result = run_job(_job(scene, out, bundle, write_workers=writers), on_progress=on_progress)
     thread.join(30)
     assert not problems and killed, problems
     assert not result.failed and len(result.ran) == 36

@@ -33,9 +33,14 @@ Failures (../shared/RELIABILITY.md R1-R8)
     * An exception inside a unit (a corrupt block, a model error) comes back as a failure and the
       driver records the unit failed at once, as the local runner does (reads are first retried on
       ``OSError``, as there).
+    * GPU actors leave each unit's layers and writes to write threads of their own
+      (:func:`actor_write_threads`) and take the next unit while they run: a call returns once
+      the model has run, and later replies carry the outcomes of the units written meanwhile
+      (a final ``drain`` call collects the last). CPU actors write on the thread that ran the model.
     * A lost actor (any ``RayActorError``, i.e. ``ActorDiedError`` *or* ``ActorUnavailableError``;
       also a worker killed for memory or a lost node) costs one attempt to the unit it was
-      running; the units queued behind it go back to the queue without charge. Which unit was
+      running (with none running, the oldest unit still being written without a record); the
+      units queued behind it go back to the queue without charge. Which unit was
       running is read from the ledger: the actor's calls run in order, and a call whose reply died
       with the actor but whose record is on disk (this run, this attempt) finished. The actor is killed
       for good and replaced (up to a budget) and the unit goes to the front of the queue. After
@@ -72,7 +77,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +100,7 @@ from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
 from geofg.io.sink import UnitSink
 from geofg.memory import heap_env
 from geofg.models.bundle import bundle_sha256
-from geofg.pipeline import Plan, Predictor, predict_unit, prepare_unit
+from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
 from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
 
@@ -191,6 +196,10 @@ class UnitWorker:
         self._reads = ReadLanes(actor_read_threads(p.job.runner, device), "geofg-read")
         self._ahead: dict[str, Future] = {}
         self._sink = UnitSink(**sink_args)
+        self._writers = actor_write_threads(p.job.runner, device)
+        self._writes = (ThreadPoolExecutor(self._writers, thread_name_prefix="geofg-write")
+                        if self._writers else None)
+        self._writing: deque[Future] = deque()  # units handed to the write threads, oldest first
 
     def pid(self) -> int:
         """Return the actor's process id (tests kill it with it)."""
@@ -217,15 +226,22 @@ class UnitWorker:
         return self._reads.submit(lane, self._read, unit)
 
     def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = (),
-                lanes: dict[str, int] | None = None) -> UnitOutcome:
+                lanes: dict[str, int] | None = None) -> list[UnitOutcome]:
         """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
 
         ``lanes`` names the read thread of each unit (the driver's :func:`reader_plan`), so that
         each thread walks its own run of neighbouring units and reuses their shared blocks.
 
+        With write threads (:func:`actor_write_threads`: GPU actors), the unit's layers, chunks
+        and ledger record are left to them, and the call returns once the model has run, so the
+        device computes the next unit while this one is written. At most as many units as there
+        are write threads are left being written when a call returns.
+
         Returns:
-            The unit's ledger record, written after its chunks; or, when the unit failed, a one-line
-            error (the driver records the failure).
+            Outcomes, oldest first: of this unit when written here or failed before writing, and of
+            the units the write threads finished since the last call. An outcome holds the unit's
+            ledger record (written after its chunks) or a one-line error (the driver records the
+            failure).
         """
         seconds = dict.fromkeys(STAGES, 0.0)
         lanes = lanes or {}
@@ -243,20 +259,46 @@ class UnitWorker:
             )
             seconds["wait_read"] = time.perf_counter() - t
             t = time.perf_counter()
-            out = predict_unit(unit, x, data, valid, self._predictor, self._plan)
+            probs = None if x is None else infer_unit(x, valid, self._predictor, self._plan)
             del x
             seconds["compute"] = time.perf_counter() - t
-            del data, valid
+        except _UNIT_ERRORS as e:
+            return [*self._written(len(self._writing)), _failed(unit, e, seconds)]
+        if self._writes is None:
+            return [self._write(unit, probs, data, valid, attempt, seconds)]
+        self._writing.append(self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds))
+        del probs, data, valid
+        return self._written(self._writers)
+
+    def _write(self, unit: WorkUnit, probs: Any, data: Any, valid: Any, attempt: int,
+               seconds: dict[str, float]) -> UnitOutcome:
+        """A unit's layers from its probabilities, then its chunks and ledger record."""
+        try:
             t = time.perf_counter()
+            out = finish_unit(unit, probs, data, valid, self._plan)
+            del probs, data, valid
             rec = self._sink.done(unit, out.layers, out.stats, attempt)
             seconds["write"] = time.perf_counter() - t
-        except (GeofgError, OSError, RuntimeError, ValueError, MemoryError) as e:
-            log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
-            return UnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
+        except _UNIT_ERRORS as e:
+            return _failed(unit, e, seconds)
         return UnitOutcome(unit.id, rec, None, seconds)
 
+    def _written(self, pending: int) -> list[UnitOutcome]:
+        """Outcomes of the writes finished, oldest first, waiting until at most ``pending`` remain."""
+        done = []
+        while self._writing and (len(self._writing) > pending or self._writing[0].done()):
+            done.append(self._writing.popleft().result())
+        return done
+
+    def drain(self) -> list[UnitOutcome]:
+        """Wait for every unit left to the write threads; their outcomes, oldest first."""
+        return self._written(0)
+
     def close(self) -> None:
-        """Drop prefetched reads, stop the read threads, close their readers, leave the GDAL env."""
+        """Finish the writes, drop prefetched reads, stop the threads, close the readers, leave
+        the GDAL env."""
+        if self._writes is not None:
+            self._writes.shutdown(wait=True)
         for fut in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
@@ -264,6 +306,14 @@ class UnitWorker:
         for reader in self._readers:
             reader.close()
         self._env.close()
+
+
+_UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
+
+
+def _failed(unit: WorkUnit, e: BaseException, seconds: dict[str, float]) -> UnitOutcome:
+    log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
+    return UnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
 
 
 # --- connecting --------------------------------------------------------------------------------
@@ -340,6 +390,7 @@ class _Slot:
     calls: deque = dataclasses.field(default_factory=deque)
     ahead: deque = dataclasses.field(default_factory=deque)  # reserved units, being prefetched
     own: deque = dataclasses.field(default_factory=deque)  # its share of the read plan, in order
+    writing: dict = dataclasses.field(default_factory=dict)  # unit id -> unit left to its writers
     dead: bool = False
 
 
@@ -377,6 +428,24 @@ def actor_read_threads(runner: RunnerConfig, device: str, reserved_cpus: float |
             reserved_cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         return max(1, int(reserved_cpus))
     return runner.io_threads(device)[0]
+
+
+def actor_write_threads(runner: RunnerConfig, device: str, reserved_cpus: float | None = None) -> int:
+    """Write threads of an actor: ``runner.write_workers``; else none on CPU (the unit is written
+    on the thread that ran the model, as the core is busy anyway), and on a GPU the local
+    runner's share of writers beside :func:`actor_read_threads`' readers (4 beside 11).
+
+    Examples:
+        >>> actor_write_threads(RunnerConfig(), "cpu"), actor_write_threads(RunnerConfig(write_workers=2), "cpu")
+        (0, 2)
+        >>> [actor_write_threads(RunnerConfig(), "cuda", cpus) for cpus in (2, 5, 11)]
+        [1, 2, 4]
+    """
+    if runner.write_workers is not None:
+        return runner.write_workers
+    if not device.startswith("cuda"):
+        return 0
+    return max(1, (actor_read_threads(runner, device, reserved_cpus) + 1) // 3)
 
 
 def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float]) -> int:
@@ -421,7 +490,7 @@ class _Driver:
         self.todo: deque[WorkUnit] = deque()  # re-queued units, before any actor's own
         self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
         self.losses: Counter[str] = Counter()
-        self.inflight: dict[Any, tuple[WorkUnit, _Slot]] = {}
+        self.inflight: dict[Any, tuple[WorkUnit | None, _Slot]] = {}  # None: a drain call
         self.seconds = dict.fromkeys(STAGES, 0.0)
         device, n, resources = _actor_shape(p, len(units))
         self.prefetch = actor_prefetch(p.job.runner, device, resources)
@@ -473,6 +542,10 @@ class _Driver:
             while not s.dead and len(s.calls) < QUEUED_PER_ACTOR:
                 unit = s.ahead.popleft() if s.ahead else self._take(s)
                 if unit is None:
+                    if s.writing and not s.calls:  # nothing left to run: collect its last writes
+                        ref = s.actor.drain.remote()
+                        s.calls.append(ref)
+                        self.inflight[ref] = (None, s)
                     break
                 while len(s.ahead) < self.prefetch and (u := self._next(s)) is not None:
                     s.ahead.append(u)
@@ -501,15 +574,22 @@ class _Driver:
         donors = [s for s in self.slots if s is not slot and not s.dead and s.ahead]
         return max(donors, key=lambda s: len(s.ahead)).ahead.pop() if donors else None
 
-    def _finish(self, ref: Any, slot: _Slot, outcome: UnitOutcome) -> None:
+    def _finish(self, ref: Any, slot: _Slot, reply: Any) -> None:
+        """Settle a call's reply: the outcomes it carries (one, or a list: its unit's and those of
+        units its actor's write threads finished); a unit without one is still being written."""
         unit, _ = self.inflight.pop(ref)
         slot.calls.remove(ref)
-        for k, v in outcome.seconds.items():
-            self.seconds[k] = self.seconds.get(k, 0.0) + v
-        if outcome.record is not None:
-            self.on_unit(outcome.record)
-        else:
-            self.on_unit(self.sink.failed(unit, outcome.error or "failed", self.attempt[unit.id]))
+        outcomes = reply if isinstance(reply, list) else [reply]
+        if unit is not None and unit.id not in {o.unit_id for o in outcomes}:
+            slot.writing[unit.id] = unit
+        for outcome in outcomes:
+            done = slot.writing.pop(outcome.unit_id, None) or unit
+            for k, v in outcome.seconds.items():
+                self.seconds[k] = self.seconds.get(k, 0.0) + v
+            if outcome.record is not None:
+                self.on_unit(outcome.record)
+            else:
+                self.on_unit(self.sink.failed(done, outcome.error or "failed", self.attempt[done.id]))
 
     def _lost(self, slot: _Slot, error: BaseException) -> None:
         """Retire a dead actor: settle its calls, charge the unit it was running, replace it."""
@@ -522,35 +602,42 @@ class _Driver:
                 "the model bundle and the inputs at the same paths as the driver"
             )
         first = _last_line(str(error)) or type(error).__name__
-        requeue: list[WorkUnit] = []
-        charged: WorkUnit | None = None
-        # Oldest call first: the first that failed and left no ledger record was the one running
-        # (a finished call's reply can die with the actor; its record says it finished).
+        unsettled: list[WorkUnit] = []  # the units of calls whose replies died, oldest first
         for ref in list(slot.calls):
             unit = self.inflight[ref][0]
             try:
-                outcome = ray.get(ref, timeout=_RESOLVE_TIMEOUT_S)
+                reply = ray.get(ref, timeout=_RESOLVE_TIMEOUT_S)
             except LOST:
                 del self.inflight[ref]
                 slot.calls.remove(ref)
-                done = self._recorded(unit)
-                if done is not None:  # it finished: only its reply died with the actor
-                    self.on_unit(done)
-                    continue
-                if charged is not None:
-                    requeue.append(unit)
-                    continue
-                charged = unit
-                self.losses[unit.id] += 1
-                if self.losses[unit.id] >= self.max_attempts:
-                    msg = (f"{type(error).__name__}: lost its Ray worker {self.losses[unit.id]} times "
-                           f"(last: {first})")
-                    self.on_unit(self.sink.failed(unit, msg, self.attempt[unit.id]))
-                else:
-                    self.attempt[unit.id] += 1
-                    requeue.append(unit)
+                if unit is not None:  # not a drain call
+                    unsettled.append(unit)
             else:
-                self._finish(ref, slot, outcome)
+                self._finish(ref, slot, reply)
+        # Calls run one at a time, in order: the oldest whose unit left no ledger record was the one
+        # running (a finished call's reply can die with the actor; its record says it finished).
+        # With no such call, the oldest unit left to the actor's write threads without a record.
+        unsettled += slot.writing.values()
+        slot.writing.clear()
+        requeue: list[WorkUnit] = []
+        charged: WorkUnit | None = None
+        for unit in unsettled:
+            done = self._recorded(unit)
+            if done is not None:
+                self.on_unit(done)
+                continue
+            if charged is not None:
+                requeue.append(unit)
+                continue
+            charged = unit
+            self.losses[unit.id] += 1
+            if self.losses[unit.id] >= self.max_attempts:
+                msg = (f"{type(error).__name__}: lost its Ray worker {self.losses[unit.id]} times "
+                       f"(last: {first})")
+                self.on_unit(self.sink.failed(unit, msg, self.attempt[unit.id]))
+            else:
+                self.attempt[unit.id] += 1
+                requeue.append(unit)
         requeue.extend(slot.ahead)
         slot.ahead.clear()
         log.warning("actor %s lost (%s) while running unit %s (loss %d of %d allowed); %d unit(s) "
@@ -626,8 +713,10 @@ def run_ray(
         predictor_factory: see :class:`UnitWorker`.
         worker: the actor class: :class:`UnitWorker` (classify) or another with its constructor
             ``(plan, sink_args, device, predictor_factory)`` and methods ``process(unit, attempt,
-            upcoming, lanes)`` (``lanes``: unit id -> read thread; returning an object with ``record``, ``error`` and ``seconds``), ``pid()``
-            and ``close()``, e.g. :class:`geofg.scan.units.ScanUnitWorker`. ``sink`` then needs
+            upcoming, lanes)`` (``lanes``: unit id -> read thread), returning the unit's outcome
+            (an object with ``unit_id``, ``record``, ``error`` and ``seconds``) or a list of
+            outcomes as :meth:`UnitWorker.process` does (then also ``drain()``), ``pid()`` and
+            ``close()``, e.g. :class:`geofg.scan.units.ScanUnitWorker`. ``sink`` then needs
             ``run_id``, ``path``, ``ledger`` and ``failed(unit, error, attempt)``.
 
     Returns:
