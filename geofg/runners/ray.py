@@ -93,7 +93,7 @@ from ray.exceptions import (
 )
 
 from geofg.config import RunnerConfig
-from geofg.errors import ClusterError, GeofgError, WeightsChecksumError
+from geofg.errors import ClusterError, WeightsChecksumError
 from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
@@ -102,7 +102,7 @@ from geofg.memory import heap_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
-from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
+from geofg.runners.local import _UNIT_ERRORS, ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
 
 __all__ = [
     "ACTOR_OPTIONS",
@@ -196,10 +196,7 @@ class UnitWorker:
         self._reads = ReadLanes(actor_read_threads(p.job.runner, device), "geofg-read")
         self._ahead: dict[str, Future] = {}
         self._sink = UnitSink(**sink_args)
-        self._writers = actor_write_threads(p.job.runner, device)
-        self._writes = (ThreadPoolExecutor(self._writers, thread_name_prefix="geofg-write")
-                        if self._writers else None)
-        self._writing: deque[Future] = deque()  # units handed to the write threads, oldest first
+        self._writes = WriteBehind(actor_write_threads(p.job.runner, device))
 
     def pid(self) -> int:
         """Return the actor's process id (tests kill it with it)."""
@@ -263,12 +260,8 @@ class UnitWorker:
             del x
             seconds["compute"] = time.perf_counter() - t
         except _UNIT_ERRORS as e:
-            return [*self._written(len(self._writing)), _failed(unit, e, seconds)]
-        if self._writes is None:
-            return [self._write(unit, probs, data, valid, attempt, seconds)]
-        self._writing.append(self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds))
-        del probs, data, valid
-        return self._written(self._writers)
+            return [*self._writes.finished(), _failed(unit, e, seconds)]
+        return self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds)
 
     def _write(self, unit: WorkUnit, probs: Any, data: Any, valid: Any, attempt: int,
                seconds: dict[str, float]) -> UnitOutcome:
@@ -283,22 +276,14 @@ class UnitWorker:
             return _failed(unit, e, seconds)
         return UnitOutcome(unit.id, rec, None, seconds)
 
-    def _written(self, pending: int) -> list[UnitOutcome]:
-        """Outcomes of the writes finished, oldest first, waiting until at most ``pending`` remain."""
-        done = []
-        while self._writing and (len(self._writing) > pending or self._writing[0].done()):
-            done.append(self._writing.popleft().result())
-        return done
-
     def drain(self) -> list[UnitOutcome]:
         """Wait for every unit left to the write threads; their outcomes, oldest first."""
-        return self._written(0)
+        return self._writes.drain()
 
     def close(self) -> None:
         """Finish the writes, drop prefetched reads, stop the threads, close the readers, leave
         the GDAL env."""
-        if self._writes is not None:
-            self._writes.shutdown(wait=True)
+        self._writes.close()
         for fut in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
@@ -308,7 +293,41 @@ class UnitWorker:
         self._env.close()
 
 
-_UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
+class WriteBehind:
+    """An actor's write threads: units are handed to them once the model has run, and their
+    outcomes collected oldest first. With no threads, a unit is written at once, on the caller's."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="geofg-write") if threads else None
+        self._writing: deque[Future] = deque()
+
+    def submit(self, write: Callable[..., Any], *args: Any) -> list[Any]:
+        """Write a unit (``write(*args)`` returns its outcome); the outcomes finished, oldest first,
+        having waited until at most :attr:`threads` units are left being written."""
+        if self._pool is None:
+            return [write(*args)]
+        self._writing.append(self._pool.submit(write, *args))
+        return self._collect(self.threads)
+
+    def finished(self) -> list[Any]:
+        """The outcomes finished so far, oldest first, without waiting."""
+        return self._collect(len(self._writing))
+
+    def drain(self) -> list[Any]:
+        """Wait for every unit left; their outcomes, oldest first."""
+        return self._collect(0)
+
+    def _collect(self, pending: int) -> list[Any]:
+        done = []
+        while self._writing and (len(self._writing) > pending or self._writing[0].done()):
+            done.append(self._writing.popleft().result())
+        return done
+
+    def close(self) -> None:
+        """Let the writes left finish, then stop the threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _failed(unit: WorkUnit, e: BaseException, seconds: dict[str, float]) -> UnitOutcome:

@@ -40,7 +40,8 @@ from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.read import gdal_env
 from geofg.models.bundle import bundle_sha256
-from geofg.pipeline import UnitOutput, process_unit
+from geofg.pipeline import UnitOutput, infer_unit, prepare_unit
+from geofg.pipeline import finish_unit as unit_layers
 from geofg.scan import inbox as ib
 from geofg.scan.warp import Scene, SceneWindowReader
 
@@ -171,6 +172,10 @@ class ScanUnitOutcome:
     seconds: dict[str, float]
 
 
+def _failed(unit: DatedUnit, e: BaseException, seconds: dict[str, float]) -> ScanUnitOutcome:
+    return ScanUnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
+
+
 class ScanUnitWorker:
     """A Ray actor's body for scan units (constructor as :class:`geofg.runners.ray.UnitWorker`).
 
@@ -210,9 +215,10 @@ class ScanUnitWorker:
         self._readers: list[SceneWindowReader] = []
         self._readers_lock = threading.Lock()
         from geofg.runners.local import ReadLanes
-        from geofg.runners.ray import actor_read_threads
+        from geofg.runners.ray import WriteBehind, actor_read_threads, actor_write_threads
 
         self._reads = ReadLanes(actor_read_threads(task.job.runner, device), "geofg-scan-read")
+        self._writes = WriteBehind(actor_write_threads(task.job.runner, device))
         self._ahead: dict[str, Future] = {}
 
     def pid(self) -> int:
@@ -232,10 +238,11 @@ class ScanUnitWorker:
         return data, valid, time.perf_counter() - t
 
     def process(self, unit: DatedUnit, attempt: int, upcoming: Sequence[DatedUnit] = (),
-                lanes: dict[str, int] | None = None) -> ScanUnitOutcome:
+                lanes: dict[str, int] | None = None) -> list[ScanUnitOutcome]:
         """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
 
-        ``lanes``: the read thread of each unit, as :meth:`geofg.runners.ray.UnitWorker.process`.
+        ``lanes`` and the outcomes returned: as :meth:`geofg.runners.ray.UnitWorker.process` (with
+        write threads, the unit's layers, slices and record are written on them).
         """
         seconds = {"read": 0.0, "wait_read": 0.0, "compute": 0.0, "write": 0.0}
         lanes = lanes or {}
@@ -245,27 +252,45 @@ class ScanUnitWorker:
                 self._ahead[u.id] = self._reads.submit(lanes.get(u.id), self._read, u)
         while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
             self._ahead.pop(next(iter(self._ahead))).cancel()
-        task, sink = self._task, self._sink
+        plan = self._task.plan
         try:
             t0 = time.perf_counter()
             data, valid, seconds["read"] = fut.result()
             seconds["wait_read"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            o = process_unit(unit, data, valid, self._predictor, task.plan)  # type: ignore[arg-type]
+            x = prepare_unit(unit, data, valid, plan)  # type: ignore[arg-type]
+            probs = None if x is None else infer_unit(x, valid, self._predictor, plan)  # type: ignore[arg-type]
+            del x
             seconds["compute"] = time.perf_counter() - t0
-            del data, valid
+        except UNIT_ERRORS as e:
+            return [*self._writes.finished(), _failed(unit, e, seconds)]
+        return self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds)
+
+    def _write(self, unit: DatedUnit, probs: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
+               attempt: int, seconds: dict[str, float]) -> ScanUnitOutcome:
+        """The unit's layers, its date's slice and the latest chunks, then its ledger record."""
+        task, sink = self._task, self._sink
+        try:
             t0 = time.perf_counter()
+            o = unit_layers(unit, probs, data, valid, task.plan)  # type: ignore[arg-type]
+            del probs, data, valid
             key = scene_key(covering(task.scenes, unit))
             rec = finish_unit(self._tm, task.t, self._dates, unit, task.day, o, key, attempt,
                               sink.run_id, sink.model_sha256, sink.config_hash)  # fmt: skip
             sink.ledger.write(rec)
             seconds["write"] = time.perf_counter() - t0
         except UNIT_ERRORS as e:
-            return ScanUnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
+            return _failed(unit, e, seconds)
         return ScanUnitOutcome(unit.id, rec, None, seconds)
 
+    def drain(self) -> list[ScanUnitOutcome]:
+        """Wait for every unit left to the write threads; their outcomes, oldest first."""
+        return self._writes.drain()
+
     def close(self) -> None:
-        """Drop prefetched reads, stop the read threads, close their readers, leave the GDAL env."""
+        """Finish the writes, drop prefetched reads, stop the threads, close the readers, leave
+        the GDAL env."""
+        self._writes.close()
         for fut in self._ahead.values():
             fut.cancel()
         self._ahead.clear()

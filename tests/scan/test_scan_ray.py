@@ -98,17 +98,24 @@ def _scene(inbox: Path, name: str, seed: int, nodata_rows: slice | None = None) 
     write_raster(inbox / name, data, nodata=0, descriptions=BANDS, transform=from_origin(*ORIGIN, 10.0, 10.0))
 
 
-def _cfg(tmp: Path, model: Path, mosaic: str, kind: str) -> object:
+def _cfg(tmp: Path, model: Path, mosaic: str, kind: str, writers: int | None = None) -> object:
     c = config(tmp, model, height=64, width=96, chunk=32)
     c["mosaic"] = str(tmp / mosaic)
     c["tile"] = {"halo": 16}
-    c["runner"] = {**c["runner"], "kind": kind}
+    c["runner"] = {**c["runner"], "kind": kind, "write_workers": writers}
     return build_scan(c)
 
 
-def test_ray_scan_equals_local_scan_array_for_array(ray_session, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("writers", [None, 2], ids=["written-by-the-model-thread", "write-threads"])
+def test_ray_scan_equals_local_scan_array_for_array(ray_session, tmp_path: Path, writers: int | None) -> None:  # noqa: ANN001
+    """Also with the actors' write threads (GPU actors have them): units written after the call
+    returns, reported in later replies."""
+    from ray._private.state import actors  # the GCS's actor table (works without a dashboard)
+
+    earlier = set(actors())  # other tests' actors in this module's Ray
     model = random_bundle(tmp_path / "random-2band.safetensors")
-    local, remote = _cfg(tmp_path, model, "local.zarr", "local"), _cfg(tmp_path, model, "ray.zarr", "ray")
+    local = _cfg(tmp_path, model, "local.zarr", "local")
+    remote = _cfg(tmp_path, model, "ray.zarr", "ray", writers)
     inbox = tmp_path / "inbox"
     _scene(inbox, "S_20200601.tif", 1)
     runs = []
@@ -122,9 +129,7 @@ def test_ray_scan_equals_local_scan_array_for_array(ray_session, tmp_path: Path)
         assert (rr.units_ran, rr.units_failed, rr.dates_touched) == (lr.units_ran, {}, lr.dates_touched)
         assert rr.units_ran == 6 and rr.km2_processed == pytest.approx(lr.km2_processed)
 
-    from ray._private.state import actors  # the GCS's actor table (works without a dashboard)
-
-    workers = [a for a in actors().values() if a["ActorClassName"] == "ScanUnitWorker"]
+    workers = [a for i, a in actors().items() if a["ActorClassName"] == "ScanUnitWorker" and i not in earlier]
     assert len(workers) == 4  # two per date (num_cpus=2), started per date, all stopped after it
     assert {a["State"] for a in workers} == {"DEAD"}
 
