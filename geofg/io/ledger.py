@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -265,14 +265,17 @@ class Ledger:
         _fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def sweep_temp(self, *, min_age_s: float = 0.0) -> int:
+    def sweep_temp(self, *, min_age_s: float = 0.0, units: Iterable[str] | None = None) -> int:
         """Delete temp files left by killed ledger writers; return how many were deleted.
 
         Also deletes what an interrupted :meth:`remove_all` left (counted as one each). Call it
         under the run lock before any writer of this run starts; with ``min_age_s`` > 0 only files
-        older than that are deleted, which spares writers that may still be running.
+        older than that are deleted, which spares writers that may still be running. With
+        ``units``, only the temp files of those unit ids go (nothing else): for units whose
+        writer died while other writers go on (a lost Ray actor's).
         """
-        removed = self._remove_trash()
+        only = None if units is None else {f".{u}." for u in units}
+        removed = 0 if only is not None else self._remove_trash()
         try:
             entries = list(os.scandir(self.units_dir))
         except FileNotFoundError:
@@ -280,6 +283,8 @@ class Ledger:
         cutoff = time.time() - min_age_s
         for entry in entries:
             if not (entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX)):
+                continue
+            if only is not None and entry.name[: -len(_TEMP_SUFFIX)].rsplit(".", 1)[0] + "." not in only:
                 continue
             try:
                 if min_age_s > 0 and entry.stat(follow_symlinks=False).st_mtime > cutoff:

@@ -638,6 +638,8 @@ class _Driver:
         # With no such call, the oldest unit left to the actor's write threads without a record.
         unsettled += slot.writing.values()
         slot.writing.clear()
+        # a record the actor was writing when it died leaves a temp file; no one else writes these
+        self.sink.ledger.sweep_temp(units=[u.id for u in unsettled])
         requeue: list[WorkUnit] = []
         charged: WorkUnit | None = None
         for unit in unsettled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import uuid
 import shutil
 import stat
 import tempfile
@@ -265,6 +266,16 @@ def test_sweep_temp_can_spare_fresh_files(ledger: Ledger) -> None:
     os.utime(old, (1_000_000_000, 1_000_000_000))
     assert ledger.sweep_temp(min_age_s=3600) == 1
     assert temp_files(ledger) == [fresh.name]
+
+
+def test_sweep_temp_of_some_units_spares_the_others(ledger: Ledger) -> None:
+    """A lost Ray actor's units: their temp files go, other writers' stay (unit ids may share a
+    prefix: r0000_c0001 is not r0000_c00010)."""
+    ledger.write(make_record())  # creates the units folder
+    for uid in ("r0000_c0001", "r0000_c00010", "r0000_c0002"):
+        (ledger.units_dir / f".{uid}.{uuid.uuid4().hex}.tmp").write_bytes(b"{")
+    assert ledger.sweep_temp(units=["r0000_c0001", "r0009_c0009"]) == 1
+    assert sorted(n.split(".")[1] for n in temp_files(ledger)) == ["r0000_c00010", "r0000_c0002"]
 
 
 # --- staleness -----------------------------------------------------------------------------------
