@@ -106,14 +106,16 @@ def print_profile(console: Console, prof: dict[str, float], cpu: dict[str, float
     for k, v in prof.items():
         if k in parts:
             continue
-        t.add_row(k, Profile.THREADS.get(k, ""), f"{v:.2f}", "")
+        thread = Profile.THREADS.get(k.removesuffix("_cpu"), "")
+        t.add_row(k, f"{thread} (CPU)" if k.endswith("_cpu") else thread, f"{v:.2f}", "")
         if k == "compute":
             for part in parts:
                 if part in prof:
                     share = f"{100 * prof[part] / compute:.0f} %" if compute > 0 else "-"
                     t.add_row(f"  {part}", "", f"{prof[part]:.2f}", share)
     console.print(t)
-    busy = sum(v for k, v in prof.items() if not k.startswith("wait") and k not in parts)
+    busy = sum(v for k, v in prof.items()
+               if not k.startswith("wait") and not k.endswith("_cpu") and k not in parts)
     console.print(f"busy total {busy:.2f} s (reader, compute and writer threads overlap)")
     if cpu and cpu.get("wall"):
         rest = cpu["process"] - cpu["reader"] - cpu["writer"]

@@ -162,10 +162,12 @@ def test_ray_mosaic_equals_local_array_for_array(ray_session, tmp_path: Path, bu
                                                  golden: dict) -> None:
     out = tmp_path / "ray.zarr"
     r = runner.invoke(app, ["classify", str(scene), "-o", str(out), "--model", str(bundle), "--chunk",
-                            str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--runner", "ray"],
-                      catch_exceptions=False)
+                            str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--runner", "ray",
+                            "--profile"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     _assert_layers_equal(out, golden)
+    # the actors' profile: the read threads' CPU beside their wall time, not added to the total
+    assert "read_cpu" in r.output and "reader (CPU)" in r.output and "busy total" in r.output
     recs = Ledger(out / ".geofg").load()
     assert len(recs) == 36 and {(r.status, r.attempt) for r in recs.values()} == {("done", 1)}
     assert len({r.run_id for r in recs.values()}) == 1

@@ -137,8 +137,9 @@ QUEUED_PER_ACTOR = 2
 #: :func:`geofg.memory.heap_env` (one reused glibc heap, as ``geofg classify`` has).
 WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 
-STAGES = ("read", "wait_read", "compute", "write")
-"""Seconds an actor reports per unit: read includes normalising (on the read thread)."""
+STAGES = ("read", "read_cpu", "wait_read", "compute", "write")
+"""Seconds an actor reports per unit: read includes normalising (on the read thread), and
+read_cpu is that read thread's CPU time for it (decoding; under contention, read > read_cpu)."""
 _RESOLVE_TIMEOUT_S = 60.0  # a dead actor's other calls resolve (with an error) well within this
 _MAX_PREFETCHED = 4
 
@@ -202,7 +203,7 @@ class UnitWorker:
         """Return the actor's process id (tests kill it with it)."""
         return os.getpid()
 
-    def _read(self, unit: WorkUnit) -> tuple[Any, Any, Any, float]:
+    def _read(self, unit: WorkUnit) -> tuple[Any, Any, Any, float, float]:
         """Read and normalise a unit's window on a read thread, with that thread's own reader.
 
         Normalising here keeps it off the thread that drives the device.
@@ -214,10 +215,10 @@ class UnitWorker:
             reader.cache_bytes = block_cache_bytes(reader, [unit], len(self._reads))
             with self._readers_lock:
                 self._readers.append(reader)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         data, valid = reader.read(unit.read)
         x = prepare_unit(unit, data, valid, self._plan)
-        return data, valid, x, time.perf_counter() - t
+        return data, valid, x, time.perf_counter() - t, time.thread_time() - cpu
 
     def _read_async(self, unit: WorkUnit, lane: int | None) -> Future:
         return self._reads.submit(lane, self._read, unit)
@@ -251,7 +252,7 @@ class UnitWorker:
         try:
             t = time.perf_counter()
             again = lambda u=unit: self._read_async(u, lanes.get(u.id)).result()  # noqa: E731
-            data, valid, x, seconds["read"] = _result_with_retry(
+            data, valid, x, seconds["read"], seconds["read_cpu"] = _result_with_retry(
                 fut, again, self._plan.job.runner.max_attempts
             )
             seconds["wait_read"] = time.perf_counter() - t
@@ -741,7 +742,7 @@ def run_ray(
             ``run_id``, ``path``, ``ledger`` and ``failed(unit, error, attempt)``.
 
     Returns:
-        Seconds per stage, summed over units and actors (read, wait_read, compute, write).
+        Seconds per stage, summed over units and actors (read, read_cpu, wait_read, compute, write).
 
     Raises:
         ClusterError: the cluster is unreachable, every actor died, or actors cannot start (5).
