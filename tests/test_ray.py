@@ -593,3 +593,27 @@ def test_actor_shares_give_each_read_thread_a_run_of_neighbours(rows: int, actor
     sizes = [len(s) for s in shares]  # actors get equal shares, to a run
     assert max(sizes) - min(sizes) <= max(len(r) for r in runs)
 
+
+@pytest.mark.parametrize(("size", "chunk", "halo"), [(400, 64, 8), (400, 96, 20), (100, 64, 8), (390, 80, 0)])
+def test_actor_cache_is_the_local_runners_for_the_plans_units(tmp_path: Path, bundle: Path, size: int,
+                                                              chunk: int, halo: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An actor has no unit list; its GDAL block cache is still the one the local runner gives
+    the same units (two units' blocks per read thread)."""
+    from geofg.io.read import RasterReader
+    from geofg.pipeline import plan
+    from geofg.runners import local
+    from geofg.runners.local import block_cache_bytes
+
+    monkeypatch.setattr(local, "GDAL_CACHE_BYTES", 1)  # no floor: these rasters' blocks are small
+
+    inp = write_raster(tmp_path / "t.tif", np.ones((13, size, size), np.uint16), block=16, descriptions=S2)
+    job = build_job({"read": {"inputs": [str(inp)]}, "tile": {"chunk": chunk, "halo": halo},
+                     "model": {"model": str(bundle), "device": "cpu"},
+                     "write": {"output": str(tmp_path / "o.zarr")}})
+    p = plan(job)
+    with RasterReader(p.info, p.band_indices) as r:
+        largest = max(r.block_bytes(u.read) for u in p.units)
+        for lanes in (1, 2, 11):
+            assert rr.actor_cache_bytes(r, p, lanes) == block_cache_bytes(r, p.units, lanes) == 2 * lanes * largest
+
