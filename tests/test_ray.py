@@ -617,3 +617,41 @@ def test_actor_cache_is_the_local_runners_for_the_plans_units(tmp_path: Path, bu
         for lanes in (1, 2, 11):
             assert rr.actor_cache_bytes(r, p, lanes) == block_cache_bytes(r, p.units, lanes) == 2 * lanes * largest
 
+
+def test_write_behind_returns_outcomes_oldest_first_with_at_most_threads_pending() -> None:
+    """What an actor's write threads promise the driver: a call returns with no more than
+    ``threads`` units still being written, outcomes come back oldest first, none is lost."""
+    gates = [threading.Event() for _ in range(5)]
+
+    def write(i: int) -> int:
+        gates[i].wait(10)
+        return i
+
+    wb = rr.WriteBehind(2)
+    got: list[int] = []
+    try:
+        got += wb.submit(write, 0) + wb.submit(write, 1)  # two may be left pending
+        assert got == []
+        gates[1].set()  # the younger may finish first: it is held back behind the older
+        got += wb.finished()
+        assert got == []
+        third: list[list[int]] = []
+        caller = threading.Thread(target=lambda: third.append(wb.submit(write, 2)))
+        caller.start()
+        caller.join(0.3)
+        assert caller.is_alive()  # a third unit waits while two are being written
+        gates[0].set()
+        caller.join(10)
+        assert third and third[0][:1] == [0]
+        got += third[0]
+        for i in (2, 3, 4):
+            gates[i].set()
+        got += wb.submit(write, 3)
+        got += wb.submit(write, 4)
+        got += wb.drain()
+        assert got == [0, 1, 2, 3, 4] and wb.drain() == []
+    finally:
+        for g in gates:
+            g.set()
+        wb.close()
+    assert rr.WriteBehind(0).submit(write, 4) == [4]  # no threads: written at once, on this one
