@@ -29,14 +29,18 @@ Actors
     read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
     readers for the cluster's CPUs per GPU. CPU actors take one core each and read on 2 threads.
 
+    GPU actors leave each unit's layers and writes to write threads of their own
+    (:func:`actor_write_threads`, :class:`WriteBehind`) and take the next unit while they run: a
+    call returns once the model has run, and later replies carry the outcomes of the units
+    written meanwhile (a final ``drain`` call collects the last). CPU actors write on the thread
+    that ran the model. Every actor process starts with one reused glibc heap
+    (:func:`geofg.memory.heap_env`) and keeps one GDAL block-cache size for its whole life
+    (:func:`actor_cache_bytes`).
+
 Failures (../shared/RELIABILITY.md R1-R8)
     * An exception inside a unit (a corrupt block, a model error) comes back as a failure and the
       driver records the unit failed at once, as the local runner does (reads are first retried on
       ``OSError``, as there).
-    * GPU actors leave each unit's layers and writes to write threads of their own
-      (:func:`actor_write_threads`) and take the next unit while they run: a call returns once
-      the model has run, and later replies carry the outcomes of the units written meanwhile
-      (a final ``drain`` call collects the last). CPU actors write on the thread that ran the model.
     * A lost actor (any ``RayActorError``, i.e. ``ActorDiedError`` *or* ``ActorUnavailableError``;
       also a worker killed for memory or a lost node) costs one attempt to the unit it was
       running (with none running, the oldest unit still being written without a record); the
