@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
@@ -46,6 +47,25 @@ def _glibc() -> Any:
 _LIBC = _glibc()
 _reusing = False
 
+#: The reused-heap policy: (mallopt parameter, its glibc environment variable, value).
+_POLICY = (
+    (_M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),  # no mmap per block: everything from the heap
+    (_M_ARENA_MAX, "MALLOC_ARENA_MAX", 1),  # one heap for all threads (others cannot grow past 64 MiB)
+    (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1),  # never give the heap's top back
+)
+
+
+def _reuse_wanted() -> bool:
+    return os.environ.get("GEOFG_MALLOC_REUSE", "1") != "0"
+
+
+def _thp_off_if_defaulted(env: MutableMapping[str, str]) -> None:
+    """torch's huge pages off where geofg turned them on: 2 MiB-aligned blocks waste a reused heap."""
+    import geofg
+
+    if geofg.THP_DEFAULTED:
+        env["THP_MEM_ALLOC_ENABLE"] = "0"
+
 
 def reuse_heap() -> bool:
     """Keep freed memory in one glibc heap for reuse; True when applied.
@@ -55,18 +75,11 @@ def reuse_heap() -> bool:
     turned off: 2 MiB-aligned blocks waste space in a reused heap (measured: 3.1 vs 2.6 GB peak).
     """
     global _reusing
-    if _LIBC is None or os.environ.get("GEOFG_MALLOC_REUSE", "1") == "0":
+    if _LIBC is None or not _reuse_wanted():
         return False
-    ok = all(_LIBC.mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_MAX, 0),  # no mmap per block: everything from the heap
-        (_M_ARENA_MAX, 1),  # one heap for all threads (others cannot grow past 64 MiB)
-        (_M_TRIM_THRESHOLD, 2**31 - 1),  # never give the heap's top back
-    ))  # fmt: skip
+    ok = all(_LIBC.mallopt(param, value) == 1 for param, _, value in _POLICY)
     if ok:
-        import geofg
-
-        if geofg.THP_DEFAULTED:
-            os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+        _thp_off_if_defaulted(os.environ)
     _reusing = ok
     return ok
 
@@ -83,13 +96,10 @@ def heap_env() -> dict[str, str]:
         >>> sorted(heap_env())[:3]
         ['MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_']
     """
-    if os.environ.get("GEOFG_MALLOC_REUSE", "1") == "0":
+    if not _reuse_wanted():
         return {}
-    env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-    import geofg
-
-    if geofg.THP_DEFAULTED:
-        env["THP_MEM_ALLOC_ENABLE"] = "0"
+    env = {name: str(value) for _, name, value in _POLICY}
+    _thp_off_if_defaulted(env)
     return env
 
 
