@@ -274,7 +274,7 @@ class Ledger:
         ``units``, only the temp files of those unit ids go (nothing else): for units whose
         writer died while other writers go on (a lost Ray actor's).
         """
-        only = None if units is None else {f".{u}." for u in units}
+        only = None if units is None else set(units)
         removed = 0 if only is not None else self._remove_trash()
         try:
             entries = list(os.scandir(self.units_dir))
@@ -284,7 +284,8 @@ class Ledger:
         for entry in entries:
             if not (entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX)):
                 continue
-            if only is not None and entry.name[: -len(_TEMP_SUFFIX)].rsplit(".", 1)[0] + "." not in only:
+            # ".<unit_id>.<uuid hex>.tmp"
+            if only is not None and entry.name[1 : -len(_TEMP_SUFFIX)].rsplit(".", 1)[0] not in only:
                 continue
             try:
                 if min_age_s > 0 and entry.stat(follow_symlinks=False).st_mtime > cutoff:
