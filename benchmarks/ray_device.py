@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.rasters import make_s2_raster, real_scene
+from benchmarks.rasters import bench_raster, real_scene
 
 ROOT = Path(__file__).resolve().parent
 
@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import ray
 
-    source = real_scene()
-    raster = make_s2_raster(args.workdir / f"s2_{args.size}{'_scene' if source else ''}.tif", args.size,
-                            source=source)
+    raster = bench_raster(args.workdir, args.size, source=real_scene())  # the scene where there
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     rows = []
     try:
