@@ -204,8 +204,7 @@ class UnitWorker:
         self._local = threading.local()
         self._readers: list[RasterReader] = []
         self._readers_lock = threading.Lock()
-        self._reads = ReadLanes(lanes, "geofg-read")
-        self._ahead: dict[str, Future] = {}
+        self._reads = ActorReads(lanes, self._read, "geofg-read")
         self._sink = UnitSink(**sink_args)
         self._writes = WriteBehind(actor_write_threads(p.job.runner, device))
 
@@ -229,9 +228,6 @@ class UnitWorker:
         x = prepare_unit(unit, data, valid, self._plan)
         return data, valid, x, time.perf_counter() - t, time.thread_time() - cpu
 
-    def _read_async(self, unit: WorkUnit, lane: int | None) -> Future:
-        return self._reads.submit(lane, self._read, unit)
-
     def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = (),
                 lanes: dict[str, int] | None = None) -> list[UnitOutcome]:
         """Read (or take the prefetched read of), predict and write one unit; prefetch ``upcoming``.
@@ -252,15 +248,10 @@ class UnitWorker:
         """
         seconds = dict.fromkeys(STAGES, 0.0)
         lanes = lanes or {}
-        fut = self._ahead.pop(unit.id, None) or self._read_async(unit, lanes.get(unit.id))
-        for u in upcoming:
-            if u.id not in self._ahead:
-                self._ahead[u.id] = self._read_async(u, lanes.get(u.id))
-        while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
-            self._ahead.pop(next(iter(self._ahead))).cancel()
+        fut = self._reads.take(unit, upcoming, lanes)
         try:
             t = time.perf_counter()
-            again = lambda u=unit: self._read_async(u, lanes.get(u.id)).result()  # noqa: E731
+            again = lambda u=unit: self._reads.read(u, lanes).result()  # noqa: E731
             data, valid, x, seconds["read"], seconds["read_cpu"] = _result_with_retry(
                 fut, again, self._plan.job.runner.max_attempts
             )
@@ -294,13 +285,42 @@ class UnitWorker:
         """Finish the writes, drop prefetched reads, stop the threads, close the readers, leave
         the GDAL env."""
         self._writes.close()
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
-        self._reads.shutdown()
+        self._reads.close()
         for reader in self._readers:
             reader.close()
         self._env.close()
+
+
+class ActorReads:
+    """An actor's reads: its read threads (:class:`~geofg.runners.local.ReadLanes`) and the units
+    the driver said come next, read ahead. ``read(unit)`` runs on a lane and returns what the
+    actor needs of the unit."""
+
+    def __init__(self, lanes: int, read: Callable[[Any], Any], prefix: str) -> None:
+        self._lanes = ReadLanes(lanes, prefix)
+        self._read = read
+        self._ahead: dict[str, Future] = {}
+
+    def read(self, unit: Any, lanes: dict[str, int]) -> Future:
+        """Start reading ``unit`` on its lane (``lanes``: unit id -> lane; others in turn)."""
+        return self._lanes.submit(lanes.get(unit.id), self._read, unit)
+
+    def take(self, unit: Any, upcoming: Sequence[Any], lanes: dict[str, int]) -> Future:
+        """The read of ``unit`` (started earlier, or now); start reading ``upcoming`` too."""
+        fut = self._ahead.pop(unit.id, None) or self.read(unit, lanes)
+        for u in upcoming:
+            if u.id not in self._ahead:
+                self._ahead[u.id] = self.read(u, lanes)
+        while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
+            self._ahead.pop(next(iter(self._ahead))).cancel()
+        return fut
+
+    def close(self) -> None:
+        """Drop the reads ahead, stop the lanes."""
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        self._lanes.shutdown()
 
 
 class WriteBehind:

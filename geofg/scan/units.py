@@ -26,7 +26,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +52,6 @@ __all__ = ["DatedUnit", "ScanSink", "ScanTask", "ScanUnitOutcome", "ScanUnitWork
 
 #: errors that fail one unit (recorded; the scan goes on and exits 4), not the whole scan
 UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
-_MAX_PREFETCHED = 4
 
 
 def _now() -> str:
@@ -214,12 +212,10 @@ class ScanUnitWorker:
         self._local = threading.local()
         self._readers: list[SceneWindowReader] = []
         self._readers_lock = threading.Lock()
-        from geofg.runners.local import ReadLanes
-        from geofg.runners.ray import WriteBehind, actor_read_threads, actor_write_threads
+        from geofg.runners.ray import ActorReads, WriteBehind, actor_read_threads, actor_write_threads
 
-        self._reads = ReadLanes(actor_read_threads(task.job.runner, device), "geofg-scan-read")
+        self._reads = ActorReads(actor_read_threads(task.job.runner, device), self._read, "geofg-scan-read")
         self._writes = WriteBehind(actor_write_threads(task.job.runner, device))
-        self._ahead: dict[str, Future] = {}
 
     def pid(self) -> int:
         """Return the actor's process id."""
@@ -245,13 +241,7 @@ class ScanUnitWorker:
         write threads, the unit's layers, slices and record are written on them).
         """
         seconds = {"read": 0.0, "wait_read": 0.0, "compute": 0.0, "write": 0.0}
-        lanes = lanes or {}
-        fut = self._ahead.pop(unit.id, None) or self._reads.submit(lanes.get(unit.id), self._read, unit)
-        for u in upcoming:
-            if u.id not in self._ahead:
-                self._ahead[u.id] = self._reads.submit(lanes.get(u.id), self._read, u)
-        while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
-            self._ahead.pop(next(iter(self._ahead))).cancel()
+        fut = self._reads.take(unit, upcoming, lanes or {})
         plan = self._task.plan
         try:
             t0 = time.perf_counter()
@@ -291,10 +281,7 @@ class ScanUnitWorker:
         """Finish the writes, drop prefetched reads, stop the threads, close the readers, leave
         the GDAL env."""
         self._writes.close()
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
-        self._reads.shutdown()
+        self._reads.close()
         for reader in self._readers:
             reader.close()
         self._env.close()
