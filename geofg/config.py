@@ -67,8 +67,8 @@ class ModelConfig(_Frozen):
     compile: bool = False
     """``torch.compile`` the network (``.safetensors`` bundles). Every process then compiles it once
     (about 40 s for eurosat-13 on 2 CPU cores; seconds when torch's on-disk cache already holds it)
-    and every unit is predicted at the full tile size, so one compilation serves the run. Outputs may differ from eager mode in the last bits, and
-    in a few near-tie pixels of corner units (now predicted on a full tile), as with another batch
+    and every unit is predicted at the full tile size, so one compilation serves the run. Outputs
+    may differ from eager mode in the last bits, and in a few near-tie pixels of corner units (now predicted on a full tile), as with another batch
     size, so it is not part of the output hash."""
 
 
@@ -107,8 +107,8 @@ class RunnerConfig(_Frozen):
     def io_threads(self, device: str, cpus: int | None = None) -> tuple[int, int]:
         """Return (read threads, write threads) for a model on ``device`` with ``cpus`` cores.
 
-        Set fields win. Otherwise, on CPU the model needs the cores: 2 readers and 1 writer, as
-        before (the model, not I/O, limits a CPU run). On a GPU the cores are free for I/O, which is then the limit
+        Set fields win. Otherwise, on CPU the model needs the cores: 2 readers and 1 writer (the
+        model, not I/O, limits a CPU run). On a GPU the cores are free for I/O, which is then the limit
         (a 1152² unit of a 13-band DEFLATE raster costs about 110 ms of CPU to read and 50 to
         write): a quarter of them write, the rest but one (for the thread that drives the
         device) read. ``cpus`` defaults to the cores this process may run on. Measurements:
