@@ -68,8 +68,8 @@ class ModelConfig(_Frozen):
     """``torch.compile`` the network (``.safetensors`` bundles). Every process then compiles it once
     (about 40 s for eurosat-13 on 2 CPU cores; seconds when torch's on-disk cache already holds it)
     and every unit is predicted at the full tile size, so one compilation serves the run. Outputs
-    may differ from eager mode in the last bits, and in a few near-tie pixels of corner units (now predicted on a full tile), as with another batch
-    size, so it is not part of the output hash."""
+    may differ from eager mode in the last bits, and in a few near-tie pixels of corner units (now
+    predicted on a full tile), as with another batch size, so it is not part of the output hash."""
 
 
 class WriteConfig(_Frozen):
