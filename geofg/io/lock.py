@@ -269,10 +269,14 @@ class RunLock:
                     os.rename(self.path, grave)  # atomic: of several takers only one moves it
                 except FileNotFoundError:
                     return False
-                if not snap.same_file(_read(grave)):
+                moved = _read(grave)
+                if moved is None:  # a run that created the freed lock meanwhile swept it up
+                    return False
+                if not snap.same_file(moved):
                     _put_back(grave, self.path)  # we moved a lock we did not judge: restore it
                     return False
-                os.unlink(grave)
+                with contextlib.suppress(FileNotFoundError):  # swept up the same way
+                    os.unlink(grave)
                 return self._claim(me)  # fsyncs the folder, making the removal durable too
         except TimeoutError:
             raise MosaicLockedError(
@@ -507,6 +511,8 @@ def _put_back(moved: Path, path: Path) -> None:
     """Return a lock moved away by mistake to ``path``, never clobbering a newer lock there."""
     try:
         os.link(moved, path)  # fails if a lock exists there, unlike rename
+    except FileNotFoundError:
+        return  # swept up by a run that took the free lock meanwhile: nothing to put back
     except FileExistsError:
         log.error("%s: a lock moved aside during a takeover race could not be put back (a new lock "
                   "exists); its run will find it lost at its next heartbeat", path)
