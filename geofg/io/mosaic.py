@@ -247,7 +247,7 @@ class Mosaic:
         """Write the unit's core (whole chunks only) for every layer."""
         c = unit.core
         for name, arr in self._arrays.items():
-            arr[c.row_off : c.row_end, c.col_off : c.col_end] = layers[name]
+            write_region(arr, (slice(c.row_off, c.row_end), slice(c.col_off, c.col_end)), layers[name])
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -275,6 +275,22 @@ class Mosaic:
     def read_layer(self, name: str, rows: slice, cols: slice) -> np.ndarray:
         """Read a region of one layer."""
         return self._arrays[name][rows, cols]
+
+
+def write_region(arr: zarr.Array, region: tuple[int | slice, ...], value: np.ndarray) -> None:
+    """Write ``value`` into ``region`` of ``arr``; a value all at the fill value stores no chunk.
+
+    zarr compares every chunk it writes with the fill value, to leave fill-only chunks out, and
+    its comparison (``np.array_equal`` with ``equal_nan``) makes boolean copies of the chunk: a
+    third to a half of the CPU of writing a unit's three layers (``python -m
+    benchmarks.unit_costs``, docs/performance.md). Here the
+    check is one ``min``/``max`` over the value; a value with any other pixel is written without
+    zarr's check. Read back, the two are the same; only an all-fill chunk inside a larger,
+    partly filled region is then stored rather than left out.
+    """
+    if value.size and not value.min() == value.max() == arr.fill_value:
+        arr = arr.with_config({"write_empty_chunks": True})
+    arr[region] = value
 
 
 def finalize(path: Path, attrs: dict[str, Any], consolidate: bool) -> None:
@@ -383,7 +399,8 @@ class TimeMosaic:
         """Write the unit's core of time slice ``t`` (whole chunks only) for every layer."""
         c = unit.core
         for name in self.layers:
-            self._group[name][t, c.row_off : c.row_end, c.col_off : c.col_end] = layers[name]
+            write_region(self._group[name], (t, slice(c.row_off, c.row_end), slice(c.col_off, c.col_end)),
+                         layers[name])
 
     def update_latest(self, unit: WorkUnit, dates: list[int]) -> None:
         """Recompute the unit's ``latest_*`` chunks from its slices, newest date first.
@@ -411,8 +428,8 @@ class TimeMosaic:
                 best[name][take] = layer[take]
             when[take] = d
         for name in self.layers:
-            self._group[LATEST + name][rows, cols] = best[name]
-        self._group["latest_time"][rows, cols] = when
+            write_region(self._group[LATEST + name], (rows, cols), best[name])
+        write_region(self._group["latest_time"], (rows, cols), when)
 
     def sync_unit(self, unit: WorkUnit, t: int) -> None:
         """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders."""
