@@ -18,6 +18,8 @@ run on the same machine so the ratios are comparable (machines here are shared a
   "ratio" is measured against it. "ratio raw" is against forward input pixels (bound (chunk/tile)^2).
 * stages: the unit loop's time split into read, normalise, forward, tile+blend, layers, write
   (seconds summed over units; reads run on their own threads, so they overlap the rest).
+* "ratio at most": the bound this run's reader and writer CPU puts on the ratio on these cores,
+  however the work is scheduled (:func:`ceiling_line`).
 
 Extensions (all optional; the flags above and the columns of the first table keep their meaning):
 
@@ -99,6 +101,21 @@ def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int,
     return {"tile": tile, "batch": batch, "s_per_batch_median": med, "s_per_batch_best": best,
             "mpx_s_one_stream": one, "streams": n, "mpx_s_streams": many,
             "mpx_s": max(one, many or 0.0), "gpu_peak_mb": gpu_mb}
+
+
+def ceiling_line(px: int, fwd_same_tiles_mpx_s: float, cpu: dict) -> str:
+    """The highest ratio this run's read and write work leaves room for, on these cores.
+
+    The bare forward needs ``t = px / limit`` seconds of all the cores for the raster. Whatever
+    the scheduling, the job needs at least ``t`` plus the reader and writer threads' CPU spread
+    over the cores, so its ratio is at most ``t / (t + (reader + writer) / cores)``. An upper
+    bound: zarr's encoding threads, the ledger and blending are not counted.
+    """
+    t = px / (fwd_same_tiles_mpx_s * 1e6)
+    io = cpu["reader"] + cpu["writer"]
+    bound = t / (t + io / cpu["cores"])
+    return (f"ratio at most {bound:.3f} with this I/O: the bare forward needs {t:.1f} s of all "
+            f"{cpu['cores']} cores, readers and writers add {io:.1f} core-s")
 
 
 def px_of(run: dict) -> int:
@@ -244,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c['writer']:.1f}s, compute and the rest "
                       f"{c['process'] - c['reader'] - c['writer']:.1f}s; idle "
                       f"{max(0.0, have - c['process']):.1f} of {have:.1f} core-s")
+                print(f"{'':>12} {ceiling_line(px_of(r), fwd['mpx_s'] * bound, c)}")
     k = len(args.streams)
     for i, n in enumerate(args.streams):
         same = rows[i::k]  # one per raster size, in size order
