@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import HEAP_REUSED
+from benchmarks.machine import describe
 from benchmarks.rasters import bench_raster, scene_source
 
 ROOT = Path(__file__).resolve().parent
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio_raw_bound": bound,
                      "km2_per_h": e2e * 1e6 * 100 / 1e6 * 3600})
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "machine": {**describe(), "torch_threads": torch.get_num_threads(),
                     # other jobs share the machine: 1-min load average before and after the run
                     "loadavg_1m": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                     "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import describe
 from benchmarks.rasters import make_s2_raster, real_scene
 from benchmarks.timing_bundle import make_timing_unet
 
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     synth = make_s2_raster(a.workdir / f"s2_{max(sizes)}.tif", max(sizes))
     real = real_scene()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU emulation)"
-    print(f"device: {gpu}; torch {torch.__version__}; sizes {sizes}, chunk {chunk}, batch {batch}")
+    machine = describe()
+    print(f"device: {gpu}; sizes {sizes}, chunk {chunk}, batch {batch}")
+    print(f"machine: {machine}")
 
     ok = True
     checks = []
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     res = ROOT / "results"
     res.mkdir(exist_ok=True)
     (res / f"gpu_check_{device}_{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
-        json.dumps({"device": gpu, "agreement": checks, "reports": reports, "io_ceiling": io}, indent=2))
+        json.dumps({"device": gpu, "machine": machine, "agreement": checks, "reports": reports, "io_ceiling": io}, indent=2))
     return 0 if ok else 1
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import statistics
@@ -35,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.machine import describe
 from benchmarks.rasters import make_s2_raster
 
 ROOT = Path(__file__).resolve().parent
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     (ROOT / "results").mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (ROOT / "results" / f"ray_vs_local-{stamp}.json").write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": describe(),
         "size": args.size, "chunk": args.chunk, "model": note, "runs": runs,
         "ratio": ratio, "ratio_steady": ratio_steady, "differing_pixels": diff,
     }, indent=2))
