@@ -151,6 +151,11 @@ class MosaicLockedError(MosaicError):
     exit_code = 6
 
 
+#: Errors that fail one unit (recorded failed, retried up to ``runner.max_attempts``; the run goes
+#: on and exits 4), not the whole run. Anything else stops the run.
+UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
+
+
 # --- warnings --------------------------------------------------------------------------------
 
 

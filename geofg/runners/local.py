@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from geofg.errors import GeofgError
+from geofg.errors import UNIT_ERRORS
 from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
@@ -57,7 +57,6 @@ OnUnit = Callable[[UnitRecord], None]
 _Stage = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """A unit between stages: raw data, validity, and the model input (after the reader) or the
 probabilities (after compute); None when its core has no valid pixel."""
-_UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 class Profile:
@@ -245,7 +244,7 @@ def run_local(
             del computed
             try:
                 out = finish_unit(unit, probs, data, valid, p, prof.add)
-            except _UNIT_ERRORS as e:
+            except UNIT_ERRORS as e:
                 return _failed(unit, e, attempt)
             del data, valid, probs
             t = time.perf_counter()
@@ -287,7 +286,7 @@ def run_local(
                 attempt = attempts.get(unit.id, 0) + 1
                 try:
                     out = fut.result()
-                except _UNIT_ERRORS as e:
+                except UNIT_ERRORS as e:
                     drain(0)
                     on_unit(_failed(unit, e, attempt))
                     return

@@ -97,7 +97,7 @@ from ray.exceptions import (
 )
 
 from geofg.config import RunnerConfig
-from geofg.errors import ClusterError, WeightsChecksumError
+from geofg.errors import UNIT_ERRORS, ClusterError, WeightsChecksumError
 from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
@@ -106,7 +106,7 @@ from geofg.memory import heap_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
-from geofg.runners.local import _UNIT_ERRORS, ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
+from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
 
 __all__ = [
     "ACTOR_OPTIONS",
@@ -260,7 +260,7 @@ class UnitWorker:
             probs = None if x is None else infer_unit(x, valid, self._predictor, self._plan)
             del x
             seconds["compute"] = time.perf_counter() - t
-        except _UNIT_ERRORS as e:
+        except UNIT_ERRORS as e:
             return [*self._writes.finished(), _failed(unit, e, seconds)]
         return self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds)
 
@@ -273,7 +273,7 @@ class UnitWorker:
             del probs, data, valid
             rec = self._sink.done(unit, out.layers, out.stats, attempt)
             seconds["write"] = time.perf_counter() - t
-        except _UNIT_ERRORS as e:
+        except UNIT_ERRORS as e:
             return _failed(unit, e, seconds)
         return UnitOutcome(unit.id, rec, None, seconds)
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from geofg import __version__
 from geofg.batch import round_up
-from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
+from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError
 from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES
 from geofg.io import mosaic as mz
@@ -56,7 +56,6 @@ from geofg import pipeline as pl
 from geofg.scan import inbox as ib
 from geofg.scan.config import ScanConfig
 from geofg.scan.units import (
-    UNIT_ERRORS,
     DatedUnit,
     ScanSink,
     ScanTask,

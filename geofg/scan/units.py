@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geofg.errors import GeofgError, WeightsChecksumError
+from geofg.errors import UNIT_ERRORS, WeightsChecksumError
 from geofg.grid import WorkUnit
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DatedUnit", "ScanSink", "ScanTask", "ScanUnitOutcome", "ScanUnitWorker", "finish_unit",
            "scene_key", "unit_id", "unit_record"]
-
-#: errors that fail one unit (recorded; the scan goes on and exits 4), not the whole scan
-UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 def _now() -> str:
