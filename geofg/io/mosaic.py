@@ -280,13 +280,12 @@ class Mosaic:
 def write_region(arr: zarr.Array, region: tuple[int | slice, ...], value: np.ndarray) -> None:
     """Write ``value`` into ``region`` of ``arr``; a value all at the fill value stores no chunk.
 
-    zarr compares every chunk it writes with the fill value, to leave fill-only chunks out, and
-    its comparison (``np.array_equal`` with ``equal_nan``) makes boolean copies of the chunk: a
-    third to a half of the CPU of writing a unit's three layers (``python -m
-    benchmarks.unit_costs``, docs/performance.md). Here the
-    check is one ``min``/``max`` over the value; a value with any other pixel is written without
-    zarr's check. Read back, the two are the same; only an all-fill chunk inside a larger,
-    partly filled region is then stored rather than left out.
+    zarr compares every chunk it writes with the fill value, to leave fill-only chunks out. Its
+    comparison (``np.array_equal`` with ``equal_nan``) makes boolean copies of the chunk: a third
+    to a half of the CPU of writing a unit's three layers (``python -m benchmarks.unit_costs``,
+    docs/performance.md). Here one ``min``/``max`` over the value decides, and a value holding
+    data is written without zarr's check. Read back, the two are the same; only an all-fill chunk
+    inside a larger, partly filled region is then stored rather than left out.
     """
     if value.size and not value.min() == value.max() == arr.fill_value:
         arr = arr.with_config({"write_empty_chunks": True})
