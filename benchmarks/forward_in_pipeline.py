@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import bench_raster
 
 
 def one(raster: Path, out: Path, chunk: int, read_workers: int) -> tuple[float, float, float]:
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--read-workers", type=int, nargs="+", default=[2, 1, 2, 1])
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
     a = ap.parse_args()
-    raster = make_s2_raster(a.workdir / f"s2_{a.size}.tif", a.size)
+    raster = bench_raster(a.workdir, a.size)
     print(f"{a.size}² raster, chunk {a.chunk}, eurosat-13 on CPU")
     for rw in a.read_workers:
         job_s, inside, alone = one(raster, a.workdir / "forward_in_pipeline.zarr", a.chunk, rw)

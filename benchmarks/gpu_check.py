@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import describe
-from benchmarks.rasters import make_s2_raster, real_scene
+from benchmarks.rasters import bench_raster, real_scene
 from benchmarks.timing_bundle import make_timing_unet
 
 TARGET = 0.995
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     unet = make_timing_unet(a.workdir / "TIMING-ONLY-untrained-unet-resnet18.safetensors")
     models = {"eurosat-13": "eurosat-13", "unet-resnet18 (UNTRAINED, timing only)": str(unet)}
-    synth = make_s2_raster(a.workdir / f"s2_{max(sizes)}.tif", max(sizes))
+    synth = bench_raster(a.workdir, max(sizes))
     real = real_scene()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU emulation)"
     machine = describe()

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import describe
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import bench_raster
 
 ROOT = Path(__file__).resolve().parent
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(kind, raster, out, model, int(chunk))))
         return 0
 
-    raster = make_s2_raster(args.workdir / f"s2_{args.size}.tif", args.size)
+    raster = bench_raster(args.workdir, args.size)
     model, note = _bundle(args.model, args.workdir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # local Ray with token auth, no token file written

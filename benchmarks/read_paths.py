@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.rasters import make_s2_raster
+from benchmarks.rasters import bench_raster
 from geofg.grid import plan_units
 from geofg.io.read import RasterReader, open_raster
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--workdir", type=Path, default=Path(".bench"))
     args = ap.parse_args()
-    path = make_s2_raster(args.workdir / f"s2_{args.size}.tif", args.size)
+    path = bench_raster(args.workdir, args.size)
     info = open_raster([path])
     units = plan_units(info.height, info.width, 1024, 32)
     _geofg(info, units[:4], 1)  # warm the page cache

@@ -109,9 +109,8 @@ def _write_ms(layers: dict[str, np.ndarray], path: Path, units: int = 32) -> dic
     import shutil
 
     import zarr
-    from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    from geofg.io.mosaic import FILL, write_region
+    from geofg.io.mosaic import CODECS, FILL, write_region
 
     def assign(arr: zarr.Array, region: tuple[slice, slice], value: np.ndarray) -> None:
         arr[region] = value
@@ -122,7 +121,7 @@ def _write_ms(layers: dict[str, np.ndarray], path: Path, units: int = 32) -> dic
         shutil.rmtree(path, ignore_errors=True)
         group = zarr.open_group(str(path), mode="w")
         arrays = {k: group.create_array(k, shape=(4 * h, 8 * w), chunks=(h, w), dtype="uint8", fill_value=FILL,
-                                        compressors=[ZstdCodec(level=3), Crc32cCodec()])
+                                        compressors=list(CODECS))
                   for k in layers}  # fmt: skip
         write = assign if name == "zarr assignment" else write_region
         t = time.process_time()

@@ -46,7 +46,19 @@ UNIT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 Status = Literal["done", "failed"]
 _STATUSES = ("done", "failed")
 _RECORD_SUFFIX = ".json"
-_TEMP_SUFFIX = ".tmp"  # temp files are ".<unit_id>.<uuid hex>.tmp"
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(unit_id: str) -> str:
+    """A fresh temp file name for a record of ``unit_id``: ``.<unit_id>.<uuid hex>.tmp``."""
+    return f".{unit_id}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+
+
+def _temp_unit(name: str) -> str | None:
+    """The unit id of a :func:`_temp_name`, None for any other name."""
+    if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
+        return None
+    return name[1 : -len(_TEMP_SUFFIX)].rsplit(".", 1)[0]
 _TRASH_PREFIX = ".units-removed-"  # remove_all() renames units/ to this before deleting it
 _PARALLEL_MIN = 256  # load() reads at least this many records on threads (cold caches, NFS)
 _BATCH = 256
@@ -177,7 +189,7 @@ class Ledger:
         """
         data = (record.to_json() + "\n").encode("utf-8")
         self._ensure_units_dir()
-        tmp = self.units_dir / f".{record.unit_id}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        tmp = self.units_dir / _temp_name(record.unit_id)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
@@ -210,7 +222,7 @@ class Ledger:
             for entry in entries:
                 name = entry.name
                 if name.startswith("."):
-                    n_temp += name.endswith(_TEMP_SUFFIX)
+                    n_temp += _temp_unit(name) is not None
                 elif not name.endswith(_RECORD_SUFFIX):
                     log.warning("%s: ignoring %s, which is not a ledger record", self.units_dir, name)
                 else:
@@ -282,10 +294,8 @@ class Ledger:
             return removed
         cutoff = time.time() - min_age_s
         for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX)):
-                continue
-            # ".<unit_id>.<uuid hex>.tmp"
-            if only is not None and entry.name[1 : -len(_TEMP_SUFFIX)].rsplit(".", 1)[0] not in only:
+            unit = _temp_unit(entry.name)
+            if unit is None or (only is not None and unit not in only):
                 continue
             try:
                 if min_age_s > 0 and entry.stat(follow_symlinks=False).st_mtime > cutoff:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 FILL = 255
 LAYERS = ("class", "health", "confidence")
 META_DIR = ".geofg"
+#: Every layer's compressors: zstd, then a crc32c checksum that zarr verifies on every read.
+CODECS = (ZstdCodec(level=3), Crc32cCodec())
 SCHEMA_VERSION = 1
 
 
@@ -168,7 +170,7 @@ def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
         group.create_array(
             name, shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL,
             dimension_names=("y", "x"), attributes=_layer_attrs(spec, name),
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            compressors=list(CODECS),
         )  # fmt: skip
     _create_coords(group, spec)
 
@@ -320,7 +322,6 @@ def drop_consolidated(path: Path) -> None:
 TIME_FILL = -(2**31)
 LATEST = "latest_"
 _DAYS = "days since 1970-01-01"
-_CODECS = (ZstdCodec(level=3), Crc32cCodec())
 
 
 def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
@@ -329,18 +330,18 @@ def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
         group.create_array(
             name, shape=(0, spec.height, spec.width), chunks=(1, c, c), dtype="uint8",
             fill_value=FILL, dimension_names=("time", "y", "x"),
-            attributes=_layer_attrs(spec, name), compressors=list(_CODECS),
+            attributes=_layer_attrs(spec, name), compressors=list(CODECS),
         )  # fmt: skip
         a = _layer_attrs(spec, name)
         a["long_name"] = f"latest valid {a['long_name']}"
         a["ancillary_variables"] = "latest_time"
         group.create_array(
             LATEST + name, shape=(spec.height, spec.width), chunks=(c, c), dtype="uint8",
-            fill_value=FILL, dimension_names=("y", "x"), attributes=a, compressors=list(_CODECS),
+            fill_value=FILL, dimension_names=("y", "x"), attributes=a, compressors=list(CODECS),
         )  # fmt: skip
     group.create_array(
         "latest_time", shape=(spec.height, spec.width), chunks=(c, c), dtype="int32",
-        fill_value=TIME_FILL, dimension_names=("y", "x"), compressors=list(_CODECS),
+        fill_value=TIME_FILL, dimension_names=("y", "x"), compressors=list(CODECS),
         attributes={"long_name": "date of the latest valid pixel", "units": _DAYS,
                     "calendar": "proleptic_gregorian", "_FillValue": TIME_FILL,
                     "grid_mapping": "spatial_ref"},

@@ -619,18 +619,20 @@ class _Driver:
             return self.todo.popleft()
         if slot.own:
             return slot.own.popleft()
-        donors = [s for s in self.slots if s is not slot and not s.dead and s.own]
-        return max(donors, key=lambda s: len(s.own)).own.pop() if donors else None
+        return self._steal(slot, lambda s: s.own)
 
     def _take(self, slot: _Slot) -> WorkUnit | None:
         """Next unit for an actor with none reserved: :meth:`_next`, else the last one reserved
         by the actor holding most (near the end of a run, so no actor idles while another has a
         backlog; the donor's early read of it is wasted, nothing else)."""
         unit = self._next(slot)
-        if unit is not None:
-            return unit
-        donors = [s for s in self.slots if s is not slot and not s.dead and s.ahead]
-        return max(donors, key=lambda s: len(s.ahead)).ahead.pop() if donors else None
+        return unit if unit is not None else self._steal(slot, lambda s: s.ahead)
+
+    def _steal(self, slot: _Slot, queue: Callable[[_Slot], deque]) -> WorkUnit | None:
+        """The last unit of ``queue`` (an actor's own share, or its reserved units) of the live
+        actor other than ``slot`` with the most in it; None when they are all empty."""
+        donors = [s for s in self.slots if s is not slot and not s.dead and queue(s)]
+        return queue(max(donors, key=lambda s: len(queue(s)))).pop() if donors else None
 
     def _finish(self, ref: Any, slot: _Slot, reply: Any) -> None:
         """Settle a call's reply: the outcomes it carries (one, or a list: its unit's and those of
