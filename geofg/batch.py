@@ -4,7 +4,8 @@ No per-tile statistics: every unit is normalised with the same card values, so s
 from brightness jumps. Invalid pixels (nodata, NaN, outside the raster) become 0 after
 normalisation, i.e. the training mean, and never reach the model as values. No torch here.
 
-Shapes: windows are ``(C, H, W)``, batches ``(N, C, H, W)``.
+Shapes: windows are ``(C, H, W)``, batches ``(N, C, H, W)``; :func:`normalise` takes either, with
+``valid`` of shape ``(H, W)``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,29 @@ import numpy as np
 
 
 def normalise(
-    data: np.ndarray, valid: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]
+    data: np.ndarray,
+    valid: np.ndarray,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    kind: str = "linear",
 ) -> np.ndarray:
     """Return ``(data * scale - mean) / std`` as float32 (C, H, W), 0 where not ``valid``.
+
+    ``kind="log-sigmoid"`` (the model card's ``normalisation``, Dynamic World's) returns
+    ``sigmoid(5 v - 1)`` with ``v = (log(1 + data * scale) - mean) / std`` instead: values in
+    (0, 1), 0 where not valid.
 
     Examples:
         >>> x = np.array([[[100, 200]]], dtype=np.uint16)
         >>> normalise(x, np.array([[True, False]]), 0.01, [1.0], [0.5]).tolist()
         [[[0.0, 0.0]]]
     """
-    c = data.shape[0]
+    if kind == "log-sigmoid":
+        return _log_sigmoid(data, valid, scale, mean, std)
+    if kind != "linear":
+        raise ValueError(f"unknown normalisation {kind!r}; expected 'linear' or 'log-sigmoid'")
+    c = data.shape[-3]
     a = (np.float32(scale) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
     b = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(c, 1, 1)
     # cast, then scale and shift in place: a multiply that casts as it goes (dtype=float32) uses
@@ -33,8 +47,33 @@ def normalise(
     out *= a
     out -= b
     if not valid.all():
-        out[:, ~valid] = 0.0
+        out[..., ~valid] = 0.0
     # NaN can only be at invalid pixels (the reader marks them), already zeroed.
+    return out
+
+
+def _log_sigmoid(
+    data: np.ndarray, valid: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    c = data.shape[-3]
+    std32 = np.asarray(std, dtype=np.float32).reshape(c, 1, 1)
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(c, 1, 1)
+    out = data.astype(np.float32)
+    if not valid.all():
+        out[..., ~valid] = 0.0  # NaN/Inf at invalid pixels must not reach log/exp
+    np.maximum(out, 0.0, out=out)
+    out *= np.float32(scale)
+    np.log1p(out, out=out)
+    out -= mean32
+    out *= np.float32(5.0) / std32
+    out -= np.float32(1.0)
+    # sigmoid(t) = 1 / (1 + exp(-t)), finite for every float32 t
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    out += np.float32(1.0)
+    np.reciprocal(out, out=out)
+    if not valid.all():
+        out[..., ~valid] = 0.0
     return out
 
 

@@ -330,7 +330,7 @@ def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
     if not valid[core].any():
         return None
     t = time.perf_counter()
-    x = normalise(data, valid, p.card.scale, p.card.mean, p.card.std)
+    x = normalise(data, valid, p.card.scale, p.card.mean, p.card.std, p.card.normalisation)
     timer("normalise", time.perf_counter() - t)
     return x
 

@@ -288,6 +288,9 @@ def atomic_write(path: Path, blob: bytes) -> None:
     """Write ``blob`` to ``path`` via a fsynced temp file and a rename (no half-written file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a bundle is read by every user
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
             fh.flush()

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from geofg.errors import ConfigError
 
-__all__ = ["ClassInfo", "ModelCard", "Task"]
+__all__ = ["ClassInfo", "ModelCard", "Normalisation", "Task"]
 
 Task = Literal["patch-classification", "segmentation"]
+Normalisation = Literal["linear", "log-sigmoid"]
 
 _COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -76,8 +77,14 @@ class ModelCard(BaseModel):
         encoder: segmentation-models-pytorch encoder name (``"tu-..."`` for timm encoders).
         bands: Input band names in model order, e.g. Sentinel-2 ``"B01"``..``"B12"``, ``"B8A"``.
         scale: Model input = raw DN * scale (1e-4 for Sentinel-2 L1C uint16 reflectance).
-        mean: Per-band mean, in scaled units.
-        std: Per-band standard deviation, in scaled units (> 0).
+        mean: Per-band mean, in scaled units (``log-sigmoid``: centre of the log values).
+        std: Per-band standard deviation, in scaled units (> 0) (``log-sigmoid``: their scale).
+        normalisation: ``"linear"``: ``(raw * scale - mean) / std``; ``"log-sigmoid"`` (Dynamic
+            World): ``v = (log(1 + raw * scale) - mean) / std``, then ``sigmoid(5 v - 1)``
+            (:func:`geofg.batch.normalise`).
+        processing_levels: Sentinel-2 processing levels the model accepts (``"L1C"``,
+            ``"L2A"``); empty for other sensors. Informational: preflight warns when an input's
+            level is not listed.
         classes: Output classes in logit order.
         crop_classes: Class names where index-based crop health applies.
         tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).
@@ -88,6 +95,8 @@ class ModelCard(BaseModel):
         resolution_m: Ground sampling distance of the training data in metres.
         training: Training provenance (data, splits, epochs, seed, wall time, command).
         metrics: Held-out metrics (e.g. ``val_accuracy``, ``test_accuracy``, ``test_macro_f1``).
+        licence: Licence of the weights (SPDX id), when not geofg's own.
+        attribution: Attribution text the weights' licence or NOTICE asks to keep with them.
         made_by: The script and command that made the bundle.
         created: ISO date of creation.
     """
@@ -103,6 +112,8 @@ class ModelCard(BaseModel):
     scale: float
     mean: list[float]
     std: list[float]
+    normalisation: Normalisation = "linear"
+    processing_levels: list[str] = []
     classes: list[ClassInfo]
     crop_classes: list[str] = []
     tile_multiple: int = 32
@@ -113,6 +124,8 @@ class ModelCard(BaseModel):
     resolution_m: float | None = None
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    licence: str = ""
+    attribution: str = ""
     made_by: str = ""
     created: str = ""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from geofg.batch import normalise
 from geofg.errors import ConfigError, InputError, MissingBandsError
 
 __all__ = ["chip_probabilities", "confusion_metrics", "evaluate_bundle", "write_report"]
@@ -145,9 +146,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, split: str = "test"
     if cs.x.shape[-1] % m:
         raise InputError(f"{data}: chips of {cs.x.shape[-1]} px; the model needs multiples of {m}"
                          f" px (it was trained on {card.patch_size} px); crop or pad the chips")
-    mean = np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(card.std, np.float32).reshape(1, -1, 1, 1)
-    x = (cs.x[:, sel].astype(np.float32) * np.float32(card.scale) - mean) / std
+    x = normalise(cs.x[:, sel], np.ones(cs.x.shape[-2:], dtype=bool), card.scale, card.mean,
+                  card.std, card.normalisation)
     probs = chip_probabilities(predictor.predict, x, batch=batch, tta=tta)
     pred = probs.argmax(1)
     report = confusion_metrics(cs.y, pred, card.class_names)

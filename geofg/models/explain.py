@@ -306,7 +306,7 @@ def _explain_chip(model: Any, card: ModelCard, reader: Any, info: Any, out: Path
     m = card.tile_multiple
     h, w = info.height, info.width
     ph, pw = -(-h // m) * m, -(-w // m) * m
-    x = pad_to(normalise(data, valid, card.scale, card.mean, card.std), ph, pw)
+    x = pad_to(normalise(data, valid, card.scale, card.mean, card.std, card.normalisation), ph, pw)
     cams, classes, probs = chip_gradcam(model, x[None], target, stage)
     cam = cams[0, :h, :w]
     k = int(classes[0])
@@ -363,7 +363,7 @@ def _explain_scene(model: Any, card: ModelCard, reader: Any, info: Any, out: Pat
                 core = unit.core.relative_to(unit.read)
                 block = np.full((unit.core.height, unit.core.width), np.nan, np.float32)
                 if valid[core].any():
-                    x = normalise(data, valid, card.scale, card.mean, card.std)
+                    x = normalise(data, valid, card.scale, card.mean, card.std, card.normalisation)
                     cam = predict_window(x, valid, cam_pred, tile, overlap, 1)[0]
                     block = np.where(valid[core], cam[core], np.nan).astype(np.float32)
                     good = block[~np.isnan(block)]

@@ -45,6 +45,7 @@ from torch import nn
 
 from geofg.errors import ConfigError
 from geofg.models.card import ModelCard
+from geofg.models.dynamicworld import build_dynamic_world
 
 __all__ = [
     "ARCHITECTURES",
@@ -351,6 +352,7 @@ def build_unet(card: ModelCard) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[[ModelCard], nn.Module]] = {
     "fcn-classifier": FusionChipClassifier,
     "unet": build_unet,
+    "dynamic-world": build_dynamic_world,
 }
 """Architecture name (``card.architecture``) -> builder taking the card."""
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from geofg.batch import normalise
 from geofg.errors import ConfigError, WeightsError
 from geofg.models.bundle import CARD_KEY, bundle_sha256
 from geofg.models.card import ModelCard, check_input_batch
@@ -593,7 +594,7 @@ def load_split(data_dir: str | Path, split: str, card: ModelCard) -> tuple[np.nd
                           " labels.csv with train and test splits")
     if len({a.shape for a in xs}) > 1:
         raise ConfigError(f"{labels}: expected chips of one size, found {sorted({a.shape for a in xs})}")
-    x = np.stack(xs).astype(np.float32) * np.float32(card.scale)
-    mean = np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(card.std, np.float32).reshape(1, -1, 1, 1)
-    return ((x - mean) / std).astype(np.float32), np.asarray(ys, dtype=np.int64)
+    x = np.stack(xs)
+    valid = np.ones(x.shape[-2:], dtype=bool)
+    x = normalise(x, valid, card.scale, card.mean, card.std, card.normalisation)
+    return x, np.asarray(ys, dtype=np.int64)

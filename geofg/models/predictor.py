@@ -41,6 +41,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from geofg.batch import normalise
 from geofg.errors import ConfigError, WeightsError
 from geofg.models.bundle import load_tensors, read_card
 from geofg.models.card import ModelCard, check_input_batch
@@ -343,6 +344,34 @@ class TorchPredictor:
                 f" device={self.device!r})")
 
 
+SELFCHECK_KEYS = ("selfcheck.raw", "selfcheck.logits")
+"""Optional bundle tensors: a raw input chip ``(1, C, H, W)`` and the logits the weights give for it
+after the card's normalisation. :func:`load_predictor` recomputes them, so a card whose
+normalisation (kind, scale, mean, std) or band order no longer matches the weights is refused."""
+
+SELFCHECK_ATOL = 1e-3
+
+
+def run_selfcheck(bundle: Path, card: ModelCard, model: torch.nn.Module, check: dict) -> None:
+    """Recompute a bundle's self-check logits on CPU in float32; raise WeightsError on mismatch."""
+    if set(check) != set(SELFCHECK_KEYS):
+        raise WeightsError(f"{bundle}: expected both {' and '.join(SELFCHECK_KEYS)}, found only"
+                           f" {', '.join(check)}; rebuild the bundle")
+    raw, want = np.asarray(check["selfcheck.raw"]), np.asarray(check["selfcheck.logits"], np.float32)
+    valid = np.ones(raw.shape[-2:], dtype=bool)
+    x = normalise(raw, valid, card.scale, card.mean, card.std, card.normalisation)
+    with torch.inference_mode():
+        got = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not diff <= SELFCHECK_ATOL:
+        raise WeightsError(
+            f"{bundle}: expected the card's normalisation ({card.normalisation}, scale"
+            f" {card.scale:g}, its mean/std) to give the logits stored with the weights, found a"
+            f" max difference of {diff:.3g} (> {SELFCHECK_ATOL:g}); the card's normalisation does"
+            " not match the weights; restore the card or rebuild the bundle"
+        )
+
+
 def load_predictor(
     path: str | Path,
     device: str = "auto",
@@ -369,6 +398,7 @@ def load_predictor(
     dev = resolve_device(device)
     tensors = load_tensors(bundle)
     model = build_model(card)
+    check = {k: tensors.pop(k) for k in SELFCHECK_KEYS if k in tensors}
     state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -394,7 +424,10 @@ def load_predictor(
         if v.is_floating_point():
             state[k] = v.float()
     model.load_state_dict(state, strict=True)
-    model = model.float().to(dev).eval()
+    model = model.float().eval()
+    if check:
+        run_selfcheck(bundle, card, model, check)
+    model = model.to(dev)
     if dev.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     if compile:

@@ -142,7 +142,7 @@ def evaluate_segmentation(
             rel = part.relative_to(unit.read)
             keep = (y != IGNORE) & valid[rel]
             if keep.any():
-                x = normalise(data, valid, card.scale, card.mean, card.std)
+                x = normalise(data, valid, card.scale, card.mean, card.std, card.normalisation)
                 probs = predict_window(x, valid, pred, tile, overlap, batch_size)
                 cls = probs[(slice(None), *rel)].argmax(axis=0)
                 np.add.at(cm, (y[keep].astype(np.int64), cls[keep].astype(np.int64)), 1)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geofg.batch import normalise as batch_normalise
 from geofg.errors import BandCountMismatchError, ConfigError, MissingBandsError
 from geofg.models.card import ClassInfo, ModelCard
 from geofg.models.chips import ChipSet, LabelledChips, default_scale, load_chips
@@ -216,10 +217,9 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def normalise(x: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Return ``(x * scale - mean) / std`` as float32 ``(N, C, H, W)``."""
-    mean = np.asarray(card.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(card.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((x.astype(np.float32) * np.float32(card.scale)) - mean) / std
+    """Return chips ``(N, C, H, W)`` normalised as the card says (:func:`geofg.batch.normalise`)."""
+    valid = np.ones(x.shape[-2:], dtype=bool)
+    return batch_normalise(x, valid, card.scale, card.mean, card.std, card.normalisation)
 
 
 def chip_predict(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,

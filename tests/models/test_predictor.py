@@ -25,7 +25,8 @@ from geofg.models.predictor import TorchPredictor, load_predictor  # noqa: E402
 from geofg.models.registry import DEFAULT_MODEL, resolve_model  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "B08", "B11"]
-ENCODER = {"fcn-classifier": "tu-mobilenetv4_conv_small", "unet": "tu-mobilenetv4_conv_small"}
+ENCODER = {"fcn-classifier": "tu-mobilenetv4_conv_small", "unet": "tu-mobilenetv4_conv_small",
+           "dynamic-world": "dynamic-world"}
 
 
 def make_card(architecture: str) -> ModelCard:
@@ -177,7 +178,7 @@ def test_mismatched_tensors_are_a_weights_error(tmp_path: Path) -> None:
 
 def test_unknown_architecture_lists_valid_ones(tmp_path: Path) -> None:
     card = ModelCard(**{**make_card("unet").model_dump(), "architecture": "transformer"})
-    with pytest.raises(ConfigError, match="expected one of fcn-classifier, unet"):
+    with pytest.raises(ConfigError, match="expected one of dynamic-world, fcn-classifier, unet"):
         build_model(card)
 
 
