@@ -95,6 +95,28 @@ def scores(label: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
+def seam_rates(cls: np.ndarray, chunk: int) -> dict:
+    """Class changes across unit boundaries against other rows and columns.
+
+    For each pair of neighbouring columns (rows), the share of rows (columns) where the class
+    changes between them, no-data excluded. Returns the pooled rate across unit boundaries (every
+    ``chunk`` px), the median rate across the other pairs, and their ratio.
+    """
+    def rates(a: np.ndarray) -> np.ndarray:  # change rate between column j-1 and j, j >= 1
+        left, right = a[:, :-1], a[:, 1:]
+        ok = (left != 255) & (right != 255)
+        return (ok & (left != right)).sum(0) / np.maximum(ok.sum(0), 1)
+
+    col, row = rates(cls), rates(cls.T)
+    j_col, j_row = np.arange(1, cls.shape[1]), np.arange(1, cls.shape[0])
+    at_col, at_row = j_col % chunk == 0, j_row % chunk == 0
+    boundary = np.concatenate([col[at_col], row[at_row]])
+    other = np.concatenate([col[~at_col], row[~at_row]])
+    b, m = float(boundary.mean()), float(np.median(other))
+    return {"boundary_rate": round(b, 4), "median_other": round(m, 4),
+            "ratio": round(b / m, 3) if m else float("inf"), "boundaries": int(boundary.size)}
+
+
 def map_to_legend(classes: np.ndarray, names: list[str]) -> np.ndarray:
     lut = np.full(256, 254, np.uint8)
     lut[255] = 255
@@ -134,6 +156,7 @@ def main() -> int:
     ap.add_argument("--baseline", action="store_true", help="score the NDVI/NDWI thresholds")
     ap.add_argument("--columns", type=int, nargs=2, default=(1024, 1536))
     ap.add_argument("--json", help="write the scores as JSON here")
+    ap.add_argument("--seams", type=int, metavar="CHUNK", help="also the seam rate at this chunk")
     args = ap.parse_args()
     root = data_dir()
     stack, osm, ref = label_rasters(root)
@@ -155,6 +178,9 @@ def main() -> int:
         "hand_drawn": scores(ref[region], pred[region]),
         "hand_drawn_whole_scene": scores(ref, pred),
     }
+    if args.seams and not args.baseline:
+        out["seams"] = seam_rates(cls, args.seams)
+        print("seams", out["seams"])
     o, h = out["osm"], out["hand_drawn"]
     print(f"{name}: OSM agreement {o['agreement']:.3f} kappa {o['kappa']:.3f} ({o['pixels']} px);"
           f" hand-drawn water/forest {h['agreement']:.3f} ({h['pixels']} px),"

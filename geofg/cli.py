@@ -589,7 +589,7 @@ def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
                          if c["iou"] is not None)
         out.print(f"{rep['bundle_name']} on {rep['n']:,} labelled px"
                   f"{' in the region' if rep['region'] else ''}: mIoU {rep['miou']:.4f}, pixel "
-                  f"accuracy {rep['pixel_accuracy']:.4f}; IoU {ious}", highlight=False, soft_wrap=True)
+                  f"accuracy {rep['pixel_accuracy']:.4f}, kappa {rep['kappa']:.4f}; IoU {ious}", highlight=False, soft_wrap=True)
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 

@@ -11,8 +11,8 @@ and memory is bounded by one unit (the labels are rasterised unit by unit too).
 
 **Metrics** over the labelled, valid pixels inside the region (unlabelled pixels, see
 :mod:`geofg.models.seg_labels`, are ignored): confusion matrix (rows = label, columns =
-prediction), per class ``IoU = TP / (TP + FP + FN)``, precision, recall and support, pixel
-accuracy, and ``mIoU`` = mean IoU over the classes with ``TP + FP + FN > 0`` (a class neither
+prediction), per class ``IoU = TP / (TP + FP + FN)``, precision (user's accuracy), recall
+(producer's accuracy) and support, pixel accuracy (overall agreement), Cohen's kappa, and ``mIoU`` = mean IoU over the classes with ``TP + FP + FN > 0`` (a class neither
 labelled nor predicted in the region is not scored; one predicted but never labelled scores 0).
 
 The report folder receives ``report.json``, ``report.md`` and ``confusion_matrix.png``, rendered
@@ -52,9 +52,12 @@ def iou_metrics(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     rec = np.divide(tp, gt, out=np.zeros_like(tp), where=gt > 0)
     scored = union > 0
     n = int(cm.sum())
+    agree = float(tp.sum() / n) if n else 0.0
+    chance = float((gt * pred).sum() / n**2) if n else 0.0
     return {
         "miou": float(iou[scored].mean()) if scored.any() else 0.0,
-        "pixel_accuracy": float(tp.sum() / n) if n else 0.0,
+        "pixel_accuracy": agree,
+        "kappa": (agree - chance) / (1 - chance) if chance < 1 else 0.0,
         "per_class": {
             name: {"iou": round(float(i), 4) if s else None, "precision": round(float(p), 4),
                    "recall": round(float(r), 4), "support": int(g), "predicted": int(q)}
@@ -191,9 +194,11 @@ def _markdown(rep: dict[str, Any]) -> str:
         f"* region: {region} (window {rep['region_window']})",
         f"* {rep['n']:,} labelled pixels scored; method: {rep['method']}",
         "",
-        f"**mIoU {rep['miou']:.4f}**, pixel accuracy {rep['pixel_accuracy']:.4f}",
+        f"**mIoU {rep['miou']:.4f}**, pixel accuracy (agreement) {rep['pixel_accuracy']:.4f},"
+        f" Cohen's kappa {rep['kappa']:.4f}",
         "",
-        "| class | IoU | precision | recall | labelled px | predicted px |",
+        "| class | IoU | precision (user's acc.) | recall (producer's acc.) | labelled px |"
+        " predicted px |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for n in names:

@@ -411,3 +411,14 @@ def test_shipped_segmenter_reproduces_its_heldout_scores(data_root: Path, tmp_pa
     r = invoke("models", "list")
     assert "s2-landcover-seg" in r.output and "heldout_miou" in r.output
     assert "scratch_heldout_miou" in r.output
+
+
+def test_iou_metrics_kappa_closed_form() -> None:
+    """po = 0.7, pe = (25*30 + 25*20) / 50² = 0.5, so kappa = (0.7 - 0.5) / 0.5 = 0.4."""
+    from geofg.models.seg_eval import iou_metrics
+
+    rep = iou_metrics(np.array([[20, 5], [10, 15]]), ["a", "b"])
+    assert rep["pixel_accuracy"] == pytest.approx(0.7)
+    assert rep["kappa"] == pytest.approx(0.4)
+    assert rep["per_class"]["a"]["recall"] == pytest.approx(0.8)  # producer's accuracy
+    assert rep["per_class"]["a"]["precision"] == pytest.approx(20 / 30)  # user's accuracy

@@ -1,0 +1,397 @@
+"""Re-create ``landcover-s2``, geofg's default land-cover model: Dynamic World fine-tuned.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_landcover_s2.py --out-dir /tmp/lc \
+        --bundle geofg/models/bundles/landcover-s2.safetensors
+
+Start: the ``dynamic-world`` bundle (Google's globally trained network, 9 L1C bands, 9 classes;
+scripts/dynamicworld/). Legend: Dynamic World's nine classes, unchanged, so users read the map as
+they read Dynamic World's. What it learns from (docs/models.md, "landcover-s2", has the reasons):
+
+1. **OSM labels of the T33UUU scene, west part only.** The 1536 x 768 px scene is split into
+   vertical blocks: columns 0-703 train, 704-767 a gap, 768-959 validation (the step is chosen
+   there), 960-1023 a gap, 1024-1535 (east) held out and scored once at the end. The gaps (64 px)
+   exceed the network's receptive field (23 px), so no held-out pixel reaches a training window.
+   OSM ``fclass`` -> class: :data:`OSM_TO_DW`.
+2. **Dynamic World as a teacher everywhere.** The student matches the original network's
+   probabilities (KL divergence) on every pixel of each window, labelled or not, with a smaller
+   weight than the labels; the teacher sees the unaugmented input. This keeps what the global
+   model knows (classes and places the OSM labels lack) while the labels teach the local scene.
+3. **EuroSAT chips** (train split; 6 of 10 classes whose meaning maps onto one Dynamic World class,
+   :data:`EUROSAT_TO_DW`): chip-level cross-entropy on the chip's mean logits. They come from
+   all over Europe and every season, against over-fitting to one February scene.
+4. **Augmentation**: dihedral flips/rotations; per-band gain (x0.9-1.1); with probability 0.5 an
+   atmospheric-correction-like offset (subtracting up to 700 DN in B02, less at longer
+   wavelengths) so the model also reads L2A surface reflectance like L1C top of atmosphere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.landcover_scores import (  # noqa: E402
+    CLASSES, OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
+)
+from geofg.batch import normalise  # noqa: E402
+from geofg.models.bundle import load_tensors, read_card  # noqa: E402
+from geofg.models.dynamicworld import DynamicWorldNet  # noqa: E402
+from geofg.models.predictor import SELFCHECK_KEYS  # noqa: E402
+from geofg.models.registry import publish_bundle, resolve_model  # noqa: E402
+
+DW_CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub",
+              "built", "bare", "snow_and_ice"]
+OSM_TO_DW = {"water": 0, "forest": 1, "meadow": 2, "grass": 2, "wetland": 3, "farm": 4,
+             "scrub": 5, "residential": 6}
+EUROSAT_TO_DW = {"SeaLake": 0, "Forest": 1, "Pasture": 2, "AnnualCrop": 4, "Residential": 6,
+                 "Industrial": 6}
+EUROSAT_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
+                 "B12", "B8A"]
+TRAIN_COLS, VAL_COLS, EAST_COLS = (0, 704), (768, 960), (1024, 1536)
+# offsets (DN) an atmospheric correction removes at most, per Dynamic World band
+L2A_OFFSET = np.array([700, 500, 400, 300, 200, 200, 200, 100, 80], np.float32)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("GEOFG_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
+
+
+def load_scene(root: Path, bands: list[str]):
+    import rasterio
+
+    with rasterio.open(root / SCENE) as ds:
+        stack, transform = ds.read(), ds.transform
+    raw = stack[[EUROSAT_ORDER.index(b) for b in bands]].astype(np.float32)
+    shape = raw.shape[1:]
+    osm = rasterise(root / OSM, "fclass", OSM_TO_DW, shape, transform)
+    legend_osm = rasterise(root / OSM, "fclass", {"farm": 2, "meadow": 3, "grass": 3, "forest": 1,
+                                                    "residential": 4, "water": 0}, shape, transform)
+    ref = rasterise(root / REF, "cid", REF_MAP, shape, transform)
+    return raw, osm, legend_osm, ref
+
+
+def load_eurosat(root: Path, bands: list[str], split: str):
+    import csv
+
+    import rasterio
+
+    xs, ys = [], []
+    folder = root / "eurosat_ms"
+    with open(folder / "labels.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] != split or row["label"] not in EUROSAT_TO_DW:
+                continue
+            with rasterio.open(folder / row["file"]) as ds:
+                a = ds.read()
+            xs.append(a[[EUROSAT_ORDER.index(b) for b in bands]].astype(np.float32))
+            ys.append(EUROSAT_TO_DW[row["label"]])
+    return np.stack(xs), np.array(ys)
+
+
+def norm(raw: np.ndarray, card) -> np.ndarray:
+    return normalise(raw, np.ones(raw.shape[-2:], bool), card.scale, card.mean, card.std,
+                     card.normalisation)
+
+
+def augment_raw(raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-band gain and, half the time, an atmospheric-correction-like offset (raw DN)."""
+    c = raw.shape[-3]
+    gain = rng.uniform(0.9, 1.1, size=(c, 1, 1)).astype(np.float32)
+    out = raw * gain
+    if rng.random() < 0.5:
+        out = out - (rng.uniform(0, 1) * L2A_OFFSET).reshape(c, 1, 1)
+    return np.maximum(out, 0)
+
+
+def dihedral(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    t = torch.rot90(t, k, dims=(-2, -1))
+    return torch.flip(t, dims=(-1,)) if flip else t
+
+
+def predict_scene(net, x: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.inference_mode():
+        return net(torch.from_numpy(x[None])).numpy()[0]
+
+
+def early_features(net, x: np.ndarray) -> torch.Tensor:
+    """The frozen part: stem, downsampling, block1, block2 and the side branch (half resolution)."""
+    from geofg.models.dynamicworld import downsample2
+
+    net.eval()
+    with torch.inference_mode():
+        t = torch.from_numpy(x if x.ndim == 4 else x[None])
+        s = downsample2(net.stem(t))
+        return torch.cat([net.block2(net.block1(s)), net.side(s)], dim=1).clone()
+
+
+def late_forward(net, f: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The trained part on early features: block3, upsampling, L2 normalisation, head."""
+    g = F.interpolate(net.block3(f), size=(h, w), mode="bilinear", align_corners=False)
+    g = g * torch.rsqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-12))
+    return net.head(g)
+
+
+def train_late(args, student, teacher, card, raw, labels, weights, t_probs, chips_x, chips_y,
+               val_score, out, t0, rng, legend_osm, ref, x_scene) -> int:
+    """Fine-tune block3 and the head on cached early features of the scene and the chips.
+
+    The early layers stay Dynamic World's. Their features are computed once for the scene as
+    given and for an L2A-like copy (offsets at half the maximum), and for the EuroSAT chips with
+    and without the offsets; each step picks one of them.
+    """
+    versions = []
+    for offset in (0.0, 0.5):
+        r = np.maximum(raw - offset * L2A_OFFSET[:, None, None], 0)
+        versions.append(early_features(student, norm(r, card))[0])
+    chip_versions = []
+    for offset in (0.0, 0.5):
+        r = np.maximum(chips_x - offset * L2A_OFFSET[None, :, None, None], 0)
+        chip_versions.append(early_features(student, norm(r, card)))
+    print(f"cached early features {tuple(versions[0].shape)} in {time.time() - t0:.0f}s", flush=True)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    params = [*student.block3.parameters(), *student.head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    w, hw = args.window, args.window // 2
+    h = raw.shape[1]
+    history, best, best_state = [], None, None
+    for step in range(1, args.steps + 1):
+        student.train()
+        student.block3.train()
+        lr = args.lr * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        fs, ys, ts = [], [], []
+        for _ in range(args.batch):
+            r0 = 2 * int(rng.integers(0, (h - w) // 2 + 1))
+            c0 = 2 * int(rng.integers(TRAIN_COLS[0] // 2, (TRAIN_COLS[1] - w) // 2 + 1))
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            f = versions[int(rng.integers(2))][:, r0 // 2:r0 // 2 + hw, c0 // 2:c0 // 2 + hw]
+            fs.append(dihedral(f, k, flip))
+            ys.append(dihedral(labels[r0:r0 + w, c0:c0 + w], k, flip))
+            ts.append(dihedral(t_probs[:, r0:r0 + w, c0:c0 + w], k, flip))
+        f, y, tp = torch.stack(fs), torch.stack(ys), torch.stack(ts)
+        logits = late_forward(student, f, w, w)
+        loss_lab = F.cross_entropy(logits, y, weight=weights, ignore_index=-1)
+        logp = F.log_softmax(logits, 1)
+        loss_kd = (tp * (torch.log(tp.clamp_min(1e-8)) - logp)).sum(1).mean()
+        idx = rng.choice(len(chips_y), size=16, replace=False)
+        cf = chip_versions[int(rng.integers(2))][idx]
+        cf = dihedral(cf, int(rng.integers(4)), bool(rng.integers(2)))
+        loss_chip = F.cross_entropy(late_forward(student, cf, 64, 64).mean((-2, -1)),
+                                    torch.from_numpy(chips_y[idx]))
+        loss = loss_lab + args.kd_weight * loss_kd + args.chip_weight * loss_chip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            s = val_score(student)
+            rec = {"step": step, "loss": round(loss.item(), 4), "lab": round(loss_lab.item(), 4),
+                   "kd": round(loss_kd.item(), 4), "chip": round(loss_chip.item(), 4),
+                   **{k: s[k] for k in ("agreement", "kappa", "eurosat_val_chip_acc")}}
+            history.append(rec)
+            print(json.dumps(rec), f"{time.time() - t0:.0f}s", flush=True)
+            if best is None or s["agreement"] > best["agreement"]:
+                best = {**rec}
+                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    return finish(args, student, teacher, best, best_state, history, out, t0, legend_osm, ref,
+                  x_scene, "block3 and head fine-tuned on frozen early features")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--window", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--kd-weight", type=float, default=0.5)
+    ap.add_argument("--chip-weight", type=float, default=0.5)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-all", action="store_true",
+                    help="fine-tune every layer (default: block3 and head on frozen early features)")
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = data_dir()
+    t0 = time.time()
+
+    dw_path = resolve_model("dynamic-world")
+    card = read_card(dw_path)
+    tensors = load_tensors(dw_path)
+    init = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k not in SELFCHECK_KEYS}
+    teacher = DynamicWorldNet()
+    teacher.load_state_dict(init)
+    teacher.eval()
+    student = DynamicWorldNet()
+    student.load_state_dict(init)
+
+    raw, osm, legend_osm, ref = load_scene(root, card.bands)
+    x_scene = norm(raw, card)
+    t_probs = torch.softmax(torch.from_numpy(predict_scene(teacher, x_scene)), 0)
+    chips_x, chips_y = load_eurosat(root, card.bands, "train")
+    val_chips_x, val_chips_y = load_eurosat(root, card.bands, "val")
+    print(f"scene {raw.shape}, EuroSAT chips train {len(chips_y)} val {len(val_chips_y)}")
+
+    labels = torch.from_numpy(osm.astype(np.int64))
+    labels[labels == 255] = -1
+    sub = osm[:, TRAIN_COLS[0]:TRAIN_COLS[1]]
+    counts = np.bincount(sub[sub < 9].ravel(), minlength=9)
+    weights = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0.0)
+    weights = torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
+    print("train labelled pixels per class", dict(zip(DW_CLASSES, counts.tolist(), strict=True)))
+
+    def val_score(net) -> dict:
+        pred = map_to_legend(predict_scene(net, x_scene).argmax(0).astype(np.uint8), DW_CLASSES)
+        s = scores(legend_osm[:, VAL_COLS[0]:VAL_COLS[1]], pred[:, VAL_COLS[0]:VAL_COLS[1]])
+        with torch.inference_mode():
+            cl = net(torch.from_numpy(norm(val_chips_x, card))).mean((-2, -1)).argmax(1).numpy()
+        s["eurosat_val_chip_acc"] = float((cl == val_chips_y).mean())
+        return s
+
+    if not args.train_all:
+        return train_late(args, student, teacher, card, raw, labels, weights, t_probs, chips_x,
+                          chips_y, val_score, out, t0, rng, legend_osm, ref, x_scene)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
+    w = args.window
+    h, _ = raw.shape[1:]
+    history, best, best_state = [], None, None
+    base = val_score(student)
+    print(f"step 0 (Dynamic World): val agreement {base['agreement']:.4f} kappa {base['kappa']:.4f}"
+          f" chips {base['eurosat_val_chip_acc']:.3f}")
+    history.append({"step": 0, **{k: base[k] for k in ("agreement", "kappa", "eurosat_val_chip_acc")}})
+    for step in range(1, args.steps + 1):
+        student.train()
+        lr = args.lr * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xs, ys, ts = [], [], []
+        for _ in range(args.batch):
+            r0 = int(rng.integers(0, h - w + 1))
+            c0 = int(rng.integers(TRAIN_COLS[0], TRAIN_COLS[1] - w + 1))
+            win = np.s_[:, r0:r0 + w, c0:c0 + w]
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            xs.append(dihedral(torch.from_numpy(norm(augment_raw(raw[win], rng), card)), k, flip))
+            ys.append(dihedral(labels[r0:r0 + w, c0:c0 + w], k, flip))
+            ts.append(dihedral(t_probs[win], k, flip))
+        x, y, tp = torch.stack(xs), torch.stack(ys), torch.stack(ts)
+        logits = student(x)
+        loss_lab = F.cross_entropy(logits, y, weight=weights, ignore_index=-1)
+        logp = F.log_softmax(logits, 1)
+        loss_kd = (tp * (torch.log(tp.clamp_min(1e-8)) - logp)).sum(1).mean()
+        idx = rng.choice(len(chips_y), size=16, replace=False)
+        cx = torch.from_numpy(np.stack([norm(augment_raw(chips_x[i], rng), card) for i in idx]))
+        cx = dihedral(cx, int(rng.integers(4)), bool(rng.integers(2)))
+        loss_chip = F.cross_entropy(student(cx).mean((-2, -1)), torch.from_numpy(chips_y[idx]))
+        loss = loss_lab + args.kd_weight * loss_kd + args.chip_weight * loss_chip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            s = val_score(student)
+            rec = {"step": step, "loss": round(loss.item(), 4), "lab": round(loss_lab.item(), 4),
+                   "kd": round(loss_kd.item(), 4), "chip": round(loss_chip.item(), 4),
+                   **{k: s[k] for k in ("agreement", "kappa", "eurosat_val_chip_acc")}}
+            history.append(rec)
+            print(json.dumps(rec), f"{time.time() - t0:.0f}s", flush=True)
+            if best is None or s["agreement"] > best["agreement"]:
+                best = {**rec}
+                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    return finish(args, student, teacher, best, best_state, history, out, t0, legend_osm, ref,
+                  x_scene, "all layers fine-tuned")
+
+
+def finish(args, student, teacher, best, best_state, history, out, t0, legend_osm, ref, x_scene,
+           how: str) -> int:
+    """Score once on the held-out part, write the bundle and results.json."""
+    w = args.window
+    train_s = time.time() - t0
+    student.load_state_dict(best_state)
+    print(f"best step {best['step']} val agreement {best['agreement']:.4f}; {train_s:.0f} s")
+
+    # scored once, at the end: the held-out east part and the hand-drawn polygons
+    results = {}
+    for name, net in (("dynamic-world", teacher), ("landcover-s2", student)):
+        pred = map_to_legend(predict_scene(net, x_scene).argmax(0).astype(np.uint8), DW_CLASSES)
+        e = np.s_[:, EAST_COLS[0]:EAST_COLS[1]]
+        results[name] = {"east_osm": scores(legend_osm[e], pred[e]),
+                         "east_hand_drawn": scores(ref[e], pred[e]),
+                         "hand_drawn_whole_scene": scores(ref, pred)}
+        r = results[name]
+        print(f"{name}: east OSM agreement {r['east_osm']['agreement']:.4f} kappa"
+              f" {r['east_osm']['kappa']:.4f}; hand-drawn east {r['east_hand_drawn']['agreement']:.4f}"
+              f" whole {r['hand_drawn_whole_scene']['agreement']:.4f}")
+
+    metrics = {
+        "T33UUU_east_osm_agreement": results["landcover-s2"]["east_osm"]["agreement"],
+        "T33UUU_east_osm_kappa": results["landcover-s2"]["east_osm"]["kappa"],
+        "T33UUU_east_hand_drawn_agreement": results["landcover-s2"]["east_hand_drawn"]["agreement"],
+        "T33UUU_val_osm_agreement": best["agreement"],
+        "eurosat_val_chip_accuracy_6_classes": best["eurosat_val_chip_acc"],
+        "dynamic_world_zero_shot": {
+            "T33UUU_east_osm_agreement": results["dynamic-world"]["east_osm"]["agreement"],
+            "T33UUU_east_osm_kappa": results["dynamic-world"]["east_osm"]["kappa"],
+            "T33UUU_east_hand_drawn_agreement":
+                results["dynamic-world"]["east_hand_drawn"]["agreement"],
+        },
+    }
+    from scripts.dynamicworld.make_bundle import dw_card, selfcheck_pair
+
+    new = dw_card(
+        name="landcover-s2",
+        version="1.0.0",
+        processing_levels=["L1C", "L2A"],
+        training={
+            "start": f"dynamic-world (google/dynamicworld@0dd288f), {how}",
+            "labels": "OSM land use of T33UUU (2017-02-16), columns 0-703 (OSM_TO_DW); Dynamic"
+                      " World's own probabilities as a teacher on every pixel (KL); EuroSAT train"
+                      " chips of SeaLake, Forest, Pasture, AnnualCrop, Residential, Industrial"
+                      " (chip-level cross-entropy)",
+            "selection": "step with the best 5-class OSM agreement on columns 768-959",
+            "held_out": "columns 1024-1535 (east), EuroSAT test split",
+            "augmentation": "dihedral; per-band gain 0.9-1.1; L2A-like offsets (p=0.5)",
+            "steps": args.steps, "best_step": best["step"], "batch": args.batch,
+            "window": w, "lr": args.lr, "kd_weight": args.kd_weight,
+            "chip_weight": args.chip_weight, "seed": args.seed,
+            "wall_time_s": round(train_s), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+            "receptive_margin_px": 23,
+            "command": shlex.join(sys.argv),
+        },
+        metrics=metrics,
+        made_by="scripts/train_landcover_s2.py",
+    )
+    student.eval()
+    tensors = {k: v.numpy() for k, v in student.state_dict().items()} | selfcheck_pair(student, new)
+    sha, pinned = publish_bundle(Path(args.bundle), tensors, new)
+    (out / "results.json").write_text(json.dumps(
+        {"history": history, "best": best, "results": results, "metrics": metrics}, indent=1))
+    print(f"wrote {args.bundle} sha256 {sha}{' (pinned)' if pinned else ''}")
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

