@@ -11,7 +11,7 @@ they read Dynamic World's. What it learns from (docs/models.md, "landcover-s2", 
    vertical blocks: columns 0-703 train, 704-767 a gap, 768-959 validation (the step is chosen
    there), 960-1023 a gap, 1024-1535 (east) held out and scored once at the end. The gaps (64 px)
    exceed the network's receptive field (23 px), so no held-out pixel reaches a training window.
-   OSM ``fclass`` -> class: :data:`OSM_TO_DW`.
+   OSM ``fclass`` -> class: :data:`OSM_TO_DW` (wetland and scrub are not used).
 2. **Dynamic World as a teacher everywhere.** The student matches the original network's
    probabilities (KL divergence) on every pixel of each window, labelled or not, with a smaller
    weight than the labels; the teacher sees the unaugmented input. This keeps what the global
@@ -54,8 +54,11 @@ from geofg.models.registry import publish_bundle, resolve_model  # noqa: E402
 
 DW_CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub",
               "built", "bare", "snow_and_ice"]
-OSM_TO_DW = {"water": 0, "forest": 1, "meadow": 2, "grass": 2, "wetland": 3, "farm": 4,
-             "scrub": 5, "residential": 6}
+OSM_TO_DW = {"water": 0, "forest": 1, "meadow": 2, "grass": 2, "farm": 4, "residential": 6}
+"""OSM ``fclass`` -> Dynamic World class. ``wetland`` and ``scrub`` are not used as labels: in this
+scene OSM draws reed beds, wet meadows, young forest and bushland under them, which fall into
+several Dynamic World classes; the teacher supplies flooded vegetation and shrub instead (a run
+with wetland -> flooded_vegetation and scrub -> shrub_and_scrub lost lake pixels to them)."""
 EUROSAT_TO_DW = {"SeaLake": 0, "Forest": 1, "Pasture": 2, "AnnualCrop": 4, "Residential": 6,
                  "Industrial": 6}
 EUROSAT_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
