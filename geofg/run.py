@@ -19,6 +19,7 @@ How faults end (docs/reliability.md): an input changed during the run stops it w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geofg.config import JobConfig
-from geofg.errors import ClusterError, GeofgError, InputChangedError, OutputWriteError, RunFailedUnitsError
+from geofg.errors import (
+    ClusterError,
+    GeofgError,
+    InputChangedError,
+    MosaicExistsError,
+    OutputWriteError,
+    RunFailedUnitsError,
+)
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.lock import RunLock
@@ -98,7 +106,44 @@ def run_job(
     except OSError as e:
         if isinstance(e, GeofgError):
             raise
-        raise output_error(out, e) from None
+        raise output_error(out, getattr(e, "cause", None) or e) from None
+
+
+def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
+    """Check every done unit's chunks (size as written, decodable with a valid crc32c); return the
+    damaged units with why, after marking them failed in the ledger so the next run redoes them.
+
+    Takes the run lock while it checks (a run writing the mosaic meanwhile -> exit 6).
+
+    Raises:
+        MosaicExistsError, MosaicDamagedError: not a mosaic, or its metadata is damaged (3).
+        MosaicLockedError: another run holds the lock (6).
+    """
+    if not mz.is_mosaic(path):
+        raise MosaicExistsError(f"{path}: expected a geofg mosaic (a Zarr group with geofg:grid), "
+                                "found none; give the -o path of a geofg run")
+    mz.open_checked(path)
+    ledger = Ledger(path / mz.META_DIR)
+    lock = RunLock(path / mz.META_DIR / "lock", uuid.uuid4().hex[:12])
+    try:
+        lock.acquire(break_foreign=break_lock)
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(path, e) from None
+    damaged: dict[str, str] = {}
+    try:
+        for uid, rec in sorted(ledger.load().items()):
+            if rec.status != "done" or not rec.chunks:
+                continue
+            why = mz.check_chunks(path, rec.chunks, decode=True)
+            if why is not None:
+                damaged[uid] = why
+                ledger.write(dataclasses.replace(
+                    rec, status="failed", error=f"damaged chunk found by geofg info --verify: {why}"))
+    finally:
+        lock.release()
+    return damaged
 
 
 def _one_line(e: BaseException) -> str:

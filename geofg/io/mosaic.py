@@ -171,8 +171,10 @@ def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[st
         return False
     half = path.is_dir() and is_half_made(path)
     if not path.is_dir() or not (half or is_mosaic(path)):
-        if path.is_dir() and not any(path.iterdir()):
-            return False
+        if path.is_dir() and not any(p.name != META_DIR for p in path.iterdir()) and not any(
+            (path / META_DIR / "units").glob("*")
+        ):
+            return False  # empty, or only the lock folder of a run that died before creating it
         raise MosaicExistsError(
             f"{path}: expected a new path or a geofg mosaic, found an existing "
             f"{'directory' if path.is_dir() else 'file'} that is not one; choose another -o path"

@@ -255,8 +255,8 @@ def open_raster(
     if assume_crs is not None:
         try:
             assumed = CRS.from_user_input(assume_crs)
-        except CRSError as exc:
-            raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS ({exc}); "
+        except (CRSError, ValueError) as exc:  # "EPSG:4326x" raises ValueError from int()
+            raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS ({str(exc)[:120]}); "
                               "give e.g. EPSG:32633") from None  # fmt: skip
     raws = [os.fspath(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
     if not raws:
