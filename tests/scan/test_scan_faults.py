@@ -217,6 +217,8 @@ def test_file_names_cannot_inject_rows_or_headings_into_the_report(tmp_path: Pat
         run_scan(cfg, predictor_factory=predictor)
     md = Path(e.value.result.report_paths[1]).read_text()
     assert "\n# Injected" not in md
-    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert len(table) == 2 + 2  # header, separator, one row per inbox file
+    lines = md.splitlines()
+    start = lines.index("## Scenes") + 2
+    table = lines[start: lines.index("", start)]
+    assert len(table) == 2 + 2, table  # header, separator, one row per inbox file
     assert all(ln.count(" | ") - ln.count("\\| ") == 3 for ln in table[2:]), table
