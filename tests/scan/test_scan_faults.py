@@ -223,3 +223,39 @@ def test_file_names_cannot_inject_rows_or_headings_into_the_report(tmp_path: Pat
     table = lines[start: lines.index("", start)]
     assert len(table) == 2 + 2, table  # header, separator, one row per inbox file
     assert all(len(re.findall(r"(?<!\\)\|", ln)) == 5 for ln in table), table  # 4 cells each
+
+
+# --- 9. SIGTERM during a scan ------------------------------------------------------------------
+
+
+def test_sigterm_mid_scan_stops_cleanly_and_the_next_scan_finishes(tmp_path: Path) -> None:
+    """Case 9 for scans: stop taking units, keep those done, release the lock, exit 8, and leave
+    the inbox state unsaved so the next scan plans the units that did not run."""
+    import signal
+
+    from geofg.models.tiny import ThresholdPredictor
+
+    model = threshold_bundle(tmp_path)
+    cfg = build_scan(config(tmp_path, model))
+    a = _data(1)
+    _scene(tmp_path / "inbox", "S_20200601.tif", a)
+    calls = [0]
+
+    class Terminated(ThresholdPredictor):
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            calls[0] += 1
+            if calls[0] == 3:  # as Kubernetes or systemd would, mid-scan
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().predict(x)
+
+    with pytest.raises(GeofgError, match="stopped by SIGTERM") as e:
+        run_scan(cfg, predictor_factory=lambda p: Terminated(p.card))
+    assert e.value.exit_code == 8 and len(str(e.value).splitlines()) == 1
+    out = tmp_path / "m.zarr"
+    assert not (out / ".geofg" / "lock").exists()
+    ran = e.value.result.units_ran
+    assert 0 < ran < 12
+    r = run_scan(cfg, predictor_factory=predictor)
+    assert (r.count("processed"), r.units_skipped, r.units_ran) == (1, ran, 12 - ran)
+    g = zarr.open_group(str(out), mode="r", use_consolidated=False)
+    np.testing.assert_array_equal(g["class"][0], expected_class(a, (a != 0).all(0)))
