@@ -1,9 +1,11 @@
 """The ``geofg`` command line: parse -> JobConfig -> one library call -> render -> exit code.
 
 Exit codes live in one table, :data:`EXIT_CODES` (each GeofgError class carries its code):
-0 done, 2 usage, 3 input/config/weights rejected before any write, 4 finished with failed units,
-5 cluster unreachable or insecure, 6 mosaic locked by another run. Unexpected exceptions keep their
-traceback. Heavy imports (torch, rasterio, zarr) happen inside commands so ``--help`` is instant.
+0 done, 2 usage, 3 input/config/weights rejected before any write (or an input changed during
+the run), 4 finished with failed units (or damaged units found by ``info --verify``), 5 cluster
+unreachable or insecure, 6 mosaic locked by another run, 7 output could not be written (disk full,
+read-only), 8 interrupted by SIGTERM/SIGINT (lock released, re-run resumes). Error lines are cut
+to :data:`MAX_ERROR_CHARS`. Unexpected exceptions keep their traceback. Heavy imports (torch, rasterio, zarr) happen inside commands so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from geofg import __version__
 from geofg.errors import ConfigError, GeofgError
@@ -28,7 +31,11 @@ EXIT_CODES = {
     "finished with failed units": 4,
     "cluster unreachable or insecure": 5,
     "mosaic locked by another run": 6,
+    "output could not be written (disk full, read-only); re-run resumes": 7,
+    "interrupted by SIGTERM or SIGINT (lock released); re-run resumes": 8,
 }
+MAX_ERROR_CHARS = 600
+"""Longest error line printed (a hostile config must not print megabytes)."""
 
 app = typer.Typer(
     add_completion=False,
@@ -54,8 +61,10 @@ def _configure(verbose: int, quiet: bool) -> None:
 
 
 def _fail(e: GeofgError) -> typer.Exit:
-    err.print(f"[red]geofg: error:[/] {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              highlight=False, soft_wrap=True)
+    line = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 25] + f" ... ({len(line):,} chars cut)"
+    err.print(f"[red]geofg: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(e.exit_code)
 
 
@@ -295,21 +304,36 @@ def stats(
 
 @app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+         verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
+         break_lock: BreakLock = False) -> None:
     """Describe a mosaic: grid, CRS, arrays, provenance, units done, lock."""
     from geofg.cli_output import describe_mosaic, print_info
 
     _configure(0, False)
     try:
+        damaged = None
+        if verify:
+            from geofg.run import verify_mosaic
+
+            damaged = verify_mosaic(mosaic, break_lock=break_lock)
         desc = describe_mosaic(mosaic)
     except GeofgError as e:
         raise _fail(e) from None
+    if damaged is not None:
+        desc["verify"] = damaged
     if as_json:
         import json
 
         out.print_json(json.dumps(desc))
     else:
         print_info(out, desc)
+    if damaged:
+        ids = ", ".join(sorted(damaged)[:10])
+        err.print(f"geofg: error: {len(damaged)} unit(s) have missing or damaged chunks ({ids}); "
+                  "they are marked failed: re-run the command that made the mosaic to redo them",
+                  highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(4)
 
 
 @models_app.command("list")

@@ -65,6 +65,12 @@ def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN0
     """Print the area table and what the run did."""
     s = result.summary
     p = result.plan
+    repaired = getattr(result, "repaired", {})
+    if repaired:
+        console.print(f"repaired: {len(repaired)} unit(s) recorded done had missing or damaged "
+                      f"chunks and were redone: " + "; ".join(f"{k} ({v})" for k, v in
+                                                             sorted(repaired.items())[:10]),
+                      highlight=False, markup=False, soft_wrap=True)
     if s is not None:
         t = Table(title=f"{p.job.write.output}: area per class ({p.card.name}, learned)")
         t.add_column("class")
@@ -135,10 +141,15 @@ def describe_mosaic(path: Path) -> dict:
     from geofg.io.lock import read_lock
     from geofg.io.mosaic import META_DIR, is_mosaic
 
+    from geofg.io.mosaic import is_half_made, open_checked, time_slices
+
+    if is_half_made(path):
+        raise MosaicExistsError(f"{path}: expected a geofg mosaic, found one whose creation was cut "
+                                "short (disk full or killed); re-run the command that makes it")
     if not is_mosaic(path):
         raise MosaicExistsError(f"{path}: expected a geofg mosaic (a Zarr group with geofg:grid), "
                                 "found none; give the -o path of a geofg run")
-    g = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    g = open_checked(path)
     attrs = dict(g.attrs)
     grid = attrs["geofg:grid"]
     crs = CRS.from_wkt(grid["crs_wkt"])
@@ -153,7 +164,7 @@ def describe_mosaic(path: Path) -> dict:
 
         from geofg.io.mosaic import TIME_FILL
 
-        dates = [str(date(1970, 1, 1) + timedelta(days=int(v))) for v in g["time"][:] if int(v) != TIME_FILL]
+        dates = [str(date(1970, 1, 1) + timedelta(days=v)) for v in time_slices(path) if v != TIME_FILL]
         units_total = len(records)
     return {
         "time": dates,
@@ -192,3 +203,8 @@ def print_info(console: Console, d: dict) -> None:
     console.print(f"units: {u['done']}/{u['total']} done, {len(u['failed'])} failed"
                   + (f": {', '.join(u['failed'][:10])}" if u["failed"] else ""))
     console.print("lock: " + ("free" if d["lock"] is None else json.dumps(d["lock"])))
+    if "verify" in d:
+        bad = d["verify"]
+        console.print(f"verify: {len(bad)} unit(s) with missing or damaged chunks"
+                      + "".join(f"\n  {k}: {v}" for k, v in sorted(bad.items())[:20]),
+                      highlight=False, markup=False)

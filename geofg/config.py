@@ -22,7 +22,66 @@ from geofg.stitch import BLEND_METHODS
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: Longest config value quoted back in an error message.
+MAX_QUOTED_CHARS = 80
+#: Largest config file read (a config is a few KB; anything bigger is a mistake or an attack).
+MAX_CONFIG_BYTES = 1_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors, aliases or duplicate keys.
+
+    Aliases expand without limit (a 701-byte "billion laughs" file became a 312 MB error line);
+    a config needs none of them, so they are refused, as is a key given twice (the second silently
+    won before).
+    """
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201, D102
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a geofg config",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201, D102
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {str(key)[:MAX_QUOTED_CHARS]!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> object:
+    """Read a YAML (or JSON) config strictly: no aliases, no duplicate keys, at most 1 MB.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed (one line naming the file).
+    """
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: expected a config of at most {MAX_CONFIG_BYTES:,} bytes, found "
+                              f"{p.stat().st_size:,}; give the right file")
+        return yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise ConfigError(f"{p}: cannot read the config ({why}); give a YAML or JSON file "
+                          "without anchors, aliases or repeated keys") from None
+
+
+def quoted(value: object) -> str:
+    """``repr(value)`` cut to :data:`MAX_QUOTED_CHARS` (an error line stays short)."""
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED_CHARS else text[: MAX_QUOTED_CHARS - 15] + f"... ({len(text):,} chars)"
 
 
 class ReadConfig(_Frozen):
@@ -163,10 +222,9 @@ def load_job(path: str | Path, **overrides: object) -> JobConfig:
         ConfigError: unreadable file, unknown keys or invalid values (names the key).
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read config ({e}); give a YAML or JSON file") from e
+    data = read_yaml(p) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys, found {type(data).__name__}; fix the file")
     for k, v in overrides.items():
         if isinstance(v, dict):
             data.setdefault(k, {}).update(v)
@@ -183,6 +241,6 @@ def build_job(data: dict, source: str = "options") -> JobConfig:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         raise ConfigError(
-            f"{source}: invalid value for {loc}: {err['msg']} (got {err.get('input')!r}); "
+            f"{source}: invalid value for {loc}: {str(err['msg'])[:200]} (got {quoted(err.get('input'))}); "
             "fix that key or remove it"
-        ) from e
+        ) from None

@@ -5,13 +5,18 @@ Every error geofg raises on purpose derives from :class:`GeofgError`. Each carri
 place (``geofg.cli.EXIT_CODES`` documents the table). Messages are one line and say what was
 expected, what was found and how to fix it.
 
-Exit codes (DESIGN.md): 0 done, 2 usage, 3 input/config/weights rejected before any write,
-4 finished with failed units, 5 cluster unreachable or insecure, 6 mosaic locked by another run.
+Exit codes (DESIGN.md): 0 done, 2 usage, 3 input/config/weights rejected before any write
+(or an input that changed during the run), 4 finished with failed units, 5 cluster unreachable or
+insecure, 6 mosaic locked by another run, 7 output could not be written (disk full, read-only,
+I/O error; the mosaic is consistent and a re-run resumes), 8 interrupted by SIGTERM or SIGINT
+(units in flight finished, lock released; a re-run resumes). See docs/reliability.md.
 
 This module imports nothing from geofg.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class GeofgError(Exception):
@@ -116,6 +121,20 @@ class MosaicExistsError(MosaicError, RejectedError):
     exit_code = 3
 
 
+class MosaicDamagedError(MosaicError, RejectedError):
+    """A mosaic's metadata or a chunk cannot be decoded (truncated, garbage, checksum mismatch)."""
+
+    exit_code = 3
+
+
+class InputChangedError(InputError):
+    """An input file changed (size, mtime or inode) after preflight, while the run read it.
+
+    Unlike other unit errors it stops the run: every unit read after the change would mix old and
+    new content. Nothing read after the change is recorded done.
+    """
+
+
 # --- after writing started -------------------------------------------------------------------
 
 
@@ -151,9 +170,39 @@ class MosaicLockedError(MosaicError):
     exit_code = 6
 
 
+class OutputWriteError(MosaicError):
+    """The mosaic (or a report) could not be written: disk full, read-only, quota, I/O error.
+
+    The run stops; units without a ledger record are redone by the next run.
+    """
+
+    exit_code = 7
+
+
+class RunInterruptedError(GeofgError):
+    """SIGTERM or SIGINT stopped the run: no new units, those in flight finished, lock released."""
+
+    exit_code = 8
+
+
 #: Errors that fail one unit (recorded failed, retried up to ``runner.max_attempts``; the run goes
-#: on and exits 4), not the whole run. Anything else stops the run.
+#: on and exits 4), not the whole run. Anything else stops the run, and so do those for which
+#: :func:`stops_run` is True.
 UNIT_ERRORS = (GeofgError, OSError, RuntimeError, ValueError, MemoryError)
+
+#: errno values of writes that no retry or other unit can fix: disk full, quota, read-only, too big.
+OUTPUT_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def stops_run(e: BaseException) -> bool:
+    """True for a unit error that must stop the whole run rather than fail one unit.
+
+    An input that changed under the run (every later read would mix old and new content), and a
+    write the disk refuses (full, quota, read-only, file too big: every later unit would fail too).
+    """
+    return isinstance(e, InputChangedError) or (
+        isinstance(e, OSError) and not isinstance(e, GeofgError) and e.errno in OUTPUT_FULL_ERRNOS
+    )
 
 
 # --- warnings --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 from geofg import __version__
 from geofg.batch import normalise, pad_to, round_up
 from geofg.config import JobConfig
-from geofg.errors import ConfigError, GeofgWarning
+from geofg.errors import ConfigError, GeofgWarning, InputError
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, MosaicSpec
@@ -134,6 +134,24 @@ class Plan:
         }
 
 
+def _check_projected(info: RasterInfo) -> None:
+    """Refuse a geographic grid: its pixels are degrees, so areas would be wrong (not metres).
+
+    The alternative, a geodesic area per pixel row, would also need per-row counts in every
+    ledger record; the models are trained on metric pixels anyway, so the input is refused with
+    the fix (``geofg scan`` refuses geographic grids the same way).
+    """
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(info.crs_wkt)
+    if crs.is_geographic:
+        raise InputError(
+            f"{info.label()}: expected a projected CRS (metres), found a geographic one "
+            f"({crs.to_string()}): pixel areas in degrees cannot give hectares; warp it to a "
+            "projected CRS first, e.g. gdalwarp -t_srs EPSG:326xx (its UTM zone) -tr 10 10"
+        )
+
+
 def plan(job: JobConfig) -> Plan:
     """Preflight and plan a job without writing anything.
 
@@ -155,6 +173,7 @@ def plan(job: JobConfig) -> Plan:
         assume_crs=job.read.assume_crs,
         max_compression_ratio=job.read.max_compression_ratio,
     )
+    _check_projected(info)
     indices = select_bands(info, card.bands)
     if info.band_names is None:
         warnings.warn(

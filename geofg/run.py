@@ -6,12 +6,20 @@ Order matters for safety:
    output).
 2. The output is checked read-only (another grid -> exit 3, untouched), then the run lock is taken
    (held by a live run -> exit 6), then the mosaic is created or opened ``r+``.
-3. Units without a current ledger record run; each writes its chunks, then its record.
+3. Units without a current ledger record run; each writes its chunks, then its record. A unit
+   whose record is current but whose chunks are missing or not the size it wrote runs again
+   (:attr:`RunResult.repaired`).
 4. Provenance is written; metadata is consolidated only when every unit is done.
+
+How faults end (docs/reliability.md): an input changed during the run stops it with exit 3
+(:class:`~geofg.errors.InputChangedError`); a write the disk refuses (full, read-only) with exit
+7 (:class:`~geofg.errors.OutputWriteError`); SIGTERM/SIGINT with exit 8 after the units in flight
+(:mod:`geofg.signals`). The lock is released in every case and the next run resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -19,13 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geofg.config import JobConfig
-from geofg.errors import RunFailedUnitsError
+from geofg.errors import (
+    ClusterError,
+    GeofgError,
+    InputChangedError,
+    MosaicExistsError,
+    OutputWriteError,
+    RunFailedUnitsError,
+)
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.lock import RunLock
 from geofg.io.sink import UnitSink
 from geofg.pipeline import Plan, plan
 from geofg.report import RunSummary, summarise
+from geofg.signals import STOP, interrupted_error, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,8 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    repaired: dict[str, str] = field(default_factory=dict)
+    """Units whose record was current but whose chunks were missing or damaged (redone), with why."""
     summary: RunSummary | None = None
     quicklook: Path | None = None
     profile: dict[str, float] = field(default_factory=dict)
@@ -62,15 +80,85 @@ def run_job(
     p = plan(job)
     out = Path(job.write.output)
     overwrite = job.write.mode == "overwrite"
-    existed = mz.check_output(out, p.spec, overwrite)
+    existed = mz.check_output(out, p.spec, overwrite, (*job.read.inputs, *p.info.paths))
+    folder_existed = out.exists()
     run_id = uuid.uuid4().hex[:12]
-    (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out / mz.META_DIR / "lock", run_id)
-    lock.acquire(break_foreign=job.write.break_lock)
     try:
-        return _run_locked(p, out, existed, overwrite, run_id, on_progress, predictor_factory)
+        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out / mz.META_DIR / "lock", run_id)
+        lock.acquire(break_foreign=job.write.break_lock)
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(out, e) from None
+    try:
+        try:
+            with stop_on_signals():
+                return _run_locked(p, out, existed, overwrite, run_id, on_progress, predictor_factory)
+        finally:
+            lock.release()
+    except InputChangedError as e:
+        raise InputChangedError(_one_line(getattr(e, "cause", None) or e)) from None
+    except ClusterError:
+        if not existed:  # nothing ran: leave no empty mosaic behind
+            mz.remove_unused(out, p.spec, keep_folder=folder_existed)
+        raise
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(out, getattr(e, "cause", None) or e) from None
+
+
+def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
+    """Check every done unit's chunks (size as written, decodable with a valid crc32c); return the
+    damaged units with why, after marking them failed in the ledger so the next run redoes them.
+
+    Takes the run lock while it checks (a run writing the mosaic meanwhile -> exit 6).
+
+    Raises:
+        MosaicExistsError, MosaicDamagedError: not a mosaic, or its metadata is damaged (3).
+        MosaicLockedError: another run holds the lock (6).
+    """
+    if not mz.is_mosaic(path):
+        raise MosaicExistsError(f"{path}: expected a geofg mosaic (a Zarr group with geofg:grid), "
+                                "found none; give the -o path of a geofg run")
+    mz.open_checked(path)
+    ledger = Ledger(path / mz.META_DIR)
+    lock = RunLock(path / mz.META_DIR / "lock", uuid.uuid4().hex[:12])
+    try:
+        lock.acquire(break_foreign=break_lock)
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(path, e) from None
+    damaged: dict[str, str] = {}
+    try:
+        for uid, rec in sorted(ledger.load().items()):
+            if rec.status != "done" or not rec.chunks:
+                continue
+            why = mz.check_chunks(path, rec.chunks, decode=True)
+            if why is not None:
+                damaged[uid] = why
+                ledger.write(dataclasses.replace(
+                    rec, status="failed", error=f"damaged chunk found by geofg info --verify: {why}"))
     finally:
         lock.release()
+    return damaged
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def output_error(out: Path, e: OSError) -> OutputWriteError:
+    """The one-line error of a write the file system refused (exit 7)."""
+    where = f" {e.filename}" if e.filename else ""
+    return OutputWriteError(
+        f"{out}: could not write{where} ({e.strerror or e}); units written so far are recorded and "
+        "the mosaic is consistent: free space or make it writable, then re-run the same command to "
+        "resume (or --overwrite to replace it)"
+    )
 
 
 def _run_locked(
@@ -97,9 +185,19 @@ def _run_locked(
         "model_sha256": p.model_sha256,
         "config_hash": p.config_hash,
     }
-    pending = [u for u in p.units if not ledger.is_current(records.get(u.id), **key)]
+    pending, repaired = [], {}
+    for u in p.units:
+        r = records.get(u.id)
+        if not ledger.is_current(r, **key):
+            pending.append(u)
+        elif r is not None and r.chunks and (why := mz.check_chunks(out, r.chunks)) is not None:
+            repaired[u.id] = why
+            pending.append(u)
+    if repaired:
+        log.warning("%d unit(s) recorded done had missing or damaged chunks; redoing them: %s",
+                    len(repaired), "; ".join(f"{k} ({v})" for k, v in list(repaired.items())[:5]))
     attempts = {uid: r.attempt for uid, r in records.items()}
-    result = RunResult(plan=p, run_id=run_id, skipped=len(p.units) - len(pending))
+    result = RunResult(plan=p, run_id=run_id, skipped=len(p.units) - len(pending), repaired=repaired)
     log.info("%d units planned, %d already done, %d to run", len(p.units), result.skipped, len(pending))
 
     km2_per_px = p.pixel_area_m2 / 1e6
@@ -125,7 +223,8 @@ def _run_locked(
         _execute(p, pending, sink, on_unit, attempts, result, predictor_factory)
 
     result.summary = summarise(p, records)
-    complete = not result.failed and all(
+    stopped = STOP.is_set()
+    complete = not stopped and not result.failed and all(
         ledger.is_current(records.get(u.id), **key) for u in p.units
     )
     mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary.to_dict()}, complete)
@@ -133,6 +232,11 @@ def _run_locked(
         from geofg.io.export import quicklook_path, write_quicklook
 
         result.quicklook = write_quicklook(out, quicklook_path(out))
+    if stopped:
+        err = interrupted_error(f"{out}: {len(result.ran)} units finished this run, "
+                                f"{len(p.units) - progress[0]} left")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
     if result.failed:
         ids = ", ".join(sorted(result.failed)[:10])
         more = f" (+{len(result.failed) - 10} more)" if len(result.failed) > 10 else ""

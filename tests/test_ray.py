@@ -655,3 +655,33 @@ def test_write_behind_returns_outcomes_oldest_first_with_at_most_threads_pending
             g.set()
         wb.close()
     assert rr.WriteBehind(0).submit(write, 4) == [4]  # no threads: written at once, on this one
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_driver_signal_stops_cleanly_releases_the_lock_and_rerun_resumes(
+        ray_head: dict, tmp_path: Path, bundle: Path, scene: Path, golden: dict[str, np.ndarray],
+        sig: signal.Signals) -> None:
+    """Issue 16 case 9 on Ray: SIGTERM to the driver gave exit 15 (Ray's handler) and left the
+    lock. Now: no new units, those in flight finish, lock released, one line, exit 8; the re-run
+    redoes nothing that was done and equals the clean run."""
+    out = tmp_path / "stopped.zarr"
+    args = [sys.executable, "-m", "geofg.cli", "classify", str(scene), "-o", str(out), "--model", str(bundle),
+            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q"]
+    env = {**ray_head["env"], "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    units = out / ".geofg" / "units"
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and proc.poll() is None and len(list(units.glob("*.json"))) < 4:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 8, err[-3000:]
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    assert not (out / ".geofg" / "lock").exists()
+    before = Ledger(out / ".geofg").load()
+    assert 0 < len(before) < 36 and all(r.status == "done" for r in before.values())
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = Ledger(out / ".geofg").load()
+    assert len(after) == 36 and all(after[u].run_id == before[u].run_id for u in before)
+    _assert_layers_equal(out, golden)

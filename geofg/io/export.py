@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from PIL import Image, ImageDraw, ImageFont
 
-from geofg.io.mosaic import FILL
+from geofg.io.mosaic import DECODE_ERRORS, FILL, damaged_chunk_error, open_checked
 
 NODATA_RGB = (0, 0, 0)
 
@@ -41,14 +41,22 @@ def quicklook_path(mosaic: Path) -> Path:
 
 
 def write_quicklook(mosaic: Path, png: Path, layer: str = "class", max_side: int = 1600) -> Path:
-    """Write a PNG of ``layer`` coloured by its legend, with the legend drawn beside it."""
-    group = zarr.open_group(str(mosaic), mode="r", use_consolidated=False)
+    """Write a PNG of ``layer`` coloured by its legend, with the legend drawn beside it.
+
+    Raises:
+        MosaicDamagedError: a chunk (or the metadata) cannot be decoded; names the chunk, its
+            unit and the fix (nothing is written).
+    """
+    group = open_checked(mosaic)
     arr = group[layer]
     names = list(arr.attrs["class_names"])
     colours = [_rgb(c) for c in arr.attrs["colours"]]
     chunk = group.attrs["geofg:grid"]["chunk"]
     step = max(1, -(-max(arr.shape) // max_side))
-    small = read_strided(arr, step, chunk)
+    try:
+        small = read_strided(arr, step, chunk)
+    except DECODE_ERRORS as e:
+        raise damaged_chunk_error(mosaic, layer, arr, e) from None
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:] = NODATA_RGB
     for i, c in enumerate(colours):

@@ -82,6 +82,10 @@ class UnitRecord:
         run_id: the run that wrote the record.
         finished_at: ISO 8601 UTC time the unit finished.
         error: one-line cause for a failed unit, else None.
+        chunks: the chunk keys the unit wrote (paths under the mosaic, e.g. ``class/c/3/12``) and
+            their file sizes in bytes, 0 for no file (a fill-only chunk); None in records written
+            before geofg recorded them. A re-run and ``geofg info --verify`` compare them with
+            the files on disk, and redo a unit whose chunk is missing or damaged.
 
     Raises:
         ValueError: on construction, when a field has the wrong type or value.
@@ -98,6 +102,7 @@ class UnitRecord:
     run_id: str
     finished_at: str
     error: str | None = None
+    chunks: dict[str, int] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         """Reject records that could not be stored or read back faithfully."""
@@ -119,6 +124,11 @@ class UnitRecord:
             raise ValueError(f"unit {self.unit_id}: stats must be a dict, got {type(self.stats).__name__}")
         if self.error is not None and not isinstance(self.error, str):
             raise ValueError(f"unit {self.unit_id}: error must be a str or None, got {self.error!r}")
+        if self.chunks is not None and not (
+            isinstance(self.chunks, dict)
+            and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in self.chunks.items())
+        ):
+            raise ValueError(f"unit {self.unit_id}: chunks must map chunk keys to sizes >= 0")
 
     def to_json(self) -> str:
         """Return the record as one line of strict JSON (no NaN), keys sorted.
@@ -148,7 +158,7 @@ class UnitRecord:
         if schema != SCHEMA_VERSION:
             raise ValueError(f"ledger record schema {schema!r} is not the supported {SCHEMA_VERSION}")
         unknown = sorted(set(data) - _FIELD_NAMES)
-        missing = sorted(_FIELD_NAMES - set(data) - {"error"})
+        missing = sorted(_FIELD_NAMES - set(data) - {"error", "chunks"})
         if unknown or missing:
             raise ValueError(f"ledger record has unknown fields {unknown} / lacks fields {missing}")
         return cls(**data)

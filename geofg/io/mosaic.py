@@ -27,10 +27,18 @@ dates arrived, plus the ``latest`` view::
 
 Never ``mode="w"`` or ``overwrite=True`` on a mosaic that exists (that wipes it): an existing
 mosaic is opened ``r+`` and its grid and schema are compared first.
+
+What geofg owns (docs/reliability.md): the names :func:`owned_names` lists, nothing else.
+``--overwrite`` removes only those, and refuses (exit 3, nothing touched) when the folder holds
+anything else or an input lies inside it. :func:`create` writes the group's ``zarr.json`` first
+with a ``geofg:creating`` marker and puts the grid attributes in place last, so a creation cut
+short (disk full, kill) leaves a folder the next run recognises as half-made and re-creates,
+never one that every later run refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,7 +52,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from geofg.errors import MosaicExistsError, MosaicSchemaMismatchError
+from geofg.errors import MosaicDamagedError, MosaicExistsError, MosaicSchemaMismatchError
 from geofg.grid import WorkUnit
 
 log = logging.getLogger(__name__)
@@ -95,37 +103,103 @@ def _geotransform(t: tuple[float, ...]) -> str:
     return f"{c!r} {a!r} {b!r} {f!r} {d!r} {e!r}"
 
 
+CREATING = "geofg:creating"
+"""Group attribute present only while :func:`create` runs (and after a creation cut short)."""
+_OWN_TOP = ("zarr.json", "x", "y", "spatial_ref", "time", "latest_time", META_DIR)
+
+
+def owned_names(layers: tuple[str, ...] | list[str]) -> set[str]:
+    """The top-level names geofg writes in a mosaic with these layers (all it ever removes)."""
+    return {*_OWN_TOP, *layers, *(LATEST + n for n in layers)}
+
+
+def _group_attrs(path: Path) -> dict[str, Any] | None:
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
 def is_mosaic(path: Path) -> bool:
     """Return True when ``path`` is a geofg mosaic (a Zarr group with geofg grid attributes)."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return "geofg:grid" in attrs
+    attrs = _group_attrs(path)
+    return attrs is not None and "geofg:grid" in attrs
 
 
-def check_output(path: Path, spec: MosaicSpec, overwrite: bool) -> bool:
+def is_half_made(path: Path) -> bool:
+    """Return True when ``path`` is a mosaic whose :func:`create` was cut short (disk full, kill)."""
+    attrs = _group_attrs(path)
+    return attrs is not None and CREATING in attrs and "geofg:grid" not in attrs
+
+
+def _layers_of(path: Path, spec: MosaicSpec) -> tuple[str, ...]:
+    attrs = _group_attrs(path) or {}
+    found = attrs.get("geofg:grid", {}).get("layers", []) if isinstance(attrs.get("geofg:grid"), dict) else []
+    return tuple(dict.fromkeys([*spec.layers, *(str(n) for n in found if isinstance(n, str))]))
+
+
+def foreign_entries(path: Path, spec: MosaicSpec) -> list[str]:
+    """The top-level entries of ``path`` geofg did not write (sorted names)."""
+    own = owned_names(_layers_of(path, spec))
+    return sorted(p.name for p in path.iterdir() if p.name not in own)
+
+
+def _inside(inputs: tuple[str, ...], path: Path) -> str | None:
+    root = path.resolve()
+    for raw in inputs:
+        try:
+            if Path(raw).resolve().is_relative_to(root):
+                return raw
+        except (OSError, RuntimeError):
+            continue
+    return None
+
+
+def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[str, ...] = ()) -> bool:
     """Check, without writing, that ``path`` can receive this mosaic; return True if it exists.
 
+    A half-made mosaic (:func:`is_half_made`) counts as absent: the run re-creates it.
+
     Raises:
-        MosaicExistsError: path exists and is not a geofg mosaic.
+        MosaicExistsError: path exists and is not a geofg mosaic; or, replacing it (``overwrite``
+            or a half-made one), it holds files geofg did not write or an input lies inside it.
         MosaicSchemaMismatchError: an existing mosaic has another grid or schema (and no overwrite).
+        MosaicDamagedError: an existing mosaic's metadata cannot be read (and no overwrite).
     """
     if not path.exists():
         return False
-    if not path.is_dir() or not is_mosaic(path):
-        if path.is_dir() and not any(path.iterdir()):
-            return False
+    half = path.is_dir() and is_half_made(path)
+    if not path.is_dir() or not (half or is_mosaic(path)):
+        if path.is_dir() and not any(p.name != META_DIR for p in path.iterdir()) and not any(
+            (path / META_DIR / "units").glob("*")
+        ):
+            return False  # empty, or only the lock folder of a run that died before creating it
         raise MosaicExistsError(
             f"{path}: expected a new path or a geofg mosaic, found an existing "
             f"{'directory' if path.is_dir() else 'file'} that is not one; choose another -o path"
         )
+    if overwrite or half:
+        inside = _inside(inputs, path)
+        if inside is not None:
+            raise MosaicExistsError(
+                f"{path}: expected an output that holds none of the inputs, found the input "
+                f"{inside} inside it; --overwrite would delete it: move the input out or choose "
+                "another -o path"
+            )
+        foreign = foreign_entries(path, spec)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+            raise MosaicExistsError(
+                f"{path}: expected only what geofg wrote, found other files ({shown}); nothing was "
+                "touched: move them out of the mosaic or choose another -o path"
+            )
+    if half:
+        log.warning("%s: a previous run's mosaic creation was cut short; creating it again", path)
+        return False
     if overwrite:
         return True
-    found = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs["geofg:grid"]
+    found = open_checked(path).attrs["geofg:grid"]
     want = spec.grid_attrs()
     diff = [k for k in want if found.get(k) != want[k]]
     if diff:
@@ -143,27 +217,93 @@ def _short(v: object) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def _damaged(path: Path, what: str, e: BaseException) -> MosaicDamagedError:
+    cause = _short(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return MosaicDamagedError(
+        f"{path}: {what} cannot be read ({type(e).__name__}: {cause}); the mosaic is damaged: "
+        "re-run the command that made it with --overwrite to replace it (or restore it from a backup)"
+    )
+
+
+#: What zarr raises on metadata or chunks it cannot decode (garbage JSON, truncated zstd frame,
+#: crc32c mismatch, a missing array folder).
+DECODE_ERRORS = (ValueError, KeyError, TypeError, RuntimeError, OSError)
+
+
+def open_checked(path: Path, mode: str = "r") -> zarr.Group:
+    """Open a mosaic's group and every array it names; a damaged one is a one-line error.
+
+    Raises:
+        MosaicDamagedError: the group's or an array's ``zarr.json`` cannot be read.
+    """
+    try:
+        group = zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+        grid = group.attrs["geofg:grid"]
+    except DECODE_ERRORS as e:
+        raise _damaged(path, "zarr.json", e) from None
+    names = list(grid.get("layers", []))
+    if grid.get("time"):
+        names += [LATEST + n for n in names] + ["latest_time", "time"]
+    for name in names:
+        try:
+            group[name]
+        except DECODE_ERRORS as e:
+            raise _damaged(path, f"{name}/zarr.json", e) from None
+    return group
+
+
 def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
     """Create the mosaic's group and arrays (metadata only; no chunk is written).
 
-    If ``path`` holds an old mosaic (overwrite), everything but ``.geofg/lock`` is removed first.
+    If ``path`` holds an old or half-made mosaic, what geofg wrote there is removed first
+    (:func:`owned_names`; the run lock stays), nothing else. The group is written first with the
+    :data:`CREATING` marker and its grid attributes last, so a creation cut short is recognised
+    (:func:`is_half_made`) and redone by the next run.
     """
     if path.exists():
+        own = owned_names(_layers_of(path, spec))
         for child in path.iterdir():
+            if child.name not in own:
+                continue
             if child.name == META_DIR:
                 for sub in child.iterdir():
-                    if sub.name != "lock":
+                    if sub.name not in ("lock", "lock.break"):
                         shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
             elif child.is_dir():
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    group = zarr.open_group(str(path), mode="a", zarr_format=3)
-    group.attrs.update({"geofg:grid": spec.grid_attrs(), **attrs})
+    group = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={CREATING: True})
     if spec.time:
         _create_time_layers(group, spec)
         _create_coords(group, spec)
+    else:
+        _create_layers(group, spec)
+    for p in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
+        _fsync_path(p, directory=p.is_dir())
+    group.attrs.put({"geofg:grid": spec.grid_attrs(), **attrs})  # the mosaic exists from here on
+    _fsync_path(path, directory=True)
+
+
+def remove_unused(path: Path, spec: MosaicSpec, keep_folder: bool) -> None:
+    """Remove a mosaic this run created but never wrote a unit into (after a cluster error).
+
+    Only what geofg writes (:func:`owned_names`) goes, and only while the ledger holds no record;
+    the folder itself goes too when it is then empty, unless ``keep_folder``.
+    """
+    units = path / META_DIR / "units"
+    if units.is_dir() and any(units.iterdir()):
         return
+    own = owned_names(_layers_of(path, spec))
+    for child in list(path.iterdir()) if path.is_dir() else []:
+        if child.name in own:
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def _create_layers(group: zarr.Group, spec: MosaicSpec) -> None:
     chunks = (spec.chunk, spec.chunk)
     shape = (spec.height, spec.width)
     for name in spec.layers:
@@ -217,6 +357,75 @@ def _create_coords(group: zarr.Group, spec: MosaicSpec) -> None:
         },
     )
     ref[...] = 0
+
+
+def unit_chunk_keys(layers: tuple[str, ...], row: int, col: int, t: int | None = None) -> list[str]:
+    """The chunk keys (paths under the mosaic) of unit ``(row, col)`` in ``layers`` (slice ``t``)."""
+    lead = "" if t is None else f"{t}/"
+    return [f"{name}/c/{lead}{row}/{col}" for name in layers]
+
+
+def chunk_sizes(path: Path, keys: list[str]) -> dict[str, int]:
+    """Bytes of each chunk file; 0 for no file (the chunk holds only the fill value)."""
+    sizes = {}
+    for key in keys:
+        try:
+            sizes[key] = os.stat(path / key).st_size
+        except FileNotFoundError:
+            sizes[key] = 0
+    return sizes
+
+
+def check_chunks(path: Path, chunks: dict[str, int], decode: bool = False) -> str | None:
+    """Why a unit's recorded chunks are not intact (None when they are).
+
+    Compares each chunk file's size with the one recorded when the unit was written (a deleted or
+    truncated chunk); with ``decode``, also decodes each chunk, which checks its crc32c (bit rot).
+    """
+    for key, size in sorted(chunks.items()):
+        try:
+            got = os.stat(path / key).st_size
+        except FileNotFoundError:
+            got = 0
+        if got != size:
+            return f"{key}: {'missing' if got == 0 else f'{got} bytes'}, written with {size} bytes"
+    if decode:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        for key, size in sorted(chunks.items()):
+            name, _, *idx = key.split("/")
+            if size == 0:
+                continue
+            try:
+                group[name].get_block_selection(tuple(int(i) for i in idx))
+            except DECODE_ERRORS as e:
+                return f"{key}: cannot be decoded ({type(e).__name__}: {_short(str(e))})"
+    return None
+
+
+def first_damaged_chunk(arr: zarr.Array) -> tuple[str, BaseException] | None:
+    """The key (``c/...``) and error of the first chunk of ``arr`` that cannot be decoded."""
+    import itertools
+
+    grid = [range(-(-n // c)) for n, c in zip(arr.shape, arr.chunks, strict=True)]
+    for idx in itertools.product(*grid):
+        try:
+            arr.get_block_selection(idx)
+        except DECODE_ERRORS as e:
+            return "c/" + "/".join(map(str, idx)), e
+    return None
+
+
+def damaged_chunk_error(path: Path, name: str, arr: zarr.Array, cause: BaseException) -> MosaicDamagedError:
+    """A one-line error naming the damaged chunk of ``arr`` (layer ``name``), its unit and the fix."""
+    found = first_damaged_chunk(arr)
+    key, e = found if found is not None else ("(unknown chunk)", cause)
+    idx = key.split("/")[1:]
+    unit = f" (unit r{int(idx[-2]):04d}_c{int(idx[-1]):04d})" if len(idx) >= 2 else ""
+    return MosaicDamagedError(
+        f"{path}: chunk {name}/{key}{unit} is damaged ({type(e).__name__}: "
+        f"{_short(str(e).splitlines()[0] if str(e) else '')}); run `geofg info --verify {path}`, "
+        "then re-run the command that made the mosaic to redo that unit"
+    )
 
 
 def sweep_partials(path: Path) -> int:
@@ -273,6 +482,10 @@ class Mosaic:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+
+    def chunk_sizes(self, unit: WorkUnit) -> dict[str, int]:
+        """The unit's chunk keys and file sizes (0: no file), for its ledger record."""
+        return chunk_sizes(self.path, unit_chunk_keys(self.layers, unit.row, unit.col))
 
     def read_layer(self, name: str, rows: slice, cols: slice) -> np.ndarray:
         """Read a region of one layer."""
@@ -354,33 +567,71 @@ def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
     )  # fmt: skip
 
 
+DATES_ATTR = "geofg:dates"
+"""Group attribute with a copy of the time axis: it repairs a lost ``time`` chunk."""
+
+
+def _time_axis(group: zarr.Group) -> list[int]:
+    """The time axis, with dates a lost ``time`` chunk dropped restored from :data:`DATES_ATTR`."""
+    values = [int(v) for v in group["time"][:]]
+    kept = group.attrs.get(DATES_ATTR)
+    if isinstance(kept, list):
+        for i, d in enumerate(kept[: len(values)]):
+            if values[i] == TIME_FILL and isinstance(d, int) and d != TIME_FILL:
+                values[i] = d
+    return values
+
+
 def time_slices(path: Path) -> list[int]:
     """Return the time axis of a time-series mosaic: days since 1970-01-01, in slice order."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    return [int(v) for v in group["time"][:]]
+    return _time_axis(group)
 
 
 def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     """Add a slice for ``days`` (days since 1970-01-01) and return its index.
 
-    Metadata only: the layers grow by one (fill-valued, no chunk written) and the time value is
-    written last, so a crash in between leaves at most a slice without a date, which the next
-    call reuses (its index is the first slice holding the fill value).
+    Metadata only: the layers grow by one (fill-valued, no chunk written), the group attribute
+    :data:`DATES_ATTR` gets the date, and the time value is written last, so a crash in between
+    leaves at most a slice without a date, which the next call reuses (its index is the first
+    slice holding the fill value). A ``time`` chunk lost later is rewritten from the attribute.
+
+    Raises:
+        MosaicDamagedError: a slice holds data but its date is lost (no copy to restore it from).
     """
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     tarr = group["time"]
-    values = [int(v) for v in tarr[:]]
+    stored = [int(v) for v in tarr[:]]
+    values = _time_axis(group)
+    if values != stored:
+        log.warning("%s: the time axis had lost dates (a missing time chunk); restored %s from the "
+                    "group attributes", path, [i for i, (a, b) in enumerate(zip(values, stored)) if a != b])
+        tarr[:] = np.asarray(values, np.int32)
+        _fsync_tree(path / "time")
     if days in values:
         return values.index(days)
     t = values.index(TIME_FILL) if TIME_FILL in values else len(values)
+    if t < len(values):
+        for name in layers:
+            folder = path / name / "c" / str(t)
+            if folder.is_dir() and any(folder.iterdir()):
+                raise MosaicDamagedError(
+                    f"{path}: time slice {t} holds data but its date is lost (the time chunk is "
+                    "missing and the mosaic has no copy of the axis); nothing was written: "
+                    "restore time/c/0 from a backup or rebuild the mosaic with a new path"
+                )
     for name in layers:
         arr = group[name]
         if arr.shape[0] <= t:
             arr.resize((t + 1, *arr.shape[1:]))
     if tarr.shape[0] <= t:
         tarr.resize((t + 1,))
+    axis = values + [TIME_FILL] * (t + 1 - len(values))
+    axis[t] = days
+    group.attrs.update({DATES_ATTR: axis})
     tarr[t] = days
     _fsync_tree(path / "time")
+    _fsync_path(path / "zarr.json")
     return t
 
 

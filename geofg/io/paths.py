@@ -302,7 +302,10 @@ def check_file_size(
 
 
 def file_record(path: Path, driver: str) -> dict[str, Any]:
-    """Return ``{"path", "size", "mtime_ns", "sha256", "driver"}``, hashing 1 MiB at a time.
+    """Return ``{"path", "size", "mtime_ns", "inode", "sha256", "driver"}``, hashing 1 MiB at a time.
+
+    Size, mtime and inode are what readers re-check after every unit's read (an input rewritten
+    or replaced during a run stops it).
 
     Raises:
         InputError: the file changed while it was hashed (still being copied).
@@ -319,7 +322,7 @@ def file_record(path: Path, driver: str) -> dict[str, Any]:
             "read it; wait until the copy finishes and run again"
         )
     return {"path": str(path), "size": after.st_size, "mtime_ns": after.st_mtime_ns,
-            "sha256": digest.hexdigest(), "driver": driver}  # fmt: skip
+            "inode": after.st_ino, "sha256": digest.hexdigest(), "driver": driver}  # fmt: skip
 
 
 def fingerprint(files: Sequence[dict[str, Any]]) -> str:

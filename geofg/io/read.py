@@ -34,6 +34,7 @@ from rasterio.windows import Window as RioWindow
 from geofg.errors import (
     BandCountMismatchError,
     ConfigError,
+    InputChangedError,
     InputError,
     MissingBandsError,
     MissingCRSError,
@@ -254,8 +255,8 @@ def open_raster(
     if assume_crs is not None:
         try:
             assumed = CRS.from_user_input(assume_crs)
-        except CRSError as exc:
-            raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS ({exc}); "
+        except (CRSError, ValueError) as exc:  # "EPSG:4326x" raises ValueError from int()
+            raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS ({str(exc)[:120]}); "
                               "give e.g. EPSG:32633") from None  # fmt: skip
     raws = [os.fspath(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
     if not raws:
@@ -392,7 +393,9 @@ class RasterReader:
 
     Raises:
         ConfigError: an index is out of range.
-        InputError: a file changed (size or mtime) since preflight, or no longer opens.
+        InputChangedError: a file changed (size, mtime or inode) since preflight; :meth:`read`
+            checks again after every read, so no pixel of a changed file is ever returned.
+        InputError: a file no longer opens.
     """
 
     def __init__(self, info: RasterInfo, band_indices: Sequence[int],
@@ -408,6 +411,7 @@ class RasterReader:
         self._groups: list[_Group] = []
         self._scenes: list[tuple[Window, RasterInfo]] = []
         self._subs: dict[int, RasterReader] = {}
+        self._records: dict[str, dict[str, Any]] = {}
         if info.scenes:
             from geofg.io.scenes import scene_offset
 
@@ -434,11 +438,8 @@ class RasterReader:
         except FileNotFoundError:
             raise RasterNotFoundError(f"{path}: expected the file checked at preflight, found "
                                       "nothing; restore it or run again") from None  # fmt: skip
-        if (stat.st_size, stat.st_mtime_ns) != (record["size"], record["mtime_ns"]):
-            raise InputError(
-                f"{path}: expected the file checked at preflight ({record['size']:,} bytes), "
-                f"found it changed ({stat.st_size:,} bytes, new mtime); run again to re-check it"
-            )
+        self._records[path] = record
+        self._check_unchanged(path, stat)
         ds = open_dataset(Path(path), record["driver"], path)
         try:
             place = s2.place_on_grid(self._info.transform, tuple(ds.transform)[:6], path)
@@ -464,8 +465,8 @@ class RasterReader:
         Returns:
             ``(data, valid)``: ``data`` of shape ``(C, h, w)`` in ``info.dtype``, channels in the
             order of ``band_indices``; ``valid`` of shape ``(h, w)``, bool, True where the pixel
-            is inside the raster (and every band file) and, in every band, not nodata, not NaN and
-            not masked. ``data`` is 0 wherever ``valid`` is False (never NaN).
+            is inside the raster (and every band file) and, in every band, not nodata, finite (not
+            NaN or +-Inf) and not masked. ``data`` is 0 wherever ``valid`` is False (never NaN).
 
         Raises:
             UnreadableRasterError: GDAL failed to read a block (truncated or corrupt file).
@@ -495,10 +496,27 @@ class RasterReader:
                         f"error: {gdal_message(exc)}; the file may be truncated or "
                         "corrupt: re-download it"
                     ) from exc
+        for g in self._groups:  # after the read: pixels read from a changed file are never used
+            try:
+                self._check_unchanged(g.path, os.stat(g.path))
+            except FileNotFoundError:
+                raise InputChangedError(f"{g.path}: expected the file checked at preflight, found "
+                                        "it deleted during the run; restore it and run again") from None
         self._check_values(part, ok)
         if not ok.all():
             part[:, ~ok] = 0
         return data, valid
+
+    def _check_unchanged(self, path: str, stat: os.stat_result) -> None:
+        """Raise when ``path``'s size, mtime or inode differs from its preflight record."""
+        rec = self._records[path]
+        want = (rec["size"], rec["mtime_ns"], rec.get("inode", stat.st_ino))
+        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != want:
+            raise InputChangedError(
+                f"{path}: expected the file checked at preflight ({rec['size']:,} bytes), found it "
+                f"changed during the run ({stat.st_size:,} bytes, new mtime or inode); nothing read "
+                "after the change was recorded: run again once the file is final"
+            )
 
     def block_bytes(self, window: Window) -> int:
         """Bytes of the file blocks a read of ``window``'s size can touch (0 for scene mosaics).
@@ -564,7 +582,7 @@ class RasterReader:
             ok &= s2.upsample(mask, p.f_rows, p.f_cols, *crop) != 0
 
     def _check_values(self, part: np.ndarray, ok: np.ndarray) -> None:
-        """Clear ``ok`` where any band holds nodata or NaN."""
+        """Clear ``ok`` where any band holds nodata, NaN or +-Inf."""
         nodata = self._info.nodata
         is_float = self._dtype.kind == "f"
         compare = nodata is not None and not np.isnan(nodata)
@@ -576,7 +594,7 @@ class RasterReader:
             if compare:
                 ok &= band != value
             if is_float:
-                ok &= ~np.isnan(band)
+                ok &= np.isfinite(band)  # NaN and +-Inf are no data
 
     def close(self) -> None:
         """Close the dataset handles (idempotent)."""

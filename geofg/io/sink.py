@@ -1,5 +1,8 @@
 """Where finished units go: the mosaic's chunks first, then the ledger record.
 
+The record lists the unit's chunk keys and their sizes, so a lost or truncated chunk is found and
+its unit redone (:func:`geofg.io.mosaic.check_chunks`).
+
 The ledger record is written only after the unit's data, so a record always means the data is on
 disk; a unit killed between the two is simply redone (its chunk writes are idempotent). An empty
 unit (no valid pixel) writes the fill value, which makes zarr delete any older chunk there.
@@ -37,7 +40,7 @@ class UnitSink:
         self.ledger = Ledger(self.path / META_DIR)
 
     def _record(self, unit: WorkUnit, status: str, attempt: int, empty: bool, stats: dict,
-                error: str | None = None) -> UnitRecord:
+                error: str | None = None, chunks: dict[str, int] | None = None) -> UnitRecord:
         return UnitRecord(
             unit_id=unit.id,
             status=status,  # type: ignore[arg-type]
@@ -50,6 +53,7 @@ class UnitSink:
             run_id=self.run_id,
             finished_at=_now(),
             error=error,
+            chunks=chunks,
         )
 
     def done(self, unit: WorkUnit, layers: dict[str, np.ndarray] | None, stats: dict,
@@ -61,7 +65,8 @@ class UnitSink:
             layers = {name: np.full(shape, FILL, dtype=np.uint8) for name in self.mosaic.layers}
         self.mosaic.write_unit(unit, layers)
         self.mosaic.sync_unit(unit)  # the record must never vouch for data still in the page cache
-        rec = self._record(unit, "done", attempt, empty, stats)
+        chunks = self.mosaic.chunk_sizes(unit)  # what a re-run checks the unit's files against
+        rec = self._record(unit, "done", attempt, empty, stats, chunks=chunks)
         self.ledger.write(rec)
         return rec
 

@@ -43,13 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from geofg.errors import UNIT_ERRORS
+from geofg.errors import UNIT_ERRORS, stops_run
 from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
 from geofg.io.sink import UnitSink
 from geofg.memory import heap_reused, trim_heap
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
+from geofg.signals import STOP
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,12 @@ def run_local(
     attempts: dict[str, int] | None = None,
     profile: Profile | None = None,
 ) -> None:
-    """Process ``units``; every unit ends as a ledger record passed to ``on_unit``."""
+    """Process ``units``; every unit ends as a ledger record passed to ``on_unit``.
+
+    Once :data:`geofg.signals.STOP` is set (SIGTERM/SIGINT), no new unit is started: the units
+    being computed or written finish, reads not yet computed are dropped, and it returns. An
+    input that changed or a full disk (:func:`geofg.errors.stops_run`) raises at once.
+    """
     prof = profile or Profile()
     attempts = attempts or {}
     cfg = p.job.runner
@@ -245,6 +251,8 @@ def run_local(
             try:
                 out = finish_unit(unit, probs, data, valid, p, prof.add)
             except UNIT_ERRORS as e:
+                if stops_run(e):
+                    raise
                 return _failed(unit, e, attempt)
             del data, valid, probs
             t = time.perf_counter()
@@ -270,7 +278,7 @@ def run_local(
             writes: deque[Future] = deque()
 
             def top_up() -> None:
-                while order and len(reads) < ahead:
+                while order and len(reads) < ahead and not STOP.is_set():
                     u, k = order.popleft()
                     reads.append((u, k, lanes.submit(k, read, k, u)))
 
@@ -287,6 +295,8 @@ def run_local(
                 try:
                     out = fut.result()
                 except UNIT_ERRORS as e:
+                    if stops_run(e):
+                        raise
                     drain(0)
                     on_unit(_failed(unit, e, attempt))
                     return
@@ -294,11 +304,13 @@ def run_local(
                 drain(n_writers + 1)
 
             top_up()
-            while reads or computing:
-                while reads and len(computing) < n_streams:
+            while computing or (reads and not STOP.is_set()):
+                while reads and len(computing) < n_streams and not STOP.is_set():
                     unit, k, fut = reads.popleft()
                     computing[cpool.submit(compute, unit, k, fut)] = unit
                     top_up()
+                if not computing:
+                    continue
                 done, _ = wait(list(computing), return_when=FIRST_COMPLETED)
                 for fut in sorted(done, key=lambda f: computing[f].id):
                     finish(fut)

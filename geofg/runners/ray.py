@@ -97,7 +97,8 @@ from ray.exceptions import (
 )
 
 from geofg.config import RunnerConfig
-from geofg.errors import UNIT_ERRORS, ClusterError, WeightsChecksumError
+from geofg import signals
+from geofg.errors import UNIT_ERRORS, ClusterError, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
@@ -261,6 +262,8 @@ class UnitWorker:
             del x
             seconds["compute"] = time.perf_counter() - t
         except UNIT_ERRORS as e:
+            if stops_run(e):  # a changed input or a full disk stops the run on the driver
+                raise
             return [*self._writes.finished(), _failed(unit, e, seconds)]
         return self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds)
 
@@ -274,6 +277,8 @@ class UnitWorker:
             rec = self._sink.done(unit, out.layers, out.stats, attempt)
             seconds["write"] = time.perf_counter() - t
         except UNIT_ERRORS as e:
+            if stops_run(e):
+                raise
             return _failed(unit, e, seconds)
         return UnitOutcome(unit.id, rec, None, seconds)
 
@@ -373,6 +378,14 @@ def _connect(cfg: RunnerConfig) -> bool:
     if ray.is_initialized():
         log.info("using this process's existing Ray connection")
         return False
+    try:
+        return _init(cfg)
+    finally:
+        signals.install()  # ray.init replaces the SIGTERM handler with one that exits at once
+
+
+def _init(cfg: RunnerConfig) -> bool:
+    """Connect as :func:`_connect` says (no connection yet)."""
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     if address in (None, "local"):
         if not (os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN")
@@ -597,7 +610,7 @@ class _Driver:
 
     def _fill(self) -> None:
         for s in self.slots:
-            while not s.dead and len(s.calls) < QUEUED_PER_ACTOR:
+            while not s.dead and len(s.calls) < QUEUED_PER_ACTOR and not signals.STOP.is_set():
                 unit = s.ahead.popleft() if s.ahead else self._take(s)
                 if unit is None:
                     if s.writing and not s.calls:  # nothing left to run: collect its last writes

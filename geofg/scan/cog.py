@@ -41,7 +41,7 @@ def _open(mosaic: Path) -> zarr.Group:
     if not mz.is_mosaic(mosaic):
         raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or "
                          "scan), found none; give the mosaic's path")  # fmt: skip
-    return zarr.open_group(str(mosaic), mode="r", use_consolidated=False)
+    return mz.open_checked(mosaic)
 
 
 def _check_out(out: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
@@ -81,7 +81,11 @@ def export_cog(mosaic: Path, out: Path, *, when: str | None = None, layer: str =
             for r0 in range(0, height, chunk):
                 for c0 in range(0, width, chunk):
                     rows, cols = slice(r0, min(r0 + chunk, height)), slice(c0, min(c0 + chunk, width))
-                    block = arr[rows, cols] if t is None else arr[t, rows, cols]
+                    try:
+                        block = arr[rows, cols] if t is None else arr[t, rows, cols]
+                    except mz.DECODE_ERRORS as e:
+                        raise mz.damaged_chunk_error(mosaic, layer if t is None else f"{layer}[{t}]",
+                                                     arr, e) from None
                     win = rasterio.windows.Window(c0, r0, cols.stop - c0, rows.stop - r0)
                     dst.write(np.asarray(block, np.uint8), 1, window=win)
             attrs = arr.attrs

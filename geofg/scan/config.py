@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geofg.config import ModelConfig, RunnerConfig, TileConfig
+from geofg.config import ModelConfig, RunnerConfig, TileConfig, quoted, read_yaml
 from geofg.errors import ConfigError
 
 #: grid edges must sit on the origin's lattice to within this fraction of a pixel
@@ -29,7 +28,7 @@ MAX_GRID_PIXELS = 4_000_000_000
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DateConfig(_Frozen):
@@ -213,12 +212,12 @@ def build_scan(data: object, source: str = "config") -> ScanConfig:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = str(err["msg"]).removeprefix("Value error, ")[:200]
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key {loc!r}; remove it or fix its spelling "
                               "(docs/scan.md lists the keys)") from None  # fmt: skip
         shown = err.get("input")
-        got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        got = "" if isinstance(shown, dict) else f" (got {quoted(shown)})"
         raise ConfigError(f"{source}: invalid value for {loc}: {msg}{got}; fix that key") from None
 
 
@@ -234,15 +233,10 @@ def with_runner(cfg: ScanConfig, kind: str, source: str = "--runner") -> ScanCon
 
 
 def load_scan(path: str | Path) -> ScanConfig:
-    """Load a ScanConfig from YAML or JSON.
+    """Load a ScanConfig from YAML or JSON (strictly: :func:`geofg.config.read_yaml`).
 
     Raises:
         ConfigError: unreadable file, unknown keys or invalid/inconsistent values (names the key).
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read the scan config ({str(e).splitlines()[0]}); "
-                          "give a YAML or JSON file") from None  # fmt: skip
-    return build_scan(data, source=str(p))
+    return build_scan(read_yaml(p), source=str(p))

@@ -40,6 +40,15 @@ def report_dict(r: ScanResult) -> dict[str, Any]:
     }
 
 
+def cell(v: object) -> str:
+    """``v`` as one Markdown table cell: no line breaks, ``|`` and markup characters escaped
+    (an inbox file name must not add rows or headings to the report)."""
+    text = " ".join(str(v).split())
+    for ch in "\\`[]<>|":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def _fmt(v: float) -> str:
     return f"{v:+.4f}" if v else "0"
 
@@ -61,11 +70,12 @@ def report_markdown(d: dict[str, Any]) -> str:
     ]
     if s["list"]:
         lines += ["## Scenes", "", "| scene | outcome | date | why |", "| --- | --- | --- | --- |"]
-        lines += [f"| {x['name']} | {x['status']} | {x['date'] or '-'} | {x['reason']} |" for x in s["list"]]
+        lines += [f"| {cell(x['name'])} | {x['status']} | {x['date'] or '-'} | {cell(x['reason'])} |"
+                  for x in s["list"]]
         lines.append("")
     if u["failed_ids"]:
         lines += ["## Failed units", "", "| unit | error |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in u["failed_ids"].items()]
+        lines += [f"| {cell(k)} | {cell(v)} |" for k, v in u["failed_ids"].items()]
         lines.append("")
     areas = d.get("areas") or {}
     for row in areas.get("dates", []):

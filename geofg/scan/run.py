@@ -41,7 +41,7 @@ import numpy as np
 
 from geofg import __version__
 from geofg.batch import round_up
-from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError
+from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError, stops_run
 from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES
 from geofg.io import mosaic as mz
@@ -49,6 +49,8 @@ from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.lock import RunLock
 from geofg.io.paths import open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
+from geofg.run import output_error
+from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.bundle import bundle_sha256, read_card
 from geofg.models.card import ModelCard
 from geofg.models.registry import resolve_model
@@ -210,19 +212,40 @@ def run_scan(
     p = make_plan(cfg)
     out = Path(cfg.mosaic)
     existed = mz.check_output(out, p.spec, overwrite=False)
+    check_report_folder(cfg.report_folder())
     run_id = uuid.uuid4().hex[:12]
     result = ScanResult(run_id=run_id, mosaic=str(out), started=_now())
-    (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out / mz.META_DIR / "lock", run_id)
-    lock.acquire(break_foreign=break_lock)
     try:
-        _scan_locked(p, out, existed, result, predictor_factory, now)
-    finally:
-        lock.release()
+        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out / mz.META_DIR / "lock", run_id)
+        lock.acquire(break_foreign=break_lock)
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(out, e) from None
+    try:
+        try:
+            with stop_on_signals():
+                _scan_locked(p, out, existed, result, predictor_factory, now)
+        finally:
+            lock.release()
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(out, getattr(e, "cause", None) or e) from None
     result.finished = _now()
     from geofg.scan.report import write_report
 
-    result.report_paths = [str(x) for x in write_report(result, cfg.report_folder())]
+    try:
+        result.report_paths = [str(x) for x in write_report(result, cfg.report_folder())]
+    except OSError as e:  # checked writable before the scan; full since? one line, exit 7
+        raise output_error(cfg.report_folder(), e) from None
+    if STOP.is_set():
+        err = interrupted_error(f"{out}: {result.units_ran} units finished this scan (inbox state "
+                                f"not saved, so the next scan plans the rest; report: "
+                                f"{result.report_paths[0]})")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
     failed_scenes = [s for s in result.scenes if s.status == "failed" and not s.reason.startswith("unchanged")]
     if result.units_failed or failed_scenes:
         parts = []
@@ -237,6 +260,26 @@ def run_scan(
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
+
+
+def check_report_folder(folder: Path) -> None:
+    """Make sure the run report can be written, before anything else is (exit 3 if not).
+
+    Without this, a scan whose report folder was unwritable saved the mosaic and the inbox state,
+    then died: the next scan reported "0 processed" and that night's record was lost.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    probe = folder / f".geofg-write-test-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"report.folder {folder}: expected a folder geofg can write the run report "
+                          f"to, found {e.strerror or e}; fix its permissions or set report.folder; "
+                          "nothing was scanned or written") from None
 
 
 @dataclass
@@ -386,9 +429,12 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
             scenes = [prep.scene for prep in ok.values() if prep.date == day and prep.scene is not None]
             if not scenes:
                 continue
+            if STOP.is_set():
+                break
             _run_date(p, out, day, scenes, units, records, ledger, predictor, result, predictor_factory)
-    ib.save_state(out, state)
-    complete = not any(r.status == "failed" for r in records.values())
+    if not STOP.is_set():  # an interrupted scan leaves its scenes to be planned again
+        ib.save_state(out, state)
+    complete = not STOP.is_set() and not any(r.status == "failed" for r in records.values())
     result.summary = summarise_dates(p, records)
     mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary}, complete)
 
@@ -423,6 +469,9 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
         seen = set(r.stats.get("scenes", [])) if r is not None else set()
         current = (r is not None and r.status == "done" and r.model_sha256 == p.model_sha256
                    and r.config_hash == p.config_hash and set(scene_key(ss)) <= seen)  # fmt: skip
+        if current and r.chunks and (why := mz.check_chunks(out, r.chunks)) is not None:
+            log.warning("unit %s: %s; redoing it", r.unit_id, why)
+            current = False
         if current:
             result.units_skipped += 1
         else:
@@ -472,6 +521,8 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
             rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
                               p.model_sha256, p.config_hash)  # fmt: skip
         except UNIT_ERRORS as e:
+            if stops_run(e):
+                raise
             rec, o = failed(unit_id(day, u), key, attempt, e), None
         ledger.write(rec)
         return rec, o
@@ -496,7 +547,7 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
               ThreadPoolExecutor(writers, thread_name_prefix="geofg-scan-write") as wpool):
             todo = deque(pending)
             reads: deque[tuple[WorkUnit, list[Scene], Future]] = deque()
-            while todo or reads:
+            while (todo or reads) and not STOP.is_set():
                 while todo and len(reads) < ahead:
                     u, ss = todo.popleft()
                     reads.append((u, ss, pool.submit(read, u)))

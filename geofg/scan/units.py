@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geofg.errors import UNIT_ERRORS, WeightsChecksumError
+from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
@@ -87,11 +87,13 @@ def key_fingerprint(key: list[str]) -> str:
 
 
 def unit_record(uid: str, status: str, fp: str, model_sha256: str, config_hash: str, attempt: int,
-                empty: bool, stats: dict, run_id: str, error: str | None = None) -> UnitRecord:  # fmt: skip
+                empty: bool, stats: dict, run_id: str, error: str | None = None,
+                chunks: dict[str, int] | None = None) -> UnitRecord:  # fmt: skip
     """A ledger record of a scan unit."""
     return UnitRecord(unit_id=uid, status=status, input_fingerprint=fp,  # type: ignore[arg-type]
                       model_sha256=model_sha256, config_hash=config_hash, attempt=attempt,
-                      empty=empty, stats=stats, run_id=run_id, finished_at=_now(), error=error)  # fmt: skip
+                      empty=empty, stats=stats, run_id=run_id, finished_at=_now(), error=error,
+                      chunks=chunks)  # fmt: skip
 
 
 def finish_unit(tm: mz.TimeMosaic, t: int, dates: list[int], unit: WorkUnit, day: int, o: UnitOutput,
@@ -109,8 +111,10 @@ def finish_unit(tm: mz.TimeMosaic, t: int, dates: list[int], unit: WorkUnit, day
     tm.update_latest(unit, dates)
     tm.sync_unit(unit, t)
     stats = {**o.stats, "scenes": key, "date": day}
+    # the slice's chunks only: the latest_* chunks change with every later date
+    chunks = mz.chunk_sizes(tm.path, mz.unit_chunk_keys(tm.layers, unit.row, unit.col, t))
     return unit_record(unit_id(day, unit), "done", key_fingerprint(key), model_sha256, config_hash,
-                       attempt, o.empty, stats, run_id)  # fmt: skip
+                       attempt, o.empty, stats, run_id, chunks=chunks)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,8 @@ class ScanUnitWorker:
             del x
             seconds["compute"] = time.perf_counter() - t0
         except UNIT_ERRORS as e:
+            if stops_run(e):
+                raise
             return [*self._writes.finished(), _failed(unit, e, seconds)]
         return self._writes.submit(self._write, unit, probs, data, valid, attempt, seconds)
 
@@ -267,6 +273,8 @@ class ScanUnitWorker:
             sink.ledger.write(rec)
             seconds["write"] = time.perf_counter() - t0
         except UNIT_ERRORS as e:
+            if stops_run(e):
+                raise
             return _failed(unit, e, seconds)
         return ScanUnitOutcome(unit.id, rec, None, seconds)
 

@@ -176,7 +176,7 @@ class SceneWindowReader:
             ) from exc
         if nodata is not None and not math.isnan(nodata):
             ok &= ~(part == np.float32(nodata)).any(axis=0)
-        ok &= ~np.isnan(part).any(axis=0)
+        ok &= np.isfinite(part).all(axis=0)  # NaN and +-Inf are no data
         return part, ok
 
     def close(self) -> None:
