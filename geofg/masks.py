@@ -27,8 +27,10 @@ no pixel is flagged snow/ice. Precedence where several apply: no data, cloud, sh
 **Which inputs are masked** (:func:`plan_mask`): masking is on by default (``mode="auto"``) for
 inputs whose bands all carry Sentinel-2 names (B01..B12, B8A); other inputs (NAIP R,G,B,NIR,
 unnamed bands) are not masked unless ``mode="on"``, which then refuses them. A Sentinel-2 input
-without B02, B03, B04 and B08 is refused before anything is written (exit 3, ``--no-mask`` runs
-without the mask). Without B11 or B12 the 4-band model runs, with a warning. The product level
+without B02, B03, B04 and B08 cannot be masked: by default it runs unmasked with a warning that
+says so (:class:`MaskBandsWarning`, and the mosaic has no ``mask`` layer); with ``mode="on"``
+(``--mask``) it is refused before anything is written (exit 3, one line). Without B11 or B12 the
+4-band model runs, with a warning. The product level
 is read from the file names (``MSIL1C``, ``_L2A_``, ``S2L2A``...), else L1C when B10 is present
 and L2A when it is not (L2A products drop B10). Pixel values: integer inputs are reflectance x
 10000 (the Sentinel-2 DN convention; the PB 04.00 offset of -1000 is not removed), float inputs
@@ -157,7 +159,8 @@ def plan_mask(band_names: Sequence[str] | None, mode: MaskMode, *, label: str,
         pixel_m: the output pixel size (metres).
 
     Raises:
-        MissingBandsError: masking applies and B02, B03, B04 or B08 is missing (exit 3).
+        MissingBandsError: ``mode="on"`` and B02, B03, B04 or B08 is missing (exit 3); with
+            ``auto`` a :class:`MaskBandsWarning` says the input runs unmasked.
         ConfigError: ``mode="on"`` for an input without Sentinel-2 band names (exit 3).
     """
     if mode == "off":
@@ -172,6 +175,13 @@ def plan_mask(band_names: Sequence[str] | None, mode: MaskMode, *, label: str,
         )
     have = {str(b).upper() for b in band_names or ()}
     need = [b for _, b in _ROLES[:4] if b not in have]
+    if need and mode == "auto":
+        warnings.warn(MaskBandsWarning(
+            f"{label}: clouds are NOT masked: the cloud mask ({DETECTOR}) needs bands "
+            f"{','.join(need)} (expected B02,B03,B04,B08), input has {','.join(band_names or ())}; "
+            "cloud and shadow pixels will be classified as land cover (pass --no-mask to "
+            "silence this, --mask to refuse such inputs)"), stacklevel=2)  # fmt: skip
+        return None
     if need:
         raise MissingBandsError(
             f"{label}: the cloud mask ({DETECTOR}) needs bands {','.join(need)} (expected "

@@ -244,14 +244,23 @@ def scene_latitude(info) -> float:  # noqa: ANN001
 
 
 def scene_ndvi(info, red: int, nir: int) -> float | None:  # noqa: ANN001
-    """NDVI p90 of vegetated pixels over :func:`sample_windows` of the input (band indices)."""
+    """NDVI p90 of vegetated pixels over :func:`sample_windows` of the input (band indices).
+
+    A window that cannot be read (a corrupt block) is left out of the sample: the units that
+    need it fail on their own, and the run goes on (exit 4), as without the sample.
+    """
+    from geofg.errors import UnreadableRasterError
     from geofg.grid import Window
     from geofg.io.read import RasterReader
 
     reds, nirs = [], []
     with RasterReader(info, [red, nir]) as reader:
         for r, c, h, w in sample_windows(info.height, info.width):
-            data, valid = reader.read(Window(r, c, h, w))
+            try:
+                data, valid = reader.read(Window(r, c, h, w))
+            except UnreadableRasterError as e:
+                log.warning("season sample: window at row %d col %d left out (%s)", r, c, e)
+                continue
             reds.append(data[0][valid])
             nirs.append(data[1][valid])
     return ndvi_p90(np.concatenate(reds), np.concatenate(nirs)) if reds else None
