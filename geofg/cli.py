@@ -94,6 +94,7 @@ MaxRatio = Annotated[float, typer.Option("--max-compression-ratio", help="Refuse
 Profile = Annotated[bool, typer.Option("--profile", help="Print seconds per stage (read, compute, write).")]
 Runner = Annotated[Optional[str], typer.Option("--runner", help="local (default: in this process) or ray (Ray actors, one per GPU); --ray-address implies ray.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to run on: host:6379, ray://host:10001 or auto (default: RAY_ADDRESS; none starts a local Ray).")]
+Mask = Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask clouds, cloud shadows and snow/ice (ukis-csmask + NDSI); default: on for Sentinel-2 band names, off otherwise. --mask refuses inputs it cannot mask.")]
 AllowInsecure = Annotated[bool, typer.Option("--allow-insecure-cluster", help="Run on a Ray cluster even if it accepts unauthenticated requests (token auth off).")]
 
 
@@ -102,7 +103,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
          allow_insecure_cluster: bool = False, tta: bool = False,
-         compile: bool = False):  # noqa: ANN202, A002
+         compile: bool = False, mask: bool | None = None):  # noqa: ANN202, A002
     from geofg.config import build_job
 
     models = [model] if isinstance(model, str) else list(model)
@@ -127,6 +128,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
                       "break_lock": break_lock},
             "runner": {"kind": runner or ("ray" if ray_address else "local"), "address": ray_address,
                        "allow_insecure_cluster": allow_insecure_cluster},
+            "mask": {"mode": "auto" if mask is None else ("on" if mask else "off")},
         }
     )
 
@@ -162,6 +164,7 @@ def classify(
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
     allow_insecure_cluster: AllowInsecure = False, tta: Tta = False, compile: Compile = False,  # noqa: A002
+    mask: Mask = None,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Map land cover, crop health and confidence over INPUTS into a Zarr mosaic."""
@@ -171,7 +174,7 @@ def classify(
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
          ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta,
-         compile=compile)
+         compile=compile, mask=mask)
 
 
 @app.command()
@@ -182,6 +185,7 @@ def segment(
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
     allow_insecure_cluster: AllowInsecure = False, tta: Tta = False, compile: Compile = False,  # noqa: A002
+    mask: Mask = None,
     dry_run: DryRun = False, profile: Profile = False, verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Run a segmentation bundle over INPUTS into a Zarr mosaic."""
@@ -191,7 +195,7 @@ def segment(
          device=device, resume=resume, break_lock=break_lock, assume_crs=assume_crs,
          max_pixels=max_pixels, max_compression_ratio=max_compression_ratio, runner=runner,
          ray_address=ray_address, allow_insecure_cluster=allow_insecure_cluster, tta=tta,
-         compile=compile)
+         compile=compile, mask=mask)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

@@ -56,7 +56,14 @@ def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
     state = "resume (existing mosaic)" if out.exists() else "create"
     if p.job.write.mode == "overwrite":
         state = "overwrite" if out.exists() else "create"
-    console.print(f"[bold]write[/]  {out} ({state}): class, health, confidence uint8 "
+    layers = ", ".join(p.spec.layers)
+    if p.mask:
+        console.print(f"[bold]mask[/]   {p.mask.describe()['detector']} {p.mask.variant} "
+                      f"{p.mask.level.upper()} on {','.join(p.mask.bands)}", highlight=False)
+    if p.season is not None and not p.season.assessed:
+        console.print(f"crop health: not assessed ({p.season.reason})", highlight=False,
+                      markup=False, soft_wrap=True)
+    console.print(f"[bold]write[/]  {out} ({state}): {layers} uint8 "
                   f"[{p.info.height}, {p.info.width}] chunks {p.job.tile.chunk}; quicklook {out}.png")
     console.print("dry run: nothing was written")
 
@@ -78,14 +85,21 @@ def print_result(console: Console, result, profile: bool) -> None:  # noqa: ANN0
         t.add_column("share", justify="right")
         for r in s.classes:
             t.add_row(r.name, f"{r.hectares:,.2f}", f"{100 * r.share:.1f} %")
+        for r in s.masked:  # cloud, shadow, snow/ice: apart, never a land-cover class
+            t.add_row(f"[italic]{r.name} (masked, not classified)", f"{r.hectares:,.2f}",
+                      f"{100 * r.share:.1f} %")
         t.add_row("[bold]valid total", f"[bold]{s.valid_ha:,.2f}", "100.0 %")
         console.print(t)
-        h = Table(title="crop health (index-based, crop classes only)")
-        h.add_column("zone")
-        h.add_column("area (ha)", justify="right")
-        for r in s.health:
-            h.add_row(r.name, f"{r.hectares:,.2f}")
-        console.print(h)
+        if s.health_assessed:
+            h = Table(title="crop health (index-based, clear crop pixels only)")
+            h.add_column("zone")
+            h.add_column("area (ha)", justify="right")
+            for r in s.health:
+                h.add_row(r.name, f"{r.hectares:,.2f}")
+            console.print(h)
+        else:
+            console.print(f"crop health: not assessed ({s.health_note})", highlight=False,
+                          markup=False, soft_wrap=True)
         conf = f"{s.mean_confidence:.3f}" if s.mean_confidence is not None else "-"
         console.print(f"units: {len(result.ran)} run, {result.skipped} already done, "
                       f"{len(result.failed)} failed, {s.units_empty} empty; mean confidence {conf}")
@@ -208,3 +222,11 @@ def print_info(console: Console, d: dict) -> None:
         console.print(f"verify: {len(bad)} unit(s) with missing or damaged chunks"
                       + "".join(f"\n  {k}: {v}" for k, v in sorted(bad.items())[:20]),
                       highlight=False, markup=False)
+    s = d.get("summary") or {}
+    if s.get("classes") is not None:
+        shown = sum(r["hectares"] for r in s["classes"])
+        parts = [f"classified {shown:,.2f}"] + [f"{r['name']} {r['hectares']:,.2f}" for r in s.get("masked", [])]
+        console.print(f"area (ha) of {s.get('valid_ha', 0):,.2f} valid: {', '.join(parts)}", highlight=False)
+    if s and not s.get("health_assessed", True):
+        console.print(f"crop health: not assessed ({s.get('health_note')})", highlight=False,
+                      markup=False, soft_wrap=True)

@@ -131,6 +131,17 @@ class ModelConfig(_Frozen):
     predicted on a full tile), as with another batch size, so it is not part of the output hash."""
 
 
+class MaskConfig(_Frozen):
+    """Cloud, shadow and snow/ice masking (:mod:`geofg.masks`).
+
+    ``mode``: ``auto`` masks inputs whose bands carry Sentinel-2 names and leaves others alone;
+    ``on`` masks or refuses the input (exit 3); ``off`` never masks. Where the mask is not clear,
+    class, health and confidence are no data, and the areas are reported apart.
+    """
+
+    mode: Literal["auto", "on", "off"] = "auto"
+
+
 class WriteConfig(_Frozen):
     """Where the mosaic goes and what may happen to an existing one."""
 
@@ -200,9 +211,14 @@ class JobConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     write: WriteConfig
     runner: RunnerConfig = RunnerConfig()
+    mask: MaskConfig = MaskConfig()
 
-    def output_hash(self, tile_size: int, halo: int) -> str:
-        """Hash of everything in the config that changes output pixels (not batch size, workers)."""
+    def output_hash(self, tile_size: int, halo: int, mask: dict | None = None) -> str:
+        """Hash of everything in the config that changes output pixels (not batch size, workers).
+
+        ``mask`` describes the cloud mask the run applies (None: none, and the hash is the one
+        runs before masking had).
+        """
         key = {
             "task": self.task,
             "bands": self.read.bands,
@@ -212,6 +228,8 @@ class JobConfig(_Frozen):
             "halo": halo,
             "blend": self.tile.blend,
         }
+        if mask is not None:
+            key["mask"] = mask
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,9 @@ spectral indices of the same pixels. Zones (documented in docs/health.md):
 * Where red-edge exists, NDRE = (NIR - RE1) / (NIR + RE1) below 0.1 caps a ``vigorous`` pixel at
   ``moderate`` (high NDVI but low chlorophyll signal).
 
-Pixels outside crop classes, or without red/NIR bands, are 255 (no data).
+Pixels outside crop classes, or without red/NIR bands, are 255 (no data). The pipeline also
+leaves health at 255 where the cloud mask is not clear (:mod:`geofg.masks`) and everywhere when
+the scene is out of the growing season (:mod:`geofg.season`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ rejection leaves no output behind.
 :func:`process_unit` is what every runner calls per unit. It holds nothing beyond the unit's
 window, so memory is bounded by units in flight, never by raster size. No ray, click or progress
 bars here.
+
+Clouds, shadows and snow/ice (:mod:`geofg.masks`) are masked per unit from the unit's own read
+window; where the mask is not clear, ``class``, ``health`` and ``confidence`` are no data (255)
+and the unit's statistics count those pixels apart (``mask_counts``), so no summary ever reports
+cloud as land cover. Crop health is assessed only when :mod:`geofg.season` says the scene is in
+the growing season (decided once, at preflight); otherwise ``health`` is 255 everywhere.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from geofg.config import JobConfig
 from geofg.errors import ConfigError, GeofgWarning, InputError
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
-from geofg.io.mosaic import FILL, MosaicSpec
+from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
+from geofg.masks import CLEAR, MaskPlan, mask_counts, mask_window, plan_mask
 from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
 from geofg.models.ensemble import combined_card, models_sha256
 from geofg.models.registry import read_model_card, resolve_model
+from geofg.season import HealthSeason, assess_season
 from geofg.stitch import Accumulator, blend_weights
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,24 @@ class Plan:
     units: tuple[WorkUnit, ...] = field(repr=False)
     extra_model_paths: tuple[str, ...] = ()
     """Ensemble members after ``model_path`` (``--model`` given several times)."""
+    mask: MaskPlan | None = None
+    """The cloud mask this run applies (None: no mask layer)."""
+    mask_indices: tuple[int, ...] = ()
+    """Indices into ``info.band_files`` of ``mask.bands``, in that order."""
+    season: HealthSeason | None = None
+    """Whether crop health is assessed, and why (None: assessed, no decision recorded)."""
+
+    @property
+    def read_indices(self) -> tuple[int, ...]:
+        """The bands a unit reads: the model's, then any the mask needs that the model does not."""
+        return self.band_indices + tuple(
+            dict.fromkeys(i for i in self.mask_indices if i not in self.band_indices))
+
+    @property
+    def mask_channels(self) -> tuple[int, ...]:
+        """Positions of ``mask.bands`` among the channels a unit reads (:attr:`read_indices`)."""
+        read = self.read_indices
+        return tuple(read.index(i) for i in self.mask_indices)
 
     @property
     def model_paths(self) -> tuple[str, ...]:
@@ -89,6 +115,7 @@ class Plan:
             class_colours=tuple(c.colour for c in self.card.classes),
             health_names=tuple(n for n, _ in HEALTH_CLASSES),
             health_colours=tuple(c for _, c in HEALTH_CLASSES),
+            layers=LAYERS + (("mask",) if self.mask else ()),
         )
 
     @property
@@ -105,7 +132,7 @@ class Plan:
         write threads sized for ``model.device`` (``auto`` counted as CPU).
         """
         side = round_up(max(self.job.tile.chunk + 2 * self.halo, self.tile_size), 32)
-        c, k = len(self.band_indices), len(self.card.classes)
+        c, k = len(self.read_indices), len(self.card.classes)
         per_unit = side * side * (c * (8 + 4) + k * 4 + 8)
         readers, writers = self.job.runner.io_threads(self.job.model.device)
         return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1)
@@ -129,8 +156,14 @@ class Plan:
             "geofg:layers": {
                 "class": "learned (CNN land-cover class)",
                 "confidence": "learned (top-class probability x 250)",
-                "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes",
+                "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes, "
+                          "clear pixels only, in the growing season only",
+                **({"mask": "learned (ukis-csmask cloud/shadow) and index-based (NDSI snow/ice); "
+                            "class, health and confidence are no data where it is not clear"}
+                   if self.mask else {}),
             },
+            "geofg:mask": self.mask.describe() if self.mask else None,
+            "geofg:health": self.season.to_dict() if self.season else None,
         }
 
 
@@ -197,6 +230,13 @@ def plan(job: JobConfig) -> Plan:
             f"use at least {card.patch_size}"
         )
     units = plan_units(info.height, info.width, job.tile.chunk, halo)
+    mask, mask_indices = _plan_mask(job, info, card)
+    roles = band_roles(card.bands)
+    season = assess_season(
+        info,
+        indices[roles["red"]] if "red" in roles else None,
+        indices[roles["nir"]] if "nir" in roles else None,
+    )
     return Plan(
         job=job,
         info=info,
@@ -207,10 +247,32 @@ def plan(job: JobConfig) -> Plan:
         tile_size=tile,
         halo=halo,
         overlap=overlap,
-        config_hash=job.output_hash(tile, halo),
+        config_hash=job.output_hash(tile, halo, mask.describe() if mask else None),
         units=tuple(units),
         extra_model_paths=tuple(str(m.resolve()) for m in model_paths[1:]),
+        mask=mask,
+        mask_indices=mask_indices,
+        season=season,
     )
+
+
+def _plan_mask(job: JobConfig, info: RasterInfo, card: ModelCard,
+               ) -> tuple[MaskPlan | None, tuple[int, ...]]:  # fmt: skip
+    """The run's cloud mask and the indices of its bands, or (None, ()) (see geofg.masks)."""
+    from rasterio.crs import CRS
+
+    names = info.band_names
+    if names is None and len(card.bands) == info.count:
+        names = tuple(card.bands)  # the model's order is assumed (and warned about)
+    pixel_m = info.resolution_m()
+    if CRS.from_wkt(info.crs_wkt).is_geographic:
+        pixel_m *= 111_320.0
+    mask = plan_mask(names, job.mask.mode, label=info.label(), paths=info.paths,
+                     dtype=info.dtype, pixel_m=pixel_m)  # fmt: skip
+    if mask is None:
+        return None, ()
+    index = {n.casefold(): i for i, n in enumerate(names or ())}
+    return mask, tuple(index[b.casefold()] for b in mask.bands)
 
 
 def predict_window(
@@ -272,29 +334,40 @@ class UnitOutput:
 
 
 def layers_from_probs(
-    probs: np.ndarray, raw: np.ndarray, valid: np.ndarray, card: ModelCard
+    probs: np.ndarray, raw: np.ndarray, valid: np.ndarray, card: ModelCard,
+    mask: np.ndarray | None = None, assess_health: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Turn core probabilities (K, h, w) and raw core data (C, h, w) into uint8 layers + stats."""
+    """Turn core probabilities (K, h, w) and raw core data (C, h, w) into uint8 layers + stats.
+
+    ``raw`` holds the model's bands (``card.bands``). ``mask`` (h, w) uint8 (:mod:`geofg.masks`,
+    255 where not ``valid``) makes class, health and confidence no data wherever it is not clear
+    and adds the ``mask`` layer; ``assess_health`` False leaves health no data everywhere.
+    """
     cls, top = _top_class(probs)
     np.multiply(top, CONFIDENCE_SCALE, out=top)
     np.rint(top, out=top)
     conf = top.clip(0, CONFIDENCE_SCALE).astype(np.uint8)
     names = [c.name for c in card.classes]
-    crop_ids = [names.index(n) for n in card.crop_classes]
+    crop_ids = [names.index(n) for n in card.crop_classes] if assess_health else []
     health = health_layer(raw, cls, crop_ids, band_roles(card.bands))
-    all_valid = bool(valid.all())
-    if not all_valid:
+    shown = valid if mask is None else mask == CLEAR  # pixels that carry a class
+    all_shown = bool(shown.all())
+    if not all_shown:
         for layer in (cls, conf, health):
-            layer[~valid] = FILL
+            layer[~shown] = FILL
     k = len(names)
     stats = {
         "valid_px": int(valid.sum()),
         # FILL (255) is never a class or health zone: count everything, keep the real codes
         "class_counts": _counts(cls, k),
         "health_counts": _counts(health, len(HEALTH_CLASSES)),
-        "confidence_sum": int((conf if all_valid else conf[valid]).sum(dtype=np.int64)),
+        "confidence_sum": int((conf if all_shown else conf[shown]).sum(dtype=np.int64)),
     }
-    return {"class": cls, "health": health, "confidence": conf}, stats
+    layers = {"class": cls, "health": health, "confidence": conf}
+    if mask is not None:
+        stats["mask_counts"] = mask_counts(mask)
+        layers["mask"] = mask
+    return layers, stats
 
 
 def _top_class(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +408,7 @@ class _TimedPredictor:
 
 
 Timer = Callable[[str, float], None]
-"""Receives (stage, seconds): normalise, forward, blend (tiling and blending), layers."""
+"""Receives (stage, seconds): normalise, forward, blend (tiling and blending), mask, layers."""
 
 
 def _no_timer(stage: str, seconds: float) -> None:
@@ -349,7 +422,9 @@ def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
     if not valid[core].any():
         return None
     t = time.perf_counter()
-    x = normalise(data, valid, p.card.scale, p.card.mean, p.card.std, p.card.normalisation)
+    n = len(p.band_indices)  # the model's channels come first (Plan.read_indices)
+    x = normalise(data[:n] if data.shape[0] > n else data, valid, p.card.scale, p.card.mean,
+                  p.card.std, p.card.normalisation)
     timer("normalise", time.perf_counter() - t)
     return x
 
@@ -375,9 +450,21 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
     if probs is None:
         return UnitOutput(None, {"valid_px": 0})
     core = unit.core.relative_to(unit.read)
+    mask = None
+    mp = getattr(p, "mask", None)
+    if mp is not None:
+        t = time.perf_counter()
+        mask = mask_window(
+            data[list(p.mask_channels)], mp.bands, valid, level=mp.level, scale=mp.scale,
+            pixel_m=mp.pixel_m, origin=(unit.read.row_off, unit.read.col_off),
+        )[core]
+        timer("mask", time.perf_counter() - t)
+    season = getattr(p, "season", None)
+    n = len(p.card.bands)
     t = time.perf_counter()
     layers, stats = layers_from_probs(
-        probs[(slice(None), *core)], data[(slice(None), *core)], valid[core], p.card
+        probs[(slice(None), *core)], data[(slice(n), *core)], valid[core], p.card, mask,
+        assess_health=season is None or season.assessed,
     )
     timer("layers", time.perf_counter() - t)
     return UnitOutput(layers, stats)

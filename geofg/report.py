@@ -2,15 +2,22 @@
 
 Statistics come from the per-unit counts stored in each unit's ledger record, so a summary never
 re-reads the mosaic and a resumed run counts units done by earlier runs too.
+
+Cloud, cloud shadow and snow/ice (:mod:`geofg.masks`) are rows of their own (``masked``), never
+part of a land-cover class: class areas cover clear pixels only, and every share is of all valid
+pixels, so classes and masked rows add up to 100 %. When crop health was not assessed (out of
+season, :mod:`geofg.season`), ``health_assessed`` is False, ``health_note`` says why and no zone
+area is reported.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from geofg.health import HEALTH_CLASSES
+from geofg.masks import MASK_CLASSES
 
 if TYPE_CHECKING:
     from geofg.io.ledger import UnitRecord
@@ -42,6 +49,10 @@ class RunSummary:
     mean_confidence: float | None
     classes: list[AreaRow]
     health: list[AreaRow]
+    masked: list[AreaRow] = field(default_factory=list)
+    """Cloud, cloud shadow, snow/ice (empty when the run had no mask)."""
+    health_assessed: bool = True
+    health_note: str | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -64,6 +75,8 @@ def summarise(p: Plan, records: dict[str, UnitRecord]) -> RunSummary:
     names = [c.name for c in p.card.classes]
     hnames = [n for n, _ in HEALTH_CLASSES]
     ccounts, hcounts = [0] * len(names), [0] * len(hnames)
+    mnames = [n for n, _ in MASK_CLASSES]
+    mcounts = [0] * len(mnames)
     valid = conf = done = failed = empty = 0
     for u in p.units:
         r = records.get(u.id)
@@ -81,7 +94,11 @@ def summarise(p: Plan, records: dict[str, UnitRecord]) -> RunSummary:
             ccounts[i] += c
         for i, c in enumerate(s.get("health_counts", [])[: len(hnames)]):
             hcounts[i] += c
+        for i, c in enumerate(s.get("mask_counts", [])[: len(mnames)]):
+            mcounts[i] += c
     px_ha = p.pixel_area_m2 / M2_PER_HA
+    shown = sum(ccounts)
+    season = getattr(p, "season", None)
     return RunSummary(
         units_total=len(p.units),
         units_done=done,
@@ -89,7 +106,10 @@ def summarise(p: Plan, records: dict[str, UnitRecord]) -> RunSummary:
         units_empty=empty,
         valid_px=valid,
         valid_ha=round(valid * px_ha, 4),
-        mean_confidence=round(conf / valid / 250, 4) if valid else None,
+        mean_confidence=round(conf / shown / 250, 4) if shown else None,
         classes=_rows(names, ccounts, px_ha, valid),
         health=_rows(hnames, hcounts, px_ha, valid),
+        masked=_rows(mnames[1:], mcounts[1:], px_ha, valid) if getattr(p, "mask", None) else [],
+        health_assessed=season is None or season.assessed,
+        health_note=None if season is None else season.reason,
     )

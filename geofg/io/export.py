@@ -43,6 +43,9 @@ def quicklook_path(mosaic: Path) -> Path:
 def write_quicklook(mosaic: Path, png: Path, layer: str = "class", max_side: int = 1600) -> Path:
     """Write a PNG of ``layer`` coloured by its legend, with the legend drawn beside it.
 
+    Where the mosaic has a ``mask`` layer, its cloud, shadow and snow/ice pixels (no data in the
+    other layers) are painted in the mask's colours and listed in the legend.
+
     Raises:
         MosaicDamagedError: a chunk (or the metadata) cannot be decoded; names the chunk, its
             unit and the fix (nothing is written).
@@ -61,8 +64,18 @@ def write_quicklook(mosaic: Path, png: Path, layer: str = "class", max_side: int
     lut[:] = NODATA_RGB
     for i, c in enumerate(colours):
         lut[i] = c
-    img = Image.fromarray(lut[small], "RGB")
+    rgb = lut[small]
     present = set(np.unique(small[small != FILL]).tolist())
+    if layer != "mask" and "mask" in group:
+        marr = group["mask"]
+        codes = read_strided(marr, step, chunk)
+        for code, (n, c) in enumerate(zip(marr.attrs["class_names"], marr.attrs["colours"], strict=True)):
+            if code and (codes == code).any():
+                rgb[(codes == code) & (small == FILL)] = _rgb(c)
+                names.append(f"{n} (masked)")
+                colours.append(_rgb(c))
+                present.add(len(names) - 1)
+    img = Image.fromarray(rgb, "RGB")
     font = ImageFont.load_default()
     row_h, pad = 18, 8
     legend_w = 12 + max(len(n) for n in names) * 7 + 60

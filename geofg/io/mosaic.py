@@ -11,6 +11,9 @@ GDAL's Zarr driver see the CRS)::
     class       (y, x) uint8, fill 255   learned land-cover class
     health      (y, x) uint8, fill 255   index-based crop-health zone (crop classes only)
     confidence  (y, x) uint8, fill 255   top class probability x 250
+    mask        (y, x) uint8, fill 255   0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice (geofg.masks;
+                                         Sentinel-2 inputs): class, health, confidence are 255
+                                         wherever it is not 0
     x, y        1-D float64 pixel-centre coordinates
     spatial_ref ()     int, attrs crs_wkt / spatial_ref / GeoTransform
     .geofg/     ledger and run lock (not Zarr nodes)
@@ -54,6 +57,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from geofg.errors import MosaicDamagedError, MosaicExistsError, MosaicSchemaMismatchError
 from geofg.grid import WorkUnit
+from geofg.masks import MASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +323,9 @@ def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
     legend = {
         "class": (spec.class_names, spec.class_colours, "land-cover class", "learned"),
         "health": (spec.health_names, spec.health_colours, "crop health zone", "index-based"),
+        "mask": (tuple(n for n, _ in MASK_CLASSES), tuple(c for _, c in MASK_CLASSES),
+                 "cloud, cloud shadow and snow/ice mask",
+                 "learned (ukis-csmask clouds and shadows) and index-based (NDSI snow/ice)"),
     }
     a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_FillValue": FILL}
     if name in legend:

@@ -64,7 +64,7 @@ class Profile:
     """Seconds spent per stage, summed over units and threads (thread-safe)."""
 
     THREADS = {"read": "reader", "normalise": "reader", "wait_read": "compute", "compute": "compute",
-               "layers": "writer", "write": "writer", "wait_write": "main"}
+               "mask": "writer", "layers": "writer", "write": "writer", "wait_write": "main"}
     """Each stage, in pipeline order, and the thread it runs on."""
     STAGES = tuple(THREADS)
     COMPUTE_PARTS = ("forward", "blend")
@@ -220,7 +220,7 @@ def run_local(
         with prof.thread_cpu("reader"):
             reader = handles.get(k)
             if reader is None:
-                reader = RasterReader(p.info, p.band_indices)
+                reader = RasterReader(p.info, p.read_indices)
                 reader.cache_bytes = block_cache_bytes(reader, units, n_readers)
                 with handles_lock:
                     handles[k] = reader

@@ -185,7 +185,7 @@ class UnitWorker:
         # leaving, shrinking (flushing) the cache then: the actor's env and every read's use the
         # same size, or each read would leave the cache at the outer size and its lanes' shared
         # blocks would be decoded again (measured: 250 ms of read CPU per 1152² unit, not ~110)
-        with RasterReader(p.info, p.band_indices) as probe:  # inputs missing or changed: fail now
+        with RasterReader(p.info, p.read_indices) as probe:  # inputs missing or changed: fail now
             self._cache_bytes = actor_cache_bytes(probe, p, lanes)
         self._env.enter_context(gdal_env(self._cache_bytes))
         if predictor_factory is None:
@@ -220,7 +220,7 @@ class UnitWorker:
         """
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = self._local.reader = RasterReader(self._plan.info, self._plan.band_indices,
+            reader = self._local.reader = RasterReader(self._plan.info, self._plan.read_indices,
                                                        self._cache_bytes)
             with self._readers_lock:
                 self._readers.append(reader)

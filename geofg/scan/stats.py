@@ -7,7 +7,9 @@ class, the majority class and the mean confidence, read from one layer set of th
 properties added), written atomically.
 
 Pixels count as inside a field when their centre is (``rasterio.features.rasterize``,
-``all_touched=False``). Fields are read block by block (at most one mosaic chunk per layer at a
+``all_touched=False``). When the mosaic has a ``mask`` layer (:mod:`geofg.masks`), each row also
+has ``clear_ha``, ``cloud_ha``, ``cloud_shadow_ha`` and ``snow_ice_ha``: masked pixels carry no
+class (255), so ``valid_ha`` and the class areas cover clear pixels only. Fields are read block by block (at most one mosaic chunk per layer at a
 time), so a field's size never sets the memory. Geometries are GeoJSON lon/lat (RFC 7946) unless
 the file names another CRS in a legacy ``crs`` member; they are transformed to the mosaic's CRS.
 """
@@ -32,6 +34,7 @@ from rasterio.warp import transform_geom
 
 from geofg.errors import ConfigError, InputError
 from geofg.io import mosaic as mz
+from geofg.masks import MASK_CLASSES
 
 FILL = 255
 
@@ -146,6 +149,7 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
         px = valid = conf = 0
         cls_n = np.zeros(len(names), np.int64)
         h_n = np.zeros(len(hnames), np.int64)
+        m_n = np.zeros(len(MASK_CLASSES), np.int64)
         for br in range((r0 // chunk) * chunk, r1, chunk):
             for bc in range((c0 // chunk) * chunk, c1, chunk):
                 rs, re_ = max(br, r0), min(br + chunk, r1)
@@ -169,6 +173,9 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
                     h_n += np.bincount(hv[hv != FILL], minlength=len(hnames))[: len(hnames)]
                 if "confidence" in arrays:
                     conf += int(arrays["confidence"][sl][inside][ok].sum(dtype=np.int64))
+                if "mask" in arrays:
+                    mv = arrays["mask"][sl][inside]
+                    m_n += np.bincount(mv[mv != FILL], minlength=len(MASK_CLASSES))[: len(MASK_CLASSES)]
         row: dict[str, Any] = {
             "field_id": _field_id(feat, i),
             "date": label,
@@ -180,8 +187,16 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
         }
         row.update({f"{n}_ha": round(int(k) * px_ha, 4) for n, k in zip(names, cls_n, strict=True)})
         row.update({f"health_{n}_ha": round(int(k) * px_ha, 4) for n, k in zip(hnames, h_n, strict=True)})
+        if "mask" in arrays:
+            row.update({f"{_column(n)}_ha": round(int(k) * px_ha, 4)
+                        for (n, _), k in zip(MASK_CLASSES, m_n, strict=True)})  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _column(name: str) -> str:
+    """``cloud shadow`` -> ``cloud_shadow``, ``snow/ice`` -> ``snow_ice``."""
+    return name.replace(" ", "_").replace("/", "_")
 
 
 def write_stats(rows: list[dict[str, Any]], fields: Path, out: Path, overwrite: bool = False) -> Path:

@@ -1,0 +1,147 @@
+"""The cloud/shadow/snow mask (geofg.masks) on generated arrays: rules, precedence, alignment, preflight."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from geofg import masks
+from geofg.errors import ConfigError, MissingBandsError
+from geofg.masks import CLEAR, CLOUD, FILL, SHADOW, SNOW, MaskBandsWarning, mask_window, plan_mask
+
+SIX = ["B02", "B03", "B04", "B08", "B11", "B12"]
+
+
+def _field(h: int, w: int) -> np.ndarray:
+    """Vegetation-like reflectance x 10000 in the SIX band order (blue, green, red, nir, swir1, swir2)."""
+    values = np.array([400, 700, 500, 3500, 2000, 1000], dtype=np.uint16)
+    return np.broadcast_to(values[:, None, None], (6, h, w)).copy()
+
+
+def _bright_blue_is_cloud(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
+    """Stand-in detector, pointwise on the pooled blocks: blue > 0.3 is cloud, nir < 0.1 is shadow."""
+    out = np.zeros(refl.shape[1:], np.uint8)
+    out[refl[3] < 0.1] = 2
+    out[refl[0] > 0.3] = 1
+    return out
+
+
+def test_snow_rule_needs_ndsi_nir_and_green() -> None:
+    green = np.array([0.8, 0.8, 0.05, 0.8, 0.3])
+    nir = np.array([0.7, 0.05, 0.7, 0.7, 0.7])
+    swir = np.array([0.1, 0.1, 0.01, 0.6, 0.12])
+    # snow; water (dark NIR); too dark; cloud-like (bright SWIR, NDSI 0.14); NDSI 0.43 -> snow
+    assert masks.snow_ice(green, nir, swir).tolist() == [True, False, False, False, True]
+
+
+def test_precedence_nodata_and_block_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(masks, "cloud_shadow", _bright_blue_is_cloud)
+    data = _field(12, 12)
+    def px(*values: int) -> np.ndarray:
+        return np.array(values, np.uint16)[:, None, None]
+
+    data[:, 0:3, 0:3] = px(6000, 6000, 6000, 6000, 5000, 4000)  # one bright 3x3 block: cloud
+    data[:, 3:6, 0:3] = px(200, 300, 200, 500, 300, 200)  # one dark block: shadow
+    data[:, 6:9, 6:9] = px(2000, 8000, 6000, 7000, 1000, 500)  # NDSI 0.78: snow (blue too dark for cloud)
+    valid = np.ones((12, 12), bool)
+    valid[11, 11] = False
+    m = mask_window(data, SIX, valid, origin=(0, 0))
+    assert m.dtype == np.uint8 and m.shape == (12, 12)
+    assert (m[0:3, 0:3] == CLOUD).all()
+    assert (m[3:6, 0:3] == SHADOW).all()
+    assert (m[6:9, 6:9] == SNOW).all()
+    assert m[11, 11] == FILL
+    rest = np.ones((12, 12), bool)
+    rest[0:6, 0:3] = rest[6:9, 6:9] = False
+    rest[11, 11] = False
+    assert (m[rest] == CLEAR).all()
+    # cloud wins over snow: make the snow block bright in blue as well
+    data[0, 6:9, 6:9] = 6000
+    assert (mask_window(data, SIX, valid)[6:9, 6:9] == CLOUD).all()
+
+
+def test_blocks_are_aligned_to_the_raster_grid_not_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(masks, "cloud_shadow", _bright_blue_is_cloud)
+    scene = _field(40, 40)
+    scene[0, 10:13, 19:22] = 9000  # straddles 4 blocks; only rows 9..11 x cols 18..20 has 4 of 9 bright
+    scene[0, 20:23, 4:6] = 9000  # 4 of its pixels in block rows 21..23, cols 3..5 (mean 0.42), 2 in the one above
+    valid = np.ones((40, 40), bool)
+    whole = mask_window(scene, SIX, valid, origin=(0, 0))
+    for r0, c0 in [(1, 2), (4, 7), (5, 1), (2, 0)]:
+        part = mask_window(scene[:, r0:, c0:], SIX, valid[r0:, c0:], origin=(r0, c0))
+        assert np.array_equal(part, whole[r0:, c0:]), (r0, c0)
+    assert (whole[21:24, 3:6] == CLOUD).all() and (whole[18:21, 3:6] == CLEAR).all()
+    assert (whole[9:12, 18:21] == CLOUD).all() and (whole == CLOUD).sum() == 18
+
+
+def test_window_without_valid_pixels_is_all_nodata_and_no_model_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> np.ndarray:
+        raise AssertionError("the detector ran on an empty window")
+
+    monkeypatch.setattr(masks, "cloud_shadow", boom)
+    m = mask_window(_field(8, 8), SIX, np.zeros((8, 8), bool))
+    assert (m == FILL).all()
+
+
+def test_missing_detector_bands_raise_in_the_pure_function() -> None:
+    with pytest.raises(MissingBandsError, match="B02,B03,B04,B08"):
+        mask_window(_field(8, 8)[:3], ["B02", "B03", "B04"], np.ones((8, 8), bool))
+
+
+def _cloudy_fields(size: int = 384, seed: int = 0) -> np.ndarray:
+    """A chequerboard of vegetation and soil fields (48 px, 8 % noise) under a soft round cloud."""
+    rng = np.random.default_rng(seed)
+    veg = np.array([400, 700, 500, 3500, 2000, 1000], np.float32)[:, None, None]
+    soil = np.array([900, 1200, 1500, 2200, 2800, 2200], np.float32)[:, None, None]
+    cloud = np.array([6500, 6400, 6600, 7000, 5000, 3800], np.float32)[:, None, None]
+    yy, xx = np.mgrid[0:size, 0:size]
+    fields = ((xx // 48 + yy // 48) % 2).astype(np.float32)
+    base = (veg * fields + soil * (1 - fields)) * (1 + 0.08 * rng.standard_normal((1, size, size)))
+    cover = np.clip(1.2 - np.hypot(yy - size / 2, xx - size / 2) / 90, 0, 1)[None]
+    cover = cover * (0.85 + 0.15 * rng.random((1, size, size)))
+    return (base * (1 - cover) + cloud * cover).clip(1, 10000).astype(np.uint16)
+
+
+@pytest.mark.parametrize("level", ["l1c", "l2a"])
+def test_the_packaged_detector_flags_a_cloud_and_leaves_fields_clear(level: str) -> None:
+    """ukis-csmask itself (its ONNX model from the wheel) on a generated 10 m scene."""
+    m = mask_window(_cloudy_fields(), SIX, np.ones((384, 384), bool), level=level, threads=1)
+    assert (m[162:222, 162:222] == CLOUD).mean() > 0.8  # measured 0.94 (L1C), 1.0 (L2A)
+    assert (m[:60, :60] == CLEAR).all()
+
+
+def test_plan_mask_auto_on_off_and_band_sets() -> None:
+    s2 = ["B01", "B02", "B03", "B04", "B08", "B10", "B11", "B12"]
+    mp = plan_mask(s2, "auto", label="x.tif", paths=["/d/T33UUU_20170216_L1C_x.tif"])
+    assert mp is not None and mp.bands == tuple(SIX) and mp.variant == "6b" and mp.level == "l1c"
+    assert mp.scale == 1e-4 and mp.has_snow
+    assert plan_mask(s2, "off", label="x") is None
+    assert plan_mask(["R", "G", "B", "NIR"], "auto", label="naip.tif") is None
+    assert plan_mask(None, "auto", label="x.tif") is None
+    with pytest.raises(ConfigError, match="naip.tif: --mask needs Sentinel-2 bands"):
+        plan_mask(["R", "G", "B", "NIR"], "on", label="naip.tif")
+    # L2A: no B10 and no level in the name; floats are reflectance
+    mp = plan_mask(["B02", "B03", "B04", "B08", "B11", "B12"], "auto", label="x", paths=["/d/x.tif"], dtype="float32")
+    assert mp.level == "l2a" and mp.scale == 1.0
+    assert plan_mask(SIX, "on", label="x", paths=["/e/S2B_MSIL2A_20180204T94161_57_38"]).level == "l2a"
+    # four bands: the 4-band model, with a warning; no snow rule
+    with pytest.warns(MaskBandsWarning, match="4-band model"):
+        mp = plan_mask(["B02", "B03", "B04", "B08"], "auto", label="x")
+    assert mp.variant == "4b" and not mp.has_snow
+    # detector bands missing: unmasked with a warning by default, refused with --mask
+    with pytest.warns(MaskBandsWarning, match="NOT masked.*B02,B03"):
+        assert plan_mask(["B04", "B08"], "auto", label="y.tif") is None
+    with pytest.raises(MissingBandsError, match=r"^y.tif: the cloud mask \(ukis-csmask\) needs bands B02,B03"):
+        plan_mask(["B04", "B08"], "on", label="y.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plan_mask(["B04", "B08"], "off", label="y.tif") is None
+
+
+def test_pool_factor_and_levels() -> None:
+    assert [masks.pool_factor(m) for m in (10, 20, 30, 60)] == [3, 2, 1, 1]
+    assert masks.product_level(["/x/S2A_MSIL1C_20200101T000000_B02.jp2"], ["B02"]) == "l1c"
+    assert masks.product_level(["/x/scene.tif"], ["B02", "B10"]) == "l1c"
+    assert masks.product_level(["/x/scene.tif"], ["B02"]) == "l2a"
