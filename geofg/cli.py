@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from geofg import __version__
 from geofg.errors import ConfigError, GeofgError
+from geofg.models.registry import DEFAULT_MODEL
 
 EXIT_CODES = {
     "done": 0,
@@ -158,7 +159,7 @@ def _run(task: str, dry_run: bool, quiet: bool, profile: bool, **kw) -> None:  #
 
 @app.command()
 def classify(
-    inputs: Inputs, output: Output = None, model: ModelsOpt = ["eurosat-13"], bands: Bands = None,
+    inputs: Inputs, output: Output = None, model: ModelsOpt = [DEFAULT_MODEL], bands: Bands = None,
     tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,

@@ -117,7 +117,7 @@ class TileConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Which bundle runs where."""
 
-    model: str = "eurosat-13"
+    model: str = "landcover-s2"  # geofg.models.registry.DEFAULT_MODEL (config imports no models)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ensemble: list[str] = []
     """More bundles (names or paths) whose probabilities are averaged with ``model``'s."""

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = Path(__file__).parent / "bundles"
 MANIFEST_PATH = BUNDLE_DIR / "MANIFEST.json"
 MODEL_PATH_ENV = "GEOFG_MODEL_PATH"
-DEFAULT_MODEL = "eurosat-13"
+DEFAULT_MODEL = "landcover-s2"
 ONNX_SUFFIX = ".onnx"
 
 

@@ -189,20 +189,30 @@ def test_cuda_without_cuda_is_a_config_error(tmp_path: Path) -> None:
         load_predictor(path, device="cuda")
 
 
-# --- the packaged default bundle --------------------------------------------------------------
+def test_default_model_is_the_same_everywhere() -> None:
+    """The registry, the job config and the CLI agree on the default bundle, and it is shipped."""
+    from geofg.config import ModelConfig
+
+    assert ModelConfig().model == DEFAULT_MODEL == "landcover-s2"
+    card = read_card(resolve_model(DEFAULT_MODEL))
+    assert card.task == "segmentation" and card.processing_levels == ["L1C", "L2A"]
+    assert "B10" not in card.bands  # L2A products have no B10
+
+
+# --- the packaged chip classifier --------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def eurosat() -> TorchPredictor:
     torch.set_num_threads(2)
-    return load_predictor(DEFAULT_MODEL, device="cpu")
+    return load_predictor("eurosat-13", device="cpu")
 
 
 def test_packaged_bundle_loads(eurosat: TorchPredictor) -> None:
     card = eurosat.card
-    assert card.name == DEFAULT_MODEL
-    assert resolve_model(DEFAULT_MODEL).stat().st_size < 8_000_000
-    assert read_card(resolve_model(DEFAULT_MODEL)) == card
+    assert card.name == "eurosat-13"
+    assert resolve_model("eurosat-13").stat().st_size < 8_000_000
+    assert read_card(resolve_model("eurosat-13")) == card
     assert card.architecture == "fcn-classifier" and card.patch_size == 64
     assert len(card.bands) == 13 and card.bands[-1] == "B8A"
     assert {"val_accuracy", "test_accuracy", "test_macro_f1"} <= card.metrics.keys()
