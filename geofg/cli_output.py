@@ -147,15 +147,17 @@ def print_profile(console: Console, prof: dict[str, float], cpu: dict[str, float
 
 
 def describe_mosaic(path: Path) -> dict:
-    """Return a JSON-able description of a mosaic (grid, CRS, arrays, provenance, units, lock)."""
-    import zarr
+    """Return a JSON-able description of a mosaic (grid, CRS, arrays, provenance, units, lock).
+
+    Raises:
+        MosaicExistsError: not a mosaic, or one whose creation was cut short (exit 3).
+        MosaicDamagedError: its metadata cannot be read (exit 3).
+    """
     from rasterio.crs import CRS
 
     from geofg.io.ledger import Ledger
     from geofg.io.lock import read_lock
-    from geofg.io.mosaic import META_DIR, is_mosaic
-
-    from geofg.io.mosaic import is_half_made, open_checked, time_slices
+    from geofg.io.mosaic import META_DIR, is_half_made, is_mosaic, open_checked, time_slices
 
     if is_half_made(path):
         raise MosaicExistsError(f"{path}: expected a geofg mosaic, found one whose creation was cut "

@@ -74,8 +74,9 @@ def run_job(
     """Run ``job`` and return what happened.
 
     Raises:
-        GeofgError: rejected input (3), locked mosaic (6), or failed units (4, after finishing the
-            rest; the mosaic is consistent and a re-run resumes).
+        GeofgError: rejected input or an input changed during the run (3), locked mosaic (6),
+            failed units (4, after finishing the rest; the mosaic is consistent and a re-run
+            resumes), a write the disk refused (7) or SIGTERM/SIGINT (8; both resumable).
     """
     p = plan(job)
     out = Path(job.write.output)

@@ -7,7 +7,7 @@
 Same options as ``geofg classify`` (``python jobs/classify.py --help``). Inside a Ray job,
 ``RAY_ADDRESS`` names the job's cluster, so the run joins it; ``--runner ray`` is added unless
 given. The process exits with geofg's exit code (0 done, 3 rejected, 4 failed units, 5 cluster,
-6 locked). ``ray job submit`` reports any failure as 1; ``geofg submit`` (or
+6 locked, 7 disk full or read-only, 8 SIGTERM/SIGINT; docs/reliability.md). ``ray job submit`` reports any failure as 1; ``geofg submit`` (or
 ``JobSubmissionClient.get_job_info(id).driver_exit_code``) gives the real code.
 """
 

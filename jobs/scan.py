@@ -10,7 +10,7 @@ only plans, records and reports: submit it without entrypoint GPUs (a GPU held b
 no actor can use). With the local runner the scan runs in the job's driver, which then needs the
 model's device: give the entrypoint the resources, e.g. ``--entrypoint-num-gpus 1``. The process
 exits with geofg's exit code (0 done or nothing new, 3 rejected, 4 failed scenes or units,
-6 mosaic locked by another scan); ``ray job submit`` reports any failure as 1, and the driver's
+6 mosaic locked by another scan, 7 disk full or read-only, 8 SIGTERM/SIGINT); ``ray job submit`` reports any failure as 1, and the driver's
 own code is ``JobSubmissionClient.get_job_info(id).driver_exit_code``. The run report lands beside
 the mosaic (``<mosaic>.reports/``).
 """

@@ -685,3 +685,88 @@ def test_driver_signal_stops_cleanly_releases_the_lock_and_rerun_resumes(
     after = Ledger(out / ".geofg").load()
     assert len(after) == 36 and all(after[u].run_id == before[u].run_id for u in before)
     _assert_layers_equal(out, golden)
+
+
+def test_input_rewritten_mid_run_on_ray_stops_with_exit_3_and_records_only_old_reads(
+        ray_session, tmp_path: Path) -> None:
+    """Issue 16 case 2 on Ray: an actor that reads a changed input re-raises (it does not fail the
+    unit), and the driver stops the run with one line naming the file; what was recorded came
+    from the old content."""
+    from geofg.errors import InputError
+    from geofg.models.bundle import write_bundle
+    from geofg.models.tiny import ThresholdPredictor, tiny_card
+
+    card = tiny_card(["B04", "B08"], ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
+                     scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
+    model = tmp_path / "threshold.safetensors"
+    write_bundle(model, {"unused": np.zeros(1, np.float32)}, card)
+    old = np.random.default_rng(4).integers(1, 3000, (2, 64, 64)).astype("uint16")
+    inp = write_raster(tmp_path / "in.tif", old, descriptions=["B04", "B08"], compress=None)
+    ref = write_raster(tmp_path / "ref.tif", old, descriptions=["B04", "B08"], compress=None)
+    target = str(inp)
+
+    def rewriting_factory(p):  # noqa: ANN001, ANN202 (defined here so it travels by value)
+        class Rewriting(ThresholdPredictor):
+            def predict(self, x):  # noqa: ANN001, ANN202
+                if self.calls == 1:  # "dd conv=notrunc" after this actor's first unit
+                    size = os.stat(target).st_size
+                    with open(target, "r+b") as fh:
+                        fh.seek(size // 2)
+                        fh.write(bytes(range(256)) * 2)
+                return super().predict(x)
+
+        return Rewriting(p.card)
+
+    def job(src: Path, out: Path, kind: str):  # noqa: ANN202
+        return build_job({"read": {"inputs": [str(src)]}, "tile": {"chunk": 16},
+                          "model": {"model": str(model), "device": "cpu"},
+                          "write": {"output": str(out), "quicklook": False},
+                          "runner": {"kind": kind}})
+
+    out = tmp_path / "ray.zarr"
+    with pytest.raises(InputError, match="changed during the run") as e:
+        run_job(job(inp, out, "ray"), predictor_factory=rewriting_factory)
+    msg = str(e.value)
+    assert e.value.exit_code == 3 and target in msg and len(msg.splitlines()) == 1, msg
+    assert not (out / ".geofg" / "lock").exists()
+    run_job(job(ref, tmp_path / "ref.zarr", "local"), predictor_factory=lambda p: ThresholdPredictor(p.card))
+    recs = Ledger(out / ".geofg").load()
+    assert len(recs) < 16 and all(r.status == "done" for r in recs.values())
+    got, want = _layers(out), _layers(tmp_path / "ref.zarr")
+    for uid in recs:
+        r, c = int(uid[1:5]), int(uid[7:])
+        sl = (slice(16 * r, 16 * r + 16), slice(16 * c, 16 * c + 16))
+        for name in LAYERS:
+            np.testing.assert_array_equal(got[name][sl], want[name][sl], err_msg=f"{uid} {name}")
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_input_changed_between_preflight_and_the_first_read_is_exit_3_on_both_runners(
+        ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Issue 16 case 2: on Ray the actors' start-up check saw the change and the run ended as
+    'a Ray actor could not start' (exit 5); it is the input's fault: exit 3 naming the file."""
+    import geofg.run as run_module
+    from geofg.errors import InputError
+    from geofg.models.bundle import write_bundle
+    from geofg.models.tiny import ThresholdPredictor, tiny_card
+
+    card = tiny_card(["B04", "B08"], ["water", "crop"], tile_size=32, halo=4, scale=1e-4)
+    model = tmp_path / "threshold.safetensors"
+    write_bundle(model, {"unused": np.zeros(1, np.float32)}, card)
+    inp = write_raster(tmp_path / "in.tif", np.ones((2, 32, 32), "uint16"), descriptions=["B04", "B08"])
+    planned = run_module.plan
+
+    def plan_then_touch(job):  # noqa: ANN001, ANN202
+        p = planned(job)
+        os.utime(inp, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime after preflight
+        return p
+
+    monkeypatch.setattr(run_module, "plan", plan_then_touch)
+    job = build_job({"read": {"inputs": [str(inp)]}, "tile": {"chunk": 16},
+                     "model": {"model": str(model), "device": "cpu"},
+                     "write": {"output": str(tmp_path / "o.zarr"), "quicklook": False},
+                     "runner": {"kind": kind}})
+    with pytest.raises(InputError, match="changed during the run") as e:
+        run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
+    assert e.value.exit_code == 3 and str(inp) in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert Ledger(tmp_path / "o.zarr" / ".geofg").load() == {}

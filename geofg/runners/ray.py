@@ -75,6 +75,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -98,7 +99,7 @@ from ray.exceptions import (
 
 from geofg.config import RunnerConfig
 from geofg import signals
-from geofg.errors import UNIT_ERRORS, ClusterError, WeightsChecksumError, stops_run
+from geofg.errors import UNIT_ERRORS, ClusterError, InputChangedError, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
@@ -670,6 +671,9 @@ class _Driver:
         with contextlib.suppress(Exception):
             ray.kill(slot.actor, no_restart=True)
         if isinstance(error, RayActorError) and error.actor_init_failed:
+            changed = re.search(r"InputChangedError: (.+)", str(error))
+            if changed:  # the input changed under the run before this actor started: exit 3
+                raise InputChangedError(changed.group(1).strip())
             raise ClusterError(
                 f"a Ray actor could not start: {_last_line(str(error))}; every node needs geofg, "
                 "the model bundle and the inputs at the same paths as the driver"
