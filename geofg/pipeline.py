@@ -422,7 +422,7 @@ def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
     if not valid[core].any():
         return None
     t = time.perf_counter()
-    n = len(p.band_indices)  # the model's channels come first (Plan.read_indices)
+    n = len(p.card.bands)  # the model's channels come first (Plan.read_indices)
     x = normalise(data[:n] if data.shape[0] > n else data, valid, p.card.scale, p.card.mean,
                   p.card.std, p.card.normalisation)
     timer("normalise", time.perf_counter() - t)
