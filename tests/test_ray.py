@@ -111,7 +111,7 @@ def _job(inp: Path, out: Path, model: Path, kind: str = "ray", **runner_cfg):  #
 
 def _layers(out: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(str(out), mode="r")
-    return {name: g[name][:] for name in LAYERS}
+    return {name: g[name][:] for name in (*LAYERS, "mask") if name in g}  # mask: S2 inputs
 
 
 @contextlib.contextmanager
@@ -139,7 +139,8 @@ def golden(tmp_path_factory: pytest.TempPathFactory, bundle: Path, scene: Path) 
 
 def _assert_layers_equal(out: Path, expected: dict[str, np.ndarray]) -> None:
     got = _layers(out)
-    for name in LAYERS:
+    assert got.keys() == expected.keys()
+    for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
@@ -171,7 +172,8 @@ def test_ray_mosaic_equals_local_array_for_array(ray_session, tmp_path: Path, bu
     recs = Ledger(out / ".geofg").load()
     assert len(recs) == 36 and {(r.status, r.attempt) for r in recs.values()} == {("done", 1)}
     assert len({r.run_id for r in recs.values()}) == 1
-    assert (golden["class"] < 10).all()  # every pixel valid and classified
+    # every pixel valid: classified where the cloud mask is clear, masked (class 255) elsewhere
+    assert ((golden["class"] < 10) == (golden["mask"] == 0)).all() and (golden["mask"] < 4).all()
 
 
 @pytest.mark.parametrize(("max_restarts", "writers"), [(0, None), (1, None), (0, 2)],
