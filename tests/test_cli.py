@@ -44,10 +44,12 @@ def test_classify_writes_mosaic_summary_and_quicklook(tmp_path: Path, scene: Pat
     out = tmp_path / "out.zarr"
     r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    assert "area per class" in r.output and "AnnualCrop" in r.output
+    assert "area per class" in r.output and "landcover-s2" in r.output and "crops" in r.output
     g = zarr.open_group(str(out), mode="r")
     cls = g["class"][:]
-    assert cls.shape == (150, 130) and cls.max() < 10  # every pixel valid and classified
+    mask = g["mask"][:] if "mask" in g else np.zeros_like(cls)
+    # every pixel valid: classified (9 classes), or masked as cloud, shadow or snow
+    assert cls.shape == (150, 130) and ((cls < 9) == (mask == 0)).all()
     assert (g["confidence"][:] <= 250).all()
     assert Path(f"{out}.png").stat().st_size > 1000
     info = invoke("info", str(out))
@@ -177,9 +179,9 @@ def test_segment_runs_a_unet_bundle_and_classify_refuses_nothing(tmp_path: Path,
     assert r.exit_code == 0, r.output
     cls = zarr.open_group(str(out), mode="r")["class"][:]
     assert cls.shape == (70, 90) and cls.max() <= 2
-    # the classify command with the default 13-band model refuses this 4-band input (band contract)
+    # the classify command with the default 9-band model refuses this 4-band input (band contract)
     r = invoke("classify", str(scene), "-o", str(tmp_path / "c.zarr"))
-    assert r.exit_code == 3 and "B01" in r.stderr and not (tmp_path / "c.zarr").exists()
+    assert r.exit_code == 3 and "B05" in r.stderr and not (tmp_path / "c.zarr").exists()
 
 
 def test_models_list_shows_default_bundle_metrics() -> None:
@@ -245,9 +247,10 @@ def test_compile_runs_one_compiled_network_at_one_tile_shape(tmp_path: Path, sce
     r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu", "--compile")
     assert r.exit_code == 0, r.output
     assert len(compiled) == 1
-    # 150 x 130 in 64-px units: the last row and column read windows are smaller than the 192-px
-    # tile both ways at the corner; compiled, every unit is still predicted at 192 x 192
-    assert shapes == {(1, 13, 192, 192)}
+    # 150 x 130 in 64-px units: the last row and column read windows are smaller than the 128-px
+    # tile (64 + 2 x the default model's 32-px halo) both ways at the corner; compiled, every unit
+    # is still predicted at 128 x 128 with the model's 9 bands
+    assert shapes == {(1, 9, 128, 128)}
     eager = tmp_path / "e.zarr"
     assert invoke("classify", str(scene), "-o", str(eager), "--chunk", "64", "--device", "cpu").exit_code == 0
     a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(eager), mode="r")
