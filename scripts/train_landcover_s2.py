@@ -130,93 +130,6 @@ def predict_scene(net, x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x[None])).numpy()[0]
 
 
-def early_features(net, x: np.ndarray) -> torch.Tensor:
-    """The frozen part: stem, downsampling, block1, block2 and the side branch (half resolution)."""
-    from geofg.models.dynamicworld import downsample2
-
-    net.eval()
-    with torch.inference_mode():
-        t = torch.from_numpy(x if x.ndim == 4 else x[None])
-        s = downsample2(net.stem(t))
-        return torch.cat([net.block2(net.block1(s)), net.side(s)], dim=1).clone()
-
-
-def late_forward(net, f: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The trained part on early features: block3, upsampling, L2 normalisation, head."""
-    g = F.interpolate(net.block3(f), size=(h, w), mode="bilinear", align_corners=False)
-    g = g * torch.rsqrt(torch.clamp((g * g).sum(dim=1, keepdim=True), min=1e-12))
-    return net.head(g)
-
-
-def train_late(args, student, teacher, card, raw, labels, weights, t_probs, chips_x, chips_y,
-               val_score, out, t0, rng, legend_osm, ref, x_scene) -> int:
-    """Fine-tune block3 and the head on cached early features of the scene and the chips.
-
-    The early layers stay Dynamic World's. Their features are computed once for the scene as
-    given and for an L2A-like copy (offsets at half the maximum), and for the EuroSAT chips with
-    and without the offsets; each step picks one of them.
-    """
-    versions = []
-    for offset in (0.0, 0.5):
-        r = np.maximum(raw - offset * L2A_OFFSET[:, None, None], 0)
-        versions.append(early_features(student, norm(r, card))[0])
-    chip_versions = []
-    for offset in (0.0, 0.5):
-        r = np.maximum(chips_x - offset * L2A_OFFSET[None, :, None, None], 0)
-        chip_versions.append(early_features(student, norm(r, card)))
-    print(f"cached early features {tuple(versions[0].shape)} in {time.time() - t0:.0f}s", flush=True)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    params = [*student.block3.parameters(), *student.head.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    w, hw = args.window, args.window // 2
-    h = raw.shape[1]
-    history, best, best_state = [], None, None
-    for step in range(1, args.steps + 1):
-        student.train()
-        student.block3.train()
-        lr = args.lr * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        fs, ys, ts = [], [], []
-        for _ in range(args.batch):
-            r0 = 2 * int(rng.integers(0, (h - w) // 2 + 1))
-            c0 = 2 * int(rng.integers(TRAIN_COLS[0] // 2, (TRAIN_COLS[1] - w) // 2 + 1))
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            f = versions[int(rng.integers(2))][:, r0 // 2:r0 // 2 + hw, c0 // 2:c0 // 2 + hw]
-            fs.append(dihedral(f, k, flip))
-            ys.append(dihedral(labels[r0:r0 + w, c0:c0 + w], k, flip))
-            ts.append(dihedral(t_probs[:, r0:r0 + w, c0:c0 + w], k, flip))
-        f, y, tp = torch.stack(fs), torch.stack(ys), torch.stack(ts)
-        logits = late_forward(student, f, w, w)
-        loss_lab = F.cross_entropy(logits, y, weight=weights, ignore_index=-1)
-        logp = F.log_softmax(logits, 1)
-        loss_kd = (tp * (torch.log(tp.clamp_min(1e-8)) - logp)).sum(1).mean()
-        idx = rng.choice(len(chips_y), size=16, replace=False)
-        cf = chip_versions[int(rng.integers(2))][idx]
-        cf = dihedral(cf, int(rng.integers(4)), bool(rng.integers(2)))
-        loss_chip = F.cross_entropy(late_forward(student, cf, 64, 64).mean((-2, -1)),
-                                    torch.from_numpy(chips_y[idx]))
-        loss = loss_lab + args.kd_weight * loss_kd + args.chip_weight * loss_chip
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % args.eval_every == 0 or step == args.steps:
-            s = val_score(student)
-            rec = {"step": step, "loss": round(loss.item(), 4), "lab": round(loss_lab.item(), 4),
-                   "kd": round(loss_kd.item(), 4), "chip": round(loss_chip.item(), 4),
-                   **{k: s[k] for k in ("agreement", "kappa", "eurosat_val_chip_acc")}}
-            history.append(rec)
-            print(json.dumps(rec), f"{time.time() - t0:.0f}s", flush=True)
-            if best is None or s["agreement"] > best["agreement"]:
-                best = {**rec}
-                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    return finish(args, student, teacher, best, best_state, history, out, t0, legend_osm, ref,
-                  x_scene, "block3 and head fine-tuned on frozen early features")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", required=True)
@@ -230,8 +143,6 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--train-all", action="store_true",
-                    help="fine-tune every layer (default: block3 and head on frozen early features)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -274,9 +185,6 @@ def main() -> int:
         s["eurosat_val_chip_acc"] = float((cl == val_chips_y).mean())
         return s
 
-    if not args.train_all:
-        return train_late(args, student, teacher, card, raw, labels, weights, t_probs, chips_x,
-                          chips_y, val_score, out, t0, rng, legend_osm, ref, x_scene)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
     w = args.window
     h, _ = raw.shape[1:]
