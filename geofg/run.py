@@ -84,14 +84,7 @@ def run_job(
     existed = mz.check_output(out, p.spec, overwrite, (*job.read.inputs, *p.info.paths))
     folder_existed = out.exists()
     run_id = uuid.uuid4().hex[:12]
-    try:
-        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out / mz.META_DIR / "lock", run_id)
-        lock.acquire(break_foreign=job.write.break_lock)
-    except OSError as e:
-        if isinstance(e, GeofgError):
-            raise
-        raise output_error(out, e) from None
+    lock = take_lock(out, run_id, job.write.break_lock)
     try:
         try:
             with stop_on_signals():
@@ -150,6 +143,24 @@ def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
 def _one_line(e: BaseException) -> str:
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
+
+
+def take_lock(out: Path, run_id: str, break_foreign: bool) -> RunLock:
+    """Create the mosaic's meta folder and take its run lock (classify and scan).
+
+    Raises:
+        MosaicLockedError: another run holds the lock (exit 6).
+        OutputWriteError: the folder or the lock cannot be written (exit 7).
+    """
+    try:
+        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out / mz.META_DIR / "lock", run_id)
+        lock.acquire(break_foreign=break_foreign)
+    except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
+        raise output_error(out, e) from None
+    return lock
 
 
 def output_error(out: Path, e: OSError) -> OutputWriteError:

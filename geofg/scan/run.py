@@ -46,10 +46,9 @@ from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
-from geofg.io.lock import RunLock
 from geofg.io.paths import open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
-from geofg.run import output_error
+from geofg.run import output_error, take_lock
 from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.bundle import bundle_sha256, read_card
 from geofg.models.card import ModelCard
@@ -215,14 +214,7 @@ def run_scan(
     check_report_folder(cfg.report_folder())
     run_id = uuid.uuid4().hex[:12]
     result = ScanResult(run_id=run_id, mosaic=str(out), started=_now())
-    try:
-        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out / mz.META_DIR / "lock", run_id)
-        lock.acquire(break_foreign=break_lock)
-    except OSError as e:
-        if isinstance(e, GeofgError):
-            raise
-        raise output_error(out, e) from None
+    lock = take_lock(out, run_id, break_lock)
     try:
         try:
             with stop_on_signals():
