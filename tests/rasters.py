@@ -52,3 +52,18 @@ def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     base[7] = np.where(water, 400, 3500)  # NIR: low over water, high over vegetation
     base[12] = base[7]
     return base.clip(1, 10000).astype("uint16")
+
+
+def write_threshold_bundle(folder: Path, bands: list[str], mean: list[float] | None = None,
+                           name: str = "threshold") -> Path:
+    """A bundle whose card describes geofg.models.tiny.ThresholdPredictor (classes water, crop;
+    crop gets health): class 1 where band 0 is above its card mean (0.1 unless ``mean`` says)."""
+    from geofg.models.bundle import write_bundle
+    from geofg.models.tiny import tiny_card
+
+    n = len(bands)
+    card = tiny_card(bands, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
+                     scale=1e-4, mean=mean or [0.1] * n, std=[0.05] * n)
+    path = folder / f"{name}.safetensors"
+    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
+    return path

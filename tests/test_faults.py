@@ -28,10 +28,9 @@ from geofg.config import build_job
 from geofg.errors import GeofgError, InputError
 from geofg.io.ledger import Ledger
 from geofg.io.read import RasterReader, open_raster
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
-from rasters import s2_like, write_raster
+from rasters import s2_like, write_raster, write_threshold_bundle
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 LAYERS = ("class", "health", "confidence")
@@ -125,11 +124,7 @@ BANDS = ["B04", "B08"]
 
 @pytest.fixture
 def threshold_bundle(tmp_path: Path) -> Path:
-    card = tiny_card(BANDS, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
-                     scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
-    path = tmp_path / "threshold.safetensors"
-    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
-    return path
+    return write_threshold_bundle(tmp_path, BANDS)
 
 
 def _tjob(inp: Path, out: Path, model: Path, **write):  # noqa: ANN003, ANN202

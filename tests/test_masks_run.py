@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from rasters import write_raster
+from rasters import write_raster, write_threshold_bundle
 from typer.testing import CliRunner
 
 from geofg import masks
 from geofg.cli import app
 from geofg.config import build_job
 from geofg.io.ledger import Ledger
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.stats import field_stats
 
@@ -26,11 +25,7 @@ MODEL_BANDS = ["B08", "B04"]  # the model reads two bands; the mask reads four m
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    card = tiny_card(MODEL_BANDS, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
-                     scale=1e-4, mean=[0.25, 0.1], std=[0.05, 0.05])
-    path = tmp_path / "threshold.safetensors"
-    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
-    return path
+    return write_threshold_bundle(tmp_path, MODEL_BANDS, mean=[0.25, 0.1])
 
 
 def _stub(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:

@@ -15,10 +15,9 @@ from geofg.config import build_job
 from geofg.errors import MosaicLockedError, MosaicSchemaMismatchError
 from geofg.io.ledger import Ledger
 from geofg.io.lock import RunLock
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
-from rasters import write_raster
+from rasters import write_raster, write_threshold_bundle
 
 BANDS = ["B04", "B08"]
 
@@ -26,11 +25,7 @@ BANDS = ["B04", "B08"]
 @pytest.fixture
 def threshold_bundle(tmp_path: Path) -> Path:
     """A bundle whose card describes ThresholdPredictor (2 classes; 'crop' gets health)."""
-    card = tiny_card(BANDS, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
-                     scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
-    path = tmp_path / "threshold.safetensors"
-    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
-    return path
+    return write_threshold_bundle(tmp_path, BANDS)
 
 
 def _job(inp: Path, out: Path, model: Path, **write) -> object:  # noqa: ANN003

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.tiny import ThresholdPredictor
+from rasters import write_threshold_bundle
 
 BANDS = ["B04", "B08"]
 ORIGIN = (500000.0, 5800000.0)  # grid top-left, EPSG:32633, 10 m
@@ -17,12 +17,7 @@ ORIGIN = (500000.0, 5800000.0)  # grid top-left, EPSG:32633, 10 m
 
 def threshold_bundle(folder: Path, bands: list[str] = BANDS, name: str = "threshold") -> Path:
     """A bundle whose card describes ThresholdPredictor: class 1 where band 0 * 1e-4 > 0.1."""
-    n = len(bands)
-    card = tiny_card(bands, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
-                     scale=1e-4, mean=[0.1] * n, std=[0.05] * n)
-    path = folder / f"{name}.safetensors"
-    write_bundle(path, {"unused": np.zeros(1, np.float32)}, card)
-    return path
+    return write_threshold_bundle(folder, bands, name=name)
 
 
 def predictor(p: object) -> ThresholdPredictor:
