@@ -126,7 +126,8 @@ def map_to_legend(classes: np.ndarray, names: list[str]) -> np.ndarray:
 
 
 def threshold_baseline(stack: np.ndarray) -> np.ndarray:
-    """Three numbers, no learning: water if NDWI > 0, forest if NDVI > 0.45 and B08 < 0.2..."""
+    """No learning: water where NDWI > 0 or MNDWI > 0.3, else forest where NDVI > 0.3 and B12 <
+    0.12 (dark SWIR), else cropland where NDVI < 0.25 (bare winter fields), else grassland."""
     b = stack.astype(np.float32) * 1e-4  # EuroSAT order: B01..B12, B8A
     g, r, nir, swir = b[2], b[3], b[7], b[11]
     ndvi = (nir - r) / np.maximum(nir + r, 1e-6)
@@ -167,7 +168,7 @@ def main() -> int:
 
         g = zarr.open_group(args.mosaic, mode="r")
         cls = np.asarray(g["class"][:])
-        names = list(g["class"].attrs.get("class_names") or g.attrs["geofg:classes"]["names"])
+        names = list(g["class"].attrs["class_names"])
         pred, name = map_to_legend(cls, names), args.mosaic
     c0, c1 = args.columns
     region = np.s_[:, c0:c1]

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.landcover_scores import (  # noqa: E402
-    CLASSES, OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
+    OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
 )
 from geofg.batch import normalise  # noqa: E402
 from geofg.models.bundle import load_tensors, read_card  # noqa: E402

@@ -82,9 +82,9 @@ class ModelCard(BaseModel):
         normalisation: ``"linear"``: ``(raw * scale - mean) / std``; ``"log-sigmoid"`` (Dynamic
             World): ``v = (log(1 + raw * scale) - mean) / std``, then ``sigmoid(5 v - 1)``
             (:func:`geofg.batch.normalise`).
-        processing_levels: Sentinel-2 processing levels the model accepts (``"L1C"``,
-            ``"L2A"``); empty for other sensors. Informational: preflight warns when an input's
-            level is not listed.
+        processing_levels: Sentinel-2 processing levels the model was trained or checked on
+            (``"L1C"``, ``"L2A"``); empty for other sensors. Informational (shown with the card);
+            inputs are not refused by level.
         classes: Output classes in logit order.
         crop_classes: Class names where index-based crop health applies.
         tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).

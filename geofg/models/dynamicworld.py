@@ -95,9 +95,12 @@ def downsample2(x: torch.Tensor) -> torch.Tensor:
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=x.dtype, device=x.device) / 8
     kernel = (taps[:, None] * taps[None, :]).expand(c, 1, 4, 4).contiguous()
     out = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, stride=2, groups=c)
-    ones = torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)
-    norm = F.conv2d(F.pad(ones, (1, 1, 1, 1)), kernel[:1], stride=2)
-    return out / norm
+
+    def weight_inside(n: int) -> torch.Tensor:  # per output position: the taps' sum in the image
+        ones = F.pad(torch.ones(1, 1, n, dtype=x.dtype, device=x.device), (1, 1))
+        return F.conv1d(ones, taps.view(1, 1, 4), stride=2)[0, 0]
+
+    return out / (weight_inside(h)[:, None] * weight_inside(w)[None, :])
 
 
 class DynamicWorldNet(nn.Module):
