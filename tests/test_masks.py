@@ -62,6 +62,20 @@ def test_precedence_nodata_and_block_repeat(monkeypatch: pytest.MonkeyPatch) -> 
     assert (mask_window(data, SIX, valid)[6:9, 6:9] == CLOUD).all()
 
 
+def test_shadow_over_open_water_is_not_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detector's shadow stays on dark land (NDWI < 0) but not on a dark lake (NDWI 0.33)."""
+    monkeypatch.setattr(masks, "cloud_shadow", _bright_blue_is_cloud)
+    data = _field(6, 6)
+    data[:, 0:3, :] = np.array([300, 400, 300, 900, 500, 300], np.uint16)[:, None, None]  # land
+    data[:, 3:6, :] = np.array([500, 500, 300, 250, 100, 80], np.uint16)[:, None, None]  # lake
+    m = mask_window(data, SIX, np.ones((6, 6), bool))
+    assert (m[0:3] == SHADOW).all()
+    assert (m[3:6] == CLEAR).all()
+    # a cloud over the lake is still a cloud
+    data[0, 3:6, :] = 6000
+    assert (mask_window(data, SIX, np.ones((6, 6), bool))[3:6] == CLOUD).all()
+
+
 def test_blocks_are_aligned_to_the_raster_grid_not_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(masks, "cloud_shadow", _bright_blue_is_cloud)
     scene = _field(40, 40)
