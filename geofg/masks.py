@@ -219,18 +219,27 @@ def pool_factor(pixel_m: float) -> int:
     return max(1, int(MODEL_PIXEL_M / pixel_m + 0.5))
 
 
-def _pooled(x: np.ndarray, f: int, origin: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+def _pooled(x: np.ndarray, f: int, origin: tuple[int, int], valid: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
     """Average (C, H, W) in f x f blocks aligned to the raster grid; return blocks and the pads.
 
     The window is padded (edge values) before its first block boundary and after its last, so
-    block ``(i, j)`` always covers raster rows ``f*i .. f*i+f-1`` whatever the window.
+    block ``(i, j)`` always covers raster rows ``f*i .. f*i+f-1`` whatever the window. With
+    ``valid`` (H, W) a block averages its valid pixels only (no data outside the raster or in a
+    scene's nodata does not darken a cloud at the edge); a block without one is 0.
     """
     c, h, w = x.shape
     r0, c0 = origin[0] % f, origin[1] % f
     r1, c1 = (-(r0 + h)) % f, (-(c0 + w)) % f
-    xp = np.pad(x, ((0, 0), (r0, r1), (c0, c1)), mode="edge") if (r0 or r1 or c0 or c1) else x
+    pads = ((r0, r1), (c0, c1))
+    if valid is None:
+        valid = np.ones((h, w), bool)
+    xp = np.pad(x * valid, ((0, 0), *pads), mode="edge") if (r0 or r1 or c0 or c1) else x * valid
+    vp = np.pad(valid, pads, mode="edge") if (r0 or r1 or c0 or c1) else valid
     hp, wp = xp.shape[1] // f, xp.shape[2] // f
-    return xp.reshape(c, hp, f, wp, f).mean(axis=(2, 4), dtype=np.float32), (r0, c0)
+    total = xp.reshape(c, hp, f, wp, f).sum(axis=(2, 4), dtype=np.float32)
+    n = vp.reshape(hp, f, wp, f).sum(axis=(1, 3), dtype=np.float32)
+    return total / np.maximum(n, 1.0), (r0, c0)
 
 
 def cloud_shadow(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
@@ -310,7 +319,7 @@ def mask_window(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray, 
         return out
     f = pool_factor(pixel_m)
     refl = data[order].astype(np.float32) * np.float32(scale)
-    pooled, (r0, c0) = _pooled(refl, f, origin) if f > 1 else (refl, (0, 0))
+    pooled, (r0, c0) = _pooled(refl, f, origin, valid) if f > 1 else (refl, (0, 0))
     cs = cloud_shadow(pooled, level, threads)
     if f > 1:
         cs = np.repeat(np.repeat(cs, f, axis=0), f, axis=1)[r0 : r0 + h, c0 : c0 + w]

@@ -467,6 +467,8 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
         assess_health=season is None or season.assessed,
     )
     timer("layers", time.perf_counter() - t)
+    if season is not None and not season.assessed:
+        stats["health_not_assessed"] = season.reason
     return UnitOutput(layers, stats)
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geofg.config import ModelConfig, RunnerConfig, TileConfig, quoted, read_yaml
+from geofg.config import MaskConfig, ModelConfig, RunnerConfig, TileConfig, quoted, read_yaml
 from geofg.errors import ConfigError
 
 #: grid edges must sit on the origin's lattice to within this fraction of a pixel
@@ -173,6 +173,7 @@ class ScanConfig(_Frozen):
     grid: GridConfig
     model: ModelConfig = ModelConfig()
     tile: TileConfig = TileConfig()
+    mask: MaskConfig = MaskConfig()
     runner: RunnerConfig = RunnerConfig()
     report: ReportConfig = ReportConfig()
 
@@ -190,9 +191,10 @@ class ScanConfig(_Frozen):
         m = Path(self.mosaic)
         return m.parent / f"{m.name}.reports"
 
-    def output_hash(self, tile_size: int, halo: int) -> str:
-        """Hash of what changes output pixels (grid, warp, bands, tiling); not workers or batch."""
+    def output_hash(self, tile_size: int, halo: int, mask: dict | None = None) -> str:
+        """Hash of what changes output pixels (grid, warp, bands, tiling, cloud mask); not workers or batch."""
         key = {
+            "mask": mask,
             "grid": self.grid.model_dump(mode="json"),
             "bands": self.inbox.bands,
             "tile_size": tile_size,

@@ -85,10 +85,14 @@ def report_markdown(d: dict[str, Any]) -> str:
         lines += [head, "| --- | --- |" + (" --- |" if ch else "")]
         for n, v in row["classes"].items():
             lines.append(f"| {n} | {v:.4f} |" + (f" {_fmt(ch['classes'][n])} |" if ch else ""))
+        for n, v in row.get("masked_km2", {}).items():  # apart: not a land-cover class
+            lines.append(f"| *{n} (masked, not classified)* | {v:.4f} |" + (" |" if ch else ""))
         lines += ["", "| health (index-based, crop classes) | km² |" + (" change (km²) |" if ch else ""),
                   "| --- | --- |" + (" --- |" if ch else "")]  # fmt: skip
         for n, v in row["health"].items():
             lines.append(f"| {n} | {v:.4f} |" + (f" {_fmt(ch['health'][n])} |" if ch else ""))
+        if row.get("health_not_assessed"):
+            lines += ["", f"Crop health not assessed: {row['health_not_assessed']}."]
         lines.append("")
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from geofg import __version__
 from geofg.batch import round_up
 from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError, stops_run
 from geofg.grid import WorkUnit, plan_units
-from geofg.health import HEALTH_CLASSES
+from geofg.health import HEALTH_CLASSES, band_roles
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.paths import open_dataset
@@ -53,6 +53,8 @@ from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.bundle import bundle_sha256, read_card
 from geofg.models.card import ModelCard
 from geofg.models.registry import resolve_model
+from geofg.masks import MASK_CLASSES, MaskPlan, plan_mask, product_level
+from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl
 from geofg.scan import inbox as ib
 from geofg.scan.config import ScanConfig
@@ -90,6 +92,12 @@ class ScanPlan:
     halo: int
     overlap: int
     config_hash: str
+    mask: MaskPlan | None = None
+    """The cloud mask (None: no mask layer); per date its level and scale follow the scenes."""
+    mask_channels: tuple[int, ...] = ()
+    """Positions of ``mask.bands`` among the model's bands (the composite's channels)."""
+    season: HealthSeason | None = None
+    """Whether crop health is assessed on the date being run (set per date by :func:`for_date`)."""
 
     @property
     def spec(self) -> mz.MosaicSpec:
@@ -101,6 +109,7 @@ class ScanPlan:
             class_colours=tuple(c.colour for c in self.card.classes),
             health_names=tuple(n for n, _ in HEALTH_CLASSES),
             health_colours=tuple(c for _, c in HEALTH_CLASSES), time=True,
+            layers=mz.LAYERS + (("mask",) if self.mask else ()),
         )  # fmt: skip
 
     def provenance(self) -> dict[str, Any]:
@@ -118,7 +127,12 @@ class ScanPlan:
                 "confidence": "learned (top-class probability x 250)",
                 "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes",
                 "latest_*": "the most recent date with a valid class at each pixel",
+                **({"mask": "learned (ukis-csmask cloud/shadow) and index-based (NDSI snow/ice), "
+                            "one slice per date; class, health and confidence are 255 where not clear"}
+                   if self.mask else {}),
             },
+            "geofg:mask": ({**_mask_key(self.mask), "model": f"model_{self.mask.variant}_<level>, the "
+                            "level (l1c/l2a) from each date's scene names"} if self.mask else None),
         }  # fmt: skip
 
 
@@ -188,11 +202,52 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
                           f"{card.patch_size}; use at least {card.patch_size}")  # fmt: skip
     if cfg.inbox.bands is not None and len(set(b.casefold() for b in cfg.inbox.bands)) != len(cfg.inbox.bands):
         raise ConfigError(f"inbox.bands: expected distinct band names, found {cfg.inbox.bands}; fix that key")
+    pixel_m = abs(g.transform[0]) * (111_320.0 if CRS.from_user_input(g.crs).is_geographic else 1.0)
+    # the composite holds the model's bands (in its order), so the mask reads those it needs
+    mask = plan_mask(card.bands, cfg.mask.mode, label=f"model {card.name} (scan)", pixel_m=pixel_m)
+    channels = tuple(card.bands.index(b) for b in mask.bands) if mask else ()
     return ScanPlan(
         job=cfg, card=card, model_path=str(model_path), model_sha256=bundle_sha256(model_path),
         grid=grid, tile_size=tile, halo=halo, overlap=min(2 * halo, tile // 2),
-        config_hash=cfg.output_hash(tile, halo),
+        config_hash=cfg.output_hash(tile, halo, _mask_key(mask)),
+        mask=mask, mask_channels=channels,
     )  # fmt: skip
+
+
+def _mask_key(mask: MaskPlan | None) -> dict | None:
+    """The mask's settings in the output hash: detector, bands, rules (its level follows each date)."""
+    return None if mask is None else {k: v for k, v in mask.describe().items() if k != "model"}
+
+
+def for_date(p: ScanPlan, day: int, scenes: list[Scene]) -> ScanPlan:
+    """The plan for one date: the mask's product level and scale from its scenes, and the season.
+
+    Crop health is assessed per date (:func:`geofg.season.decide`): from the date, the latitude of
+    the grid's centre and the NDVI of a sample of the date's first scene.
+    """
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    first = scenes[0].info
+    mask = p.mask
+    if mask is not None:
+        paths = [q for s in scenes for q in s.info.paths]
+        names = list(first.band_names or p.card.bands)
+        scale = 1e-4 if np.dtype(first.dtype).kind in "ui" else 1.0
+        mask = dataclasses.replace(mask, level=product_level(paths, names), scale=scale)
+    g = p.grid
+    t = g.transform
+    cx, cy = t[2] + t[0] * g.width / 2, t[5] + t[4] * g.height / 2
+    lat = float(transform(CRS.from_wkt(g.crs_wkt), CRS.from_epsg(4326), [cx], [cy])[1][0])
+    roles = band_roles(p.card.bands)
+    p90 = None
+    if "red" in roles and "nir" in roles:
+        idx = scenes[0].band_indices
+        p90 = scene_ndvi(first, idx[roles["red"]], idx[roles["nir"]])
+    d = ib.day_str(day)
+    season = decide([date.fromisoformat(d)], lat, p90)
+    log.info("%s: crop health %s (%s)", d, "assessed" if season.assessed else "not assessed", season.reason)
+    return dataclasses.replace(p, mask=mask, season=season)
 
 
 def run_scan(
@@ -423,7 +478,8 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
                 continue
             if STOP.is_set():
                 break
-            _run_date(p, out, day, scenes, units, records, ledger, predictor, result, predictor_factory)
+            _run_date(for_date(p, day, scenes), out, day, scenes, units, records, ledger, predictor, result,
+                      predictor_factory)  # fmt: skip
     if not STOP.is_set():  # an interrupted scan leaves its scenes to be planned again
         ib.save_state(out, state)
     complete = not STOP.is_set() and not any(r.status == "failed" for r in records.values())
@@ -470,7 +526,7 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
             pending.append((u, ss))
     if not pending:
         return
-    t = mz.append_time(out, day)
+    t = mz.append_time(out, day, p.spec.layers)
     result.dates_touched.append(ib.day_str(day))
     tm = mz.TimeMosaic(out)
     dates = mz.time_slices(out)
@@ -614,8 +670,12 @@ def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, An
         if r.status != "done" or "date" not in r.stats or r.model_sha256 != p.model_sha256:
             continue
         d = per.setdefault(int(r.stats["date"]), {"units": 0, "valid_px": 0, "cls": [0] * len(names),
-                                                    "health": [0] * len(hnames)})  # fmt: skip
+                                                    "health": [0] * len(hnames), "mask": [0] * 4,
+                                                    "not_assessed": None})  # fmt: skip
         d["units"] += 1
+        for i, c in enumerate(r.stats.get("mask_counts", [])[:4]):
+            d["mask"][i] += c
+        d["not_assessed"] = r.stats.get("health_not_assessed", d["not_assessed"])
         d["valid_px"] += int(r.stats.get("valid_px", 0))
         for i, c in enumerate(r.stats.get("class_counts", [])[: len(names)]):
             d["cls"][i] += c
@@ -633,6 +693,10 @@ def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, An
             "classes": {n: round(c * km2, 6) for n, c in zip(names, d["cls"], strict=True)},
             "health": {n: round(c * km2, 6) for n, c in zip(hnames, d["health"], strict=True)},
         }
+        if p.mask is not None:  # cloud, shadow, snow/ice: apart from the classes, never land cover
+            row["masked_km2"] = {n: round(c * km2, 6) for (n, _), c in zip(MASK_CLASSES[1:], d["mask"][1:], strict=True)}
+        if d["not_assessed"]:
+            row["health_not_assessed"] = d["not_assessed"]
         if prev is not None:
             row["change"] = {
                 "from": prev["date"],
