@@ -52,6 +52,16 @@ def t33(data_root: Path):  # noqa: ANN201
     return info, _tiled_mask(info, 1024, 64)  # geofg classify's defaults for eurosat-13
 
 
+def lake_rows(lake: np.ndarray) -> slice:
+    r = np.flatnonzero(lake.any(1))
+    return slice(max(r[0] - 30, 0), r[-1] + 30)
+
+
+def lake_cols(lake: np.ndarray) -> slice:
+    c = np.flatnonzero(lake.any(0))
+    return slice(max(c[0] - 30, 0), c[-1] + 30)
+
+
 def test_lake_shadow_and_haze_streak_are_masked_tile_by_tile(t33, data_root: Path) -> None:  # noqa: ANN001
     info, m = t33
     assert mask_window.__module__ == "geofg.masks" and plan_mask(info.band_names, "auto", label="x").level == "l1c"
@@ -60,13 +70,17 @@ def test_lake_shadow_and_haze_streak_are_masked_tile_by_tile(t33, data_root: Pat
     lake = rasterize([(from_wkb(geoms[pid.index(1)]), 1)], out_shape=m.shape, transform=info.transform,
                      dtype="uint8").astype(bool)  # fmt: skip
     assert lake.sum() == 359
-    assert (m[lake] == SHADOW).mean() >= 0.95  # measured: all 359
+    # the detector calls all 359 lake pixels shadow; NDWI > 0.2 (open water) keeps them clear, and
+    # so classified: a shadowed lake is still a lake (docs/masks.md)
+    assert (m[lake] == CLEAR).mean() >= 0.95
+    # the shadow of the southern streak on the land around the lake stays masked
+    assert (m[lake_rows(lake), :][:, lake_cols(lake)] == SHADOW).any()
     assert (m[40:180, 900:1080] == CLOUD).mean() >= 0.9  # northern end of the streak (0.98)
     assert (m[700:768, 560:660] == CLOUD).mean() >= 0.85  # southern end (0.93)
     # dark winter conifers west of the streak stay clear (s2cloudless called them cloud)
     assert (m[300:450, 130:280] == CLEAR).mean() >= 0.99
     counts = np.bincount(m.ravel(), minlength=256)
-    assert 0.05 < counts[CLOUD] / m.size < 0.12 and 0.05 < counts[SHADOW] / m.size < 0.12
+    assert 0.05 < counts[CLOUD] / m.size < 0.12 and 0.05 < counts[SHADOW] / m.size < 0.12  # 0.068, 0.056
     assert counts[255] == 0
 
 
