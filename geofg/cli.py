@@ -308,6 +308,28 @@ def stats(
 
 
 @app.command()
+def fields(
+    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.parquet (GeoParquet 1.1), OUT.gpkg, OUT.fgb or OUT.csv: a row per field and date.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares (coverage-weighted)."""
+    _configure(verbose, quiet)
+    from geofg.products.fields import field_table, write_table
+
+    try:
+        table = field_table(mosaic, fields_file)
+        path = write_table(table, output, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{table['field_id'].nunique()} fields x {table['date'].nunique()} date(s) -> {path}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
