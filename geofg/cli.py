@@ -645,7 +645,7 @@ def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
 
 
 def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str | None, layer: str,
-                   overwrite: bool, quiet: bool) -> None:
+                   overwrite: bool, quiet: bool, polygons: Path | None = None) -> None:
     from geofg.scan.cog import export_cog, export_png
 
     try:
@@ -654,6 +654,11 @@ def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str |
             written.append(export_cog(mosaic, cog, when=time, layer=layer, overwrite=overwrite))
         if png is not None:
             written.append(export_png(mosaic, png, when=time, layer=layer, overwrite=overwrite))
+        if polygons is not None:
+            from geofg.products.polygons import export_polygons
+
+            path, n = export_polygons(mosaic, polygons, when=time, layer=layer, overwrite=overwrite)
+            written.append(f"{path} ({n} polygons)")
     except GeofgError as e:
         raise _fail(e) from None
     if not quiet:
@@ -681,14 +686,15 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     cog: Annotated[Optional[Path], typer.Option("--cog", help="SOURCE a mosaic: write one layer as a Cloud-Optimized GeoTIFF (OUT.tif).")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
+    polygons: Annotated[Optional[Path], typer.Option("--polygons", help="SOURCE a mosaic: write the layer's patches as polygons (OUT.parquet, GeoParquet 1.1), streamed chunk row by chunk row.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
     layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside it).")] = "class",
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog) or PNG (--png)."""
+    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""
     _configure(verbose, quiet)
-    if not _is_model(source) and (cog is not None or png is not None):
-        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet)
+    if not _is_model(source) and (cog is not None or png is not None or polygons is not None):
+        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet, polygons)
         return
     if not _is_model(source):
         err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"
