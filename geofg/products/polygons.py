@@ -108,7 +108,7 @@ def export_polygons(mosaic: Path, out: Path, *, when: str | None = None, layer: 
     arrays, t, _ = _source(group, when)
     arr = arrays[layer]
     names = list(arr.attrs.get("class_names", []))
-    height, width, chunk = grid["height"], grid["width"], grid["chunk"]
+    height, chunk = grid["height"], grid["chunk"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.tmp{out.suffix}")
     writer = _Writer(tmp, grid["crs_wkt"], tuple(grid["transform"]), names)
