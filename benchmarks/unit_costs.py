@@ -110,7 +110,7 @@ def _write_ms(layers: dict[str, np.ndarray], path: Path, units: int = 32) -> dic
 
     import zarr
 
-    from geofg.io.mosaic import CODECS, FILL, write_region
+    from geofg.io.mosaic import FILL, ZARR_FORMAT, new_array, write_region
 
     def assign(arr: zarr.Array, region: tuple[slice, slice], value: np.ndarray) -> None:
         arr[region] = value
@@ -119,9 +119,9 @@ def _write_ms(layers: dict[str, np.ndarray], path: Path, units: int = 32) -> dic
     times: dict[str, list[float]] = {"zarr assignment": [], "write_region": []}
     for name in [*times, *times]:
         shutil.rmtree(path, ignore_errors=True)
-        group = zarr.open_group(str(path), mode="w")
-        arrays = {k: group.create_array(k, shape=(4 * h, 8 * w), chunks=(h, w), dtype="uint8", fill_value=FILL,
-                                        compressors=list(CODECS))
+        group = zarr.open_group(str(path), mode="w", zarr_format=ZARR_FORMAT)
+        arrays = {k: new_array(group, k, ("y", "x"), shape=(4 * h, 8 * w), chunks=(h, w), dtype="uint8",
+                               fill_value=FILL, attributes={})
                   for k in layers}  # fmt: skip
         write = assign if name == "zarr assignment" else write_region
         t = time.process_time()

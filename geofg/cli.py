@@ -308,6 +308,28 @@ def stats(
 
 
 @app.command()
+def fields(
+    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.parquet (GeoParquet 1.1), OUT.gpkg, OUT.fgb or OUT.csv: a row per field and date.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares (coverage-weighted)."""
+    _configure(verbose, quiet)
+    from geofg.products.fields import field_table, write_table
+
+    try:
+        table = field_table(mosaic, fields_file)
+        path = write_table(table, output, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{table['field_id'].nunique()} fields x {table['date'].nunique()} date(s) -> {path}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
@@ -623,7 +645,7 @@ def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
 
 
 def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str | None, layer: str,
-                   overwrite: bool, quiet: bool) -> None:
+                   overwrite: bool, quiet: bool, polygons: Path | None = None) -> None:
     from geofg.scan.cog import export_cog, export_png
 
     try:
@@ -632,6 +654,11 @@ def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str |
             written.append(export_cog(mosaic, cog, when=time, layer=layer, overwrite=overwrite))
         if png is not None:
             written.append(export_png(mosaic, png, when=time, layer=layer, overwrite=overwrite))
+        if polygons is not None:
+            from geofg.products.polygons import export_polygons
+
+            path, n = export_polygons(mosaic, polygons, when=time, layer=layer, overwrite=overwrite)
+            written.append(f"{path} ({n} polygons)")
     except GeofgError as e:
         raise _fail(e) from None
     if not quiet:
@@ -659,14 +686,15 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     cog: Annotated[Optional[Path], typer.Option("--cog", help="SOURCE a mosaic: write one layer as a Cloud-Optimized GeoTIFF (OUT.tif).")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
+    polygons: Annotated[Optional[Path], typer.Option("--polygons", help="SOURCE a mosaic: write the layer's patches as polygons (OUT.parquet, GeoParquet 1.1), streamed chunk row by chunk row.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
-    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health or confidence.")] = "class",
+    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside it).")] = "class",
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog) or PNG (--png)."""
+    """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""
     _configure(verbose, quiet)
-    if not _is_model(source) and (cog is not None or png is not None):
-        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet)
+    if not _is_model(source) and (cog is not None or png is not None or polygons is not None):
+        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet, polygons)
         return
     if not _is_model(source):
         err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"

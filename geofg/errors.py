@@ -218,3 +218,7 @@ class NodataAssumedWarning(GeofgWarning):
 
 class StaleLockWarning(GeofgWarning):
     """A lock left by a dead process was taken over."""
+
+
+class FieldsWarning(GeofgWarning):
+    """Field polygons were repaired, or lie (partly) outside the mosaic; the message names them."""

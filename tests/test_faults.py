@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,7 +184,7 @@ def test_input_rewritten_in_place_mid_run_stops_with_exit_3_and_records_nothing_
 
 
 def _damage(out: Path, how: str) -> Path:
-    chunk = out / "class" / "c" / "1" / "1"
+    chunk = out / "class" / "1" / "1"
     data = chunk.read_bytes()
     if how == "delete":
         chunk.unlink()
@@ -197,7 +198,7 @@ def _damage(out: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["delete", "truncate"])
 def test_rerun_finds_a_missing_or_truncated_chunk_and_redoes_only_its_unit(
         tmp_path: Path, scene: Path, clean: dict, how: str) -> None:
-    """Case 3: after `rm class/c/1/1` the re-run exited 0, did nothing, and `class` held fill."""
+    """Case 3: after `rm class/1/1` the re-run exited 0, did nothing, and `class` held fill."""
     out = tmp_path / "m.zarr"
     assert classify(scene, out).exit_code == 0
     before = Ledger(out / ".geofg").load()
@@ -232,7 +233,7 @@ def test_records_carry_chunk_keys_and_sizes(tmp_path: Path, scene: Path) -> None
     assert classify(scene, out).exit_code == 0
     rec = Ledger(out / ".geofg").load()["r0002_c0001"]
     layers = [*LAYERS, *(["mask"] if (out / "mask").is_dir() else [])]  # Sentinel-2 band names
-    assert set(rec.chunks) == {f"{n}/c/2/1" for n in layers}
+    assert set(rec.chunks) == {f"{n}/2/1" for n in layers}
     for key, size in rec.chunks.items():
         assert size == ((out / key).stat().st_size if (out / key).exists() else 0)
 
@@ -241,7 +242,7 @@ def test_orphaned_partial_chunk_files_are_swept_on_resume(tmp_path: Path, scene:
     """RELIABILITY Z1: a writer killed inside zarr's atomic write leaves `<key>.<uuid>.partial`."""
     out = tmp_path / "m.zarr"
     assert classify(scene, out).exit_code == 0
-    orphan = out / "class" / "c" / "0" / "0.3e1bdeadbeef.partial"
+    orphan = out / "class" / "0" / "0.3e1bdeadbeef.partial"
     orphan.write_bytes(b"\0" * 1000)
     (out / ".geofg" / "units" / "r0000_c0000.json").unlink()  # that unit was in flight
     assert classify(scene, out).exit_code == 0
@@ -261,19 +262,19 @@ def test_damaged_chunk_in_quicklook_and_export_is_one_line_naming_the_unit(
     _damage(out, how)
     for args in (["--png", str(tmp_path / "q.png")], ["--cog", str(tmp_path / "q.tif")]):
         msg = one_line_error(invoke("export", str(out), *args), 3)
-        assert "class/c/1/1" in msg and "r0001_c0001" in msg and "--verify" in msg
+        assert "class/1/1" in msg and "r0001_c0001" in msg and "--verify" in msg
     assert not (tmp_path / "q.png").exists() and not (tmp_path / "q.tif").exists()
 
 
 def test_garbage_array_metadata_is_one_line_in_info_and_classify_and_overwrite_replaces(
         tmp_path: Path, scene: Path, clean: dict) -> None:
-    """Case 8: a garbage class/zarr.json gave JSONDecodeError tracebacks in info and classify."""
+    """Case 8: a garbage class/.zarray (zarr.json in Zarr v3) gave JSONDecodeError tracebacks in info and classify."""
     out = tmp_path / "m.zarr"
     assert classify(scene, out).exit_code == 0
-    (out / "class" / "zarr.json").write_bytes(b"\x00garbage{")
+    (out / "class" / ".zarray").write_bytes(b"\x00garbage{")
     before = snapshot(out)
-    assert "class/zarr.json" in one_line_error(invoke("info", str(out)), 3)
-    assert "class/zarr.json" in one_line_error(classify(scene, out), 3)
+    assert "class/.zarray" in one_line_error(invoke("info", str(out)), 3)
+    assert "class/.zarray" in one_line_error(classify(scene, out), 3)
     assert snapshot(out) == before
     assert classify(scene, out, "--overwrite").exit_code == 0
     assert_equal(out, clean)
@@ -322,6 +323,10 @@ def test_geographic_input_is_refused_with_a_hint(tmp_path: Path) -> None:
 # --- 7. disk full and read-only outputs --------------------------------------------------------
 
 
+META = r"(^|/)\.z"  # store keys of Zarr v2 metadata (.zgroup, .zattrs, .zarray)
+CHUNK = r"/\d+$"  # store keys of chunks (LAYER/ROW/COL, x/0)
+
+
 class _FullAfter:
     """Make zarr's store writes fail with ENOSPC once ``n`` writes whose key matches succeeded."""
 
@@ -334,7 +339,7 @@ class _FullAfter:
         original = LocalStore.set
 
         async def set_(store, key, value):  # noqa: ANN001, ANN202
-            if self.match in key:
+            if re.search(self.match, key):
                 self.seen += 1
                 if self.seen > self.n:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
@@ -343,10 +348,10 @@ class _FullAfter:
         monkeypatch.setattr(LocalStore, "set", set_)
 
 
-@pytest.mark.parametrize(("n", "match"), [(0, "zarr.json"), (3, "zarr.json"), (2, "/c/"), (9, "/c/")])
+@pytest.mark.parametrize(("n", "match"), [(0, META), (3, META), (2, CHUNK), (9, CHUNK)])
 def test_disk_full_is_exit_7_one_line_lock_released_and_the_rerun_completes(
         tmp_path: Path, threshold_bundle: Path, monkeypatch: pytest.MonkeyPatch, n: int, match: str) -> None:
-    """Case 7: ENOSPC during mosaic creation (zarr.json) or unit writes (chunks). Creation used to
+    """Case 7: ENOSPC during mosaic creation (.zgroup/.zattrs/.zarray) or unit writes (chunks). Creation used to
     leave a half-made mosaic every later run refused (KeyError 'confidence'), and a unit write a
     traceback with exit 1."""
     rng = np.random.default_rng(5)
@@ -412,7 +417,7 @@ def test_read_only_output_is_exit_7_one_line_and_works_once_writable(tmp_path: P
     with tmpfs(tmp_path / "fs", "8M") as fs:
         out = fs / "m.zarr"
         assert classify(scene, out).exit_code == 0
-        (out / "class" / "c" / "0" / "0").unlink()  # something left to do
+        (out / "class" / "0" / "0").unlink()  # something left to do
         subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
         try:
             assert "Read-only" in one_line_error(classify(scene, out), 7)
@@ -462,7 +467,7 @@ def test_signal_stops_cleanly_releases_the_lock_and_the_rerun_resumes(
     assert len(lines) == 1 and lines[0].startswith("geofg: error:") and sig.name in lines[0], err
     assert "Traceback" not in err
     assert not (out / ".geofg" / "lock").exists()
-    assert "consolidated_metadata" not in (out / "zarr.json").read_text()  # only complete runs (Z5)
+    assert not (out / ".zmetadata").exists()  # only complete runs (Z5)
     done = Ledger(out / ".geofg").load()
     assert 0 < len(done) < 64 and all(r.status == "done" for r in done.values())
     r = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)

@@ -230,6 +230,6 @@ def test_chunk_files_are_fsynced_before_the_ledger_record(tmp_path: Path, thresh
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     _run(_job(inp, out, threshold_bundle))
-    chunk = str(out / "class" / "c" / "0" / "0")
+    chunk = str(out / "class" / "0" / "0")
     record = next(i for i, e in enumerate(events) if e.startswith("replace:") and e.endswith("r0000_c0000.json"))
     assert any(e == "fsync:" + chunk for e in events[:record]), events[:record]

@@ -1,4 +1,4 @@
-"""The output mosaic: a Zarr v3 group on a fixed grid, written one whole chunk per unit.
+"""The output mosaic: a Zarr v2 group on a fixed grid, written one whole chunk per unit.
 
 Lifecycle (Ray's Datasink hooks): :func:`prepare` once on the driver (create, or open and check
 the schema of an existing mosaic), :meth:`Mosaic.write_unit` per unit (any process, whole chunks
@@ -18,6 +18,16 @@ GDAL's Zarr driver see the CRS)::
     spatial_ref ()     int, attrs crs_wkt / spatial_ref / GeoTransform
     .geofg/     ledger and run lock (not Zarr nodes)
 
+Why Zarr v2 (format 2, written by zarr-python 3): GDAL's Zarr driver, and so QGIS, rasterio and
+``gdalinfo``, reads it; GDAL 3.10 (rasterio's wheel) refuses every Zarr v3 array ("Unsupported
+codec: bytes") and Debian 12's GDAL 3.6 does not find v3 arrays at all (measured; docs/design.md,
+"Mosaic"). So each array is v2 with dimension names in ``_ARRAY_DIMENSIONS`` (xarray's
+convention, which GDAL reads too), chunk keys ``LAYER/ROW/COL`` (``/`` separator: the same folder
+per chunk row as before), the zstd compressor with its frame checksum on (XXH64 of the chunk,
+verified by zarr and GDAL on every read: bit rot is an error, as crc32c was in v3; a crc32c
+filter would make GDAL refuse the array), and the CRS twice: CF ``grid_mapping`` (GDAL >= 3.9,
+xarray) and GDAL's own ``_CRS`` attribute (GDAL 3.6 reads only that).
+
 A *time-series* mosaic (``MosaicSpec.time``, written by ``geofg scan``) has the same layers on
 ``(time, y, x)``, chunked ``(1, chunk, chunk)``, one slice per acquisition date in the order the
 dates arrived, plus the ``latest`` view::
@@ -33,7 +43,7 @@ mosaic is opened ``r+`` and its grid and schema are compared first.
 
 What geofg owns (docs/reliability.md): the names :func:`owned_names` lists, nothing else.
 ``--overwrite`` removes only those, and refuses (exit 3, nothing touched) when the folder holds
-anything else or an input lies inside it. :func:`create` writes the group's ``zarr.json`` first
+anything else or an input lies inside it. :func:`create` writes the group's ``.zattrs`` first
 with a ``geofg:creating`` marker and puts the grid attributes in place last, so a creation cut
 short (disk full, kill) leaves a folder the next run recognises as half-made and re-creates,
 never one that every later run refuses.
@@ -53,7 +63,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from numcodecs import Zstd
 
 from geofg.errors import MosaicDamagedError, MosaicExistsError, MosaicSchemaMismatchError
 from geofg.grid import WorkUnit
@@ -64,9 +74,14 @@ log = logging.getLogger(__name__)
 FILL = 255
 LAYERS = ("class", "health", "confidence")
 META_DIR = ".geofg"
-#: Every layer's compressors: zstd, then a crc32c checksum that zarr verifies on every read.
-CODECS = (ZstdCodec(level=3), Crc32cCodec())
-SCHEMA_VERSION = 1
+ZARR_FORMAT = 2
+#: Every array's compressor: zstd with the frame's content checksum, verified on every read.
+COMPRESSOR = Zstd(level=3, checksum=True)
+#: Chunk keys ``ROW/COL`` (``T/ROW/COL`` on a time axis) below the array's folder.
+KEY_ENCODING = {"name": "v2", "separator": "/"}
+#: 2: Zarr v2 (GDAL reads it). 1 was Zarr v3; such a mosaic is refused on re-open (its schema
+#: differs) until replaced with --overwrite.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,8 @@ def _geotransform(t: tuple[float, ...]) -> str:
 
 CREATING = "geofg:creating"
 """Group attribute present only while :func:`create` runs (and after a creation cut short)."""
-_OWN_TOP = ("zarr.json", "x", "y", "spatial_ref", "time", "latest_time", META_DIR)
+_OWN_TOP = (".zgroup", ".zattrs", ".zmetadata", "zarr.json", "x", "y", "spatial_ref", "time", "latest_time",
+            META_DIR)
 
 
 def owned_names(layers: tuple[str, ...] | list[str]) -> set[str]:
@@ -118,8 +134,12 @@ def owned_names(layers: tuple[str, ...] | list[str]) -> set[str]:
 
 
 def _group_attrs(path: Path) -> dict[str, Any] | None:
+    """The group's attributes (Zarr v2 ``.zattrs`` beside ``.zgroup``, or a v3 ``zarr.json``)."""
     try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        if (path / ".zgroup").is_file():
+            attrs = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+        else:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError, AttributeError):
         return None
     return attrs if isinstance(attrs, dict) else None
@@ -132,7 +152,13 @@ def is_mosaic(path: Path) -> bool:
 
 
 def is_half_made(path: Path) -> bool:
-    """Return True when ``path`` is a mosaic whose :func:`create` was cut short (disk full, kill)."""
+    """Return True when ``path`` is a mosaic whose :func:`create` was cut short (disk full, kill).
+
+    That is a group with the :data:`CREATING` marker and no grid yet, or a v2 ``.zgroup`` without
+    its ``.zattrs`` (the cut came between the two files zarr writes for a group).
+    """
+    if (path / ".zgroup").is_file() and not (path / ".zattrs").exists():
+        return True
     attrs = _group_attrs(path)
     return attrs is not None and CREATING in attrs and "geofg:grid" not in attrs
 
@@ -238,13 +264,13 @@ def open_checked(path: Path, mode: str = "r") -> zarr.Group:
     """Open a mosaic's group and every array it names; a damaged one is a one-line error.
 
     Raises:
-        MosaicDamagedError: the group's or an array's ``zarr.json`` cannot be read.
+        MosaicDamagedError: the group's ``.zattrs`` or an array's ``.zarray`` cannot be read.
     """
     try:
         group = zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
         grid = group.attrs["geofg:grid"]
     except DECODE_ERRORS as e:
-        raise _damaged(path, "zarr.json", e) from None
+        raise _damaged(path, ".zattrs", e) from None
     names = list(grid.get("layers", []))
     if grid.get("time"):
         names += [LATEST + n for n in names] + ["latest_time", "time"]
@@ -252,7 +278,7 @@ def open_checked(path: Path, mode: str = "r") -> zarr.Group:
         try:
             group[name]
         except DECODE_ERRORS as e:
-            raise _damaged(path, f"{name}/zarr.json", e) from None
+            raise _damaged(path, f"{name}/.zarray", e) from None
     return group
 
 
@@ -277,7 +303,7 @@ def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    group = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={CREATING: True})
+    group = zarr.open_group(str(path), mode="a", zarr_format=ZARR_FORMAT, attributes={CREATING: True})
     if spec.time:
         _create_time_layers(group, spec)
         _create_coords(group, spec)
@@ -311,12 +337,16 @@ def _create_layers(group: zarr.Group, spec: MosaicSpec) -> None:
     chunks = (spec.chunk, spec.chunk)
     shape = (spec.height, spec.width)
     for name in spec.layers:
-        group.create_array(
-            name, shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL,
-            dimension_names=("y", "x"), attributes=_layer_attrs(spec, name),
-            compressors=list(CODECS),
-        )  # fmt: skip
+        new_array(group, name, ("y", "x"), shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL,
+                  attributes=_layer_attrs(spec, name))  # fmt: skip
     _create_coords(group, spec)
+
+
+def new_array(group: zarr.Group, name: str, dims: tuple[str, ...], *, attributes: dict[str, Any],
+              **kw: Any) -> zarr.Array:  # fmt: skip
+    """Create a v2 array of the mosaic: dimension names, chunk keys and compressor as above."""
+    return group.create_array(name, attributes={**attributes, "_ARRAY_DIMENSIONS": list(dims)},
+                              chunk_key_encoding=KEY_ENCODING, compressors=COMPRESSOR, **kw)  # fmt: skip
 
 
 def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
@@ -327,7 +357,7 @@ def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
                  "cloud, cloud shadow and snow/ice mask",
                  "learned (ukis-csmask clouds and shadows) and index-based (NDSI snow/ice)"),
     }
-    a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_FillValue": FILL}
+    a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": spec.crs_wkt}}
     if name in legend:
         names, colours, long_name, source = legend[name]
         a.update(
@@ -345,18 +375,18 @@ def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
 
 def _create_coords(group: zarr.Group, spec: MosaicSpec) -> None:
     a, _, c, _, e, f = spec.transform
-    xs = group.create_array(
-        "x", shape=(spec.width,), dtype="float64", dimension_names=("x",), fill_value=0.0,
+    xs = new_array(
+        group, "x", ("x",), shape=(spec.width,), dtype="float64", fill_value=None,
         attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"},
     )
     xs[:] = c + a * (np.arange(spec.width) + 0.5)
-    ys = group.create_array(
-        "y", shape=(spec.height,), dtype="float64", dimension_names=("y",), fill_value=0.0,
+    ys = new_array(
+        group, "y", ("y",), shape=(spec.height,), dtype="float64", fill_value=None,
         attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"},
     )
     ys[:] = f + e * (np.arange(spec.height) + 0.5)
-    ref = group.create_array(
-        "spatial_ref", shape=(), dtype="int32", fill_value=0, dimension_names=(),
+    ref = new_array(
+        group, "spatial_ref", (), shape=(), dtype="int32", fill_value=None,
         attributes={
             "crs_wkt": spec.crs_wkt,
             "spatial_ref": spec.crs_wkt,
@@ -369,7 +399,7 @@ def _create_coords(group: zarr.Group, spec: MosaicSpec) -> None:
 def unit_chunk_keys(layers: tuple[str, ...], row: int, col: int, t: int | None = None) -> list[str]:
     """The chunk keys (paths under the mosaic) of unit ``(row, col)`` in ``layers`` (slice ``t``)."""
     lead = "" if t is None else f"{t}/"
-    return [f"{name}/c/{lead}{row}/{col}" for name in layers]
+    return [f"{name}/{lead}{row}/{col}" for name in layers]
 
 
 def chunk_sizes(path: Path, keys: list[str]) -> dict[str, int]:
@@ -399,7 +429,7 @@ def check_chunks(path: Path, chunks: dict[str, int], decode: bool = False) -> st
     if decode:
         group = zarr.open_group(str(path), mode="r", use_consolidated=False)
         for key, size in sorted(chunks.items()):
-            name, _, *idx = key.split("/")
+            name, *idx = key.split("/")
             if size == 0:
                 continue
             try:
@@ -418,7 +448,7 @@ def first_damaged_chunk(arr: zarr.Array) -> tuple[str, BaseException] | None:
         try:
             arr.get_block_selection(idx)
         except DECODE_ERRORS as e:
-            return "c/" + "/".join(map(str, idx)), e
+            return "/".join(map(str, idx)), e
     return None
 
 
@@ -426,7 +456,7 @@ def damaged_chunk_error(path: Path, name: str, arr: zarr.Array, cause: BaseExcep
     """A one-line error naming the damaged chunk of ``arr`` (layer ``name``), its unit and the fix."""
     found = first_damaged_chunk(arr)
     key, e = found if found is not None else ("(unknown chunk)", cause)
-    idx = key.split("/")[1:]
+    idx = key.split("/")
     unit = f" (unit r{int(idx[-2]):04d}_c{int(idx[-1]):04d})" if len(idx) >= 2 else ""
     return MosaicDamagedError(
         f"{path}: chunk {name}/{key}{unit} is damaged ({type(e).__name__}: "
@@ -478,7 +508,7 @@ class Mosaic:
         An empty unit has no chunk file (zarr deletes fill-value chunks): nothing to sync.
         """
         for name in self._arrays:
-            folder = self.path / name / "c" / str(unit.row)
+            folder = self.path / name / str(unit.row)
             chunk = folder / str(unit.col)
             for target, flags in ((chunk, os.O_RDONLY), (folder, os.O_RDONLY | os.O_DIRECTORY)):
                 try:
@@ -529,7 +559,10 @@ def finalize(path: Path, attrs: dict[str, Any], consolidate: bool) -> None:
 
 def drop_consolidated(path: Path) -> None:
     """Remove consolidated metadata before writing, so readers never see a stale copy."""
-    meta = path / "zarr.json"
+    (path / ".zmetadata").unlink(missing_ok=True)
+    meta = path / "zarr.json"  # a v3 mosaic of schema 1
+    if not meta.is_file():
+        return
     doc = json.loads(meta.read_text())
     if doc.pop("consolidated_metadata", None) is not None:
         tmp = meta.with_suffix(".json.tmp")
@@ -547,28 +580,22 @@ _DAYS = "days since 1970-01-01"
 def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
     c = spec.chunk
     for name in spec.layers:
-        group.create_array(
-            name, shape=(0, spec.height, spec.width), chunks=(1, c, c), dtype="uint8",
-            fill_value=FILL, dimension_names=("time", "y", "x"),
-            attributes=_layer_attrs(spec, name), compressors=list(CODECS),
-        )  # fmt: skip
+        new_array(group, name, ("time", "y", "x"), shape=(0, spec.height, spec.width), chunks=(1, c, c),
+                  dtype="uint8", fill_value=FILL, attributes=_layer_attrs(spec, name))  # fmt: skip
         a = _layer_attrs(spec, name)
         a["long_name"] = f"latest valid {a['long_name']}"
         a["ancillary_variables"] = "latest_time"
-        group.create_array(
-            LATEST + name, shape=(spec.height, spec.width), chunks=(c, c), dtype="uint8",
-            fill_value=FILL, dimension_names=("y", "x"), attributes=a, compressors=list(CODECS),
-        )  # fmt: skip
-    group.create_array(
-        "latest_time", shape=(spec.height, spec.width), chunks=(c, c), dtype="int32",
-        fill_value=TIME_FILL, dimension_names=("y", "x"), compressors=list(CODECS),
+        new_array(group, LATEST + name, ("y", "x"), shape=(spec.height, spec.width), chunks=(c, c),
+                  dtype="uint8", fill_value=FILL, attributes=a)  # fmt: skip
+    new_array(
+        group, "latest_time", ("y", "x"), shape=(spec.height, spec.width), chunks=(c, c), dtype="int32",
+        fill_value=TIME_FILL,
         attributes={"long_name": "date of the latest valid pixel", "units": _DAYS,
-                    "calendar": "proleptic_gregorian", "_FillValue": TIME_FILL,
-                    "grid_mapping": "spatial_ref"},
+                    "calendar": "proleptic_gregorian", "grid_mapping": "spatial_ref",
+                    "_CRS": {"wkt": spec.crs_wkt}},
     )  # fmt: skip
-    group.create_array(
-        "time", shape=(0,), chunks=(512,), dtype="int32", fill_value=TIME_FILL,
-        dimension_names=("time",),
+    new_array(
+        group, "time", ("time",), shape=(0,), chunks=(512,), dtype="int32", fill_value=TIME_FILL,
         attributes={"standard_name": "time", "units": _DAYS, "calendar": "proleptic_gregorian",
                     "axis": "T", "long_name": "acquisition date (slices in order of arrival)"},
     )  # fmt: skip
@@ -620,7 +647,7 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     t = values.index(TIME_FILL) if TIME_FILL in values else len(values)
     if t < len(values):
         for name in layers:
-            folder = path / name / "c" / str(t)
+            folder = path / name / str(t)
             if folder.is_dir() and any(folder.iterdir()):
                 raise MosaicDamagedError(
                     f"{path}: time slice {t} holds data but its date is lost (the time chunk is "
@@ -638,7 +665,7 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     group.attrs.update({DATES_ATTR: axis})
     tarr[t] = days
     _fsync_tree(path / "time")
-    _fsync_path(path / "zarr.json")
+    _fsync_path(path / ".zattrs")
     return t
 
 
@@ -692,9 +719,9 @@ class TimeMosaic:
     def sync_unit(self, unit: WorkUnit, t: int) -> None:
         """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders."""
         key = [str(unit.row), str(unit.col)]
-        targets = [self.path / n / "c" / str(t) / Path(*key) for n in self.layers]
-        targets += [self.path / (LATEST + n) / "c" / Path(*key) for n in self.layers]
-        targets.append(self.path / "latest_time" / "c" / Path(*key))
+        targets = [self.path / n / str(t) / Path(*key) for n in self.layers]
+        targets += [self.path / (LATEST + n) / Path(*key) for n in self.layers]
+        targets.append(self.path / "latest_time" / Path(*key))
         for chunk in targets:
             _fsync_path(chunk)
             _fsync_path(chunk.parent, directory=True)

@@ -1,9 +1,12 @@
 """Export one layer of a mosaic as a Cloud-Optimized GeoTIFF or a PNG quicklook.
 
-``geofg export MOSAIC --cog OUT.tif [--time DATE] [--layer class|health|confidence]``: the
+``geofg export MOSAIC --cog OUT.tif [--time DATE] [--layer class|health|confidence|mask]``: the
 layer (of the latest view, one date of a scan mosaic, or a classify mosaic) becomes a single-band
-uint8 COG with the mosaic's CRS and transform, nodata 255, a colour table for class and health,
-and overviews (nearest: classes are categories). It is written block by block into a temporary
+uint8 COG with the mosaic's CRS and transform, nodata 255, a colour table for class, health and
+mask, and overviews (nearest: classes are categories). Beside it go the legend's sidecars
+(:mod:`geofg.products.legend`): ``OUT.tif.aux.xml`` (GDAL category names and a raster attribute
+table) and ``OUT.qml`` (QGIS style). In a health export, pixels without a zone carry the reason
+(not a crop class, cloud, shadow, snow/ice, out of season) as values 250-254. It is written block by block into a temporary
 tiled GeoTIFF, then GDAL's COG driver copies it (tiles, overviews, header first); only one mosaic
 chunk is in memory at a time. The result replaces ``OUT.tif`` atomically.
 
@@ -27,14 +30,10 @@ from rasterio.crs import CRS
 from geofg.errors import ConfigError, InputError
 from geofg.io import mosaic as mz
 from geofg.io.read import gdal_env
+from geofg.products.legend import Legend, health_codes, write_sidecars
 from geofg.scan.stats import _source
 
-LAYERS = ("class", "health", "confidence")
-
-
-def _rgb(hexcolour: str) -> tuple[int, int, int]:
-    h = hexcolour.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+LAYERS = ("class", "health", "confidence", "mask")
 
 
 def _open(mosaic: Path) -> zarr.Group:
@@ -60,12 +59,19 @@ def export_cog(mosaic: Path, out: Path, *, when: str | None = None, layer: str =
         InputError: not a mosaic. ConfigError: unknown layer or date, bad or existing output.
     """
     group = _open(mosaic)
-    if layer not in LAYERS:
-        raise ConfigError(f"--layer {layer}: expected one of {', '.join(LAYERS)}")
-    _check_out(out, (".tif", ".tiff"), overwrite)
     grid = group.attrs["geofg:grid"]
+    have = [n for n in LAYERS if n in grid["layers"]]
+    if layer not in have:
+        raise ConfigError(f"--layer {layer}: expected one of {', '.join(have)} (the layers of this mosaic)")
+    _check_out(out, (".tif", ".tiff"), overwrite)
     arrays, t, label = _source(group, when)
     arr = arrays[layer]
+    attrs = arr.attrs
+    legend = None
+    if "colours" in attrs:
+        legend = Legend.of_layer(layer, list(attrs["class_names"]), list(attrs["colours"]), health=layer == "health")
+    season = group.attrs.get("geofg:health") or {}
+    in_season = not (isinstance(season, dict) and season.get("assessed") is False)
     height, width, chunk = grid["height"], grid["width"], grid["chunk"]
     a, b, c, d, e, f = grid["transform"]
     profile = {
@@ -82,29 +88,38 @@ def export_cog(mosaic: Path, out: Path, *, when: str | None = None, layer: str =
                 for c0 in range(0, width, chunk):
                     rows, cols = slice(r0, min(r0 + chunk, height)), slice(c0, min(c0 + chunk, width))
                     try:
-                        block = arr[rows, cols] if t is None else arr[t, rows, cols]
+                        block = _block(arrays, layer, t, rows, cols, in_season)
                     except mz.DECODE_ERRORS as e:
                         raise mz.damaged_chunk_error(mosaic, layer if t is None else f"{layer}[{t}]",
                                                      arr, e) from None
                     win = rasterio.windows.Window(c0, r0, cols.stop - c0, rows.stop - r0)
                     dst.write(np.asarray(block, np.uint8), 1, window=win)
-            attrs = arr.attrs
-            if "colours" in attrs:
-                cmap = {i: (*_rgb(col), 255) for i, col in enumerate(attrs["colours"])}
-                cmap[mz.FILL] = (0, 0, 0, 0)
-                dst.write_colormap(1, cmap)
+            if legend is not None:
+                dst.write_colormap(1, legend.colormap())
             dst.set_band_description(1, f"{layer} ({label or 'mosaic'})")
             dst.update_tags(GEOFG_LAYER=layer, GEOFG_DATE=label or "", GEOFG_MOSAIC=str(mosaic),
                             GEOFG_CLASSES=",".join(attrs.get("class_names", [])))  # fmt: skip
         with gdal_env():
             rasterio.shutil.copy(tmp, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
                                  OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST")  # fmt: skip
+        if legend is not None:
+            write_sidecars(out, legend, f"{layer} ({label or 'mosaic'})")
         os.replace(part, out)
     finally:
         for p in (tmp, part):
             if p.exists():
                 p.unlink()
     return out
+
+
+def _block(arrays: dict, layer: str, t: int | None, rows: slice, cols: slice, in_season: bool) -> np.ndarray:
+    """One block of the exported band; a health block gets its not-assessed reasons."""
+    def read(name: str) -> np.ndarray:
+        return arrays[name][rows, cols] if t is None else arrays[name][t, rows, cols]
+
+    if layer != "health":
+        return read(layer)
+    return health_codes(read("health"), read("class"), read("mask") if "mask" in arrays else None, in_season)
 
 
 def export_png(mosaic: Path, out: Path, *, when: str | None = None, layer: str = "class",

@@ -9,15 +9,16 @@ import pytest
 import zarr
 from zarr.core.buffer.core import NDBuffer
 
-from geofg.io.mosaic import FILL, write_region
+from geofg.io.mosaic import FILL, KEY_ENCODING, ZARR_FORMAT, write_region
 
 
 def _array(path: Path, shape: tuple[int, ...] = (8, 8), chunks: tuple[int, ...] = (4, 4)) -> zarr.Array:
-    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL)
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", fill_value=FILL,
+                             zarr_format=ZARR_FORMAT, chunk_key_encoding=KEY_ENCODING)  # as in a mosaic
 
 
 def _chunk_files(path: Path) -> set[str]:
-    return {str(p.relative_to(path / "c")) for p in (path / "c").rglob("*") if p.is_file()} if (path / "c").exists() else set()
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
 def test_values_read_back_as_zarr_writes_them(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_a_value_with_data_skips_zarrs_fill_comparison(tmp_path: Path, monkeypat
 
 def test_time_slices_and_int32_fill(tmp_path: Path) -> None:
     arr = zarr.create_array(str(tmp_path / "t"), shape=(2, 4, 4), chunks=(1, 4, 4), dtype="int32",
-                            fill_value=-(2**31))  # fmt: skip
+                            fill_value=-(2**31), zarr_format=ZARR_FORMAT, chunk_key_encoding=KEY_ENCODING)  # fmt: skip
     write_region(arr, (1, slice(0, 4), slice(0, 4)), np.full((4, 4), 19000, np.int32))
     write_region(arr, (0, slice(0, 4), slice(0, 4)), np.full((4, 4), -(2**31), np.int32))
     assert _chunk_files(tmp_path / "t") == {"1/0/0"}

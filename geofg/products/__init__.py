@@ -1,0 +1,1 @@
+"""Products made from a finished mosaic for GIS and farm software: legends, per-field tables, polygons."""

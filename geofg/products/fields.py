@@ -1,0 +1,245 @@
+"""Per-field tables of a mosaic: ``geofg fields MOSAIC --fields FIELDS -o OUT``.
+
+FIELDS is GeoJSON, GeoPackage, Shapefile, FlatGeobuf (read by pyogrio) or GeoParquet (read by
+geopandas/pyarrow); OUT's extension picks the format: ``.parquet`` GeoParquet 1.1 (the default
+kind), ``.gpkg`` GeoPackage, ``.fgb`` FlatGeobuf, ``.csv`` (no geometry). One row per field and
+date, long form: a classify mosaic has one date (``date`` empty), a scan mosaic one row per slice
+of its time axis, sorted by date.
+
+Statistics are coverage-weighted (``exactextract``): a pixel counts by the share of its area
+inside the polygon, so a field of a few pixels is measured by its real area, where counting the
+pixels whose centre falls inside (``geofg stats``) can miss it or double it. exactextract reads the
+layers through GDAL's Zarr driver (``ZARR:"MOSAIC":/class``; a time layer is one band per
+slice), window by window, so memory follows the largest field, not the mosaic.
+
+Columns:
+
+``field_id``      the ``id``/``field_id``/``name`` attribute, else the row number
+``date``          ISO date of the slice (scan mosaics), empty for a classify mosaic
+``area_ha``       polygon area (in the mosaic's CRS)
+``inside_ha``     the part of it inside the mosaic's grid
+``clear_share``   share of ``inside_ha`` whose pixels have a land-cover class (not cloud, cloud
+                  shadow, snow/ice, nor outside the input)
+``dominant_class``  the class with the largest coverage-weighted share
+``share_<class>``   share of the classified area in each class (they add up to 1)
+``health_assessed_share``  share of the classified area with a health zone
+``health_<zone>_share``    share of the assessed area in each zone (they add up to 1)
+
+Not given: the median of the index (NDVI) behind the zones. The mosaic stores the zones, not the
+index; ``health_<zone>_share`` is what it can say.
+
+Bad input is refused with one line and exit 3 before anything is written: a missing or
+unreadable file, no features, no CRS, a geometry that is not a polygon (named by its field id),
+or no field overlapping the mosaic. Fields in another CRS are reprojected. Invalid polygons
+(self-intersections, bow-ties) are repaired with ``shapely.make_valid`` and a warning naming the
+fields; fields wholly or partly outside the mosaic are kept (their rows say so) with a warning
+naming them. The output is written to a temporary file beside OUT and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofg.errors import ConfigError, FieldsWarning, InputError
+from geofg.io import mosaic as mz
+
+#: Output extension -> (kind, pyogrio driver or None).
+OUTPUTS = {".parquet": "GeoParquet", ".geoparquet": "GeoParquet", ".gpkg": "GPKG", ".fgb": "FlatGeobuf",
+           ".csv": "CSV"}  # fmt: skip
+ID_COLUMNS = ("id", "field_id", "name")
+_SHOWN = 5
+
+
+def _names(ids: list[str]) -> str:
+    more = f" (+{len(ids) - _SHOWN} more)" if len(ids) > _SHOWN else ""
+    return ", ".join(ids[:_SHOWN]) + more
+
+
+def read_fields(path: Path, crs_wkt: str) -> Any:
+    """The field polygons of ``path`` in the mosaic's CRS, with a ``field_id`` column (a GeoDataFrame).
+
+    Raises:
+        InputError: missing, unreadable or empty file; no CRS; a non-polygon geometry.
+    """
+    import geopandas as gpd
+    import shapely
+    from pyproj import CRS
+
+    if not path.is_file():
+        raise InputError(f"{path}: expected a file of field polygons (GeoJSON, GeoPackage, Shapefile, "
+                         "GeoParquet), found nothing; fix the --fields path")  # fmt: skip
+    try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            gdf = gpd.read_parquet(path)
+        else:
+            gdf = gpd.read_file(path, engine="pyogrio", on_invalid="ignore")
+    except Exception as e:  # noqa: BLE001 - pyogrio, GDAL, pyarrow and json raise many kinds
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{path}: expected field polygons (GeoJSON, GeoPackage, Shapefile, FlatGeobuf or "
+                         f"GeoParquet), found a file that cannot be read ({first}); check its format "
+                         "and text encoding (UTF-8)") from None  # fmt: skip
+    if len(gdf) == 0:
+        raise InputError(f"{path}: expected at least one field polygon, found none; give a file with fields")
+    if gdf.crs is None:
+        raise InputError(f"{path}: expected a CRS, found none; set it (e.g. `ogr2ogr -a_srs EPSG:4326 "
+                         "fixed.gpkg FIELDS`) and pass the result")  # fmt: skip
+    gdf = gdf.reset_index(drop=True)
+    idcol = next((c for c in ID_COLUMNS if c in gdf.columns), None)
+    ids = gdf[idcol].astype(str) if idcol is not None else gdf.index.astype(str)
+    gdf = gdf.assign(field_id=ids.to_numpy())
+    geoms = gdf.geometry.to_numpy()
+    kinds = shapely.get_type_id(geoms)
+    bad = [str(i) for i, k, g in zip(gdf["field_id"], kinds, geoms, strict=True) if g is None or k not in (3, 6)]
+    if bad:
+        raise InputError(f"{path}: expected Polygon or MultiPolygon geometries, found others or none in "
+                         f"field(s) {_names(bad)}; keep only field polygons")  # fmt: skip
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        fixed = shapely.make_valid(geoms[invalid])
+        fixed = np.array([_polygons(g) for g in fixed], dtype=object)
+        geoms = geoms.copy()
+        geoms[invalid] = fixed
+        gdf = gdf.set_geometry(gpd.GeoSeries(geoms, crs=gdf.crs, index=gdf.index))
+        warnings.warn(f"{path}: repaired invalid polygon(s) (self-intersecting or similar) of field(s) "
+                      f"{_names(list(gdf['field_id'][invalid]))} with shapely.make_valid", FieldsWarning, stacklevel=2)  # fmt: skip
+    target = CRS.from_wkt(crs_wkt)
+    if not CRS(gdf.crs).equals(target):
+        gdf = gdf.to_crs(target)
+    return gdf
+
+
+def _polygons(geom: Any) -> Any:
+    """The polygonal part of a repaired geometry (make_valid may add lines or points)."""
+    import shapely
+
+    if shapely.get_type_id(geom) in (3, 6):
+        return geom
+    parts = [g for g in shapely.get_parts(geom) if shapely.get_type_id(g) in (3, 6)]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def _dates(mosaic: Path, timed: bool) -> list[str]:
+    """ISO date of each slice, in slice order ([""] for a mosaic without a time axis)."""
+    if not timed:
+        return [""]
+    epoch = date(1970, 1, 1)
+    return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in mz.time_slices(mosaic)]
+
+
+def field_table(mosaic: Path, fields: Path) -> Any:
+    """The per-field, per-date table (a GeoDataFrame in the mosaic's CRS; see the module docstring).
+
+    Raises:
+        InputError: not a mosaic, bad fields (see :func:`read_fields`), no field inside the mosaic.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    import rasterio
+    import shapely
+    from exactextract import exact_extract
+
+    from geofg.io.read import gdal_env
+
+    if not mz.is_mosaic(mosaic):
+        raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or scan), "
+                         "found none; give the mosaic's path")  # fmt: skip
+    group = mz.open_checked(mosaic)
+    grid = group.attrs["geofg:grid"]
+    gdf = read_fields(fields, grid["crs_wkt"])
+    a, _, c, _, e, f = grid["transform"]
+    extent = shapely.box(c, f + e * grid["height"], c + a * grid["width"], f)
+    inside = shapely.intersection(gdf.geometry.to_numpy(), extent)
+    inside_area = shapely.area(inside)
+    out = [str(i) for i, x, t in zip(gdf["field_id"], inside_area, shapely.area(gdf.geometry.to_numpy()), strict=True)
+           if x < t * (1 - 1e-9)]  # fmt: skip
+    if out and len(out) == len(gdf):
+        raise InputError(f"{fields}: expected fields overlapping the mosaic, found none inside it (mosaic "
+                         f"bounds {extent.bounds} in its CRS); check the fields file and the mosaic")  # fmt: skip
+    if out:
+        warnings.warn(f"{fields}: field(s) {_names(out)} lie wholly or partly outside the mosaic; their "
+                      "rows cover only the part inside (inside_ha)", FieldsWarning, stacklevel=2)  # fmt: skip
+    names, hnames = list(grid["class_names"]), list(grid["health_names"])
+    timed = bool(grid.get("time"))
+    dates = _dates(mosaic, timed)
+    px_area = abs(a * e)
+    work = gpd.GeoDataFrame({"_row": np.arange(len(gdf))}, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
+    stats: dict[str, Any] = {}
+    with gdal_env():
+        for layer in ("class", "health"):
+            with rasterio.open(f'ZARR:"{mosaic}":/{layer}') as src:
+                stats[layer] = exact_extract(src, work, ["unique", "frac", "count"], include_cols=["_row"],
+                                             output="pandas", strategy="feature-sequential")  # fmt: skip
+    rows = []
+    for i in range(len(gdf)):
+        area = float(gdf.geometry.iloc[i].area)
+        for b, when in enumerate(dates):
+            row: dict[str, Any] = {"field_id": gdf["field_id"].iloc[i], "date": when,
+                                   "area_ha": round(area / 1e4, 6), "inside_ha": round(inside_area[i] / 1e4, 6)}  # fmt: skip
+            cls_n = _counts(stats["class"], i, b, timed, len(names))
+            h_n = _counts(stats["health"], i, b, timed, len(hnames))
+            total = float(cls_n.sum())
+            row["clear_share"] = round(total * px_area / inside_area[i], 6) if inside_area[i] > 0 else None
+            row["dominant_class"] = names[int(cls_n.argmax())] if total > 0 else None
+            for n, k in zip(names, cls_n, strict=True):
+                row[f"share_{_column(n)}"] = round(k / total, 6) if total > 0 else None
+            hsum = float(h_n.sum())
+            row["health_assessed_share"] = round(hsum / total, 6) if total > 0 else None
+            for n, k in zip(hnames, h_n, strict=True):
+                row[f"health_{_column(n)}_share"] = round(k / hsum, 6) if hsum > 0 else None
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if timed:
+        table = table.sort_values(["field_id", "date"], kind="stable").reset_index(drop=True)
+    geom = gdf.set_index("field_id").geometry
+    return gpd.GeoDataFrame(table, geometry=geom.loc[table["field_id"]].to_numpy(), crs=gdf.crs)
+
+
+def _counts(df: Any, i: int, band: int, timed: bool, n: int) -> np.ndarray:
+    """Coverage-weighted pixel count per value 0..n-1 of feature ``i`` (band ``band`` when timed)."""
+    pre = f"band_{band + 1}_" if timed else ""
+    row = df.iloc[i]
+    values = np.asarray(row[pre + "unique"], dtype=np.int64)
+    frac = np.asarray(row[pre + "frac"], dtype=np.float64)
+    count = float(row[pre + "count"])
+    out = np.zeros(n, np.float64)
+    keep = (values >= 0) & (values < n)
+    np.add.at(out, values[keep], frac[keep] * count)
+    return out
+
+
+def _column(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
+def write_table(table: Any, out: Path, overwrite: bool = False) -> Path:
+    """Write ``table`` by ``out``'s extension (GeoParquet 1.1, GeoPackage, FlatGeobuf, CSV), atomically.
+
+    Raises:
+        ConfigError: unknown extension, or ``out`` exists without ``overwrite``.
+    """
+    kind = OUTPUTS.get(out.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"-o {out}: expected .parquet (GeoParquet), .gpkg, .fgb or .csv, found "
+                          f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
+    if out.exists() and not overwrite:
+        raise ConfigError(f"-o {out}: the file exists; pass --overwrite to replace it or choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.tmp{out.suffix}")
+    try:
+        if kind == "GeoParquet":
+            table.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+        elif kind == "CSV":
+            table.drop(columns=table.geometry.name).to_csv(tmp, index=False)
+        else:
+            table.to_file(tmp, driver=kind, engine="pyogrio", layer="fields")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
