@@ -330,6 +330,40 @@ def fields(
 
 
 @app.command()
+def zones(
+    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan): its class layer says which pixels are clear.")],
+    fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
+    image: Annotated[Path, typer.Option("--image", help="The image the mosaic (or --time's slice) was made from: NDVI comes from its red and NIR bands.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.gpkg (GeoPackage) or OUT.shp (Shapefile): a polygon per zone patch.")],
+    n: Annotated[str, typer.Option("-n", "--zones", help="Zones per field: a count (4) or a range (3..5: the most that survive the minimum area).")] = "3..5",
+    bands: Annotated[Optional[str], typer.Option("--bands", help="Band names of --image in file order, e.g. R,G,B,NIR (when it has no band descriptions).")] = None,
+    min_area_ha: Annotated[float, typer.Option("--min-area", help="Minimum zone patch area in ha; smaller patches join their neighbour.")] = 0.25,
+    smooth_px: Annotated[float, typer.Option("--smooth", help="Gaussian smoothing of the NDVI, sigma in mosaic pixels (0: none).")] = 1.0,
+    time: Annotated[Optional[str], typer.Option("--time", help="A scan mosaic's date whose mask to use (default: the latest view).")] = None,
+    crs: Annotated[Optional[str], typer.Option("--crs", help="Write in this CRS (e.g. EPSG:4326 for terminals that want lon/lat); default: the mosaic's.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Management zones inside each field from NDVI (smoothed, minimum area, holes filled) as GeoPackage or Shapefile."""
+    _configure(verbose, quiet)
+    from geofg.products.zones import ZoneRules, field_zones, parse_count, write_zones
+
+    try:
+        lo, hi = parse_count(n)
+        if not min_area_ha >= 0 or not smooth_px >= 0:
+            raise ConfigError(f"--min-area {min_area_ha} / --smooth {smooth_px}: expected numbers >= 0; fix them")
+        rules = ZoneRules(n_min=lo, n_max=hi, min_area_m2=min_area_ha * 1e4, smooth_px=smooth_px)
+        names = [b.strip() for b in bands.split(",")] if bands else None
+        table = field_zones(mosaic, fields_file, image, bands=names, rules=rules, when=time)
+        path = write_zones(table, output, crs=crs, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{table['field_id'].nunique()} fields, {len(table)} zone polygons -> {path}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
