@@ -330,6 +330,42 @@ def fields(
 
 
 @app.command()
+def alerts(
+    mosaic: Annotated[Path, typer.Argument(help="A scan mosaic (with a time axis).")],
+    fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv, OUT.parquet, OUT.gpkg or OUT.fgb: one row per alert.")],
+    series: Annotated[Optional[Path], typer.Option("--series", help="Also write the per-field, per-date table (as `geofg fields`) here.")] = None,
+    drop: Annotated[float, typer.Option("--drop", help="Alert when the median health zone falls this many zones below the baseline.")] = 1.0,
+    min_clear: Annotated[float, typer.Option("--min-clear", help="Least clear share of a field for a date to count.")] = 0.7,
+    min_assessed_ha: Annotated[float, typer.Option("--min-assessed", help="Least assessed crop/grass area (ha) of a field for a date to count.")] = 1.0,
+    window: Annotated[int, typer.Option("--window", help="The baseline is the median of this many latest earlier counted dates.")] = 3,
+    min_history: Annotated[int, typer.Option("--min-history", help="Earlier counted dates a baseline needs.")] = 3,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    verbose: Verbose = 0, quiet: Quiet = False,
+) -> None:
+    """Alert list: fields whose median health zone drops against their recent baseline (scan mosaics)."""
+    _configure(verbose, quiet)
+    from geofg.products.alerts import AlertRules, mosaic_alerts
+    from geofg.products.fields import write_table
+
+    try:
+        rules = AlertRules(drop=drop, min_clear=min_clear, min_assessed_ha=min_assessed_ha, window=window,
+                           min_history=min_history)  # fmt: skip
+        for path in (output, series):
+            if path is not None and path.exists() and not overwrite:
+                raise ConfigError(f"-o {path}: the file exists; pass --overwrite to replace it or choose another path")
+        table, found = mosaic_alerts(mosaic, fields_file, rules)
+        if series is not None:
+            write_table(table, series, overwrite=overwrite)
+        path = write_table(found, output, overwrite=overwrite)
+    except GeofgError as e:
+        raise _fail(e) from None
+    if not quiet:
+        out.print(f"{len(found)} alert(s) in {table['field_id'].nunique()} fields x {table['date'].nunique()} "
+                  f"dates -> {path}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def zones(
     mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan): its class layer says which pixels are clear.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],

@@ -24,9 +24,11 @@ Columns:
 ``share_<class>``   share of the classified area in each class (they add up to 1)
 ``health_assessed_share``  share of the classified area with a health zone
 ``health_<zone>_share``    share of the assessed area in each zone (they add up to 1)
+``health_median``  the coverage-weighted median zone (0 = the first zone, ``bare/stressed``, to 3
+                   ``vigorous``): the zone holding the field's median NDVI
 
-Not given: the median of the index (NDVI) behind the zones. The mosaic stores the zones, not the
-index; ``health_<zone>_share`` is what it can say.
+Not given: the median NDVI itself. The mosaic stores the zones, not the index, so the median is
+known to the zone (NDVI 0.2 wide); ``geofg zones --image`` recomputes NDVI where the value matters.
 
 Bad input is refused with one line and exit 3 before anything is written: a missing or
 unreadable file, no features, no CRS, a geometry that is not a polygon (named by its field id),
@@ -193,6 +195,7 @@ def field_table(mosaic: Path, fields: Path) -> Any:
             row["health_assessed_share"] = round(hsum / total, 6) if total > 0 else None
             for n, k in zip(hnames, h_n, strict=True):
                 row[f"health_{_column(n)}_share"] = round(k / hsum, 6) if hsum > 0 else None
+            row["health_median"] = median_zone(h_n)
             rows.append(row)
     table = pd.DataFrame(rows)
     if timed:
@@ -212,6 +215,21 @@ def _counts(df: Any, i: int, band: int, timed: bool, n: int) -> np.ndarray:
     keep = (values >= 0) & (values < n)
     np.add.at(out, values[keep], frac[keep] * count)
     return out
+
+
+def median_zone(weights: np.ndarray) -> int | None:
+    """The coverage-weighted median of ordered zones 0..n-1 (None without weight).
+
+    Zones are ordered by NDVI, so this is the zone that holds the field's median NDVI.
+
+    Examples:
+        >>> median_zone(np.array([0.2, 0.2, 0.5, 0.1]))
+        2
+    """
+    total = float(np.sum(weights))
+    if total <= 0:
+        return None
+    return int(np.searchsorted(np.cumsum(weights) / total, 0.5))
 
 
 def _column(name: str) -> str:

@@ -1,0 +1,109 @@
+"""Alerts from a scan's per-field time series: ``geofg alerts MOSAIC --fields FIELDS -o OUT``.
+
+The series is :func:`geofg.products.fields.field_table` on a scan mosaic (one row per field and
+date). The index is ``health_median``: the coverage-weighted median health zone of the field's
+assessed pixels (0 ``bare/stressed``, 1 ``low``, 2 ``moderate``, 3 ``vigorous``; the zone that
+holds the field's median NDVI), since the mosaic stores zones, not NDVI.
+
+Rules (:class:`AlertRules`, all configurable):
+
+* an observation counts when its ``clear_share`` is at least ``min_clear`` (0.7) and the field
+  has at least ``min_assessed_ha`` (1 ha) of assessed crop or grass that date; others are neither
+  alerted on nor used as a baseline;
+* the baseline of an observation is the median index of the field's last ``window`` (3) counted
+  observations before it; it needs at least ``min_history`` (3) of them;
+* an alert is raised when ``baseline - index >= drop`` (1 zone).
+
+With fewer than ``min_history + 1`` dates nothing can trigger: a three-date series needs
+``min_history`` of 2 or less.
+
+One row per alert: ``field_id``, ``date``, ``health_median``, ``baseline``, ``drop``,
+``n_baseline`` (observations behind the baseline), ``clear_share``, ``assessed_ha`` and the
+field's geometry; written like the field table (GeoParquet, GeoPackage, FlatGeobuf, CSV). A file
+with no rows means no alert (its columns are still written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofg.errors import ConfigError, InputError
+
+ALERT_COLUMNS = ("field_id", "date", "health_median", "baseline", "drop", "n_baseline", "clear_share",
+                 "assessed_ha")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRules:
+    """When a drop of a field's median index is an alert (see the module docstring)."""
+
+    drop: float = 1.0
+    min_clear: float = 0.7
+    min_assessed_ha: float = 1.0
+    window: int = 3
+    min_history: int = 3
+
+    def __post_init__(self) -> None:
+        if not (self.drop > 0 and 0 <= self.min_clear <= 1 and self.min_assessed_ha >= 0
+                and self.window >= 1 and 1 <= self.min_history <= self.window):  # fmt: skip
+            raise ConfigError(f"alert rules {self}: expected drop > 0, 0 <= min_clear <= 1, min_assessed_ha "
+                              ">= 0 and 1 <= min_history <= window; fix the options")  # fmt: skip
+
+
+def mosaic_alerts(mosaic: Path, fields: Path, rules: AlertRules | None = None) -> tuple[Any, Any]:
+    """The per-field time series of a scan mosaic and its alerts: ``(table, alerts)``.
+
+    Raises:
+        InputError: not a scan mosaic (no time axis), or bad fields (:func:`field_table`).
+    """
+    from geofg.products.fields import field_table
+
+    table = field_table(mosaic, fields)
+    if not table["date"].astype(bool).any():
+        raise InputError(f"{mosaic}: expected a scan mosaic with a time axis, found a single-date (classify) "
+                         "mosaic; alerts compare dates: give a mosaic written by geofg scan")  # fmt: skip
+    return table, field_alerts(table, rules)
+
+
+def field_alerts(table: Any, rules: AlertRules | None = None) -> Any:
+    """The alerts of a per-field, per-date table (a GeoDataFrame with :data:`ALERT_COLUMNS`).
+
+    Args:
+        table: :func:`geofg.products.fields.field_table` of a scan mosaic (columns ``field_id``,
+            ``date``, ``clear_share``, ``inside_ha``, ``health_assessed_share``, ``health_median``).
+        rules: the alert rules.
+    """
+    import geopandas as gpd
+
+    rules = rules or AlertRules()
+    rows, geoms = [], []
+    for _, g in table.sort_values(["field_id", "date"], kind="stable").groupby("field_id", sort=False):
+        history: list[float] = []
+        for _, r in g.iterrows():
+            assessed = _num(r["clear_share"]) * _num(r["inside_ha"]) * _num(r["health_assessed_share"])
+            index = _num(r["health_median"])
+            if not r["date"] or _num(r["clear_share"]) < rules.min_clear or not assessed >= rules.min_assessed_ha \
+                    or np.isnan(index):  # fmt: skip
+                continue
+            recent = history[-rules.window :]
+            if len(recent) >= rules.min_history:
+                baseline = float(np.median(recent))
+                if baseline - index >= rules.drop:
+                    rows.append({"field_id": r["field_id"], "date": r["date"], "health_median": int(index),
+                                 "baseline": baseline, "drop": baseline - index, "n_baseline": len(recent),
+                                 "clear_share": r["clear_share"], "assessed_ha": round(assessed, 4)})  # fmt: skip
+                    geoms.append(r.geometry)
+            history.append(index)
+    return gpd.GeoDataFrame(rows, columns=list(ALERT_COLUMNS), geometry=geoms, crs=table.crs)
+
+
+def _num(v: Any) -> float:
+    """A table value as float, NaN for missing."""
+    try:
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
