@@ -8,7 +8,7 @@ of its time axis, sorted by date.
 
 Statistics are coverage-weighted (``exactextract``): a pixel counts by the share of its area
 inside the polygon, so a field of a few pixels is measured by its real area, where counting the
-pixels whose centre falls inside (``geofg stats``) can miss it or double it. exactextract reads the
+pixels whose centre falls inside can miss it or double it (``geofg stats`` is coverage-weighted too). exactextract reads the
 layers through GDAL's Zarr driver (``ZARR:"MOSAIC":/class``; a time layer is one band per
 slice), window by window, so memory follows the largest field, not the mosaic.
 

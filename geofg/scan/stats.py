@@ -6,11 +6,17 @@ class, the majority class and the mean confidence, read from one layer set of th
 ``classify`` mosaic. Output: CSV (one row per field) or GeoJSON (the input features with these
 properties added), written atomically.
 
-Pixels count as inside a field when their centre is (``rasterio.features.rasterize``,
-``all_touched=False``). When the mosaic has a ``mask`` layer (:mod:`geofg.masks`), each row also
-has ``clear_ha``, ``cloud_ha``, ``cloud_shadow_ha`` and ``snow_ice_ha``: masked pixels carry no
-class (255), so ``valid_ha`` and the class areas cover clear pixels only. Fields are read block by block (at most one mosaic chunk per layer at a
-time), so a field's size never sets the memory. Geometries are GeoJSON lon/lat (RFC 7946) unless
+Coverage-weighted (``exactextract``): a pixel counts by the share of its area inside the field,
+so areas are the fields' real areas and a field smaller than a pixel is measured, where counting
+the pixels whose centre is inside (what this command did before) misses it or counts a whole
+pixel; on fields of many pixels the two agree within the edge pixels (tests/scan/test_scan_stats.py
+keeps the pixel-centre count as its reference). ``pixels`` is the field's area inside the grid in
+pixels (a real number); ``area_ha`` that area. When the mosaic has a ``mask`` layer
+(:mod:`geofg.masks`), each row also has ``clear_ha``, ``cloud_ha``, ``cloud_shadow_ha`` and
+``snow_ice_ha``: masked pixels carry no class (255), so ``valid_ha`` and the class areas cover
+clear pixels only. exactextract reads each layer through GDAL's Zarr driver window by window, so
+memory follows the largest field, not the mosaic. Invalid polygons are repaired with
+``shapely.make_valid``. Geometries are GeoJSON lon/lat (RFC 7946) unless
 the file names another CRS in a legacy ``crs`` member; they are transformed to the mosaic's CRS.
 """
 
@@ -19,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import uuid
 from pathlib import Path
@@ -29,7 +34,6 @@ import numpy as np
 import zarr
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
-from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
 from geofg.errors import ConfigError, InputError
@@ -81,22 +85,6 @@ def _field_id(f: dict[str, Any], i: int) -> str:
     return str(f.get("id", i))
 
 
-def _bounds(geom: dict[str, Any]) -> tuple[float, float, float, float]:
-    xs: list[float] = []
-    ys: list[float] = []
-
-    def walk(c: Any) -> None:
-        if c and isinstance(c[0], int | float):
-            xs.append(float(c[0]))
-            ys.append(float(c[1]))
-        else:
-            for x in c:
-                walk(x)
-
-    walk(geom["coordinates"])
-    return min(xs), min(ys), max(xs), max(ys)
-
-
 def _source(group: zarr.Group, when: str | None) -> tuple[dict[str, Any], int | None, str | None]:
     """The arrays to read, the time index (None: 2-D), and the date label."""
     grid = group.attrs["geofg:grid"]
@@ -128,6 +116,10 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
         InputError: not a mosaic, unreadable or non-polygon GeoJSON (exit 3).
         ConfigError: ``when`` is not a date of the mosaic (exit 3).
     """
+    import geopandas as gpd
+    import shapely
+    from shapely.geometry import shape
+
     if not mz.is_mosaic(mosaic):
         raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or "
                          "scan), found none; give the mosaic's path")  # fmt: skip
@@ -137,61 +129,67 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
     feats, src_crs = _load_fields(fields)
     dst_crs = CRS.from_wkt(grid["crs_wkt"])
     a, _, c, _, e, f0 = grid["transform"]
-    height, width, chunk = grid["height"], grid["width"], grid["chunk"]
     names, hnames = grid["class_names"], grid["health_names"]
-    px_ha = abs(a * e) / 1e4
+    px_area = abs(a * e)
+    px_ha = px_area / 1e4
+    geoms = [shape(transform_geom(src_crs, dst_crs, feat["geometry"]) if src_crs != dst_crs
+                                    else feat["geometry"]) for feat in feats]  # fmt: skip
+    geoms = [shapely.make_valid(g) if not g.is_valid else g for g in geoms]
+    extent = shapely.box(c, f0 + e * grid["height"], c + a * grid["width"], f0)
+    inside = shapely.area(shapely.intersection(np.asarray(geoms, dtype=object), extent))
+    work = gpd.GeoDataFrame({"_row": np.arange(len(geoms))}, geometry=geoms, crs=dst_crs.to_wkt())
+    counts = {n: _coverage_counts(mosaic, arr, t, work) for n, arr in arrays.items()
+              if n in ("class", "health", "confidence", "mask")}  # fmt: skip
     rows = []
     for i, feat in enumerate(feats):
-        geom = transform_geom(src_crs, dst_crs, feat["geometry"]) if src_crs != dst_crs else feat["geometry"]
-        minx, miny, maxx, maxy = _bounds(geom)
-        c0, c1 = max(0, math.floor((minx - c) / a)), min(width, math.ceil((maxx - c) / a))
-        r0, r1 = max(0, math.floor((maxy - f0) / e)), min(height, math.ceil((miny - f0) / e))
-        px = valid = conf = 0
-        cls_n = np.zeros(len(names), np.int64)
-        h_n = np.zeros(len(hnames), np.int64)
-        m_n = np.zeros(len(MASK_CLASSES), np.int64)
-        for br in range((r0 // chunk) * chunk, r1, chunk):
-            for bc in range((c0 // chunk) * chunk, c1, chunk):
-                rs, re_ = max(br, r0), min(br + chunk, r1)
-                cs, ce = max(bc, c0), min(bc + chunk, c1)
-                if rs >= re_ or cs >= ce:
-                    continue
-                from affine import Affine
-
-                inside = rasterize([(geom, 1)], out_shape=(re_ - rs, ce - cs), fill=0, dtype="uint8",
-                                   transform=Affine(a, 0, c + cs * a, 0, e, f0 + rs * e)).astype(bool)  # fmt: skip
-                if not inside.any():
-                    continue
-                sl = (slice(rs, re_), slice(cs, ce)) if t is None else (t, slice(rs, re_), slice(cs, ce))
-                cls = arrays["class"][sl][inside]
-                ok = cls != FILL
-                px += int(inside.sum())
-                valid += int(ok.sum())
-                cls_n += np.bincount(cls[ok], minlength=len(names))[: len(names)]
-                if "health" in arrays:
-                    hv = arrays["health"][sl][inside]
-                    h_n += np.bincount(hv[hv != FILL], minlength=len(hnames))[: len(hnames)]
-                if "confidence" in arrays:
-                    conf += int(arrays["confidence"][sl][inside][ok].sum(dtype=np.int64))
-                if "mask" in arrays:
-                    mv = arrays["mask"][sl][inside]
-                    m_n += np.bincount(mv[mv != FILL], minlength=len(MASK_CLASSES))[: len(MASK_CLASSES)]
+        cls_n = counts["class"][i][: len(names)]
+        valid = float(cls_n.sum())
         row: dict[str, Any] = {
             "field_id": _field_id(feat, i),
             "date": label,
-            "pixels": px,
-            "area_ha": round(px * px_ha, 4),
+            "pixels": round(float(inside[i]) / px_area, 4),
+            "area_ha": round(float(inside[i]) / 1e4, 4),
             "valid_ha": round(valid * px_ha, 4),
-            "majority_class": names[int(cls_n.argmax())] if valid else None,
-            "mean_confidence": round(conf / valid / 250, 4) if valid else None,
+            "majority_class": names[int(cls_n.argmax())] if valid > 0 else None,
+            "mean_confidence": None,
         }
-        row.update({f"{n}_ha": round(int(k) * px_ha, 4) for n, k in zip(names, cls_n, strict=True)})
-        row.update({f"health_{n}_ha": round(int(k) * px_ha, 4) for n, k in zip(hnames, h_n, strict=True)})
-        if "mask" in arrays:
-            row.update({f"{_column(n)}_ha": round(int(k) * px_ha, 4)
+        if "confidence" in counts and valid > 0:
+            conf = counts["confidence"][i][:251]
+            row["mean_confidence"] = round(float(conf @ np.arange(251)) / float(conf.sum()) / 250, 4) if conf.sum() > 0 else None
+        row.update({f"{n}_ha": round(float(k) * px_ha, 4) for n, k in zip(names, cls_n, strict=True)})
+        h_n = counts["health"][i][: len(hnames)] if "health" in counts else np.zeros(len(hnames))
+        row.update({f"health_{n}_ha": round(float(k) * px_ha, 4) for n, k in zip(hnames, h_n, strict=True)})
+        if "mask" in counts:
+            m_n = counts["mask"][i][: len(MASK_CLASSES)]
+            row.update({f"{_column(n)}_ha": round(float(k) * px_ha, 4)
                         for (n, _), k in zip(MASK_CLASSES, m_n, strict=True)})  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _coverage_counts(mosaic: Path, arr: zarr.Array, t: int | None, work: Any) -> list[np.ndarray]:
+    """Per feature: coverage-weighted pixel count of each value 0..254 of ``arr`` (slice ``t``).
+
+    exactextract reads the layer through GDAL's Zarr driver (fill 255 is its nodata).
+    """
+    import rasterio
+    from exactextract import exact_extract
+    from exactextract.raster import RasterioRasterSource
+
+    from geofg.io.read import gdal_env
+
+    with gdal_env(), rasterio.open(f'ZARR:"{mosaic}":/{arr.path}') as ds:
+        df = exact_extract(RasterioRasterSource(ds, band_idx=1 if t is None else t + 1), work,
+                           ["unique", "frac", "count"], include_cols=["_row"], output="pandas",
+                           strategy="feature-sequential")  # fmt: skip
+    out = []
+    for _, r in df.sort_values("_row").iterrows():
+        n = np.zeros(FILL, np.float64)
+        values = np.asarray(r["unique"], dtype=np.int64)
+        keep = (values >= 0) & (values < FILL)
+        np.add.at(n, values[keep], np.asarray(r["frac"], dtype=np.float64)[keep] * float(r["count"]))
+        out.append(n)
+    return out
 
 
 def _column(name: str) -> str:

@@ -55,3 +55,33 @@ def tree_digest(root: Path) -> dict[str, str]:
             p = Path(dirpath) / f
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def pixel_centre_stats(mosaic: Path, geom: object, t: int | None = None) -> dict:
+    """The reference ``geofg stats`` used to be: count the pixels whose centre is in ``geom``.
+
+    ``geom`` is a shapely or GeoJSON polygon in the mosaic's CRS; ``t`` a time slice (None: the
+    latest view of a scan, or the layers of a classify mosaic). Areas in ha.
+    """
+    import zarr
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    g = zarr.open_group(str(mosaic), mode="r")
+    grid = g.attrs["geofg:grid"]
+    timed = bool(grid.get("time"))
+    name = ("latest_" if timed and t is None else "") + "{}"
+    cls = g[name.format("class")][:] if t is None else g["class"][t]
+    conf = g[name.format("confidence")][:] if t is None else g["confidence"][t]
+    a, _, c, _, e, f = grid["transform"]
+    inside = rasterize([(geom, 1)], out_shape=cls.shape, transform=Affine(a, 0, c, 0, e, f)).astype(bool)
+    ok = inside & (cls != 255)
+    px_ha = abs(a * e) / 1e4
+    names = grid["class_names"]
+    n = np.bincount(cls[ok], minlength=len(names))[: len(names)]
+    out = {"pixels": int(inside.sum()), "area_ha": round(int(inside.sum()) * px_ha, 4),
+           "valid_ha": round(int(ok.sum()) * px_ha, 4),
+           "majority_class": names[int(n.argmax())] if ok.any() else None,
+           "mean_confidence": round(int(conf[ok].sum()) / ok.sum() / 250, 4) if ok.any() else None}
+    out.update({f"{k}_ha": round(int(v) * px_ha, 4) for k, v in zip(names, n, strict=True)})
+    return out

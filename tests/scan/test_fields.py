@@ -14,13 +14,12 @@ import shapely
 import zarr
 from pyproj import CRS
 from rasterio.transform import from_origin
-from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, config, pixel_centre_stats, predictor, threshold_bundle
 from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan
-from geofg.scan.stats import field_stats
 from rasters import write_raster
 
 runner = CliRunner()
@@ -83,14 +82,16 @@ def test_pixel_aligned_field_gives_exact_shares_per_date_sorted_by_date(tmp_path
 
 def test_coverage_weighting_agrees_with_pixel_centres_on_large_fields_and_not_on_tiny_ones(
         tmp_path: Path, mosaic: Path) -> None:  # fmt: skip
-    """geofg stats counts pixels whose centre is inside; exactextract weights each by its covered share."""
+    """Counting pixels whose centre is inside (the old geofg stats) vs exactextract's covered shares."""
     geoms = {"large": _box(3.3, 10.6, 40.4, 45.2),  # ~1300 pixels, edges through pixels
              "small": _box(10.55, 30.55, 11.45, 31.45),  # 0.9 x 0.9 px over four pixels: no centre inside
              "sliver": _box(20.45, 5.0, 21.55, 5.9)}  # 1.1 x 0.9 px: two centres inside, two pixels counted
     f = _fields(tmp_path / "f.geojson", geoms)
     assert _run(mosaic, f, tmp_path / "t.parquet").exit_code == 0
     exact = gpd.read_parquet(tmp_path / "t.parquet").query("date == '2020-06-01'").set_index("field_id")
-    centre = {r["field_id"]: r for r in field_stats(mosaic, f, when="2020-06-01")}
+    g = zarr.open_group(str(mosaic), mode="r")
+    june = [int(v) for v in g["time"][:]].index(18414)  # 2020-06-01
+    centre = {k: pixel_centre_stats(mosaic, geom, june) for k, geom in geoms.items()}
     area = {k: shapely.area(g) / 1e4 for k, g in geoms.items()}
     big = centre["large"]
     assert big["area_ha"] == pytest.approx(area["large"], rel=0.03)  # centres: within a pixel row of edges
@@ -100,8 +101,6 @@ def test_coverage_weighting_agrees_with_pixel_centres_on_large_fields_and_not_on
     assert exact.loc["small", "area_ha"] == pytest.approx(area["small"])  # centres: no field at all
     assert centre["sliver"]["area_ha"] == pytest.approx(0.02) and area["sliver"] == pytest.approx(0.0099)
     assert exact.loc["sliver", "area_ha"] == pytest.approx(0.0099)
-    g = zarr.open_group(str(mosaic), mode="r")
-    june = [int(v) for v in g["time"][:]].index(18414)  # 2020-06-01
     four = g["class"][june, 30:32, 10:12]  # equal shares of the small field: their mean
     assert exact.loc["small", "share_crop"] == pytest.approx((four == 1).mean(), abs=1e-6)
 

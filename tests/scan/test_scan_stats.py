@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from affine import Affine
 from rasterio.crs import CRS
-from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
-from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, config, pixel_centre_stats, predictor, threshold_bundle
 from typer.testing import CliRunner
 
 from geofg.cli import app
@@ -45,26 +43,28 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return tmp_path / "m.zarr", data
 
 
-def _direct(mosaic: Path, geom_utm: dict, t: int | None) -> dict:
+def _shares(mosaic: Path, geom: dict, t: int | None) -> tuple[float, dict]:
+    """Exact answer for a rectangle: each pixel weighted by the share of it inside (numpy)."""
     import zarr
 
     g = zarr.open_group(str(mosaic), mode="r")
     cls = g["latest_class"][:] if t is None else g["class"][t]
-    conf = g["latest_confidence"][:] if t is None else g["confidence"][t]
-    inside = rasterize([(geom_utm, 1)], out_shape=cls.shape, transform=Affine(10, 0, X0, 0, -10, Y0)).astype(bool)
-    ok = inside & (cls != 255)
-    return {"pixels": int(inside.sum()), "crop_ha": round(int((cls[ok] == 1).sum()) * 0.01, 4),
-            "mean_confidence": round(int(conf[ok].sum()) / ok.sum() / 250, 4)}
+    (x0, y0), _, (x1, y1) = geom["coordinates"][0][:3]
+    cols = np.clip(np.minimum(max(x0, x1), X0 + 10 * (np.arange(64) + 1)) - np.maximum(min(x0, x1), X0 + 10 * np.arange(64)), 0, 10) / 10
+    rows = np.clip(np.minimum(max(y0, y1), Y0 - 10 * np.arange(48)) - np.maximum(min(y0, y1), Y0 - 10 * (np.arange(48) + 1)), 0, 10) / 10
+    w = rows[:, None] * cols[None, :]
+    return float(w.sum()), {"crop_ha": float(w[cls == 1].sum()) * 0.01, "valid_ha": float(w[cls != 255].sum()) * 0.01}
 
 
-def test_stats_csv_and_geojson_match_a_direct_count(tmp_path: Path, scanned) -> None:  # noqa: ANN001
+def test_stats_are_coverage_weighted_and_agree_with_pixel_centres_on_large_fields(tmp_path: Path, scanned) -> None:  # noqa: ANN001
     mosaic, _ = scanned
     a = _box(X0 + 12, Y0 - 302, X0 + 252, Y0 - 42)  # UTM, crosses chunk borders; edges off pixel centres
     b = _box(X0 + 400, Y0 - 470, X0 + 900, Y0 - 300)  # partly off the grid (east)
+    tiny = _box(X0 + 101, Y0 - 104, X0 + 104, Y0 - 101)  # 3 x 3 m inside one pixel, off its centre
     far = _box(X0 + 5000, Y0 - 500, X0 + 5100, Y0 - 400)
     utm = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
            "features": [{"type": "Feature", "properties": {"id": n}, "geometry": g}
-                        for n, g in (("A", a), ("B", b), ("far", far))]}
+                        for n, g in (("A", a), ("B", b), ("tiny", tiny), ("far", far))]}
     fields = tmp_path / "fields.geojson"
     fields.write_text(json.dumps(utm))
     out = tmp_path / "stats.csv"
@@ -72,12 +72,23 @@ def test_stats_csv_and_geojson_match_a_direct_count(tmp_path: Path, scanned) -> 
     assert r.exit_code == 0, r.output
     rows = {row["field_id"]: row for row in csv.DictReader(out.open())}
     for name, geom in (("A", a), ("B", b)):
-        want = _direct(mosaic, geom, None)
-        assert int(rows[name]["pixels"]) == want["pixels"] > 0
-        assert float(rows[name]["crop_ha"]) == pytest.approx(want["crop_ha"])
-        assert float(rows[name]["mean_confidence"]) == pytest.approx(want["mean_confidence"], abs=1e-4)
-        assert rows[name]["date"] == "latest"
-    assert rows["far"]["pixels"] == "0" and rows["far"]["majority_class"] == ""
+        centre = pixel_centre_stats(mosaic, geom)
+        px, exact = _shares(mosaic, geom, None)
+        assert float(rows[name]["pixels"]) == pytest.approx(px, abs=1e-3)
+        assert float(rows[name]["crop_ha"]) == pytest.approx(exact["crop_ha"], abs=1e-3)
+        assert float(rows[name]["valid_ha"]) == pytest.approx(exact["valid_ha"], abs=1e-3)
+        # the pixel-centre count agrees within the edge pixels (a few per cent on fields of > 100 px)
+        assert float(rows[name]["pixels"]) == pytest.approx(centre["pixels"], rel=0.05) and centre["pixels"] > 100
+        assert float(rows[name]["crop_ha"]) == pytest.approx(centre["crop_ha"], rel=0.1)
+        assert float(rows[name]["mean_confidence"]) == pytest.approx(centre["mean_confidence"], abs=0.02)
+        assert rows[name]["majority_class"] == centre["majority_class"] and rows[name]["date"] == "latest"
+    assert pixel_centre_stats(mosaic, tiny)["pixels"] == 0  # pixel centres: no field at all
+    assert float(rows["tiny"]["area_ha"]) == pytest.approx(0.0009) and float(rows["tiny"]["pixels"]) == pytest.approx(0.09)
+    import zarr
+
+    cls = zarr.open_group(str(mosaic), mode="r")["latest_class"][10, 10]
+    assert rows["tiny"]["majority_class"] == ["water", "crop"][cls]
+    assert float(rows["far"]["pixels"]) == 0 and rows["far"]["majority_class"] == ""
 
     # the same field given in lon/lat (RFC 7946 default) on one date, as GeoJSON
     ll = transform_geom(CRS.from_epsg(32633), CRS.from_epsg(4326), a)
@@ -85,13 +96,14 @@ def test_stats_csv_and_geojson_match_a_direct_count(tmp_path: Path, scanned) -> 
     fields_ll.write_text(json.dumps({"type": "FeatureCollection",
                                      "features": [{"type": "Feature", "properties": {"name": "A"}, "geometry": ll}]}))
     out2 = tmp_path / "stats.geojson"
-    r = runner.invoke(app, ["stats", str(mosaic), "--fields", str(fields_ll), "-o", str(out2), "--time", "2020-06-01"])
+    r = runner.invoke(app, ["stats", str(mosaic), "--fields", str(fields_ll), "-o", str(out2), "--time", "2020-07-01"])
     assert r.exit_code == 0, r.output
     props = json.loads(out2.read_text())["features"][0]["properties"]
-    want = _direct(mosaic, a, 0)
-    assert props["name"] == "A" and props["geofg_date"] == "2020-06-01"
-    assert abs(props["geofg_pixels"] - want["pixels"]) <= 2  # lon/lat round trip: edge pixels only
-    assert props["geofg_crop_ha"] == pytest.approx(want["crop_ha"], abs=0.03)
+    days = [int(v) for v in zarr.open_group(str(mosaic), mode="r")["time"][:]]
+    px, exact = _shares(mosaic, a, days.index(18444))  # 2020-07-01
+    assert props["name"] == "A" and props["geofg_date"] == "2020-07-01"
+    assert props["geofg_pixels"] == pytest.approx(px, abs=0.1)  # lon/lat round trip: edges move by millimetres
+    assert props["geofg_crop_ha"] == pytest.approx(exact["crop_ha"], abs=1e-3)
 
 
 @pytest.mark.parametrize(
