@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(GEOFG_DATA) tiled with mirroring")
     ap.add_argument("--runner", default="local", choices=["local", "ray"],
                     help="ray: the units on Ray actors (one single-threaded CPU actor per core)")
+    ap.add_argument("--no-mask", action="store_true",
+                    help="no cloud mask (geofg classify --no-mask); by default Sentinel-2 rasters are masked")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("compile")
         if args.runner == "ray":
             cmd.append("ray")
+        if args.no_mask:
+            cmd.append("no-mask")
         for n in args.streams:
             runs.append(_subprocess(cmd + ([f"streams={n}"] if n else []), env, args.mem_cap_mb))
         if args.baseline:

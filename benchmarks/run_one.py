@@ -70,7 +70,8 @@ class _PeakSampler(threading.Thread):
 
 
 def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
-         compile_: bool = False, streams: int | None = None, ray: bool = False) -> None:
+         compile_: bool = False, streams: int | None = None, ray: bool = False,
+         mask: str = "auto") -> None:
     """Classify ``inp`` into ``out`` and print timings, unit profile and peak RSS as JSON."""
     t0 = time.perf_counter()
     from geofg.config import build_job
@@ -83,6 +84,7 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
         "model": {"model": model, "device": device, "compile": compile_},
         "write": {"output": out, "quicklook": True},
         "runner": {"compute_streams": streams, "kind": "ray" if ray else "local"},
+        "mask": {"mode": mask},
     })
     marks: dict[str, float] = {}
 
@@ -145,4 +147,5 @@ def main(inp: str, out: str, model: str, chunk: int, batch: int, device: str,
 if __name__ == "__main__":
     a = sys.argv[1:]
     n = next((int(x.split("=", 1)[1]) for x in a[6:] if x.startswith("streams=")), None)
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], "compile" in a[6:], n, "ray" in a[6:])
+    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], "compile" in a[6:], n, "ray" in a[6:],
+         "off" if "no-mask" in a[6:] else "auto")

@@ -272,7 +272,7 @@ def finish(args, student, teacher, best, best_state, history, out, t0, legend_os
 
     new = dw_card(
         name="landcover-s2",
-        version="1.0.0",
+        version="1.1.0",
         processing_levels=["L1C", "L2A"],
         training={
             "start": f"dynamic-world (google/dynamicworld@0dd288f), {how}",
