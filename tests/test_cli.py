@@ -77,8 +77,6 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
     rotated = write_raster(tmp / "rot.tif", s2_like(20, 20), descriptions=S2,
                            transform=Affine(10, 2, 500000, 2, -10, 5800000))
     four = write_raster(tmp / "four.tif", s2_like(20, 20)[:4], descriptions=S2[:4])
-    pickled = tmp / "model.pt"
-    pickled.write_bytes(b"\x80\x04\x95")
     return {"missing": tmp / "nope.tif", "empty": empty, "text": text, "nocrs": nocrs,
             "rotated": rotated, "bands": four, "directory": tmp / "emptydir"}
 
@@ -96,22 +94,59 @@ def test_bad_input_exits_3_with_one_line_and_no_output(tmp_path: Path, case: str
     assert not out.exists()
 
 
-def test_pickled_weights_refused(tmp_path: Path, scene: Path) -> None:
-    canary = tmp_path / "canary"
-    bad = tmp_path / "evil.safetensors"
+class _Marker:
+    """Unpickling this writes a file: a pickle that runs code when loaded, as a hostile one would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.path), "w"))
+
+
+def _pickles(folder: Path, marker: Path) -> list[Path]:
+    """The same code-running payload as a raw pickle and as a torch.save zip, under the names a
+    user would give: .pt, .pth, .ckpt, and renamed to .safetensors."""
     import pickle
 
-    class Boom:
-        def __reduce__(self):  # noqa: ANN204
-            return (open, (str(canary), "w"))
+    import torch
 
-    bad.write_bytes(pickle.dumps(Boom()))
+    raw = pickle.dumps(_Marker(marker))
+    torch.save({"state_dict": _Marker(marker)}, folder / "zipped.pt")
+    out = []
+    for name, blob in (("raw.pt", raw), ("raw.pth", raw), ("raw.ckpt", raw), ("raw.safetensors", raw),
+                       ("zipped.safetensors", (folder / "zipped.pt").read_bytes())):
+        (folder / name).write_bytes(blob)
+        out.append(folder / name)
+    return [*out, folder / "zipped.pt"]
+
+
+def test_pickled_weights_refused_before_any_byte_is_unpickled(tmp_path: Path, scene: Path) -> None:
+    import pickle
+
+    import torch
+
+    # the payloads are real: loading them the unsafe way does run their code
+    proof = tmp_path / "proof"
+    for p in _pickles(tmp_path, proof)[:2]:
+        pickle.loads(p.read_bytes())
+        assert proof.exists()
+        proof.unlink()
+    torch.load(_pickles(tmp_path, proof)[-1], weights_only=False)
+    assert proof.exists()
+
+    marker = tmp_path / "marker"
     out = tmp_path / "out.zarr"
-    for model in (bad, bad.with_suffix(".pt")):
-        model.write_bytes(bad.read_bytes())
+    for model in _pickles(tmp_path, marker):
         r = invoke("classify", str(scene), "-o", str(out), "--model", str(model))
-        assert r.exit_code == 3 and model.name in r.stderr
-    assert not canary.exists() and not out.exists()
+        msg = r.stderr.strip()
+        assert r.exit_code == 3, (model.name, r.output)
+        assert len(msg.splitlines()) == 1 and model.name in msg and "Traceback" not in r.output
+        why = msg.replace(str(model), "")  # (the test's own folder name says "pickled")
+        assert "refused" in why and ".safetensors" in why, msg
+        assert "pickle" in why or "zip" in why, msg
+        assert not marker.exists(), f"{model.name} was unpickled"
+        assert not out.exists()
 
 
 def test_unknown_model_and_bad_option(tmp_path: Path, scene: Path) -> None:
