@@ -175,15 +175,21 @@ def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path: Path) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(Ledger(killed / ".geofg").load())
-    assert 0 < done_before < 144, "the kill must land mid-run"
+    before = {uid: r for uid, r in Ledger(killed / ".geofg").load().items() if r.status == "done"}
+    assert 0 < len(before) < 144, "the kill must land mid-run"
+    killed_run = {r.run_id for r in before.values()}
+    assert len(killed_run) == 1
 
     r = subprocess.run(_geofg("classify", *common, "-o", str(killed)), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # the dead run's lock was taken over automatically
     a, b = zarr.open_group(str(clean), mode="r"), zarr.open_group(str(killed), mode="r")
     for layer in ("class", "health", "confidence"):
         np.testing.assert_array_equal(a[layer][:], b[layer][:])
-    assert len(Ledger(killed / ".geofg").load()) == 144
+    after = Ledger(killed / ".geofg").load()
+    assert len(after) == 144 and all(r.status == "done" for r in after.values())
+    # resumed, not redone: every unit done before the kill keeps the killed run's record
+    assert {uid: after[uid] for uid in before} == before
+    assert {r.run_id for uid, r in after.items() if uid not in before}.isdisjoint(killed_run)
 
 
 @pytest.fixture
