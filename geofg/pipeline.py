@@ -30,6 +30,7 @@ from geofg import __version__
 from geofg.batch import normalise, pad_to, round_up
 from geofg.config import JobConfig
 from geofg.errors import ConfigError, GeofgWarning, InputError
+from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
@@ -191,6 +192,8 @@ def plan(job: JobConfig) -> Plan:
     Raises:
         InputError, ModelError, ConfigError: anything that makes the job impossible (exit 3).
     """
+    if job.runner.kind == "ray":
+        require_extra("ray", "--runner ray (or --ray-address)")
     model_paths = [resolve_model(m) for m in (job.model.model, *job.model.ensemble)]
     model_path = model_paths[0]
     card = combined_card([read_model_card(m) for m in model_paths], [str(m) for m in model_paths])

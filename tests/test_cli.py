@@ -308,3 +308,63 @@ def test_compile_refuses_an_onnx_model_with_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"m\.onnx: --compile expects a \.safetensors bundle"):
         load_one(tmp_path / "m.onnx", "cpu", compile=True)
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``modules`` impossible to import, as when their extra is not installed."""
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+@pytest.mark.parametrize("how", [["--runner", "ray"], ["--ray-address", "auto"]])
+def test_missing_ray_extra_is_one_line_with_the_install_command_and_writes_nothing(
+    tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch, how: list[str]
+) -> None:
+    _without(monkeypatch, "ray")
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", *how)
+    msg = r.stderr.strip()
+    assert r.exit_code == 3, r.output
+    assert len(msg.splitlines()) == 1 and "Traceback" not in r.output, msg
+    assert "pip install 'geofg[ray]'" in msg, msg  # brackets kept (not eaten as rich markup)
+    assert "━" not in r.output  # no progress bar for a run that never started
+    assert not out.exists()
+
+
+def test_missing_ray_extra_for_submit_and_scan(tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, "ray")
+    r = invoke("submit", "--address", "http://127.0.0.1:1", "--", str(scene), "-o", str(tmp_path / "o.zarr"))
+    assert r.exit_code == 3 and "pip install 'geofg[ray]'" in r.stderr and "Traceback" not in r.output, r.output
+    (tmp_path / "inbox").mkdir()
+    cfg = tmp_path / "scan.yaml"
+    cfg.write_text(
+        f"inbox: {{folder: {tmp_path / 'inbox'}}}\nmosaic: {tmp_path / 'm.zarr'}\n"
+        "grid: {crs: 'EPSG:32633', resolution: 10, origin: [500000, 5800000],"
+        " extent: [500000, 5799000, 501000, 5800000], chunk: 32}\nrunner: {kind: ray}\n")
+    r = invoke("scan", str(cfg))
+    assert r.exit_code == 3 and "pip install 'geofg[ray]'" in r.stderr, r.output
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_missing_onnx_extra_keeps_the_brackets_of_its_install_command(
+    tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without(monkeypatch, "onnx", "onnxruntime", "onnxscript")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x08\x07")  # never parsed: the extra is checked first
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--model", str(model))
+    assert r.exit_code == 3, r.output
+    assert "pip install 'geofg[onnx]'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "━" not in r.output and not out.exists()
+    r = invoke("export", "eurosat-13", "--onnx", str(tmp_path / "x.onnx"))
+    assert r.exit_code == 3 and "pip install 'geofg[onnx]'" in r.stderr, r.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_progress_bar_only_after_preflight(tmp_path: Path, scene: Path) -> None:
+    (tmp_path / "emptydir").mkdir()
+    r = invoke("classify", str(_bad_inputs(tmp_path)["bands"]), "-o", str(tmp_path / "bad.zarr"))
+    assert r.exit_code == 3 and "━" not in r.output and "0/None" not in r.output, r.output
+    r = invoke("classify", str(scene), "-o", str(tmp_path / "ok.zarr"), "--chunk", "64", "--device", "cpu")
+    assert r.exit_code == 0 and "━" in r.output and "9/9" in r.output, r.output

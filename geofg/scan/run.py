@@ -42,6 +42,7 @@ import numpy as np
 from geofg import __version__
 from geofg.batch import round_up
 from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError, stops_run
+from geofg.extras import require_extra
 from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES
 from geofg.io import mosaic as mz
@@ -169,6 +170,8 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     """
     from rasterio.crs import CRS
 
+    if cfg.runner.kind == "ray":
+        require_extra("ray", "a scan with runner.kind ray")
     folder = Path(cfg.inbox.folder)
     if not folder.is_dir():
         raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
