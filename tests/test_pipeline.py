@@ -132,3 +132,33 @@ def test_default_tile_is_one_forward_per_unit_so_nothing_blends(tmp_path: Path) 
         assert p.tile_size == (tile or 64 + 2 * 4)
         for u in p.units:  # every read window is core + halo = 72 px (boundless at the edges)
             assert len(plan_tiles(u.read.height, u.read.width, p.tile_size, p.overlap)) == tiles_per_unit
+
+
+@pytest.mark.parametrize(("pixel_m", "warns"), [(5.0, True), (10.0, False), (12.0, False), (30.0, True)])
+def test_resolution_far_from_the_models_warns_with_the_fix(tmp_path: Path, pixel_m: float, warns: bool) -> None:
+    """Issue 17: a 5 m NAIP raster ran through a 10 m model without a word."""
+    import warnings
+
+    from rasterio.transform import from_origin
+
+    from geofg.config import build_job
+    from geofg.models.bundle import write_bundle
+    from geofg.pipeline import ResolutionMismatchWarning, plan
+
+    card = tiny_card(["B04", "B08"], ["water", "crop"], tile_size=32, halo=4).model_copy(
+        update={"resolution_m": 10.0})
+    model = tmp_path / "m.safetensors"
+    write_bundle(model, {"unused": np.zeros(1, np.float32)}, card)
+    data = np.ones((2, 40, 40), np.uint16)
+    inp = write_raster(tmp_path / "in.tif", data, descriptions=["B04", "B08"],
+                       transform=from_origin(500000.0, 5800000.0, pixel_m, pixel_m))
+    job = build_job({"read": {"inputs": [str(inp)]}, "model": {"model": str(model)},
+                     "mask": {"mode": "off"}, "write": {"output": str(tmp_path / "o.zarr")}})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        plan(job)
+    msgs = [str(w.message) for w in seen if issubclass(w.category, ResolutionMismatchWarning)]
+    assert len(msgs) == int(warns), msgs
+    if warns:
+        assert f"pixels are {pixel_m:g} m" in msgs[0] and "trained on 10 m" in msgs[0]
+        assert "gdalwarp -tr 10 10" in msgs[0] and "in.tif" in msgs[0]

@@ -180,6 +180,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     card = read_card(model_path)
     g = cfg.grid
     grid = Grid(CRS.from_user_input(g.crs).to_wkt(), g.transform, g.height, g.width)
+    pl.check_resolution("grid.resolution", max(g.res), card)
     halo = card.halo if cfg.tile.halo is None else cfg.tile.halo
     mult = card.tile_multiple
     tile = cfg.tile.tile_size or round_up(g.chunk + 2 * halo, mult)
