@@ -449,7 +449,7 @@ def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any
 
 def _ray_session(p: ScanPlan) -> Any:
     """One Ray connection for all of this scan's dates (joined or started as for classify)."""
-    from geofg.runners.ray import session  # the only module importing ray
+    from geofg.runners.ray import session  # ray is imported only in runners/
 
     return session(p.job.runner)
 
@@ -581,7 +581,7 @@ def _run_date_ray(p: ScanPlan, out: Path, day: int, t: int, dates: list[int], sc
                   pending: list[WorkUnit], records: dict[str, UnitRecord], result: ScanResult,
                   predictor_factory: Callable[[ScanPlan], object] | None) -> None:  # fmt: skip
     """Run one date's pending units on Ray actors (:class:`~geofg.scan.units.ScanUnitWorker`)."""
-    from geofg.runners.ray import run_ray  # the only module importing ray
+    from geofg.runners.ray import run_ray  # ray is imported only in runners/
 
     model = Path(p.model_path)
     task = ScanTask(plan=dataclasses.replace(p, model_path=str(model.resolve())) if model.is_file() else p,
