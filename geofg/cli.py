@@ -755,7 +755,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 _TILE_COMMANDS = frozenset({"classify", "segment", "scan"})
-"""Commands that run the tile pipeline: they reuse one heap (docs/performance.md, section 0)."""
+"""Commands that run the tile pipeline: they reuse one heap (benchmarks/HISTORY.md, section 0)."""
 
 
 def main() -> None:

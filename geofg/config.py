@@ -162,7 +162,7 @@ class RunnerConfig(_Frozen):
     ``compute_streams`` (local runner) is how many units the model works on at once. None: one
     where geofg reuses one heap (``geofg classify``, ``segment``, ``scan``), else the predictor's
     choice: one per torch CPU thread, one on a GPU (see :mod:`geofg.runners.local`). Two streams
-    on a 2-core CPU ran 10-14 % faster for 1 GB more memory (docs/performance.md).
+    on a 2-core CPU ran 10-14 % faster for 1 GB more memory (benchmarks/HISTORY.md).
     ``read_workers`` and ``write_workers`` are the threads that read (decode and normalise) and
     write (layers, chunks, ledger) units; None sizes them for the device (:meth:`io_threads`).
     """
@@ -185,7 +185,7 @@ class RunnerConfig(_Frozen):
         (a 1152² unit of a 13-band DEFLATE raster costs about 110 ms of CPU to read and 50 to
         write): a quarter of them write, the rest but one (for the thread that drives the
         device) read. ``cpus`` defaults to the cores this process may run on. Measurements:
-        docs/performance.md, section 0a.
+        benchmarks/HISTORY.md, section 0a.
 
         Examples:
             >>> RunnerConfig().io_threads("cpu", 16)

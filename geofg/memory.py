@@ -3,7 +3,7 @@
 A forward pass allocates and frees its activations (hundreds of MB) every call, and reads and
 normalisation add tens of MB per unit. glibc serves blocks over its mmap threshold (at most
 32 MiB) with fresh ``mmap`` calls and unmaps them on free, so every unit page-faults all of that
-memory in again: on the 2-core VM a third of the CPU went to the kernel (docs/performance.md).
+memory in again: on the 2-core VM a third of the CPU went to the kernel (benchmarks/HISTORY.md).
 
 * :func:`reuse_heap` (``geofg classify``, ``segment`` and ``scan`` call it at start-up through
   :func:`geofg.runtime.tune_process`, before any thread exists; training and the other commands
@@ -16,7 +16,7 @@ memory in again: on the 2-core VM a third of the CPU went to the kernel (docs/pe
 * :func:`heap_env`: the same policy for a process yet to start, as glibc environment variables
   (read once, at start-up, before any thread exists). The Ray runner starts its actors with it
   (:func:`geofg.runtime.worker_env`), whoever started the driver: without it, each actor
-  page-faulted its forward's activations in again every unit (docs/performance.md, "Ray actors").
+  page-faulted its forward's activations in again every unit (benchmarks/HISTORY.md, "Ray actors").
 * :func:`trim_heap` otherwise (library use): ``malloc_trim(0)`` after each unit
   returns free pages, so peak RSS follows the units in flight rather than the per-thread heaps'
   accumulated high-water marks. ``GEOFG_MALLOC_TRIM=0`` turns it off. It does nothing while the

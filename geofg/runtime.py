@@ -6,7 +6,7 @@ user's process stays theirs). What geofg tunes for its own processes is here:
 * torch's huge pages for CPU buffers (``THP_MEM_ALLOC_ENABLE``, read by torch once, at its first
   allocation): on (1) for the commands that keep glibc's heap defaults, because a CNN forward
   allocates and frees its activations every call and with 4 KiB pages each one page-faults again
-  (measured: 20x the faults, half the forward speed on the 2-core VM, docs/performance.md); off (0)
+  (measured: 20x the faults, half the forward speed on the 2-core VM, benchmarks/HISTORY.md); off (0)
   where the heap is reused (2 MiB-aligned blocks waste a reused heap: 3.1 vs 2.6 GB peak). A value
   the user set is always kept.
 * glibc's heap policy (:mod:`geofg.memory`): one reused heap for the tile-pipeline commands.

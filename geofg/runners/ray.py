@@ -525,7 +525,7 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     least one per read thread the actor has (:func:`actor_read_threads`), so that all of them read.
 
     A GPU actor with 11 read threads and the default prefetch of 2 would otherwise read on 3 of
-    them (the local runner's readers starved the same way on the H100 host, docs/performance.md).
+    them (the local runner's readers starved the same way on the H100 host, benchmarks/HISTORY.md).
     """
     return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
