@@ -1,4 +1,4 @@
-"""Bare forward speed, page faults and kernel CPU under each heap policy (docs/performance.md, 0).
+"""Bare forward speed, page faults and kernel CPU under each heap policy (benchmarks/HISTORY.md, 0).
 
     python -m benchmarks.allocator [--model eurosat-13] [--tile 1152] [--repeats 4]
 

@@ -7,7 +7,7 @@ whatever else loads the machine), runs one classify job (``run_job``) and times 
 ``predict()`` call in it, then times ``predict()`` on the job's last tile 5 more times after the
 job, in the same process, with the reader and writer threads gone. Prints the median of both and
 their ratio. A ratio well above 1 that falls with fewer reader threads means the I/O threads take
-CPU from the forward (docs/performance.md, section 1).
+CPU from the forward (benchmarks/HISTORY.md, section 1).
 """
 
 from __future__ import annotations

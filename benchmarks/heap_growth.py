@@ -6,7 +6,7 @@ Runs the job in this process (one reused heap, as ``geofg classify``) on the ben
 of ``--size``² and prints, every 16 finished units: seconds since the start, the heap's size
 (glibc ``mallinfo2().arena``: what the heap holds from the kernel), the bytes in use in it
 (``uordblks``) and the resident set. The heap never shrinks while reused, so a heap that keeps
-growing at a steady number of units in flight is fragmenting (docs/performance.md).
+growing at a steady number of units in flight is fragmenting (benchmarks/HISTORY.md).
 """
 
 from __future__ import annotations

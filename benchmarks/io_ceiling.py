@@ -11,7 +11,7 @@ For each pair it prints the end-to-end Mpx/s (raster pixels, steady state as in 
 harness) and the CPU milliseconds per unit spent on each kind of thread, from
 ``/proc/self/task``. That CPU per unit is what sizes a GPU host: a device that runs the model at
 F Mpx/s is kept busy only by about ``F x (read + write ms per unit) / 1000`` cores of I/O
-(docs/performance.md, section 0a).
+(benchmarks/HISTORY.md, section 0a).
 """
 
 from __future__ import annotations

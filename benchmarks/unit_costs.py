@@ -1,4 +1,4 @@
-"""CPU per unit of each piece of work, one thread each (docs/performance.md, section 0).
+"""CPU per unit of each piece of work, one thread each (benchmarks/HISTORY.md, section 0).
 
     python -m benchmarks.unit_costs [--size 8000] [--units 32] [--source scene]
 

@@ -853,16 +853,15 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 _TILE_COMMANDS = frozenset({"classify", "segment", "scan"})
-"""Commands that run the tile pipeline: they reuse one heap (docs/performance.md, section 0)."""
+"""Commands that run the tile pipeline: they reuse one heap (benchmarks/HISTORY.md, section 0)."""
 
 
 def main() -> None:
     """Console-script entry point."""
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command in _TILE_COMMANDS:
-        from geofg.memory import reuse_heap
+    from geofg.runtime import tune_process
 
-        reuse_heap()  # before torch, GDAL or any thread starts
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    tune_process(reuse_heap=command in _TILE_COMMANDS)  # before torch, GDAL or any thread starts
     app(prog_name="geofg")
 
 

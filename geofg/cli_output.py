@@ -16,11 +16,15 @@ from geofg.errors import MosaicExistsError
 
 @contextlib.contextmanager
 def progress_bar(console: Console, disabled: bool) -> Iterator:
-    """Yield an ``on_progress(done, total, km2)`` callback drawing units and km² with an ETA."""
+    """Yield an ``on_progress(done, total, km2)`` callback drawing units and km² with an ETA.
+
+    The bar appears at the first call, which the run makes once preflight has passed and the
+    mosaic is open: a rejected input shows its error alone, not an empty ``0/None`` bar first.
+    """
     if disabled:
         yield None
         return
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]units"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
@@ -30,13 +34,21 @@ def progress_bar(console: Console, disabled: bool) -> Iterator:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-    ) as bar:
-        task = bar.add_task("units", total=None, km2=0.0)
+    )
+    task = None
 
-        def on_progress(done: int, total: int, km2: float) -> None:
-            bar.update(task, completed=done, total=total, km2=km2)
+    def on_progress(done: int, total: int, km2: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("units", total=total, km2=km2)
+        bar.update(task, completed=done, total=total, km2=km2)
 
+    try:
         yield on_progress
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def print_dry_run(console: Console, p) -> None:  # noqa: ANN001

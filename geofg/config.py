@@ -127,8 +127,9 @@ class ModelConfig(_Frozen):
     """``torch.compile`` the network (``.safetensors`` bundles). Every process then compiles it once
     (about 40 s for eurosat-13 on 2 CPU cores; seconds when torch's on-disk cache already holds it)
     and every unit is predicted at the full tile size, so one compilation serves the run. Outputs
-    may differ from eager mode in the last bits, and in a few near-tie pixels of corner units (now
-    predicted on a full tile), as with another batch size, so it is not part of the output hash."""
+    may differ from eager mode in the last bits, and in the near-tie pixels of edge units (now
+    predicted on a full tile instead of a smaller one), so it is part of the output hash: a mosaic
+    started eagerly is not resumed compiled (its units run again), nor the other way round."""
 
 
 class MaskConfig(_Frozen):
@@ -161,7 +162,7 @@ class RunnerConfig(_Frozen):
     ``compute_streams`` (local runner) is how many units the model works on at once. None: one
     where geofg reuses one heap (``geofg classify``, ``segment``, ``scan``), else the predictor's
     choice: one per torch CPU thread, one on a GPU (see :mod:`geofg.runners.local`). Two streams
-    on a 2-core CPU ran 10-14 % faster for 1 GB more memory (docs/performance.md).
+    on a 2-core CPU ran 10-14 % faster for 1 GB more memory (benchmarks/HISTORY.md).
     ``read_workers`` and ``write_workers`` are the threads that read (decode and normalise) and
     write (layers, chunks, ledger) units; None sizes them for the device (:meth:`io_threads`).
     """
@@ -184,7 +185,7 @@ class RunnerConfig(_Frozen):
         (a 1152² unit of a 13-band DEFLATE raster costs about 110 ms of CPU to read and 50 to
         write): a quarter of them write, the rest but one (for the thread that drives the
         device) read. ``cpus`` defaults to the cores this process may run on. Measurements:
-        docs/performance.md, section 0a.
+        benchmarks/HISTORY.md, section 0a.
 
         Examples:
             >>> RunnerConfig().io_threads("cpu", 16)
@@ -214,10 +215,18 @@ class JobConfig(_Frozen):
     mask: MaskConfig = MaskConfig()
 
     def output_hash(self, tile_size: int, halo: int, mask: dict | None = None) -> str:
-        """Hash of everything in the config that changes output pixels (not batch size, workers).
+        """Hash of everything in the config that changes output pixels.
+
+        In it: task, bands, assumed CRS, chunk, the resolved tile size and halo, blend, compile and
+        the cloud mask. Not in it: what only decides whether a run may start (size limits), where
+        and how fast it runs (device, batch size, workers: the last bits of a probability may
+        differ, never by design), and the output options. The inputs and the model (with its
+        ensemble and TTA) have their own fingerprints in each ledger record
+        (:func:`geofg.models.ensemble.models_sha256`). tests/test_config.py changes each setting.
 
         ``mask`` describes the cloud mask the run applies (None: none, and the hash is the one
-        runs before masking had).
+        runs before masking had); ``compile`` enters only when set, so eager runs keep the hash
+        they had before it did.
         """
         key = {
             "task": self.task,
@@ -230,6 +239,8 @@ class JobConfig(_Frozen):
         }
         if mask is not None:
             key["mask"] = mask
+        if self.model.compile:
+            key["compile"] = True
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -38,6 +38,10 @@ class ConfigError(RejectedError, ValueError):
     """A configuration value is invalid or inconsistent."""
 
 
+class MissingExtraError(ConfigError):
+    """An optional dependency (a pip extra such as ``geofg[ray]``) the command needs is missing."""
+
+
 class InputError(RejectedError):
     """An input raster (or band-file set) cannot be used."""
 

@@ -264,7 +264,7 @@ def _run_locked(
 
 def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> None:  # noqa: ANN001
     if p.job.runner.kind == "ray":
-        from geofg.runners.ray import run_ray  # the only module importing ray
+        from geofg.runners.ray import run_ray  # ray is imported only in runners/ (pyproject contracts)
 
         result.profile = run_ray(p, pending, on_unit, attempts, sink, predictor_factory)
         return

@@ -29,6 +29,7 @@ from typing import Any
 
 from geofg.config import JobConfig
 from geofg.errors import ClusterError
+from geofg.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def submit(
         InsecureClusterError: the cluster has token authentication off (exit 5).
     """
     from geofg.runners.cluster import check_cluster_auth
+
+    if client is None:
+        require_extra("ray", "geofg submit")
     from geofg.runners.ray import jobs_client
 
     sid = submission_id or submission_id_for(job)

@@ -77,8 +77,6 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
     rotated = write_raster(tmp / "rot.tif", s2_like(20, 20), descriptions=S2,
                            transform=Affine(10, 2, 500000, 2, -10, 5800000))
     four = write_raster(tmp / "four.tif", s2_like(20, 20)[:4], descriptions=S2[:4])
-    pickled = tmp / "model.pt"
-    pickled.write_bytes(b"\x80\x04\x95")
     return {"missing": tmp / "nope.tif", "empty": empty, "text": text, "nocrs": nocrs,
             "rotated": rotated, "bands": four, "directory": tmp / "emptydir"}
 
@@ -96,22 +94,59 @@ def test_bad_input_exits_3_with_one_line_and_no_output(tmp_path: Path, case: str
     assert not out.exists()
 
 
-def test_pickled_weights_refused(tmp_path: Path, scene: Path) -> None:
-    canary = tmp_path / "canary"
-    bad = tmp_path / "evil.safetensors"
+class _Marker:
+    """Unpickling this writes a file: a pickle that runs code when loaded, as a hostile one would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.path), "w"))
+
+
+def _pickles(folder: Path, marker: Path) -> list[Path]:
+    """The same code-running payload as a raw pickle and as a torch.save zip, under the names a
+    user would give: .pt, .pth, .ckpt, and renamed to .safetensors."""
     import pickle
 
-    class Boom:
-        def __reduce__(self):  # noqa: ANN204
-            return (open, (str(canary), "w"))
+    import torch
 
-    bad.write_bytes(pickle.dumps(Boom()))
+    raw = pickle.dumps(_Marker(marker))
+    torch.save({"state_dict": _Marker(marker)}, folder / "zipped.pt")
+    out = []
+    for name, blob in (("raw.pt", raw), ("raw.pth", raw), ("raw.ckpt", raw), ("raw.safetensors", raw),
+                       ("zipped.safetensors", (folder / "zipped.pt").read_bytes())):
+        (folder / name).write_bytes(blob)
+        out.append(folder / name)
+    return [*out, folder / "zipped.pt"]
+
+
+def test_pickled_weights_refused_before_any_byte_is_unpickled(tmp_path: Path, scene: Path) -> None:
+    import pickle
+
+    import torch
+
+    # the payloads are real: loading them the unsafe way does run their code
+    proof = tmp_path / "proof"
+    for p in _pickles(tmp_path, proof)[:2]:
+        pickle.loads(p.read_bytes())
+        assert proof.exists()
+        proof.unlink()
+    torch.load(_pickles(tmp_path, proof)[-1], weights_only=False)
+    assert proof.exists()
+
+    marker = tmp_path / "marker"
     out = tmp_path / "out.zarr"
-    for model in (bad, bad.with_suffix(".pt")):
-        model.write_bytes(bad.read_bytes())
+    for model in _pickles(tmp_path, marker):
         r = invoke("classify", str(scene), "-o", str(out), "--model", str(model))
-        assert r.exit_code == 3 and model.name in r.stderr
-    assert not canary.exists() and not out.exists()
+        msg = r.stderr.strip()
+        assert r.exit_code == 3, (model.name, r.output)
+        assert len(msg.splitlines()) == 1 and model.name in msg and "Traceback" not in r.output
+        why = msg.replace(str(model), "")  # (the test's own folder name says "pickled")
+        assert "refused" in why and ".safetensors" in why, msg
+        assert "pickle" in why or "zip" in why, msg
+        assert not marker.exists(), f"{model.name} was unpickled"
+        assert not out.exists()
 
 
 def test_unknown_model_and_bad_option(tmp_path: Path, scene: Path) -> None:
@@ -140,15 +175,21 @@ def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path: Path) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(Ledger(killed / ".geofg").load())
-    assert 0 < done_before < 144, "the kill must land mid-run"
+    before = {uid: r for uid, r in Ledger(killed / ".geofg").load().items() if r.status == "done"}
+    assert 0 < len(before) < 144, "the kill must land mid-run"
+    killed_run = {r.run_id for r in before.values()}
+    assert len(killed_run) == 1
 
     r = subprocess.run(_geofg("classify", *common, "-o", str(killed)), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # the dead run's lock was taken over automatically
     a, b = zarr.open_group(str(clean), mode="r"), zarr.open_group(str(killed), mode="r")
     for layer in ("class", "health", "confidence"):
         np.testing.assert_array_equal(a[layer][:], b[layer][:])
-    assert len(Ledger(killed / ".geofg").load()) == 144
+    after = Ledger(killed / ".geofg").load()
+    assert len(after) == 144 and all(r.status == "done" for r in after.values())
+    # resumed, not redone: every unit done before the kill keeps the killed run's record
+    assert {uid: after[uid] for uid in before} == before
+    assert {r.run_id for uid, r in after.items() if uid not in before}.isdisjoint(killed_run)
 
 
 @pytest.fixture
@@ -267,3 +308,63 @@ def test_compile_refuses_an_onnx_model_with_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"m\.onnx: --compile expects a \.safetensors bundle"):
         load_one(tmp_path / "m.onnx", "cpu", compile=True)
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``modules`` impossible to import, as when their extra is not installed."""
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+@pytest.mark.parametrize("how", [["--runner", "ray"], ["--ray-address", "auto"]])
+def test_missing_ray_extra_is_one_line_with_the_install_command_and_writes_nothing(
+    tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch, how: list[str]
+) -> None:
+    _without(monkeypatch, "ray")
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", *how)
+    msg = r.stderr.strip()
+    assert r.exit_code == 3, r.output
+    assert len(msg.splitlines()) == 1 and "Traceback" not in r.output, msg
+    assert "pip install 'geofg[ray]'" in msg, msg  # brackets kept (not eaten as rich markup)
+    assert "━" not in r.output  # no progress bar for a run that never started
+    assert not out.exists()
+
+
+def test_missing_ray_extra_for_submit_and_scan(tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, "ray")
+    r = invoke("submit", "--address", "http://127.0.0.1:1", "--", str(scene), "-o", str(tmp_path / "o.zarr"))
+    assert r.exit_code == 3 and "pip install 'geofg[ray]'" in r.stderr and "Traceback" not in r.output, r.output
+    (tmp_path / "inbox").mkdir()
+    cfg = tmp_path / "scan.yaml"
+    cfg.write_text(
+        f"inbox: {{folder: {tmp_path / 'inbox'}}}\nmosaic: {tmp_path / 'm.zarr'}\n"
+        "grid: {crs: 'EPSG:32633', resolution: 10, origin: [500000, 5800000],"
+        " extent: [500000, 5799000, 501000, 5800000], chunk: 32}\nrunner: {kind: ray}\n")
+    r = invoke("scan", str(cfg))
+    assert r.exit_code == 3 and "pip install 'geofg[ray]'" in r.stderr, r.output
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_missing_onnx_extra_keeps_the_brackets_of_its_install_command(
+    tmp_path: Path, scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without(monkeypatch, "onnx", "onnxruntime", "onnxscript")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x08\x07")  # never parsed: the extra is checked first
+    out = tmp_path / "out.zarr"
+    r = invoke("classify", str(scene), "-o", str(out), "--model", str(model))
+    assert r.exit_code == 3, r.output
+    assert "pip install 'geofg[onnx]'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "━" not in r.output and not out.exists()
+    r = invoke("export", "eurosat-13", "--onnx", str(tmp_path / "x.onnx"))
+    assert r.exit_code == 3 and "pip install 'geofg[onnx]'" in r.stderr, r.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_progress_bar_only_after_preflight(tmp_path: Path, scene: Path) -> None:
+    (tmp_path / "emptydir").mkdir()
+    r = invoke("classify", str(_bad_inputs(tmp_path)["bands"]), "-o", str(tmp_path / "bad.zarr"))
+    assert r.exit_code == 3 and "━" not in r.output and "0/None" not in r.output, r.output
+    r = invoke("classify", str(scene), "-o", str(tmp_path / "ok.zarr"), "--chunk", "64", "--device", "cpu")
+    assert r.exit_code == 0 and "━" in r.output and "9/9" in r.output, r.output

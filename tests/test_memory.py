@@ -45,7 +45,9 @@ def test_trim_can_be_turned_off() -> None:
 
 THP = """
 import os, resource
-import geofg, torch
+from geofg.runtime import tune_process
+import torch
+tune_process(reuse_heap=False)  # what the geofg command does for commands that keep glibc's heap
 print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
@@ -64,7 +66,8 @@ def _thp_mode() -> str | None:
 
 
 @pytest.mark.parametrize("value", [None, "0"])
-def test_import_geofg_backs_torch_buffers_with_huge_pages_unless_opted_out(value: str | None) -> None:
+def test_tuned_process_backs_torch_buffers_with_huge_pages_unless_opted_out(value: str | None) -> None:
+    """torch reads the setting at its first allocation, so tune_process after `import torch` works."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     if value is not None:
         env["THP_MEM_ALLOC_ENABLE"] = value
@@ -83,9 +86,10 @@ def test_import_geofg_backs_torch_buffers_with_huge_pages_unless_opted_out(value
 REUSE = """
 import os, resource
 import numpy as np
-from geofg.memory import reuse_heap, trim_heap
+from geofg.memory import trim_heap
+from geofg.runtime import tune_process
 np._core.multiarray._set_madvise_hugepage(False)  # count 4 KiB faults, whatever numpy would do
-applied = reuse_heap()
+applied = tune_process(reuse_heap=True)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a = np.ones(16 * 2**20); del a  # 128 MiB, above glibc's largest mmap threshold
@@ -157,16 +161,56 @@ print(faults() - before)
 def test_heap_env_gives_a_new_process_the_reused_heap_from_its_start(
         reuse: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """What Ray actors are started with: glibc's policy from the environment, no geofg call."""
-    from geofg.memory import heap_env
+    from geofg.runtime import worker_env
 
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("MALLOC_", "GEOFG_MALLOC", "THP_MEM"))}  # fmt: skip
     monkeypatch.setenv("GEOFG_MALLOC_REUSE", "1" if reuse else "0")
-    env = heap_env()
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    env = worker_env()
     out = subprocess.run([sys.executable, "-c", ENV_REUSE], env={**base, **env}, capture_output=True,
                          text=True, check=True).stdout
     pages = 3 * 128 * 2**20 // 4096
     if reuse:
-        assert int(out) < pages / 100
+        assert int(out) < pages / 100 and env["THP_MEM_ALLOC_ENABLE"] == "0"
     else:
-        assert env == {} and int(out) > pages * 0.9
+        assert env == {"THP_MEM_ALLOC_ENABLE": "1"} and int(out) > pages * 0.9
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # the user's own setting is kept
+    assert worker_env()["THP_MEM_ALLOC_ENABLE"] == "1"
+
+
+NO_SIDE_EFFECTS = """
+import os, sys
+before = dict(os.environ)
+import geofg, geofg.memory, geofg.runtime, geofg.config, geofg.errors, geofg.grid, geofg.stitch
+assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+# every other module, after the third-party packages that set variables at their own import
+# (rasterio: GDAL/PROJ_CURL_CA_BUNDLE; ray: RAY_CLIENT_MODE), so only geofg's own changes count
+import importlib, pkgutil, rasterio, ray, torch
+before = dict(os.environ)
+for m in pkgutil.walk_packages(geofg.__path__, "geofg."):
+    importlib.import_module(m.name)
+assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+assert not geofg.memory.heap_reused()
+import resource
+import numpy as np
+np._core.multiarray._set_madvise_hugepage(False)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(16 * 2**20); del a
+before = faults()
+for _ in range(3):
+    a = np.ones(16 * 2**20); del a
+print(faults() - before)
+"""
+
+
+def test_importing_geofg_changes_no_environment_variable_and_no_heap_policy() -> None:
+    """Issue 17: `import geofg` wrote THP_MEM_ALLOC_ENABLE. The heap check: with glibc's own
+    policy a freed 128 MiB block is unmapped, so allocating it again faults every page in."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GEOFG_MALLOC", "THP_MEM"))}  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", NO_SIDE_EFFECTS], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert int(r.stdout) > 3 * 128 * 2**20 // 4096 * 0.9  # not the reused heap's ~0

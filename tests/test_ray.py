@@ -306,8 +306,8 @@ def test_unit_that_kills_its_actor_fails_after_max_attempts_rest_done(ray_sessio
 
 
 def test_actors_reuse_one_heap_like_the_command(ray_session, tmp_path: Path) -> None:
-    """Ray actors start with geofg.memory.heap_env: freed activations are reused, not faulted in
-    again each unit (without it the Ray runner ran at 0.55x the local one, docs/performance.md)."""
+    """Ray actors start with geofg.runtime.worker_env: freed activations are reused, not faulted in
+    again each unit (without it the Ray runner ran at 0.55x the local one, benchmarks/HISTORY.md)."""
     from geofg.models.bundle import write_bundle
     from geofg.models.tiny import ThresholdPredictor, tiny_card
 

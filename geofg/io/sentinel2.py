@@ -14,6 +14,12 @@ sizes an integer multiple ``f`` of the finest and its origin a whole number of f
 ``((row - row_off) // f_rows, (col - col_off) // f_cols)``: nearest-neighbour upsampling by
 repetition (:func:`upsample`), exact and cheap. Anything else raises
 :class:`~geofg.errors.GridMismatchError`.
+
+Landsat band files share the ``B10``/``B11`` names with Sentinel-2 but not the bands (Landsat's
+are thermal infrared, Sentinel-2's cirrus and SWIR), and number the others ``B1``…``B9``. Files
+that can only be Landsat's (:func:`is_landsat_file`) are never band files here: a folder or list
+holding them is refused with :class:`~geofg.errors.InputError` (:func:`gather_inputs`), rather
+than read as a Sentinel-2 set of two bands with the rest silently left out.
 """
 
 from __future__ import annotations
@@ -37,6 +43,38 @@ BAND_FILE_EXTENSIONS = (".jp2", ".tif", ".tiff")
 S2_BAND_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
                  "B09", "B10", "B11", "B12")  # fmt: skip
 _TOLERANCE_PX = 1e-4  # how far (in fine pixels) a grid may be from exact alignment
+#: Landsat product ids (``LC08_L1TP_…``, ``LT05_…``), older scene ids (``LC80440342014…``) and the
+#: short forms of test data (``l8_B1.tif``)
+LANDSAT_PREFIX = re.compile(r"^(?:L[COTEM]0[4-9]_|L[COTEM][4-9]\d{6}|L[4-9]_)", re.IGNORECASE)
+#: stem endings of Landsat band, QA and metadata files
+LANDSAT_STEM = re.compile(r"(?:^|_)(?:B\d{1,2}|BQA|QA_[A-Z]+|MTL|ANG)$", re.IGNORECASE)
+#: ... of which these never name a Sentinel-2 file (one-digit bands, Landsat's QA and MTL files)
+LANDSAT_ONLY_STEM = re.compile(r"(?:^|_)(?:B[1-9]|BQA|QA_PIXEL|QA_RADSAT|MTL)$", re.IGNORECASE)
+
+
+def is_landsat_file(path: str | os.PathLike[str]) -> bool:
+    """Return True for a file name only Landsat uses: a band, QA or MTL file (not a user's stack).
+
+    Examples:
+        >>> [is_landsat_file(n) for n in ("l8_B10.tif", "LC08_L1TP_044034_20140318_B1.TIF",
+        ...                               "l8_MTL.txt", "T33UUU_20170216T102101_B10.jp2",
+        ...                               "B10.tif", "LC08_region_stack.tif")]
+        [True, True, True, False, False, False]
+    """
+    stem = Path(path).stem
+    return bool(LANDSAT_ONLY_STEM.search(stem)
+                or (LANDSAT_PREFIX.match(Path(path).name) and LANDSAT_STEM.search(stem)))
+
+
+def _refuse_landsat(raw: str, found: Sequence[str]) -> InputError:
+    shown = ", ".join(Path(n).name for n in found[:4]) + (", ..." if len(found) > 4 else "")
+    return InputError(
+        f"{raw}: expected a GeoTIFF or Sentinel-2 band files (*_B01 ... *_B12, *_B8A), found "
+        f"Landsat files ({shown}); Landsat's band numbers are not Sentinel-2's (its B10 and B11 "
+        "are thermal), so they are not read as band files and geofg ships no Landsat model: to "
+        "run a model trained on Landsat bands, stack them into one GeoTIFF and name each band "
+        "with --bands"
+    )
 
 
 def band_name_of(path: str | os.PathLike[str]) -> str | None:
@@ -47,9 +85,11 @@ def band_name_of(path: str | os.PathLike[str]) -> str | None:
         ('B8A', 'B02')
         >>> band_name_of("T33UUU_20170216T102101_TCI.jp2") is None
         True
+        >>> band_name_of("LC08_L1TP_044034_20140318_20170306_01_T1_B10.TIF") is None  # Landsat's
+        True
     """
     p = Path(path)
-    if p.suffix.lower() not in BAND_FILE_EXTENSIONS:
+    if p.suffix.lower() not in BAND_FILE_EXTENSIONS or is_landsat_file(p):
         return None
     match = BAND_FILE_STEM.search(p.stem)
     return match.group(1).upper() if match else None
@@ -164,16 +204,20 @@ def gather_inputs(
 
     One folder holding band files is a band-file set (other files in it are ignored); one folder
     holding no band files and exactly one .tif/.tiff is that GeoTIFF; one file is a GeoTIFF (or
-    JPEG2000); several files must all be band files.
+    JPEG2000); several files must all be band files. Landsat files are refused wherever they are.
 
     Raises:
         UnreadableRasterError: a folder with neither band files nor exactly one GeoTIFF.
-        InputError: a folder inside a list, or a file without a band name in a list.
+        InputError: a folder inside a list, a file without a band name in a list, or Landsat
+            band, QA or metadata files (in the folder or the list).
     """
     resolved = [(raw, resolve(raw)) for raw in raws]
     if len(resolved) == 1 and resolved[0][1].is_dir():
         raw, folder = resolved[0]
         bands, tiffs, names = scan_folder(folder)
+        landsat = [n for n in names if is_landsat_file(n)]
+        if landsat:
+            raise _refuse_landsat(raw, landsat)
         if bands:
             return [(str(p), resolve(str(p))) for _, p in bands], True
         if len(tiffs) == 1:
@@ -184,6 +228,9 @@ def gather_inputs(
             f"or exactly one .tif, found {len(tiffs)} .tif without a band name among: {listing}; "
             "pass the GeoTIFF itself, or the IMG_DATA folder of a Sentinel-2 product"
         )
+    landsat = [raw for raw, _ in resolved if is_landsat_file(raw)]
+    if landsat:
+        raise _refuse_landsat(landsat[0], landsat)
     for raw, path in resolved:
         if path.is_dir():
             raise InputError(f"{raw}: expected a file in a list of inputs, found a folder; "

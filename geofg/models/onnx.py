@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from geofg.batch import normalise
-from geofg.errors import ConfigError, WeightsError
+from geofg.errors import ConfigError, MissingExtraError, WeightsError
+from geofg.extras import install_command
 from geofg.models.bundle import CARD_KEY, bundle_sha256
 from geofg.models.card import ModelCard, check_input_batch
 
@@ -63,7 +64,6 @@ EXPORT_KEY = "geofg.export"
 """ONNX metadata key holding the export report (JSON): source sha256, precision, measurements."""
 
 OPSET = 18
-INSTALL_HINT = "install the ONNX extra: pip install 'geofg[onnx]'"
 
 
 def _need(module: str) -> Any:
@@ -72,8 +72,8 @@ def _need(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"ONNX support needs the Python package {module!r}, found it missing;"
-                          f" {INSTALL_HINT}") from None
+        raise MissingExtraError(f"ONNX support needs the Python package {module!r}, found it "
+                                f"missing; install it with: {install_command('onnx')}") from None
 
 
 def _fail(path: Path, expected: str, found: str, fix: str) -> WeightsError:
@@ -113,7 +113,7 @@ def read_onnx_card(path: str | Path) -> ModelCard:
 
     Raises:
         WeightsError: Not a readable self-contained ONNX file, or no valid geofg card in it.
-        ConfigError: The ``onnx`` package is not installed.
+        MissingExtraError: The ``onnx`` package is not installed (the [onnx] extra).
     """
     path = Path(path)
     meta = _metadata(_load_proto(path))

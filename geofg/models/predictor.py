@@ -26,7 +26,7 @@ output is bit-identical to ``softmax(model(x))`` (a test pins this).
 
 Reads and writes overlap compute one level up: the local runner reads units ahead on a thread
 pool and writes on a writer thread (:mod:`geofg.runners.local`), so the device only waits on I/O
-when reads fall behind. docs/performance.md has the measurements.
+when reads fall behind. benchmarks/HISTORY.md has the measurements.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class TorchPredictor:
 
         On CPU the intra-op threads are divided between the streams for the duration (``want``
         None: one stream per thread). Two single-threaded forwards on two cores deliver more
-        than one two-threaded forward (docs/performance.md). On CUDA (one stream owns the
+        than one two-threaded forward (benchmarks/HISTORY.md). On CUDA (one stream owns the
         staging buffers) this yields 1.
         """
         if self._staged:

@@ -86,7 +86,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from geofg.errors import ConfigError, GeofgError
+from geofg.errors import ConfigError, GeofgError, MissingExtraError
+from geofg.extras import install_command
 
 __all__ = [
     "SEARCH_KEYS",
@@ -611,7 +612,8 @@ def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchS
         from ray.tune.logger import JsonLoggerCallback
         from ray.tune.search.basic_variant import BasicVariantGenerator
     except ImportError as e:
-        raise ConfigError(f"--search needs Ray Tune ({e}); pip install 'geofg[tune]'") from None
+        raise MissingExtraError(f"--search needs Ray Tune ({e}); install it with: "
+                                f"{install_command('tune')}") from None
     output = Path(output).absolute()
     _preflight(data, output, cfg, space, bands=bands, scale=scale, crop_classes=crop_classes,
                val_fraction=val_fraction, init=init, overwrite=overwrite, space_path=space_path)

@@ -7,7 +7,7 @@
   cache is sized to hold the blocks of the last two units each reader read, so the blocks a unit
   shares with the unit above it and with the one to its left are decoded once, not two or three
   times (measured: 238 -> 99 ms of decoding per 1152² unit of a 13-band deflate GeoTIFF, see
-  docs/performance.md).
+  benchmarks/HISTORY.md).
 * **The stages of a unit run on different threads**, so they overlap: the reader also normalises
   (:func:`~geofg.pipeline.prepare_unit`), the compute threads only run the model and blend
   (:func:`~geofg.pipeline.infer_unit`), and the writers turn probabilities into layers

