@@ -4,7 +4,7 @@
 layer (of the latest view, one date of a scan mosaic, or a classify mosaic) becomes a single-band
 uint8 COG with the mosaic's CRS and transform, nodata 255, a colour table for class, health and
 mask, and overviews (nearest: classes are categories). Beside it go the legend's sidecars
-(:mod:`geofg.products.legend`): ``OUT.tif.aux.xml`` (GDAL category names and a raster attribute
+(:mod:`geofg.scan.legend`): ``OUT.tif.aux.xml`` (GDAL category names and a raster attribute
 table) and ``OUT.qml`` (QGIS style). In a health export, pixels without a zone carry the reason
 (not a crop class, cloud, shadow, snow/ice, out of season) as values 250-254. It is written block by block into a temporary
 tiled GeoTIFF, then GDAL's COG driver copies it (tiles, overviews, header first); only one mosaic
@@ -30,7 +30,7 @@ from rasterio.crs import CRS
 from geofg.errors import ConfigError, InputError
 from geofg.io import mosaic as mz
 from geofg.io.read import gdal_env
-from geofg.products.legend import Legend, health_codes, write_sidecars
+from geofg.scan.legend import Legend, health_codes, write_sidecars
 from geofg.scan.stats import _source
 
 LAYERS = ("class", "health", "confidence", "mask")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.health import HEALTH_CLASSES
-from geofg.products.legend import NOT_CROP, NOT_IN_SEASON, health_codes
+from geofg.scan.legend import NOT_CROP, NOT_IN_SEASON, health_codes
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan
 from rasters import write_raster
