@@ -72,7 +72,7 @@ def test_masked_pixels_carry_no_class_and_are_counted_apart(tmp_path: Path, bund
     assert np.array_equal(m, truth)
     a = dict(g["mask"].attrs)
     assert a["flag_values"] == [0, 1, 2, 3] and a["flag_meanings"] == "clear cloud cloud_shadow snow/ice"
-    assert a["grid_mapping"] == "spatial_ref" and a["_FillValue"] == 255
+    assert a["grid_mapping"] == "spatial_ref" and g["mask"].fill_value == 255
     clear = truth == masks.CLEAR
     for name in ("class", "health", "confidence"):
         layer = g[name][:]
@@ -103,6 +103,26 @@ def test_masked_pixels_carry_no_class_and_are_counted_apart(tmp_path: Path, bund
     row = field_stats(out, fields)[0]
     assert row["cloud_ha"] == pytest.approx(9 * 12 * 0.01) and row["crop_ha"] == pytest.approx(9 * 6 * 0.01)
     assert row["valid_ha"] == pytest.approx(9 * 6 * 0.01) and row["clear_ha"] == row["valid_ha"]
+
+
+@pytest.mark.parametrize(("model_mean", "lake"), [(0.25, masks.CLEAR), (0.01, masks.SHADOW)])
+def test_shadow_on_a_murky_lake_the_model_calls_water_is_not_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_mean: float, lake: int) -> None:  # fmt: skip
+    """A dark block with NDWI 0.14 (below the open-water rule's 0.2) that the stand-in detector calls
+    shadow: clear when the model calls it water (NIR 0.03 < the model's 0.25), masked when the
+    model calls it crop (mean 0.01); the dark land block (NDWI < 0) stays shadow either way."""
+    monkeypatch.setattr(masks, "cloud_shadow", _stub)
+    data, truth = _scene()
+    data[:, 30:39, 30:42] = np.array([300, 400, 300, 300, 100, 80], np.uint16)[:, None, None]
+    model = write_threshold_bundle(tmp_path, MODEL_BANDS, mean=[model_mean, 0.1])
+    inp = write_raster(tmp_path / "S2B_MSIL2A_20200715T101031_x.tif", data, descriptions=BANDS)
+    out = tmp_path / "o.zarr"
+    run_job(_job(inp, out, model), predictor_factory=lambda p: ThresholdPredictor(p.card))
+    g = zarr.open_group(str(out), mode="r")
+    m, cls = g["mask"][:], g["class"][:]
+    assert (m[30:39, 30:42] == lake).all()
+    assert (cls[30:39, 30:42] == (0 if lake == masks.CLEAR else 255)).all()
+    assert (m[18:27, 6:15] == masks.SHADOW).all()
 
 
 def test_no_mask_keeps_every_class_and_writes_no_mask_layer(tmp_path: Path, bundle: Path,
