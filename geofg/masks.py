@@ -265,6 +265,16 @@ def cloud_shadow(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
     return cm.csm[:h, :w, 0]
 
 
+def normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a - b) / (a + b)`` as float32, 0 where ``a + b <= 0`` (NDSI, NDWI)."""
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    total = a + b
+    out = np.zeros_like(a)
+    np.divide(a - b, total, out=out, where=total > 0)
+    return out
+
+
 def snow_ice(green: np.ndarray, nir: np.ndarray, swir: np.ndarray) -> np.ndarray:
     """The NDSI snow/ice rule on reflectance arrays (h, w) -> bool (h, w).
 
@@ -272,12 +282,7 @@ def snow_ice(green: np.ndarray, nir: np.ndarray, swir: np.ndarray) -> np.ndarray
         >>> snow_ice(np.array([0.8, 0.05]), np.array([0.7, 0.02]), np.array([0.1, 0.01]))
         array([ True, False])
     """
-    g = green.astype(np.float32)
-    s = swir.astype(np.float32)
-    total = g + s
-    ndsi = np.zeros_like(g)
-    np.divide(g - s, total, out=ndsi, where=total > 0)
-    return (ndsi > NDSI_MIN) & (nir > NIR_MIN) & (g > GREEN_MIN)
+    return (normalised_difference(green, swir) > NDSI_MIN) & (nir > NIR_MIN) & (green > GREEN_MIN)
 
 
 def open_water(green: np.ndarray, nir: np.ndarray) -> np.ndarray:
@@ -287,12 +292,7 @@ def open_water(green: np.ndarray, nir: np.ndarray) -> np.ndarray:
         >>> open_water(np.array([0.05, 0.05]), np.array([0.02, 0.2]))
         array([ True, False])
     """
-    g = green.astype(np.float32)
-    n = nir.astype(np.float32)
-    total = g + n
-    ndwi = np.zeros_like(g)
-    np.divide(g - n, total, out=ndwi, where=total > 0)
-    return ndwi > WATER_NDWI
+    return normalised_difference(green, nir) > WATER_NDWI
 
 
 def mask_window(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray, *,
