@@ -317,9 +317,10 @@ def fields(
 ) -> None:
     """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares (coverage-weighted)."""
     _configure(verbose, quiet)
-    from geofg.products.fields import field_table, write_table
+    from geofg.products.fields import check_output, field_table, write_table
 
     try:
+        check_output(output, overwrite)
         table = field_table(mosaic, fields_file)
         path = write_table(table, output, overwrite=overwrite)
     except GeofgError as e:

@@ -236,8 +236,8 @@ def _column(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
 
 
-def write_table(table: Any, out: Path, overwrite: bool = False) -> Path:
-    """Write ``table`` by ``out``'s extension (GeoParquet 1.1, GeoPackage, FlatGeobuf, CSV), atomically.
+def check_output(out: Path, overwrite: bool = False) -> str:
+    """The writer for ``out``'s extension (checked before any work).
 
     Raises:
         ConfigError: unknown extension, or ``out`` exists without ``overwrite``.
@@ -248,6 +248,16 @@ def write_table(table: Any, out: Path, overwrite: bool = False) -> Path:
                           f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
     if out.exists() and not overwrite:
         raise ConfigError(f"-o {out}: the file exists; pass --overwrite to replace it or choose another path")
+    return kind
+
+
+def write_table(table: Any, out: Path, overwrite: bool = False) -> Path:
+    """Write ``table`` by ``out``'s extension (GeoParquet 1.1, GeoPackage, FlatGeobuf, CSV), atomically.
+
+    Raises:
+        ConfigError: unknown extension, or ``out`` exists without ``overwrite``.
+    """
+    kind = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.tmp{out.suffix}")
     try:
