@@ -63,6 +63,13 @@ EUROSAT_TO_DW = {"SeaLake": 0, "Forest": 1, "Pasture": 2, "AnnualCrop": 4, "Resi
                  "Industrial": 6}
 EUROSAT_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
                  "B12", "B8A"]
+FINE_TUNED_ATTRIBUTION = (
+    "Derived from the Dynamic World model (google/dynamicworld@0dd288f), Copyright 2021 Google LLC,"
+    " Apache-2.0. This code is produced for the Dynamic World Project by Google in partnership with"
+    " National Geographic and the World Resources Institute. Brown et al. 2022, Scientific Data, doi"
+    " 10.1038/s41597-022-01307-4. Ported to torch and fine-tuned by geofg (all layers; the weights"
+    " differ from Google's)."
+)
 TRAIN_COLS, VAL_COLS, EAST_COLS = (0, 704), (768, 960), (1024, 1536)
 # offsets (DN) an atmospheric correction removes at most, per Dynamic World band
 L2A_OFFSET = np.array([700, 500, 400, 300, 200, 200, 200, 100, 80], np.float32)
@@ -291,6 +298,7 @@ def finish(args, student, teacher, best, best_state, history, out, t0, legend_os
             "command": shlex.join(sys.argv),
         },
         metrics=metrics,
+        attribution=FINE_TUNED_ATTRIBUTION,
         made_by="scripts/train_landcover_s2.py",
     )
     student.eval()
