@@ -25,7 +25,9 @@ Actors
     decodes the blocks they share once (with a block cache sized as the local runner's). An actor
     that runs out takes from the end of the share of the actor with most left; re-queued units
     go first to whichever actor asks. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
-    actor does not sit idle waiting for the driver between units. GPU actors reserve a CPU per
+    actor does not sit idle waiting for the driver between units. This bookkeeping (shares,
+    stealing, what a lost actor costs) is :class:`geofg.runners.schedule.Scheduler`, plain Python
+    tested without Ray; this module gives it the actors (:class:`_RayPool`). GPU actors reserve a CPU per
     read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
     readers for the cluster's CPUs per GPU. CPU actors take one core each and read on 2 threads.
 
@@ -80,7 +82,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -108,7 +110,9 @@ from geofg.runtime import worker_env
 from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
-from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
+from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes
+from geofg.runners.schedule import QUEUED_PER_ACTOR, Scheduler, last_line
+from geofg.runners.schedule import actor_shares  # noqa: F401 (re-exported: tests, benchmarks)
 
 __all__ = [
     "ACTOR_OPTIONS",
@@ -134,9 +138,6 @@ LOST = (RayActorError, OutOfMemoryError, ObjectLostError, WorkerCrashedError, No
 ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
                                  "scheduling_strategy": "SPREAD"}
 
-#: Calls queued on one actor (the running one plus the next, whose window it is prefetching).
-QUEUED_PER_ACTOR = 2
-
 #: Environment of every actor process (``runtime_env.env_vars``), on top of the job's: geofg's
 #: GDAL options (no sidecars, no network, no credential lookups; see docs/input.md) hold in the
 #: whole process even before the actor enters its own ``rasterio.Env``. The driver adds
@@ -146,7 +147,6 @@ WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 STAGES = ("read", "read_cpu", "wait_read", "compute", "write")
 """Seconds an actor reports per unit: read includes normalising (on the read thread), and
 read_cpu is that read thread's CPU time for it (decoding; under contention, read > read_cpu)."""
-_RESOLVE_TIMEOUT_S = 60.0  # a dead actor's other calls resolve (with an error) well within this
 _MAX_PREFETCHED = 4
 
 
@@ -434,7 +434,7 @@ def jobs_client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
-        msg = _last_line(str(e)) or type(e).__name__
+        msg = last_line(str(e)) or type(e).__name__
         hint = ("; the cluster wants a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
                 "RAY_AUTH_TOKEN_PATH" if "401" in msg or "uthenticat" in msg else
                 "; check --address (the dashboard URL, e.g. http://head:8265) or RAY_ADDRESS")
@@ -442,19 +442,6 @@ def jobs_client(address: str | None) -> Any:
 
 
 # --- the driver --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(eq=False)
-class _Slot:
-    """One actor as the driver sees it: its queued calls (oldest first) and its reserved unit."""
-
-    actor: Any
-    name: str
-    calls: deque = dataclasses.field(default_factory=deque)
-    ahead: deque = dataclasses.field(default_factory=deque)  # reserved units, being prefetched
-    own: deque = dataclasses.field(default_factory=deque)  # its share of the read plan, in order
-    writing: dict = dataclasses.field(default_factory=dict)  # unit id -> unit left to its writers
-    dead: bool = False
 
 
 def _actor_shape(p: Plan, n_units: int) -> tuple[str, int, dict[str, float]]:
@@ -530,230 +517,78 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
 
-def actor_shares(units: Sequence[WorkUnit], actors: int, lanes: int) -> tuple[list[list[WorkUnit]], dict[str, int]]:
-    """Each actor's share of ``units``, in read order, and the read thread ("lane") of each unit.
+class _RayPool:
+    """The :class:`~geofg.runners.schedule.Pool` of one Ray run: actors of one class and options."""
 
-    :func:`~geofg.runners.local.reader_plan` for ``actors * lanes`` readers; reader *k* is lane
-    *k* // ``actors`` of actor *k* % ``actors``, so the first runs go to different actors.
+    lost = LOST
 
-    Examples:
-        >>> from geofg.grid import plan_units
-        >>> shares, lane = actor_shares(plan_units(4, 2, 1, 0), 2, 1)  # two bands, one per actor
-        >>> [[(u.row, u.col) for u in share] for share in shares]
-        [[(0, 0), (1, 0), (0, 1), (1, 1)], [(2, 0), (3, 0), (2, 1), (3, 1)]]
-    """
-    shares: list[list[WorkUnit]] = [[] for _ in range(actors)]
-    lane: dict[str, int] = {}
-    for u, k in reader_plan(units, actors * lanes):
-        shares[k % actors].append(u)
-        lane[u.id] = k // actors
-    return shares, lane
-
-
-class _Driver:
-    """The unit <-> call bookkeeping of one Ray run (see the module docstring)."""
-
-    def __init__(self, p: Plan, units: Sequence[WorkUnit], on_unit: OnUnit,
-                 attempts: dict[str, int], sink: UnitSink,
-                 predictor_factory: PredictorFactory | None, worker: type = UnitWorker) -> None:
-        self.on_unit = on_unit
-        self.sink = sink
-        self.max_attempts = p.job.runner.max_attempts
-        self.todo: deque[WorkUnit] = deque()  # re-queued units, before any actor's own
-        self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
-        self.losses: Counter[str] = Counter()
-        self.inflight: dict[Any, tuple[WorkUnit | None, _Slot]] = {}  # None: a drain call
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        device, n, resources = _actor_shape(p, len(units))
-        self.prefetch = actor_prefetch(p.job.runner, device, resources)
-        lanes = actor_read_threads(p.job.runner, device, resources.get("num_cpus", 1))
+    def __init__(self, p: Plan, sink: Any, device: str, resources: dict[str, float],
+                 predictor_factory: PredictorFactory | None, worker: type) -> None:
         self.plan_ref = ray.put(_slim(p))
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
         self.sink_args["path"] = Path(sink.path).resolve()
         self.worker = ray.remote(worker)
+        self.run_id = sink.run_id
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
         env = {**WORKER_ENV, **worker_env()}  # glibc and torch read these when the process starts
         self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": env}}
         self.device = device
         self.factory = predictor_factory
-        self.replacements = n * self.max_attempts
         self.started = 0
-        self.slots = [self._start() for _ in range(n)]
-        shares, self.lane = actor_shares(units, n, lanes)
-        for slot, share in zip(self.slots, shares, strict=True):
-            slot.own.extend(share)
-        log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
 
-    def _start(self) -> _Slot:
-        name = f"geofg-{self.sink.run_id}-{self.batch}-{self.started}"
+    def start(self) -> tuple[Any, str]:
+        name = f"geofg-{self.run_id}-{self.batch}-{self.started}"
         self.started += 1
         actor = self.worker.options(name=name, **self.options).remote(
             self.plan_ref, self.sink_args, self.device, self.factory)
-        return _Slot(actor, name)
+        return actor, name
 
-    def run(self) -> dict[str, float]:
-        try:
-            self._fill()
-            while self.inflight:
-                ready, _ = ray.wait(list(self.inflight), num_returns=1)
-                ref = ready[0]
-                slot = self.inflight[ref][1]
-                try:
-                    outcome = ray.get(ref)
-                except LOST as e:
-                    self._lost(slot, e)
-                else:
-                    self._finish(ref, slot, outcome)
-                self._fill()
-        finally:
-            self._stop()
-        return self.seconds
+    def process(self, worker: Any, unit: WorkUnit, attempt: int, upcoming: list[WorkUnit],
+                lanes: dict[str, int]) -> Any:
+        return worker.process.remote(unit, attempt, upcoming, lanes)
 
-    def _fill(self) -> None:
-        for s in self.slots:
-            while not s.dead and len(s.calls) < QUEUED_PER_ACTOR and not signals.STOP.is_set():
-                unit = s.ahead.popleft() if s.ahead else self._take(s)
-                if unit is None:
-                    if s.writing and not s.calls:  # nothing left to run: collect its last writes
-                        ref = s.actor.drain.remote()
-                        s.calls.append(ref)
-                        self.inflight[ref] = (None, s)
-                    break
-                while len(s.ahead) < self.prefetch and (u := self._next(s)) is not None:
-                    s.ahead.append(u)
-                lanes = {u.id: self.lane[u.id] for u in (unit, *s.ahead)}
-                ref = s.actor.process.remote(unit, self.attempt[unit.id], list(s.ahead), lanes)
-                s.calls.append(ref)
-                self.inflight[ref] = (unit, s)
+    def drain(self, worker: Any) -> Any:
+        return worker.drain.remote()
 
-    def _next(self, slot: _Slot) -> WorkUnit | None:
-        """A unit for ``slot`` to reserve: a re-queued one, else its own next, else the last of the
-        live actor with most left of its own (its tail, which it would reach last)."""
-        if self.todo:
-            return self.todo.popleft()
-        if slot.own:
-            return slot.own.popleft()
-        return self._steal(slot, lambda s: s.own)
+    def wait(self, calls: list[Any]) -> Any:
+        ready, _ = ray.wait(calls, num_returns=1)
+        return ready[0]
 
-    def _take(self, slot: _Slot) -> WorkUnit | None:
-        """Next unit for an actor with none reserved: :meth:`_next`, else the last one reserved
-        by the actor holding most (near the end of a run, so no actor idles while another has a
-        backlog; the donor's early read of it is wasted, nothing else)."""
-        unit = self._next(slot)
-        return unit if unit is not None else self._steal(slot, lambda s: s.ahead)
+    def get(self, call: Any, timeout: float | None = None) -> Any:
+        return ray.get(call, timeout=timeout)
 
-    def _steal(self, slot: _Slot, queue: Callable[[_Slot], deque]) -> WorkUnit | None:
-        """The last unit of ``queue`` (an actor's own share, or its reserved units) of the live
-        actor other than ``slot`` with the most in it; None when they are all empty."""
-        donors = [s for s in self.slots if s is not slot and not s.dead and queue(s)]
-        return queue(max(donors, key=lambda s: len(queue(s)))).pop() if donors else None
-
-    def _finish(self, ref: Any, slot: _Slot, reply: Any) -> None:
-        """Settle a call's reply: the outcomes it carries (one, or a list: its unit's and those of
-        units its actor's write threads finished); a unit without one is still being written."""
-        unit, _ = self.inflight.pop(ref)
-        slot.calls.remove(ref)
-        outcomes = reply if isinstance(reply, list) else [reply]
-        if unit is not None and unit.id not in {o.unit_id for o in outcomes}:
-            slot.writing[unit.id] = unit
-        for outcome in outcomes:
-            done = slot.writing.pop(outcome.unit_id, None) or unit
-            for k, v in outcome.seconds.items():
-                self.seconds[k] = self.seconds.get(k, 0.0) + v
-            if outcome.record is not None:
-                self.on_unit(outcome.record)
-            else:
-                self.on_unit(self.sink.failed(done, outcome.error or "failed", self.attempt[done.id]))
-
-    def _lost(self, slot: _Slot, error: BaseException) -> None:
-        """Retire a dead actor: settle its calls, charge the unit it was running, replace it."""
-        slot.dead = True
-        with contextlib.suppress(Exception):
-            ray.kill(slot.actor, no_restart=True)
-        if isinstance(error, RayActorError) and error.actor_init_failed:
-            changed = re.search(r"InputChangedError: (.+)", str(error))
-            if changed:  # the input changed under the run before this actor started: exit 3
-                raise InputChangedError(changed.group(1).strip())
-            raise ClusterError(
-                f"a Ray actor could not start: {_last_line(str(error))}; every node needs geofg, "
-                "the model bundle and the inputs at the same paths as the driver"
-            )
-        first = _last_line(str(error)) or type(error).__name__
-        unsettled: list[WorkUnit] = []  # the units of calls whose replies died, oldest first
-        for ref in list(slot.calls):
-            unit = self.inflight[ref][0]
-            try:
-                reply = ray.get(ref, timeout=_RESOLVE_TIMEOUT_S)
-            except LOST:
-                del self.inflight[ref]
-                slot.calls.remove(ref)
-                if unit is not None:  # not a drain call
-                    unsettled.append(unit)
-            else:
-                self._finish(ref, slot, reply)
-        # Calls run one at a time, in order: the oldest whose unit left no ledger record was the one
-        # running (a finished call's reply can die with the actor; its record says it finished).
-        # With no such call, the oldest unit left to the actor's write threads without a record.
-        unsettled += slot.writing.values()
-        slot.writing.clear()
-        # a record the actor was writing when it died leaves a temp file; no one else writes these
-        self.sink.ledger.sweep_temp(units=[u.id for u in unsettled])
-        requeue: list[WorkUnit] = []
-        charged: WorkUnit | None = None
-        for unit in unsettled:
-            done = self._recorded(unit)
-            if done is not None:
-                self.on_unit(done)
-                continue
-            if charged is not None:
-                requeue.append(unit)
-                continue
-            charged = unit
-            self.losses[unit.id] += 1
-            if self.losses[unit.id] >= self.max_attempts:
-                msg = (f"{type(error).__name__}: lost its Ray worker {self.losses[unit.id]} times "
-                       f"(last: {first})")
-                self.on_unit(self.sink.failed(unit, msg, self.attempt[unit.id]))
-            else:
-                self.attempt[unit.id] += 1
-                requeue.append(unit)
-        requeue.extend(slot.ahead)
-        slot.ahead.clear()
-        log.warning("actor %s lost (%s) while running unit %s (loss %d of %d allowed); %d unit(s) "
-                    "re-queued", slot.name, type(error).__name__, charged.id if charged else "-",
-                    self.losses[charged.id] if charged else 0, self.max_attempts, len(requeue))
-        self.todo.extendleft(reversed(requeue))
-        self.slots.remove(slot)
-        if self.replacements > 0 and (self.todo or self.inflight or slot.own
-                                      or any(s.own for s in self.slots)):
-            self.replacements -= 1
-            self.slots.append(self._start())
-            self.slots[-1].own = slot.own  # its share of the plan, in order
-        else:
-            self.todo.extend(slot.own)  # for the actors left
-        if not self.slots and self.todo:
-            raise ClusterError(
-                f"every Ray actor died ({self.started} started; last: {first}); {len(self.todo)} "
-                "units were not run; the mosaic is consistent: re-run to resume"
-            )
-
-    def _recorded(self, unit: WorkUnit) -> UnitRecord | None:
-        """The ledger record this run's current attempt of ``unit`` wrote, if any."""
-        try:
-            rec = UnitRecord.from_json(self.sink.ledger.path_for(unit.id).read_bytes())
-        except (OSError, ValueError):
+    def start_failure(self, error: BaseException) -> BaseException | None:
+        if not (isinstance(error, RayActorError) and error.actor_init_failed):
             return None
-        ok = (rec.status == "done" and rec.run_id == self.sink.run_id
-              and rec.attempt == self.attempt[unit.id])
-        return rec if ok else None
+        changed = re.search(r"InputChangedError: (.+)", str(error))
+        if changed:  # the input changed under the run before this actor started: exit 3
+            return InputChangedError(changed.group(1).strip())
+        return ClusterError(
+            f"a Ray actor could not start: {last_line(str(error))}; every node needs geofg, "
+            "the model bundle and the inputs at the same paths as the driver"
+        )
 
-    def _stop(self) -> None:
-        closing = [s.actor.close.remote() for s in self.slots if not s.dead]
+    def kill(self, worker: Any) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(worker, no_restart=True)
+
+    def close(self, workers: list[Any]) -> None:
+        closing = [w.close.remote() for w in workers]
         with contextlib.suppress(Exception):
             ray.wait(closing, num_returns=len(closing), timeout=30)
-        for s in self.slots:
-            with contextlib.suppress(Exception):
-                ray.kill(s.actor, no_restart=True)
+
+
+def _run_on_actors(p: Plan, units: Sequence[WorkUnit], on_unit: OnUnit, attempts: dict[str, int],
+                   sink: Any, predictor_factory: PredictorFactory | None, worker: type) -> dict[str, float]:
+    """Size the actors for the connected cluster and run ``units`` on them."""
+    device, n, resources = _actor_shape(p, len(units))
+    prefetch = actor_prefetch(p.job.runner, device, resources)
+    lanes = actor_read_threads(p.job.runner, device, resources.get("num_cpus", 1))
+    pool = _RayPool(p, sink, device, resources, predictor_factory, worker)
+    scheduler = Scheduler(pool, units, n, lanes, prefetch, p.job.runner.max_attempts, attempts,
+                          on_unit, sink, STAGES)
+    log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
+    return scheduler.run()
 
 
 def _slim(p: Any) -> Any:
@@ -764,11 +599,6 @@ def _slim(p: Any) -> Any:
     if "model_path" in names and model.is_file():
         changes["model_path"] = str(model.resolve())
     return dataclasses.replace(p, **changes) if changes else p
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def run_ray(
@@ -807,7 +637,7 @@ def run_ray(
     """
     connected = _connect(p.job.runner)
     try:
-        return _Driver(p, units, on_unit, attempts or {}, sink, predictor_factory, worker).run()
+        return _run_on_actors(p, units, on_unit, attempts or {}, sink, predictor_factory, worker)
     finally:
         if connected:
             ray.shutdown()
