@@ -28,7 +28,7 @@ import numpy as np
 
 from geofg import __version__
 from geofg.batch import normalise, pad_to, round_up
-from geofg.config import JobConfig
+from geofg.config import JobConfig, ModelConfig, RunnerConfig, TileConfig
 from geofg.errors import ConfigError, GeofgWarning, InputError
 from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
@@ -88,6 +88,38 @@ class Predictor(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Map (N, C, H, W) float32 normalised input to (N, K, H, W) float32 probabilities."""
         ...
+
+
+class UnitJob(Protocol):
+    """The settings of a job that the unit stages and the runners read (classify's
+    :class:`~geofg.config.JobConfig` and the scan's :class:`~geofg.scan.config.ScanConfig`)."""
+
+    @property
+    def tile(self) -> TileConfig: ...  # noqa: D102
+    @property
+    def model(self) -> ModelConfig: ...  # noqa: D102
+    @property
+    def runner(self) -> RunnerConfig: ...  # noqa: D102
+
+
+class UnitPlan(Protocol):
+    """What :func:`prepare_unit`, :func:`infer_unit` and :func:`finish_unit` read of a plan:
+    classify's :class:`Plan` and the scan's :class:`~geofg.scan.run.ScanPlan` both are one."""
+
+    @property
+    def job(self) -> UnitJob: ...  # noqa: D102
+    @property
+    def card(self) -> ModelCard: ...  # noqa: D102
+    @property
+    def tile_size(self) -> int: ...  # noqa: D102
+    @property
+    def overlap(self) -> int: ...  # noqa: D102
+    @property
+    def mask(self) -> MaskPlan | None: ...  # noqa: D102
+    @property
+    def mask_channels(self) -> tuple[int, ...]: ...  # noqa: D102
+    @property
+    def season(self) -> HealthSeason | None: ...  # noqa: D102
 
 
 @dataclass(frozen=True)
@@ -447,7 +479,7 @@ def _no_timer(stage: str, seconds: float) -> None:
     pass
 
 
-def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
+def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: UnitPlan,
                  timer: Timer = _no_timer) -> np.ndarray | None:
     """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel."""
     core = unit.core.relative_to(unit.read)
@@ -461,7 +493,7 @@ def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: Plan,
     return x
 
 
-def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
+def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: UnitPlan,
                timer: Timer = _no_timer) -> np.ndarray:
     """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input."""
     timed = _TimedPredictor(predictor)
@@ -474,7 +506,7 @@ def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
 
 
 def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
-                p: Plan, timer: Timer = _no_timer) -> UnitOutput:
+                p: UnitPlan, timer: Timer = _no_timer) -> UnitOutput:
     """The unit's layers and statistics from its window's probabilities and raw data.
 
     ``probs`` None (nothing was predicted: no valid pixel in the core) gives an empty output.
@@ -512,7 +544,7 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
 
 
 def process_unit(
-    unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: Plan,
+    unit: WorkUnit, data: np.ndarray, valid: np.ndarray, predictor: Predictor, p: UnitPlan,
     timer: Timer = _no_timer,
 ) -> UnitOutput:
     """Process one unit from its read window's data (C, H, W) and validity (H, W).
@@ -525,7 +557,7 @@ def process_unit(
 
 
 def predict_unit(unit: WorkUnit, x: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
-                 predictor: Predictor, p: Plan, timer: Timer = _no_timer) -> UnitOutput:
+                 predictor: Predictor, p: UnitPlan, timer: Timer = _no_timer) -> UnitOutput:
     """:func:`infer_unit` then :func:`finish_unit` on :func:`prepare_unit`'s output ``x``."""
     probs = None if x is None else infer_unit(x, valid, predictor, p, timer)
     del x

@@ -262,22 +262,12 @@ def _run_locked(
     return result
 
 
-def _execute(p, pending, sink, on_unit, attempts, result, predictor_factory) -> None:  # noqa: ANN001
-    if p.job.runner.kind == "ray":
-        from geofg.runners.ray import run_ray  # ray is imported only in runners/ (pyproject contracts)
+def _execute(p: Plan, pending: list, sink: UnitSink, on_unit: Callable[[UnitRecord], None],
+             attempts: dict[str, int], result: RunResult,
+             predictor_factory: Callable[[Plan], object] | None) -> None:
+    from geofg.runners import make_runner  # ray is imported only in runners/ (pyproject contracts)
+    from geofg.runners.local import RasterSource
 
-        result.profile = run_ray(p, pending, on_unit, attempts, sink, predictor_factory)
-        return
-    from geofg.runners.local import Profile, run_local
-
-    if predictor_factory is None:
-        from geofg.models.ensemble import load_models
-
-        predictor = load_models(p.model_paths, p.job.model.device, tta=p.job.model.tta,
-                                compile=p.job.model.compile)
-    else:
-        predictor = predictor_factory(p)
-    prof = Profile()
-    run_local(p, pending, predictor, sink, on_unit, attempts, prof)  # type: ignore[arg-type]
-    result.profile = dict(prof.seconds)
-    result.cpu = dict(prof.cpu)
+    times = make_runner(p.job.runner.kind, predictor_factory).run(RasterSource(p), pending, sink,
+                                                                 on_unit, attempts)
+    result.profile, result.cpu = times.seconds, times.cpu

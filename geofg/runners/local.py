@@ -34,22 +34,25 @@ import contextlib
 import logging
 import os
 import resource
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from geofg.errors import UNIT_ERRORS, stops_run
-from geofg.grid import WorkUnit
+from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
+from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
-from geofg.io.sink import UnitSink
 from geofg.memory import heap_reused, trim_heap
+from geofg.models.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
+from geofg.runners.base import RunTimes, Sink, Source
 from geofg.signals import STOP
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,76 @@ def block_cache_bytes(reader: RasterReader, units: Sequence[WorkUnit], readers: 
     return max(GDAL_CACHE_BYTES, min(readers * GDAL_CACHE_MAX_BYTES, need))
 
 
+@dataclass(frozen=True)
+class RasterSource:
+    """Classify's :class:`~geofg.runners.base.Source`: the plan's raster and model bundle(s)."""
+
+    plan: Plan
+
+    def open_reader(self, cache_bytes: int | None = None) -> RasterReader:
+        """A reader of the bands the model and the mask read, with its own dataset handles."""
+        return RasterReader(self.plan.info, self.plan.read_indices, cache_bytes)
+
+    def cache_bytes(self, reader: RasterReader, units: Sequence[WorkUnit] | None, readers: int) -> int:
+        """:func:`block_cache_bytes` for ``units``; with none (a Ray actor has no unit list), for
+        a 3 x 3-chunk corner of the grid, which has edge and interior units like the real ones."""
+        if units is None:
+            p = self.plan
+            chunk = p.job.tile.chunk
+            units = plan_units(min(p.info.height, 3 * chunk), min(p.info.width, 3 * chunk), chunk, p.halo)
+        return block_cache_bytes(reader, units, readers)
+
+    def load_predictor(self, device: str, check: bool = False) -> Predictor:
+        """The plan's model(s) (an ensemble, TTA, compiled: as planned) on ``device``.
+
+        Raises:
+            WeightsChecksumError: ``check`` and the bundle here is not the one planned with.
+        """
+        from geofg.models.ensemble import load_models, models_sha256
+
+        p = self.plan
+        if check:
+            found = models_sha256([bundle_sha256(m) for m in p.model_paths], p.job.model.tta)
+            if found != p.model_sha256:
+                raise WeightsChecksumError(
+                    f"{p.model_path} on node {socket.gethostname()}: expected the bundle the driver "
+                    f"planned with (sha256 {p.model_sha256[:12]}...), found sha256 {found[:12]}...; "
+                    "put the same bundle on every node"
+                )
+        return load_models(p.model_paths, device, tta=p.job.model.tta, compile=p.job.model.compile)
+
+
+class LocalRunner:
+    """The in-process :class:`~geofg.runners.base.Runner`: :func:`run_local`.
+
+    The predictor is loaded on the first run (``model.device``) and kept for the next (a scan runs
+    one per date).
+    """
+
+    def __init__(self, predictor_factory: Callable[[Any], Any] | None = None) -> None:
+        self._factory = predictor_factory
+        self._predictor: Predictor | None = None
+
+    def prepare(self, source: Source) -> None:
+        """Load the model now (a scan, before it writes its first date's slice)."""
+        self.predictor(source)
+
+    def predictor(self, source: Source) -> Predictor:
+        """The model, loaded once (by the factory, else by the source)."""
+        if self._predictor is None:
+            p = source.plan
+            self._predictor = (self._factory(p) if self._factory is not None
+                               else source.load_predictor(p.job.model.device))
+        return self._predictor
+
+    def run(self, source: Source, units: Sequence[WorkUnit], sink: Sink, on_unit: OnUnit,
+            attempts: dict[str, int] | None = None) -> RunTimes:
+        """:func:`run_local` with this runner's predictor; the profile's seconds and CPU time."""
+        prof = Profile()
+        run_local(source, units, self.predictor(source), sink, on_unit, attempts, prof)
+        return RunTimes(dict(prof.seconds), dict(prof.cpu))
+
+
 @contextlib.contextmanager
 def compute_streams(predictor: Predictor, want: int | None) -> Iterator[int]:
     """Yield how many ``predict`` calls may run at once, letting the predictor prepare for them.
@@ -193,10 +266,10 @@ def compute_streams(predictor: Predictor, want: int | None) -> Iterator[int]:
 
 
 def run_local(
-    p: Plan,
+    source: Source,
     units: Sequence[WorkUnit],
     predictor: Predictor,
-    sink: UnitSink,
+    sink: Sink,
     on_unit: OnUnit,
     attempts: dict[str, int] | None = None,
     profile: Profile | None = None,
@@ -209,9 +282,10 @@ def run_local(
     """
     prof = profile or Profile()
     attempts = attempts or {}
+    p = source.plan
     cfg = p.job.runner
     n_readers, n_writers = cfg.io_threads(getattr(predictor, "device", "cpu"))
-    handles: dict[int, RasterReader] = {}
+    handles: dict[int, Any] = {}
     handles_lock = threading.Lock()
     lanes = ReadLanes(n_readers, "geofg-read")
 
@@ -220,8 +294,10 @@ def run_local(
         with prof.thread_cpu("reader"):
             reader = handles.get(k)
             if reader is None:
-                reader = RasterReader(p.info, p.read_indices)
-                reader.cache_bytes = block_cache_bytes(reader, units, n_readers)
+                reader = source.open_reader()
+                cache = source.cache_bytes(reader, units, n_readers)
+                if cache is not None:
+                    reader.cache_bytes = cache
                 with handles_lock:
                     handles[k] = reader
             t = time.perf_counter()

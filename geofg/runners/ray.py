@@ -1,21 +1,20 @@
 """The Ray runner: the local runner's units on Ray actors, one per GPU (one per core without GPUs).
 
-This is the only geofg module that imports ray; :mod:`geofg.run` imports it lazily. Scans
-(:mod:`geofg.scan.run`) use the same driver with their own actor class
-(:class:`geofg.scan.units.ScanUnitWorker`, the ``worker`` argument of :func:`run_ray`), one run
-per date inside one :func:`session`.
+This is the only geofg module that imports ray; :func:`geofg.runners.make_runner` imports it
+lazily. Classify and scans run the same actor (:class:`UnitWorker`) with their own source and sink
+(:mod:`geofg.runners.base`); a scan runs one Ray run per date inside one :func:`session`.
 
-What travels between processes is small: the :class:`~geofg.pipeline.Plan` without its unit list
-(put once in the object store and shared by every actor), one :class:`~geofg.grid.WorkUnit` (a
+What travels between processes is small: the source (its plan without its unit list; put
+once in the object store and shared by every actor), one :class:`~geofg.grid.WorkUnit` (a
 few ints) per call, and one :class:`UnitOutcome` (a ledger record and a few timings) per result.
 Pixels never go through the object store: each actor reads its units' windows itself and writes
-their chunks and ledger records itself, through its own :class:`~geofg.io.sink.UnitSink`.
+their chunks and ledger records itself, through its own sink (built from the driver's fields).
 
 Actors
     :class:`UnitWorker` loads the predictor once in ``__init__`` (a restarted actor reloads it;
     nothing assumes earlier state), checks the bundle's sha256 against the plan's, enters its own
     GDAL environment, and reads on threads of its own (:func:`actor_read_threads`), each with its own
-    :class:`~geofg.io.read.RasterReader` (GDAL datasets are never shared between threads). Each
+    reader from the source (GDAL datasets are never shared between threads). Each
     call names the unit to process and the next units the driver has reserved for this actor
     (``runner.prefetch``, at least one per read thread: :func:`actor_prefetch`); the actor starts reading those before computing the current one, so the model
     does not wait on reads. Which units, and on which read thread: the driver cuts the units with
@@ -25,7 +24,9 @@ Actors
     decodes the blocks they share once (with a block cache sized as the local runner's). An actor
     that runs out takes from the end of the share of the actor with most left; re-queued units
     go first to whichever actor asks. The driver keeps :data:`QUEUED_PER_ACTOR` calls queued per actor, so an
-    actor does not sit idle waiting for the driver between units. GPU actors reserve a CPU per
+    actor does not sit idle waiting for the driver between units. This bookkeeping (shares,
+    stealing, what a lost actor costs) is :class:`geofg.runners.schedule.Scheduler`, plain Python
+    tested without Ray; this module gives it the actors (:class:`_RayPool`). GPU actors reserve a CPU per
     read thread: ``runner.read_workers``, else :meth:`~geofg.config.RunnerConfig.io_threads`'s
     readers for the cluster's CPUs per GPU. CPU actors take one core each and read on 2 threads.
 
@@ -76,13 +77,10 @@ import dataclasses
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import uuid
-from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +97,25 @@ from ray.exceptions import (
 
 from geofg.config import RunnerConfig
 from geofg import signals
-from geofg.errors import UNIT_ERRORS, ClusterError, InputChangedError, WeightsChecksumError, stops_run
-from geofg.grid import WorkUnit, plan_units
+from geofg.errors import UNIT_ERRORS, ClusterError, InputChangedError, stops_run
+from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
-from geofg.io.sink import UnitSink
 from geofg.runtime import worker_env
-from geofg.models.bundle import bundle_sha256
-from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
+from geofg.pipeline import Plan, Predictor, UnitPlan, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
-from geofg.runners.local import ReadLanes, _result_with_retry, block_cache_bytes, reader_plan
+from geofg.runners.base import RunTimes, Source
+from geofg.runners.local import RasterSource, _result_with_retry
+from geofg.runners.schedule import QUEUED_PER_ACTOR, Scheduler, last_line
+from geofg.runners.schedule import actor_shares  # noqa: F401 (re-exported: tests, benchmarks)
+from geofg.runners.threads import ActorReads, WriteBehind
 
 __all__ = [
     "ACTOR_OPTIONS",
     "QUEUED_PER_ACTOR",
     "WORKER_ENV",
     "UnitOutcome",
+    "RayRunner",
     "UnitWorker",
     "jobs_client",
     "run_ray",
@@ -124,7 +125,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnUnit = Callable[[UnitRecord], None]
-PredictorFactory = Callable[[Plan], Predictor]
+PredictorFactory = Callable[[Any], Predictor]
 
 #: Errors meaning "the unit's worker is gone" (the unit may or may not have run): retried.
 LOST = (RayActorError, OutOfMemoryError, ObjectLostError, WorkerCrashedError, NodeDiedError,
@@ -133,9 +134,6 @@ LOST = (RayActorError, OutOfMemoryError, ObjectLostError, WorkerCrashedError, No
 #: Ray options of every actor. No restarts and no task retries: the driver does all retrying.
 ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
                                  "scheduling_strategy": "SPREAD"}
-
-#: Calls queued on one actor (the running one plus the next, whose window it is prefetching).
-QUEUED_PER_ACTOR = 2
 
 #: Environment of every actor process (``runtime_env.env_vars``), on top of the job's: geofg's
 #: GDAL options (no sidecars, no network, no credential lookups; see docs/input.md) hold in the
@@ -146,8 +144,6 @@ WORKER_ENV: dict[str, str] = {**GDAL_OPTIONS, "HF_HUB_OFFLINE": "1"}
 STAGES = ("read", "read_cpu", "wait_read", "compute", "write")
 """Seconds an actor reports per unit: read includes normalising (on the read thread), and
 read_cpu is that read thread's CPU time for it (decoding; under contention, read > read_cpu)."""
-_RESOLVE_TIMEOUT_S = 60.0  # a dead actor's other calls resolve (with an error) well within this
-_MAX_PREFETCHED = 4
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,51 +159,50 @@ class UnitOutcome:
 class UnitWorker:
     """One Ray actor: a model loaded once, its own read threads and GDAL env, its own sink.
 
+    The same actor runs classify and scan units: they differ only in the source and the sink.
+
     Args:
-        p: the plan, without units (:func:`run_ray` strips them).
-        sink_args: the fields of the driver's :class:`~geofg.io.sink.UnitSink`.
+        source: where units are read from and which model runs (:class:`~geofg.runners.base.Source`:
+            classify's :class:`~geofg.runners.local.RasterSource`, its plan without units, or a
+            scan date's :class:`~geofg.scan.units.ScanSource`).
+        sink_type: the driver's sink class (:class:`~geofg.io.sink.UnitSink`,
+            :class:`~geofg.scan.units.ScanSink`); the actor builds its own from ``sink_args``.
+        sink_args: the fields of the driver's sink.
         device: ``"cuda"`` (Ray shows a GPU actor only its own GPU) or ``"cpu"``.
-        predictor_factory: builds the predictor from the plan instead of
-            :func:`~geofg.models.predictor.load_predictor` (tests and custom models); it travels
-            pickled, so it must be a function, never a loaded model.
+        predictor_factory: builds the predictor from the plan instead of the source loading the
+            model file (tests and custom models); it travels pickled, so it must be a function,
+            never a loaded model.
 
     Raises:
-        WeightsChecksumError: the bundle at ``p.model_path`` on this node is not the one the driver
-            planned with.
+        WeightsChecksumError: the bundle on this node is not the one the driver planned with.
         InputError: an input is missing or changed on this node.
     """
 
-    def __init__(self, p: Plan, sink_args: dict[str, Any], device: str,
+    def __init__(self, source: Source, sink_type: type, sink_args: dict[str, Any], device: str,
                  predictor_factory: PredictorFactory | None = None) -> None:
-        self._plan = p
+        self._source = source
+        self._plan = p = source.plan
         self._env = contextlib.ExitStack()
         lanes = actor_read_threads(p.job.runner, device)
         # rasterio sets GDAL's block cache process-wide on entering an env and restores it on
         # leaving, shrinking (flushing) the cache then: the actor's env and every read's use the
         # same size, or each read would leave the cache at the outer size and its lanes' shared
         # blocks would be decoded again (measured: 250 ms of read CPU per 1152² unit, not ~110)
-        with RasterReader(p.info, p.read_indices) as probe:  # inputs missing or changed: fail now
-            self._cache_bytes = actor_cache_bytes(probe, p, lanes)
+        probe = source.open_reader()  # inputs missing or changed: fail now
+        try:
+            self._cache_bytes = source.cache_bytes(probe, None, lanes)
+        finally:
+            probe.close()
         self._env.enter_context(gdal_env(self._cache_bytes))
         if predictor_factory is None:
-            from geofg.models.ensemble import load_models, models_sha256
-
-            found = models_sha256([bundle_sha256(m) for m in p.model_paths], p.job.model.tta)
-            if found != p.model_sha256:
-                raise WeightsChecksumError(
-                    f"{p.model_path} on node {socket.gethostname()}: expected the bundle the driver "
-                    f"planned with (sha256 {p.model_sha256[:12]}...), found sha256 {found[:12]}...; "
-                    "put the same bundle on every node"
-                )
-            self._predictor: Predictor = load_models(p.model_paths, device, tta=p.job.model.tta,
-                                                     compile=p.job.model.compile)
+            self._predictor: Predictor = source.load_predictor(device, check=True)
         else:
             self._predictor = predictor_factory(p)
         self._local = threading.local()
-        self._readers: list[RasterReader] = []
+        self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._reads = ActorReads(lanes, self._read, "geofg-read")
-        self._sink = UnitSink(**sink_args)
+        self._sink = sink_type(**sink_args)
         self._writes = WriteBehind(actor_write_threads(p.job.runner, device))
 
     def pid(self) -> int:
@@ -221,8 +216,7 @@ class UnitWorker:
         """
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = self._local.reader = RasterReader(self._plan.info, self._plan.read_indices,
-                                                       self._cache_bytes)
+            reader = self._local.reader = self._source.open_reader(self._cache_bytes)
             with self._readers_lock:
                 self._readers.append(reader)
         t, cpu = time.perf_counter(), time.thread_time()
@@ -297,75 +291,6 @@ class UnitWorker:
         self._env.close()
 
 
-class ActorReads:
-    """An actor's reads: its read threads (:class:`~geofg.runners.local.ReadLanes`) and the units
-    the driver said come next, read ahead. ``read(unit)`` runs on a lane and returns what the
-    actor needs of the unit."""
-
-    def __init__(self, lanes: int, read: Callable[[Any], Any], prefix: str) -> None:
-        self._lanes = ReadLanes(lanes, prefix)
-        self._read = read
-        self._ahead: dict[str, Future] = {}
-
-    def read(self, unit: Any, lanes: dict[str, int]) -> Future:
-        """Start reading ``unit`` on its lane (``lanes``: unit id -> lane; others in turn)."""
-        return self._lanes.submit(lanes.get(unit.id), self._read, unit)
-
-    def take(self, unit: Any, upcoming: Sequence[Any], lanes: dict[str, int]) -> Future:
-        """The read of ``unit`` (started earlier, or now); start reading ``upcoming`` too."""
-        fut = self._ahead.pop(unit.id, None) or self.read(unit, lanes)
-        for u in upcoming:
-            if u.id not in self._ahead:
-                self._ahead[u.id] = self.read(u, lanes)
-        while len(self._ahead) > max(_MAX_PREFETCHED, len(upcoming)):  # stale hints
-            self._ahead.pop(next(iter(self._ahead))).cancel()
-        return fut
-
-    def close(self) -> None:
-        """Drop the reads ahead, stop the lanes."""
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
-        self._lanes.shutdown()
-
-
-class WriteBehind:
-    """An actor's write threads: units are handed to them once the model has run, and their
-    outcomes collected oldest first. With no threads, a unit is written at once, on the caller's."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="geofg-write") if threads else None
-        self._writing: deque[Future] = deque()
-
-    def submit(self, write: Callable[..., Any], *args: Any) -> list[Any]:
-        """Write a unit (``write(*args)`` returns its outcome); the outcomes finished, oldest first,
-        having waited until at most :attr:`threads` units are left being written."""
-        if self._pool is None:
-            return [write(*args)]
-        self._writing.append(self._pool.submit(write, *args))
-        return self._collect(self.threads)
-
-    def finished(self) -> list[Any]:
-        """The outcomes finished so far, oldest first, without waiting."""
-        return self._collect(len(self._writing))
-
-    def drain(self) -> list[Any]:
-        """Wait for every unit left; their outcomes, oldest first."""
-        return self._collect(0)
-
-    def _collect(self, pending: int) -> list[Any]:
-        done = []
-        while self._writing and (len(self._writing) > pending or self._writing[0].done()):
-            done.append(self._writing.popleft().result())
-        return done
-
-    def close(self) -> None:
-        """Let the writes left finish, then stop the threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
 def _failed(unit: WorkUnit, e: BaseException, seconds: dict[str, float]) -> UnitOutcome:
     log.error("unit %s failed: %s", unit.id, e, exc_info=log.isEnabledFor(logging.DEBUG))
     return UnitOutcome(unit.id, None, f"{type(e).__name__}: {e}".splitlines()[0], seconds)
@@ -434,7 +359,7 @@ def jobs_client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
-        msg = _last_line(str(e)) or type(e).__name__
+        msg = last_line(str(e)) or type(e).__name__
         hint = ("; the cluster wants a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
                 "RAY_AUTH_TOKEN_PATH" if "401" in msg or "uthenticat" in msg else
                 "; check --address (the dashboard URL, e.g. http://head:8265) or RAY_ADDRESS")
@@ -444,20 +369,7 @@ def jobs_client(address: str | None) -> Any:
 # --- the driver --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(eq=False)
-class _Slot:
-    """One actor as the driver sees it: its queued calls (oldest first) and its reserved unit."""
-
-    actor: Any
-    name: str
-    calls: deque = dataclasses.field(default_factory=deque)
-    ahead: deque = dataclasses.field(default_factory=deque)  # reserved units, being prefetched
-    own: deque = dataclasses.field(default_factory=deque)  # its share of the read plan, in order
-    writing: dict = dataclasses.field(default_factory=dict)  # unit id -> unit left to its writers
-    dead: bool = False
-
-
-def _actor_shape(p: Plan, n_units: int) -> tuple[str, int, dict[str, float]]:
+def _actor_shape(p: UnitPlan, n_units: int) -> tuple[str, int, dict[str, float]]:
     """Return (device, actor count, resources per actor) for the connected cluster.
 
     One actor per GPU present when the run starts (``num_gpus=1``: Ray shows each actor only its
@@ -497,9 +409,7 @@ def actor_cache_bytes(reader: RasterReader, p: Plan, lanes: int) -> int:
     """GDAL's block cache for an actor's ``lanes`` read threads: the local runner's
     :func:`~geofg.runners.local.block_cache_bytes` for units of ``p``'s size. The actor has no
     unit list; a 3 x 3-chunk corner of the grid has edge and interior units like the real ones."""
-    chunk = p.job.tile.chunk
-    corner = plan_units(min(p.info.height, 3 * chunk), min(p.info.width, 3 * chunk), chunk, p.halo)
-    return block_cache_bytes(reader, corner, lanes)
+    return RasterSource(p).cache_bytes(reader, None, lanes)
 
 
 def actor_write_threads(runner: RunnerConfig, device: str, reserved_cpus: float | None = None) -> int:
@@ -530,230 +440,80 @@ def actor_prefetch(runner: RunnerConfig, device: str, resources: dict[str, float
     return max(runner.prefetch, actor_read_threads(runner, device, resources.get("num_cpus", 1)))
 
 
-def actor_shares(units: Sequence[WorkUnit], actors: int, lanes: int) -> tuple[list[list[WorkUnit]], dict[str, int]]:
-    """Each actor's share of ``units``, in read order, and the read thread ("lane") of each unit.
+class _RayPool:
+    """The :class:`~geofg.runners.schedule.Pool` of one Ray run: actors of one class and options."""
 
-    :func:`~geofg.runners.local.reader_plan` for ``actors * lanes`` readers; reader *k* is lane
-    *k* // ``actors`` of actor *k* % ``actors``, so the first runs go to different actors.
+    lost = LOST
 
-    Examples:
-        >>> from geofg.grid import plan_units
-        >>> shares, lane = actor_shares(plan_units(4, 2, 1, 0), 2, 1)  # two bands, one per actor
-        >>> [[(u.row, u.col) for u in share] for share in shares]
-        [[(0, 0), (1, 0), (0, 1), (1, 1)], [(2, 0), (3, 0), (2, 1), (3, 1)]]
-    """
-    shares: list[list[WorkUnit]] = [[] for _ in range(actors)]
-    lane: dict[str, int] = {}
-    for u, k in reader_plan(units, actors * lanes):
-        shares[k % actors].append(u)
-        lane[u.id] = k // actors
-    return shares, lane
-
-
-class _Driver:
-    """The unit <-> call bookkeeping of one Ray run (see the module docstring)."""
-
-    def __init__(self, p: Plan, units: Sequence[WorkUnit], on_unit: OnUnit,
-                 attempts: dict[str, int], sink: UnitSink,
-                 predictor_factory: PredictorFactory | None, worker: type = UnitWorker) -> None:
-        self.on_unit = on_unit
-        self.sink = sink
-        self.max_attempts = p.job.runner.max_attempts
-        self.todo: deque[WorkUnit] = deque()  # re-queued units, before any actor's own
-        self.attempt = {u.id: attempts.get(u.id, 0) + 1 for u in units}
-        self.losses: Counter[str] = Counter()
-        self.inflight: dict[Any, tuple[WorkUnit | None, _Slot]] = {}  # None: a drain call
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        device, n, resources = _actor_shape(p, len(units))
-        self.prefetch = actor_prefetch(p.job.runner, device, resources)
-        lanes = actor_read_threads(p.job.runner, device, resources.get("num_cpus", 1))
-        self.plan_ref = ray.put(_slim(p))
+    def __init__(self, source: Source, sink: Any, device: str, resources: dict[str, float],
+                 predictor_factory: PredictorFactory | None) -> None:
+        self.source_ref = ray.put(dataclasses.replace(source, plan=_slim(source.plan)))  # type: ignore[type-var]
+        self.sink_type = type(sink)
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
         self.sink_args["path"] = Path(sink.path).resolve()
-        self.worker = ray.remote(worker)
+        self.worker = ray.remote(UnitWorker)
+        self.run_id = sink.run_id
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
         env = {**WORKER_ENV, **worker_env()}  # glibc and torch read these when the process starts
         self.options = {**resources, **ACTOR_OPTIONS, "runtime_env": {"env_vars": env}}
         self.device = device
         self.factory = predictor_factory
-        self.replacements = n * self.max_attempts
         self.started = 0
-        self.slots = [self._start() for _ in range(n)]
-        shares, self.lane = actor_shares(units, n, lanes)
-        for slot, share in zip(self.slots, shares, strict=True):
-            slot.own.extend(share)
-        log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
 
-    def _start(self) -> _Slot:
-        name = f"geofg-{self.sink.run_id}-{self.batch}-{self.started}"
+    def start(self) -> tuple[Any, str]:
+        name = f"geofg-{self.run_id}-{self.batch}-{self.started}"
         self.started += 1
         actor = self.worker.options(name=name, **self.options).remote(
-            self.plan_ref, self.sink_args, self.device, self.factory)
-        return _Slot(actor, name)
+            self.source_ref, self.sink_type, self.sink_args, self.device, self.factory)
+        return actor, name
 
-    def run(self) -> dict[str, float]:
-        try:
-            self._fill()
-            while self.inflight:
-                ready, _ = ray.wait(list(self.inflight), num_returns=1)
-                ref = ready[0]
-                slot = self.inflight[ref][1]
-                try:
-                    outcome = ray.get(ref)
-                except LOST as e:
-                    self._lost(slot, e)
-                else:
-                    self._finish(ref, slot, outcome)
-                self._fill()
-        finally:
-            self._stop()
-        return self.seconds
+    def process(self, worker: Any, unit: WorkUnit, attempt: int, upcoming: list[WorkUnit],
+                lanes: dict[str, int]) -> Any:
+        return worker.process.remote(unit, attempt, upcoming, lanes)
 
-    def _fill(self) -> None:
-        for s in self.slots:
-            while not s.dead and len(s.calls) < QUEUED_PER_ACTOR and not signals.STOP.is_set():
-                unit = s.ahead.popleft() if s.ahead else self._take(s)
-                if unit is None:
-                    if s.writing and not s.calls:  # nothing left to run: collect its last writes
-                        ref = s.actor.drain.remote()
-                        s.calls.append(ref)
-                        self.inflight[ref] = (None, s)
-                    break
-                while len(s.ahead) < self.prefetch and (u := self._next(s)) is not None:
-                    s.ahead.append(u)
-                lanes = {u.id: self.lane[u.id] for u in (unit, *s.ahead)}
-                ref = s.actor.process.remote(unit, self.attempt[unit.id], list(s.ahead), lanes)
-                s.calls.append(ref)
-                self.inflight[ref] = (unit, s)
+    def drain(self, worker: Any) -> Any:
+        return worker.drain.remote()
 
-    def _next(self, slot: _Slot) -> WorkUnit | None:
-        """A unit for ``slot`` to reserve: a re-queued one, else its own next, else the last of the
-        live actor with most left of its own (its tail, which it would reach last)."""
-        if self.todo:
-            return self.todo.popleft()
-        if slot.own:
-            return slot.own.popleft()
-        return self._steal(slot, lambda s: s.own)
+    def wait(self, calls: list[Any]) -> Any:
+        ready, _ = ray.wait(calls, num_returns=1)
+        return ready[0]
 
-    def _take(self, slot: _Slot) -> WorkUnit | None:
-        """Next unit for an actor with none reserved: :meth:`_next`, else the last one reserved
-        by the actor holding most (near the end of a run, so no actor idles while another has a
-        backlog; the donor's early read of it is wasted, nothing else)."""
-        unit = self._next(slot)
-        return unit if unit is not None else self._steal(slot, lambda s: s.ahead)
+    def get(self, call: Any, timeout: float | None = None) -> Any:
+        return ray.get(call, timeout=timeout)
 
-    def _steal(self, slot: _Slot, queue: Callable[[_Slot], deque]) -> WorkUnit | None:
-        """The last unit of ``queue`` (an actor's own share, or its reserved units) of the live
-        actor other than ``slot`` with the most in it; None when they are all empty."""
-        donors = [s for s in self.slots if s is not slot and not s.dead and queue(s)]
-        return queue(max(donors, key=lambda s: len(queue(s)))).pop() if donors else None
-
-    def _finish(self, ref: Any, slot: _Slot, reply: Any) -> None:
-        """Settle a call's reply: the outcomes it carries (one, or a list: its unit's and those of
-        units its actor's write threads finished); a unit without one is still being written."""
-        unit, _ = self.inflight.pop(ref)
-        slot.calls.remove(ref)
-        outcomes = reply if isinstance(reply, list) else [reply]
-        if unit is not None and unit.id not in {o.unit_id for o in outcomes}:
-            slot.writing[unit.id] = unit
-        for outcome in outcomes:
-            done = slot.writing.pop(outcome.unit_id, None) or unit
-            for k, v in outcome.seconds.items():
-                self.seconds[k] = self.seconds.get(k, 0.0) + v
-            if outcome.record is not None:
-                self.on_unit(outcome.record)
-            else:
-                self.on_unit(self.sink.failed(done, outcome.error or "failed", self.attempt[done.id]))
-
-    def _lost(self, slot: _Slot, error: BaseException) -> None:
-        """Retire a dead actor: settle its calls, charge the unit it was running, replace it."""
-        slot.dead = True
-        with contextlib.suppress(Exception):
-            ray.kill(slot.actor, no_restart=True)
-        if isinstance(error, RayActorError) and error.actor_init_failed:
-            changed = re.search(r"InputChangedError: (.+)", str(error))
-            if changed:  # the input changed under the run before this actor started: exit 3
-                raise InputChangedError(changed.group(1).strip())
-            raise ClusterError(
-                f"a Ray actor could not start: {_last_line(str(error))}; every node needs geofg, "
-                "the model bundle and the inputs at the same paths as the driver"
-            )
-        first = _last_line(str(error)) or type(error).__name__
-        unsettled: list[WorkUnit] = []  # the units of calls whose replies died, oldest first
-        for ref in list(slot.calls):
-            unit = self.inflight[ref][0]
-            try:
-                reply = ray.get(ref, timeout=_RESOLVE_TIMEOUT_S)
-            except LOST:
-                del self.inflight[ref]
-                slot.calls.remove(ref)
-                if unit is not None:  # not a drain call
-                    unsettled.append(unit)
-            else:
-                self._finish(ref, slot, reply)
-        # Calls run one at a time, in order: the oldest whose unit left no ledger record was the one
-        # running (a finished call's reply can die with the actor; its record says it finished).
-        # With no such call, the oldest unit left to the actor's write threads without a record.
-        unsettled += slot.writing.values()
-        slot.writing.clear()
-        # a record the actor was writing when it died leaves a temp file; no one else writes these
-        self.sink.ledger.sweep_temp(units=[u.id for u in unsettled])
-        requeue: list[WorkUnit] = []
-        charged: WorkUnit | None = None
-        for unit in unsettled:
-            done = self._recorded(unit)
-            if done is not None:
-                self.on_unit(done)
-                continue
-            if charged is not None:
-                requeue.append(unit)
-                continue
-            charged = unit
-            self.losses[unit.id] += 1
-            if self.losses[unit.id] >= self.max_attempts:
-                msg = (f"{type(error).__name__}: lost its Ray worker {self.losses[unit.id]} times "
-                       f"(last: {first})")
-                self.on_unit(self.sink.failed(unit, msg, self.attempt[unit.id]))
-            else:
-                self.attempt[unit.id] += 1
-                requeue.append(unit)
-        requeue.extend(slot.ahead)
-        slot.ahead.clear()
-        log.warning("actor %s lost (%s) while running unit %s (loss %d of %d allowed); %d unit(s) "
-                    "re-queued", slot.name, type(error).__name__, charged.id if charged else "-",
-                    self.losses[charged.id] if charged else 0, self.max_attempts, len(requeue))
-        self.todo.extendleft(reversed(requeue))
-        self.slots.remove(slot)
-        if self.replacements > 0 and (self.todo or self.inflight or slot.own
-                                      or any(s.own for s in self.slots)):
-            self.replacements -= 1
-            self.slots.append(self._start())
-            self.slots[-1].own = slot.own  # its share of the plan, in order
-        else:
-            self.todo.extend(slot.own)  # for the actors left
-        if not self.slots and self.todo:
-            raise ClusterError(
-                f"every Ray actor died ({self.started} started; last: {first}); {len(self.todo)} "
-                "units were not run; the mosaic is consistent: re-run to resume"
-            )
-
-    def _recorded(self, unit: WorkUnit) -> UnitRecord | None:
-        """The ledger record this run's current attempt of ``unit`` wrote, if any."""
-        try:
-            rec = UnitRecord.from_json(self.sink.ledger.path_for(unit.id).read_bytes())
-        except (OSError, ValueError):
+    def start_failure(self, error: BaseException) -> BaseException | None:
+        if not (isinstance(error, RayActorError) and error.actor_init_failed):
             return None
-        ok = (rec.status == "done" and rec.run_id == self.sink.run_id
-              and rec.attempt == self.attempt[unit.id])
-        return rec if ok else None
+        changed = re.search(r"InputChangedError: (.+)", str(error))
+        if changed:  # the input changed under the run before this actor started: exit 3
+            return InputChangedError(changed.group(1).strip())
+        return ClusterError(
+            f"a Ray actor could not start: {last_line(str(error))}; every node needs geofg, "
+            "the model bundle and the inputs at the same paths as the driver"
+        )
 
-    def _stop(self) -> None:
-        closing = [s.actor.close.remote() for s in self.slots if not s.dead]
+    def kill(self, worker: Any) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(worker, no_restart=True)
+
+    def close(self, workers: list[Any]) -> None:
+        closing = [w.close.remote() for w in workers]
         with contextlib.suppress(Exception):
             ray.wait(closing, num_returns=len(closing), timeout=30)
-        for s in self.slots:
-            with contextlib.suppress(Exception):
-                ray.kill(s.actor, no_restart=True)
+
+
+def _run_on_actors(source: Source, units: Sequence[WorkUnit], on_unit: OnUnit, attempts: dict[str, int],
+                   sink: Any, predictor_factory: PredictorFactory | None) -> dict[str, float]:
+    """Size the actors for the connected cluster and run ``units`` on them."""
+    p = source.plan
+    device, n, resources = _actor_shape(p, len(units))
+    prefetch = actor_prefetch(p.job.runner, device, resources)
+    lanes = actor_read_threads(p.job.runner, device, resources.get("num_cpus", 1))
+    pool = _RayPool(source, sink, device, resources, predictor_factory)
+    scheduler = Scheduler(pool, units, n, lanes, prefetch, p.job.runner.max_attempts, attempts,
+                          on_unit, sink, STAGES)
+    log.info("Ray runner: %d %s actor(s) for %d units", n, device.upper(), len(units))
+    return scheduler.run()
 
 
 def _slim(p: Any) -> Any:
@@ -766,37 +526,26 @@ def _slim(p: Any) -> Any:
     return dataclasses.replace(p, **changes) if changes else p
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
 def run_ray(
-    p: Plan,
+    source: Source,
     units: Sequence[WorkUnit],
     on_unit: OnUnit,
     attempts: dict[str, int] | None,
-    sink: UnitSink,
+    sink: Any,
     predictor_factory: PredictorFactory | None = None,
-    worker: type = UnitWorker,
 ) -> dict[str, float]:
     """Process ``units`` on Ray actors; every unit ends as a ledger record passed to ``on_unit``.
 
     Args:
-        p: the plan (its unit list stays on the driver).
+        source: where units are read from and which model runs (a dataclass with a ``plan``
+            field: its unit list, if any, stays on the driver).
         units: the units to run (those without a current ledger record).
         on_unit: called on the driver with each unit's record, done or failed.
         attempts: the units' attempt counts from earlier runs (the ledger).
-        sink: the driver's sink; it records failed units, and its fields tell each actor where to
-            write.
+        sink: the driver's sink (a dataclass: :class:`~geofg.io.sink.UnitSink` or
+            :class:`~geofg.scan.units.ScanSink`); it records failed units, and its type and fields
+            tell each actor how and where to write.
         predictor_factory: see :class:`UnitWorker`.
-        worker: the actor class: :class:`UnitWorker` (classify) or another with its constructor
-            ``(plan, sink_args, device, predictor_factory)`` and methods ``process(unit, attempt,
-            upcoming, lanes)`` (``lanes``: unit id -> read thread), returning the unit's outcome
-            (an object with ``unit_id``, ``record``, ``error`` and ``seconds``) or a list of
-            outcomes as :meth:`UnitWorker.process` does (then also ``drain()``), ``pid()`` and
-            ``close()``, e.g. :class:`geofg.scan.units.ScanUnitWorker`. ``sink`` then needs
-            ``run_id``, ``path``, ``ledger`` and ``failed(unit, error, attempt)``.
 
     Returns:
         Seconds per stage, summed over units and actors (read, read_cpu, wait_read, compute, write).
@@ -805,12 +554,27 @@ def run_ray(
         ClusterError: the cluster is unreachable, every actor died, or actors cannot start (5).
         InsecureClusterError: the cluster accepts unauthenticated requests (5).
     """
-    connected = _connect(p.job.runner)
+    connected = _connect(source.plan.job.runner)
     try:
-        return _Driver(p, units, on_unit, attempts or {}, sink, predictor_factory, worker).run()
+        return _run_on_actors(source, units, on_unit, attempts or {}, sink, predictor_factory)
     finally:
         if connected:
             ray.shutdown()
+
+
+class RayRunner:
+    """The Ray :class:`~geofg.runners.base.Runner`: :func:`run_ray`."""
+
+    def __init__(self, predictor_factory: PredictorFactory | None = None) -> None:
+        self._factory = predictor_factory
+
+    def prepare(self, source: Source) -> None:
+        """Nothing: each actor loads its own model."""
+
+    def run(self, source: Source, units: Sequence[WorkUnit], sink: Any, on_unit: OnUnit,
+            attempts: dict[str, int] | None = None) -> RunTimes:
+        """:func:`run_ray`; the seconds per stage (no CPU times)."""
+        return RunTimes(run_ray(source, units, on_unit, attempts, sink, self._factory))
 
 
 @contextlib.contextmanager

@@ -11,10 +11,10 @@ Order (the same safety rules as :mod:`geofg.run`):
    is done, for the same model and config, and already saw every scene covering it now.
    Each unit: warped composite read -> :func:`geofg.pipeline.process_unit` -> slice chunks ->
    ``latest_*`` chunks -> fsync -> ledger record (:func:`geofg.scan.units.finish_unit`), in this
-   process (``runner.kind: local``) or on Ray actors (``ray``: one Ray run per date, see
-   :mod:`geofg.scan.units`). In this process the stages overlap as in the local runner: read
-   threads warp and normalise, this thread runs the model, write threads build the layers and
-   write the chunks and the record (:meth:`~geofg.config.RunnerConfig.io_threads` sizes both).
+   with classify's runners (:mod:`geofg.runners.base`; one run per date): in this process
+   (``runner.kind: local``, :mod:`geofg.runners.local`) or on Ray actors (``ray``), with the
+   date's scenes as the source and its slice and the latest view as the sink
+   (:mod:`geofg.scan.units`).
 4. The inbox state is saved (only if changed), provenance written, metadata consolidated when no
    unit is left failed, and the report written beside the mosaic.
 
@@ -27,11 +27,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import threading
 import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -41,7 +38,7 @@ import numpy as np
 
 from geofg import __version__
 from geofg.batch import round_up
-from geofg.errors import UNIT_ERRORS, ConfigError, GeofgError, InputError, RunFailedUnitsError, stops_run
+from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
 from geofg.extras import require_extra
 from geofg.grid import WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles
@@ -59,19 +56,10 @@ from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl
 from geofg.scan import inbox as ib
 from geofg.scan.config import ScanConfig
-from geofg.scan.units import (
-    DatedUnit,
-    ScanSink,
-    ScanTask,
-    ScanUnitWorker,
-    covering,
-    finish_unit,
-    key_fingerprint,
-    scene_key,
-    unit_id,
-    unit_record,
-)
-from geofg.scan.warp import Grid, Scene, SceneWindowReader, footprint
+from geofg.runners import make_runner
+from geofg.runners.base import Runner
+from geofg.scan.units import DatedUnit, ScanSink, ScanSource, covering, scene_key, unit_id
+from geofg.scan.warp import Grid, Scene, footprint
 
 log = logging.getLogger(__name__)
 
@@ -473,8 +461,9 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
     result.wrote = True
     units = plan_units(p.grid.height, p.grid.width, p.job.grid.chunk, p.halo)
     on_ray = p.job.runner.kind == "ray"
-    # local: the model runs here; ray: each actor loads its own, this process only plans and records
-    predictor = None if on_ray else _predictor(p, predictor_factory)
+    runner = make_runner(p.job.runner.kind, predictor_factory)
+    # local: the model is loaded here now, before any slice is written; ray: each actor loads its own
+    runner.prepare(ScanSource(p, ()))
     with _ray_session(p) if on_ray else contextlib.nullcontext():
         for day in sorted(work_dates):
             scenes = [prep.scene for prep in ok.values() if prep.date == day and prep.scene is not None]
@@ -482,8 +471,7 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
                 continue
             if STOP.is_set():
                 break
-            _run_date(for_date(p, day, scenes), out, day, scenes, units, records, ledger, predictor, result,
-                      predictor_factory)  # fmt: skip
+            _run_date(for_date(p, day, scenes), out, day, scenes, units, records, runner, result)
     if not STOP.is_set():  # an interrupted scan leaves its scenes to be planned again
         ib.save_state(out, state)
     complete = not STOP.is_set() and not any(r.status == "failed" for r in records.values())
@@ -495,14 +483,6 @@ def _day(v: object) -> str | None:
     return ib.day_str(int(v)) if isinstance(v, int) else None
 
 
-def _predictor(p: ScanPlan, factory: Callable[[ScanPlan], object] | None) -> Any:
-    if factory is not None:
-        return factory(p)
-    from geofg.models.predictor import load_predictor
-
-    return load_predictor(p.model_path, p.job.model.device, compile=p.job.model.compile)
-
-
 def _ray_session(p: ScanPlan) -> Any:
     """One Ray connection for all of this scan's dates (joined or started as for classify)."""
     from geofg.runners.ray import session  # ray is imported only in runners/
@@ -511,8 +491,9 @@ def _ray_session(p: ScanPlan) -> Any:
 
 
 def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list[WorkUnit],
-              records: dict[str, UnitRecord], ledger: Ledger, predictor: Any, result: ScanResult,
-              predictor_factory: Callable[[ScanPlan], object] | None = None) -> None:  # fmt: skip
+              records: dict[str, UnitRecord], runner: Runner, result: ScanResult) -> None:
+    """Run one date's units that are not current with ``runner``: the date's scenes as the source,
+    its slice and the latest view as the sink."""
     covered = [(u, covering(scenes, u)) for u in units]
     covered = [(u, ss) for u, ss in covered if ss]
     pending = []
@@ -532,117 +513,9 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
         return
     t = mz.append_time(out, day, p.spec.layers)
     result.dates_touched.append(ib.day_str(day))
-    tm = mz.TimeMosaic(out)
     dates = mz.time_slices(out)
     log.info("%s: %d units to run, %d current", ib.day_str(day), len(pending), len(covered) - len(pending))
-    if p.job.runner.kind == "ray":
-        _run_date_ray(p, out, day, t, dates, scenes, [u for u, _ in pending], records, result,
-                      predictor_factory)  # fmt: skip
-        return
-    local = threading.local()
-    readers: list[SceneWindowReader] = []
-    lock = threading.Lock()
-    resampling = p.job.grid.resampling
-    km2_px = p.grid.pixel_area_m2 / 1e6
-    workers, writers = p.job.runner.io_threads(getattr(predictor, "device", "cpu"))
-    ahead = workers + p.job.runner.prefetch
-
-    def read(u: WorkUnit) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The composite window and the model input, on a read thread with its own reader."""
-        r = getattr(local, "reader", None)
-        if r is None:
-            r = local.reader = SceneWindowReader(scenes, p.grid, resampling)
-            with lock:
-                readers.append(r)
-        data, valid = r.read(u.read)
-        return data, valid, pl.prepare_unit(u, data, valid, p)  # type: ignore[arg-type]
-
-    def failed(uid: str, key: list[str], attempt: int, e: BaseException) -> UnitRecord:
-        """The failed record of a unit (read, model, layers or chunk write raised ``e``)."""
-        log.error("unit %s failed: %s", uid, e)
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
-        return _record(uid, "failed", key_fingerprint(key), p, attempt, False, {"date": day, "scenes": []},
-                       result.run_id, msg)  # fmt: skip
-
-    def write(u: WorkUnit, key: list[str], attempt: int, data: np.ndarray, valid: np.ndarray,
-              probs: np.ndarray | None) -> tuple[UnitRecord, pl.UnitOutput | None]:
-        """Layers, slice and latest chunks, then the ledger record, on a write thread."""
-        try:
-            o = pl.finish_unit(u, probs, data, valid, p)  # type: ignore[arg-type]
-            del data, valid, probs
-            rec = finish_unit(tm, t, dates, u, day, o, key, attempt, result.run_id,
-                              p.model_sha256, p.config_hash)  # fmt: skip
-        except UNIT_ERRORS as e:
-            if stops_run(e):
-                raise
-            rec, o = failed(unit_id(day, u), key, attempt, e), None
-        ledger.write(rec)
-        return rec, o
-
-    writes: deque[tuple[WorkUnit, Future]] = deque()
-
-    def drain(limit: int) -> None:
-        """Take finished writes, in order, until at most ``limit`` are in flight."""
-        while len(writes) > limit:
-            u, fut = writes.popleft()
-            rec, o = fut.result()
-            records[rec.unit_id] = rec
-            result.units_ran += 1
-            if o is None:
-                result.units_failed[rec.unit_id] = rec.error or "failed"
-            else:
-                result.units_empty += o.empty
-                result.km2_processed += u.core.size * km2_px
-
-    try:
-        with (ThreadPoolExecutor(workers, thread_name_prefix="geofg-scan-read") as pool,
-              ThreadPoolExecutor(writers, thread_name_prefix="geofg-scan-write") as wpool):
-            todo = deque(pending)
-            reads: deque[tuple[WorkUnit, list[Scene], Future]] = deque()
-            while (todo or reads) and not STOP.is_set():
-                while todo and len(reads) < ahead:
-                    u, ss = todo.popleft()
-                    reads.append((u, ss, pool.submit(read, u)))
-                u, ss, fut = reads.popleft()
-                uid = unit_id(day, u)
-                prev = records.get(uid)
-                attempt = (prev.attempt + 1) if prev is not None else 1
-                key = scene_key(ss)
-                try:
-                    data, valid, x = fut.result()
-                    probs = None if x is None else pl.infer_unit(x, valid, predictor, p)  # type: ignore[arg-type]
-                    del x
-                except UNIT_ERRORS as e:
-                    rec = failed(uid, key, attempt, e)
-                    ledger.write(rec)
-                    settled: Future = Future()
-                    settled.set_result((rec, None))
-                    writes.append((u, settled))  # accounted in order with the writes before it
-                    continue
-                writes.append((u, wpool.submit(write, u, key, attempt, data, valid, probs)))
-                del data, valid, probs
-                drain(writers + 1)
-            drain(0)
-    finally:
-        for r in readers:
-            r.close()
-
-
-def _record(uid: str, status: str, fp: str, p: ScanPlan, attempt: int, empty: bool, stats: dict,
-            run_id: str, error: str | None = None) -> UnitRecord:  # fmt: skip
-    return unit_record(uid, status, fp, p.model_sha256, p.config_hash, attempt, empty, stats, run_id, error)
-
-
-def _run_date_ray(p: ScanPlan, out: Path, day: int, t: int, dates: list[int], scenes: list[Scene],
-                  pending: list[WorkUnit], records: dict[str, UnitRecord], result: ScanResult,
-                  predictor_factory: Callable[[ScanPlan], object] | None) -> None:  # fmt: skip
-    """Run one date's pending units on Ray actors (:class:`~geofg.scan.units.ScanUnitWorker`)."""
-    from geofg.runners.ray import run_ray  # ray is imported only in runners/
-
-    model = Path(p.model_path)
-    task = ScanTask(plan=dataclasses.replace(p, model_path=str(model.resolve())) if model.is_file() else p,
-                    day=day, t=t, dates=tuple(dates), scenes=tuple(scenes))  # fmt: skip
-    todo = [DatedUnit(u.row, u.col, u.core, u.read, day) for u in pending]
+    todo = [DatedUnit(u.row, u.col, u.core, u.read, day) for u, _ in pending]
     by_id = {u.id: u for u in todo}
     attempts = {u.id: records[u.id].attempt for u in todo if u.id in records}
     km2_px = p.grid.pixel_area_m2 / 1e6
@@ -651,14 +524,13 @@ def _run_date_ray(p: ScanPlan, out: Path, day: int, t: int, dates: list[int], sc
         records[rec.unit_id] = rec
         result.units_ran += 1
         if rec.status == "failed":
-            log.error("unit %s failed: %s", rec.unit_id, rec.error)
             result.units_failed[rec.unit_id] = rec.error or "failed"
         else:
             result.units_empty += rec.empty
             result.km2_processed += by_id[rec.unit_id].core.size * km2_px
 
-    sink = ScanSink(out, result.run_id, p.model_sha256, p.config_hash)
-    run_ray(task, todo, on_unit, attempts, sink, predictor_factory, worker=ScanUnitWorker)  # type: ignore[arg-type]
+    sink = ScanSink(out, result.run_id, p.model_sha256, p.config_hash, day, t, tuple(dates), tuple(scenes))
+    runner.run(ScanSource(p, tuple(scenes)), todo, sink, on_unit, attempts)
 
 
 def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def test_ray_scan_equals_local_scan_array_for_array(ray_session, tmp_path: Path,
         assert (rr.units_ran, rr.units_failed, rr.dates_touched) == (lr.units_ran, {}, lr.dates_touched)
         assert rr.units_ran == 6 and rr.km2_processed == pytest.approx(lr.km2_processed)
 
-    workers = [a for i, a in actors().items() if a["ActorClassName"] == "ScanUnitWorker" and i not in earlier]
+    workers = [a for i, a in actors().items() if a["ActorClassName"] == "UnitWorker" and i not in earlier]
     assert len(workers) == 4  # two per date (num_cpus=2), started per date, all stopped after it
     assert {a["State"] for a in workers} == {"DEAD"}
 

@@ -184,13 +184,13 @@ def test_a_unit_whose_chunk_write_fails_is_recorded_failed_and_the_rest_complete
 ) -> None:
     import threading
 
-    import geofg.scan.run as scan_run
+    import geofg.scan.units as scan_units
 
     model = threshold_bundle(tmp_path)
     cfg = build_scan(config(tmp_path, model))
     data = _data(9)
     _scene(tmp_path / "inbox", "S_20200601.tif", data)
-    real, threads, broken = scan_run.finish_unit, set(), []
+    real, threads, broken = scan_units.finish_unit, set(), []
 
     def finish(tm, t, dates, unit, *a):  # noqa: ANN001, ANN002, ANN202
         threads.add(threading.current_thread().name)
@@ -199,16 +199,16 @@ def test_a_unit_whose_chunk_write_fails_is_recorded_failed_and_the_rest_complete
             raise OSError("No space left on device")
         return real(tm, t, dates, unit, *a)
 
-    monkeypatch.setattr(scan_run, "finish_unit", finish)
+    monkeypatch.setattr(scan_units, "finish_unit", finish)
     with pytest.raises(ScanFailuresError) as ei:
         run_scan(cfg, predictor_factory=predictor)
     res = ei.value.result
     assert len(broken) == 1 and len(res.units_failed) == 1
     assert "OSError: No space left on device" in next(iter(res.units_failed.values()))
-    assert res.units_ran == 12 and threads and all(n.startswith("geofg-scan-write") for n in threads)
+    assert res.units_ran == 12 and threads and all(n.startswith("geofg-write") for n in threads)
     recs = Ledger(tmp_path / "m.zarr" / ".geofg").load()
     assert sorted(r.status for r in recs.values()) == ["done"] * 11 + ["failed"]
-    monkeypatch.setattr(scan_run, "finish_unit", real)
+    monkeypatch.setattr(scan_units, "finish_unit", real)
     r = run_scan(cfg, predictor_factory=predictor)  # the next scan retries only that unit
     assert r.units_ran == 1 and not r.units_failed
     cls = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["class"][0]
