@@ -11,6 +11,10 @@ Every input path goes through :func:`resolve_input` before GDAL sees it:
    (a ``..`` or a symlink that escapes raises ``ForbiddenPathError``).
 3. Only the resolved string is ever passed to rasterio, never the user's string.
 
+``s3://`` inputs never come here: :func:`geofg.io.read.open_raster` sends them to
+:mod:`geofg.io.objects`, which validates the URL and makes the ``/vsis3/`` path itself; for such
+objects :func:`file_record` and :func:`file_state` use a HEAD (size, ETag) instead of the disk.
+
 Files are opened (:func:`open_dataset`) with an explicit driver chosen from the extension
 (:data:`DRIVERS`), so a VRT, a CSV or any other format renamed ``.tif`` cannot reach another GDAL
 driver; :func:`sniff_format` names what a refused file really is, for the error message.
