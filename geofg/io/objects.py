@@ -133,13 +133,10 @@ class Connection:
     endpoint: str | None  # a non-AWS endpoint URL, None for AWS itself
     signed: bool
     region: str | None
-
-    def gdal_session(self) -> Any:
-        """Return a rasterio ``AWSSession`` carrying this chain's current credentials."""
-        from rasterio.session import AWSSession
-
-        return AWSSession(session=_boto_session(), aws_unsigned=not self.signed,
-                          region_name=self.region, endpoint_url=_host(self.endpoint))  # fmt: skip
+    gdal_session: Any
+    """A rasterio ``AWSSession`` over the same boto3 session: each ``rasterio.Env`` entry takes its
+    current credentials (refreshed by boto3 when they expire). Made once: a boto3 session costs
+    about 40 ms, and readers enter the environment around every read."""
 
     def gdal_options(self) -> dict[str, str]:
         """Return GDAL options for this endpoint (path-style, http when the URL says so)."""
@@ -183,7 +180,12 @@ def connection() -> Connection:
         url = client.meta.endpoint_url
         host = urlsplit(url).hostname or ""
         custom = not (host == "amazonaws.com" or host.endswith(".amazonaws.com"))
-        found = Connection(client, url if custom else None, signed, session.region_name)
+        from rasterio.session import AWSSession
+
+        endpoint = url if custom else None
+        gdal = AWSSession(session=session, aws_unsigned=not signed, region_name=session.region_name,
+                          endpoint_url=_host(endpoint))  # fmt: skip
+        found = Connection(client, endpoint, signed, session.region_name, gdal)
         _connections[key] = found
         return found
 
@@ -192,7 +194,7 @@ def gdal_env(cache_bytes: int, base_options: dict[str, str]) -> rasterio.Env:
     """Return the ``rasterio.Env`` for reading ``/vsis3/`` inputs: ``base_options`` + remote ones."""
     conn = connection()
     options = {**base_options, **REMOTE_OPTIONS, **conn.gdal_options()}
-    return rasterio.Env(session=conn.gdal_session(), GDAL_CACHEMAX=cache_bytes, **options)
+    return rasterio.Env(session=conn.gdal_session, GDAL_CACHEMAX=cache_bytes, **options)
 
 
 @dataclass(frozen=True)
