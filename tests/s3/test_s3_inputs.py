@@ -218,3 +218,28 @@ def test_s3_url_in_a_manifest_stays_refused(s3, one_cog: str, tmp_path: Path, bu
     manifest.write_text(f"{one_cog}\n")
     out = tmp_path / "o.zarr"
     assert_rejected(classify(str(manifest), out), out, 3, "list.txt:1")
+
+
+def test_object_rewritten_mid_run_stops_with_exit_3(s3, tmp_path: Path, bands_dir: Path, bundle: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Readers HEAD the object after each read: a new ETag stops the run; nothing read after is done."""
+    from geofg.errors import InputChangedError
+    from geofg.io.ledger import Ledger
+    from geofg.io.read import RasterReader
+
+    hrefs = {b: s3.put(f"x/{b}.tif", bands_dir / f"{b}.tif") for b in ("B04", "B08")}
+    src = str(write_json(tmp_path / "item.json", earth_search_item(hrefs, bands_dir / "B02.tif")))
+    calls, original = [0], RasterReader.read
+
+    def read(self, window):  # noqa: ANN001, ANN202
+        calls[0] += window.height >= 128  # a unit's read (preflight's season sample reads less)
+        if calls[0] == 2 and window.height >= 128:
+            s3.put("x/B08.tif", (bands_dir / "B08.tif").read_bytes() + b"\0")
+        return original(self, window)
+
+    monkeypatch.setattr(RasterReader, "read", read)
+    out = tmp_path / "o.zarr"
+    with pytest.raises(InputChangedError, match="changed during the run") as exc:
+        run(src, out, bundle)
+    assert f"s3://{s3.name}/x/B08.tif" in str(exc.value) and exc.value.exit_code == 3
+    assert (out / ".geofg").is_dir() and len(Ledger(out / ".geofg").load()) <= 1  # stopped mid-run
