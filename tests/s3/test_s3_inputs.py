@@ -107,7 +107,8 @@ def test_classify_s3_cog_equals_local(s3, tmp_path: Path, data_root: Path, bundl
     with rasterio.open(src) as ds:
         win = rasterio.windows.Window(600, 300, 200, 160)
         profile = {"driver": "COG", "width": 200, "height": 160, "count": ds.count, "dtype": "uint16",
-                   "crs": ds.crs, "transform": ds.window_transform(win), "blocksize": 128}  # fmt: skip
+                   "crs": ds.crs, "transform": ds.window_transform(win), "blocksize": 128,
+                   "compress": "NONE"}  # fmt: skip
         data = ds.read(window=win)
         descriptions = ds.descriptions
     with rasterio.open(local, "w", **profile) as dst:
@@ -126,8 +127,14 @@ def test_classify_s3_cog_equals_local(s3, tmp_path: Path, data_root: Path, bundl
     # a re-run resumes from the ledger: the object's ETag is its identity
     again = run(url, tmp_path / "s3.zarr", bundle)
     assert again.skipped == 4 and not again.ran
-    # a changed object (new ETag) makes every unit stale
-    s3.put("scenes/scene.tif", local.read_bytes() + b"\0")
+    # a changed object (same size, new content: a new ETag) makes every unit stale
+    data[3, 0, 0] += 1
+    with rasterio.open(local, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = descriptions
+    assert s3.server.client().head_object(Bucket=s3.name, Key="scenes/scene.tif")["ContentLength"] == \
+        local.stat().st_size  # fmt: skip
+    s3.put("scenes/scene.tif", local)
     changed = run(url, tmp_path / "s3.zarr", bundle)
     assert changed.skipped == 0 and len(changed.ran) == 4
 
