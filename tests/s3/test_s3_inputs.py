@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-from catalog import earth_search_item, write_band_cogs, write_json
+from catalog import EARTH_SEARCH_KEYS, earth_search_item, write_band_cogs, write_json
 from rasters import write_threshold_bundle
 from typer.testing import CliRunner
 
@@ -143,7 +143,8 @@ def test_classify_s3_cog_equals_local(s3, tmp_path: Path, data_root: Path, bundl
 def test_classify_stac_item_equals_local_band_files(s3, tmp_path: Path, bands_dir: Path, bundle: Path,
                                                      where: str) -> None:  # noqa: ANN001
     prefix = "sentinel-s2-l1c-cogs/33/U/UU/2017/2/S2A_33UUU_20170216_0_L1C"
-    hrefs = {b.stem: s3.put(f"{prefix}/{b.name}", b) for b in sorted(bands_dir.glob("*.tif"))}
+    # objects named by Earth Search key (red.tif, nir08.tif): the band must come from the item
+    hrefs = {b.stem: s3.put(f"{prefix}/{EARTH_SEARCH_KEYS[b.stem]}.tif", b) for b in sorted(bands_dir.glob("*.tif"))}
     item = earth_search_item(hrefs, bands_dir / "B02.tif")
     if where == "local-item":
         src = str(write_json(tmp_path / "item.json", item))
