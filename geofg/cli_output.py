@@ -56,7 +56,10 @@ def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
     out = Path(p.job.write.output)
     rows = -(-p.info.height // p.job.tile.chunk)
     cols = -(-p.info.width // p.job.tile.chunk)
-    console.print(f"[bold]input[/]  {', '.join(p.info.paths[:3])}{' …' if len(p.info.paths) > 3 else ''}")
+    from geofg.io.objects import s3_url
+
+    shown = [s3_url(path) for path in p.info.paths[:3]]
+    console.print(f"[bold]input[/]  {', '.join(shown)}{' …' if len(p.info.paths) > 3 else ''}")
     console.print(f"  grid {p.info.height} x {p.info.width} px, {abs(p.info.transform[0]):g} m, "
                   f"bands used: {', '.join(p.card.bands)}")
     console.print(f"[bold]model[/]  {p.card.name} ({p.card.task}, {p.card.architecture}/{p.card.encoder}) "

@@ -97,10 +97,10 @@ def start_weed(folder: Path) -> S3Server:
         "-s3", f"-s3.port={s3}", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
     ]  # fmt: skip
-    log = open(folder / "weed.log", "wb")  # noqa: SIM115 (kept open for the server's life)
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-                            start_new_session=True)  # fmt: skip
+    with open(folder / "weed.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+                                start_new_session=True)  # fmt: skip
     endpoint = f"http://127.0.0.1:{s3}"
     server = S3Server(endpoint, ACCESS_KEY, SECRET_KEY, folder, proc, 0.0)
     client = server.client()
