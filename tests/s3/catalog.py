@@ -25,10 +25,11 @@ ITEM_ID = "S2A_33UUU_20170216_0_L1C"
 
 
 def write_band_cogs(data_root: Path, folder: Path, *, row: int = 300, col: int = 600, size: int = 240,
-                    bands: list[str] | None = None) -> dict[str, Path]:  # fmt: skip
+                    bands: list[str] | None = None, jp2: bool = False) -> dict[str, Path]:  # fmt: skip
     """Write a ``size`` x ``size`` (10 m pixels) crop of each band as ``folder/Bxx.tif`` (COG).
 
     ``row``, ``col`` and ``size`` must be multiples of 6 so the 20 and 60 m bands stay aligned.
+    ``jp2``: lossless JPEG2000 ``Bxx.jp2`` instead, as in Earth Search's L1C collection.
     """
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -43,7 +44,10 @@ def write_band_cogs(data_root: Path, folder: Path, *, row: int = 300, col: int =
             profile = {"driver": "COG", "width": size // f, "height": size // f, "count": 1,
                        "dtype": data.dtype.name, "crs": src.crs, "transform": src.window_transform(win),
                        "blocksize": 128, "compress": "deflate"}  # fmt: skip
-        path = folder / f"{band}.tif"
+        if jp2:
+            profile = {k: v for k, v in profile.items() if k not in ("blocksize", "compress")}
+            profile.update(driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES")
+        path = folder / f"{band}.{'jp2' if jp2 else 'tif'}"
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data, 1)
         out[band] = path
@@ -51,7 +55,8 @@ def write_band_cogs(data_root: Path, folder: Path, *, row: int = 300, col: int =
 
 
 def earth_search_item(hrefs: dict[str, str], ref: Path, *, layout: str = "v1") -> dict:
-    """Return a STAC Item dict with one asset per band (``layout`` ``v1`` or ``v0`` keys)."""
+    """Return a STAC Item dict with one asset per band (``layout`` ``v1`` or ``v0`` keys; ``l1c``:
+    v1 keys with JPEG2000 assets, as Earth Search's ``sentinel-2-l1c``)."""
     with rasterio.open(ref) as ds:
         bounds = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
         epsg = ds.crs.to_epsg()
@@ -59,10 +64,10 @@ def earth_search_item(hrefs: dict[str, str], ref: Path, *, layout: str = "v1") -
     assets: dict[str, dict] = {}
     for band, href in hrefs.items():
         name = EARTH_SEARCH_KEYS[band]
-        key = name if layout == "v1" else band
-        eo = {"name": name, "common_name": COMMON.get(name, name)} if layout == "v1" else \
-             {"name": band, "common_name": COMMON.get(name, name)}  # fmt: skip
-        assets[key] = {"href": href, "type": COG, "roles": ["data", "reflectance"], "eo:bands": [eo]}
+        key = band if layout == "v0" else name
+        eo = {"name": band if layout == "v0" else name, "common_name": COMMON.get(name, name)}
+        kind = "image/jp2" if layout == "l1c" else COG
+        assets[key] = {"href": href, "type": kind, "roles": ["data", "reflectance"], "eo:bands": [eo]}
     assets["thumbnail"] = {"href": "https://example.com/thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]}
     assets["visual"] = {"href": hrefs.get("B04", "s3://x/y/TCI.tif"), "type": COG, "roles": ["visual"],
                         "eo:bands": [{"name": "red"}, {"name": "green"}, {"name": "blue"}]}  # fmt: skip

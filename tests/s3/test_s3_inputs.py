@@ -155,6 +155,19 @@ def test_classify_stac_item_equals_local_band_files(s3, tmp_path: Path, bands_di
     assert_same_mosaic(tmp_path / "stac.zarr", tmp_path / "local.zarr")
 
 
+def test_earth_search_l1c_jp2_item_equals_local_band_files(s3, tmp_path: Path, data_root: Path,
+                                                           bundle: Path) -> None:  # noqa: ANN001
+    """Earth Search's L1C layout: JPEG2000 assets (lossless crops here), read from S3 by window."""
+    folder = tmp_path / "jp2"
+    write_band_cogs(data_root, folder, jp2=True, bands=["B02", "B04", "B08", "B11"])
+    hrefs = {b.stem: s3.put(f"tiles/33/U/UU/2017/2/16/0/{b.name}", b) for b in sorted(folder.glob("*.jp2"))}
+    src = s3.put("tiles/33/U/UU/2017/2/16/0/item.json",
+                 json.dumps(earth_search_item(hrefs, folder / "B02.jp2", layout="l1c")).encode())
+    assert len(run(src, tmp_path / "stac.zarr", bundle).ran) == 4
+    run(str(folder), tmp_path / "local.zarr", bundle)
+    assert_same_mosaic(tmp_path / "stac.zarr", tmp_path / "local.zarr")
+
+
 def test_item_hrefs_relative_to_an_s3_item(s3, tmp_path: Path, bands_dir: Path, bundle: Path) -> None:  # noqa: ANN001
     hrefs = {b: s3.put(f"items/x/{b}.tif", bands_dir / f"{b}.tif") for b in ("B04", "B08")}
     item = earth_search_item({b: f"./{b}.tif" for b in hrefs}, bands_dir / "B02.tif", layout="v0")
