@@ -226,10 +226,13 @@ def print_info(console: Console, d: dict) -> None:
     if d.get("time") is not None:
         console.print(f"time: {len(d['time'])} dates (in slice order): {', '.join(d['time']) or '-'}; "
                       "latest_* arrays hold the most recent valid pixel")
+    from geofg.io.objects import s3_url
+
     m = d["model"]
     console.print(f"model: {m.get('name')} {m.get('version')} sha256 {str(m.get('sha256'))[:12]}")
     for f in d["inputs"]:
-        console.print(f"input: {f.get('path')} ({f.get('size')} bytes, sha256 {str(f.get('sha256'))[:12]})")
+        ident = f"sha256 {str(f.get('sha256'))[:12]}" if "etag" not in f else f"ETag {f['etag']}"
+        console.print(f"input: {s3_url(str(f.get('path')))} ({f.get('size')} bytes, {ident})")
     u = d["units"]
     console.print(f"units: {u['done']}/{u['total']} done, {len(u['failed'])} failed"
                   + (f": {', '.join(u['failed'][:10])}" if u["failed"] else ""))

@@ -124,6 +124,8 @@ def test_classify_s3_cog_equals_local(s3, tmp_path: Path, data_root: Path, bundl
     text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "s3.zarr").rglob("*") if p.is_file()
                    and p.stat().st_size < 2**20)  # fmt: skip
     assert s3.server.secret_key not in text and s3.server.access_key not in text
+    info = invoke("info", str(tmp_path / "s3.zarr"))
+    assert info.exit_code == 0 and f"input: {url} (" in info.output and "ETag " in info.output, info.output
     # a re-run resumes from the ledger: the object's ETag is its identity
     again = run(url, tmp_path / "s3.zarr", bundle)
     assert again.skipped == 4 and not again.ran
