@@ -197,6 +197,45 @@ def gdal_env(cache_bytes: int, base_options: dict[str, str]) -> rasterio.Env:
     return rasterio.Env(session=conn.gdal_session, GDAL_CACHEMAX=cache_bytes, **options)
 
 
+def _gdal_library() -> Any:
+    """Return GDAL's C library as rasterio loaded it (ctypes), or None when it cannot be found."""
+    import ctypes
+    import glob
+
+    here = os.path.dirname(rasterio.__file__)
+    found = glob.glob(os.path.join(here, os.pardir, "rasterio.libs", "libgdal*.so*"))
+    if not found:  # a rasterio built against a system GDAL: the one this process mapped
+        try:
+            with open("/proc/self/maps") as maps:
+                found = sorted({ln.split()[-1] for ln in maps if "libgdal" in ln and ln.split()[-1].startswith("/")})
+        except OSError:
+            found = []
+    if not found:
+        return None
+    try:
+        return ctypes.CDLL(found[0])  # already loaded: dlopen returns the same library
+    except OSError:
+        return None
+
+
+def clear_cache(path: str) -> None:
+    """Drop what GDAL's ``/vsicurl/`` cache holds for one object (best effort).
+
+    A request that failed (the endpoint down, HTTP 5xx) leaves empty regions in GDAL's
+    process-wide cache, so the same process would keep failing on those blocks after the store is
+    back (seen in tests/s3/test_s3_restart.py): a Ray actor retrying a unit, or a re-run in one
+    process. ``VSICurlPartialClearCache`` (GDAL C API) forgets the object; rasterio has no wrapper.
+    """
+    import ctypes
+
+    lib = _gdal_library()
+    if lib is None:
+        return
+    func = lib.VSICurlPartialClearCache
+    func.argtypes, func.restype = [ctypes.c_char_p], None
+    func(os.fspath(path).encode())
+
+
 @dataclass(frozen=True)
 class ObjectState:
     """What identifies an object's content: its size and ETag (and when it was last written)."""

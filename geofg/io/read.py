@@ -532,7 +532,8 @@ class RasterReader:
                 try:
                     self._read_group(g, common, part, ok)
                 except RasterioError as exc:
-                    if self._remote:  # an unreachable endpoint or a vanished object says so
+                    if self._remote:  # an unreachable endpoint or a vanished object says so;
+                        objects.clear_cache(g.path)  # and failed ranges must not stay cached
                         file_state(g.path)
                     raise UnreadableRasterError(
                         f"{g.path}: expected readable pixels in rows {common.row_off}.."

