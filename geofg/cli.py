@@ -69,7 +69,7 @@ def _fail(e: GeofgError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-Inputs = Annotated[list[Path], typer.Argument(help="A GeoTIFF/COG, a Sentinel-2 band-file folder or files, or several scenes: files, a quoted glob, or a manifest (@list.txt, one path per line) written into one mosaic on their union grid.")]
+Inputs = Annotated[list[str], typer.Argument(help="A GeoTIFF/COG (local or s3://BUCKET/KEY), a STAC Item or ItemCollection (.json, local or s3://), a Sentinel-2 band-file folder or files, or several scenes: files, a quoted glob, or a manifest (@list.txt, one path per line) written into one mosaic on their union grid.")]
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Zarr mosaic.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundle name or .safetensors path.")]
 ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name, .safetensors or exported .onnx path; repeat to average an ensemble's probabilities.")]
@@ -99,7 +99,7 @@ Mask = Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask clo
 AllowInsecure = Annotated[bool, typer.Option("--allow-insecure-cluster", help="Run on a Ray cluster even if it accepts unauthenticated requests (token auth off).")]
 
 
-def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: str | None,
+def _job(task: str, inputs: list[str], output: Path | None, model: str, bands: str | None,
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
@@ -110,7 +110,7 @@ def _job(task: str, inputs: list[Path], output: Path | None, model: str, bands: 
     models = [model] if isinstance(model, str) else list(model)
 
     if output is None:
-        first = inputs[0]
+        first = Path(inputs[0])
         output = Path((first.name if first.is_dir() else first.stem) + f".{task}.zarr")
     return build_job(
         {

@@ -56,7 +56,10 @@ def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
     out = Path(p.job.write.output)
     rows = -(-p.info.height // p.job.tile.chunk)
     cols = -(-p.info.width // p.job.tile.chunk)
-    console.print(f"[bold]input[/]  {', '.join(p.info.paths[:3])}{' …' if len(p.info.paths) > 3 else ''}")
+    from geofg.io.objects import s3_url
+
+    shown = [s3_url(path) for path in p.info.paths[:3]]
+    console.print(f"[bold]input[/]  {', '.join(shown)}{' …' if len(p.info.paths) > 3 else ''}")
     console.print(f"  grid {p.info.height} x {p.info.width} px, {abs(p.info.transform[0]):g} m, "
                   f"bands used: {', '.join(p.card.bands)}")
     console.print(f"[bold]model[/]  {p.card.name} ({p.card.task}, {p.card.architecture}/{p.card.encoder}) "
@@ -223,10 +226,13 @@ def print_info(console: Console, d: dict) -> None:
     if d.get("time") is not None:
         console.print(f"time: {len(d['time'])} dates (in slice order): {', '.join(d['time']) or '-'}; "
                       "latest_* arrays hold the most recent valid pixel")
+    from geofg.io.objects import s3_url
+
     m = d["model"]
     console.print(f"model: {m.get('name')} {m.get('version')} sha256 {str(m.get('sha256'))[:12]}")
     for f in d["inputs"]:
-        console.print(f"input: {f.get('path')} ({f.get('size')} bytes, sha256 {str(f.get('sha256'))[:12]})")
+        ident = f"sha256 {str(f.get('sha256'))[:12]}" if "etag" not in f else f"ETag {f['etag']}"
+        console.print(f"input: {s3_url(str(f.get('path')))} ({f.get('size')} bytes, {ident})")
     u = d["units"]
     console.print(f"units: {u['done']}/{u['total']} done, {len(u['failed'])} failed"
                   + (f": {', '.join(u['failed'][:10])}" if u["failed"] else ""))

@@ -168,6 +168,12 @@ class InsecureClusterError(ClusterError):
     """A Ray cluster accepts unauthenticated requests."""
 
 
+class StorageUnreachableError(GeofgError):
+    """An object store (an S3 endpoint) does not answer; nothing was written. Exit 5 like a cluster."""
+
+    exit_code = 5
+
+
 class MosaicLockedError(MosaicError):
     """Another run holds the mosaic's lock."""
 

@@ -268,13 +268,14 @@ def scene_ndvi(info, red: int, nir: int) -> float | None:  # noqa: ANN001
 
 def file_tags(paths: Sequence[str]) -> list[dict[str, str]]:
     """Each file's dataset tags (empty where it cannot be opened as a GeoTIFF/JPEG2000)."""
+    from geofg.io.objects import is_remote
     from geofg.io.paths import DRIVERS
     from geofg.io.read import gdal_env
 
     import rasterio
 
     out = []
-    with gdal_env():
+    with gdal_env(remote=any(is_remote(p) for p in paths)):
         for p in paths:
             driver = DRIVERS.get(os.path.splitext(p)[1].lower())
             try:

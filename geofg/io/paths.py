@@ -11,6 +11,10 @@ Every input path goes through :func:`resolve_input` before GDAL sees it:
    (a ``..`` or a symlink that escapes raises ``ForbiddenPathError``).
 3. Only the resolved string is ever passed to rasterio, never the user's string.
 
+``s3://`` inputs never come here: :func:`geofg.io.read.open_raster` sends them to
+:mod:`geofg.io.objects`, which validates the URL and makes the ``/vsis3/`` path itself; for such
+objects :func:`file_record` and :func:`file_state` use a HEAD (size, ETag) instead of the disk.
+
 Files are opened (:func:`open_dataset`) with an explicit driver chosen from the extension
 (:data:`DRIVERS`), so a VRT, a CSV or any other format renamed ``.tif`` cannot reach another GDAL
 driver; :func:`sniff_format` names what a refused file really is, for the error message.
@@ -44,6 +48,7 @@ from geofg.errors import (
     RasterTooLargeError,
     UnreadableRasterError,
 )
+from geofg.io import objects
 
 #: extension (lower case) -> the only GDAL driver geofg opens it with
 DRIVERS: dict[str, str] = {".tif": "GTiff", ".tiff": "GTiff", ".jp2": "JP2OpenJPEG"}
@@ -201,6 +206,11 @@ def open_dataset(path: Path, driver: str, shown: str | os.PathLike[str]) -> Any:
     except RasterioError as exc:
         message = " ".join(str(exc).split())
     expected = "a GeoTIFF/COG" if driver == "GTiff" else "a JPEG2000 file"
+    if objects.is_remote(path):  # preflight's HEAD found it: GDAL cannot parse what is there
+        raise UnreadableRasterError(
+            f"{shown}: expected {expected} ({driver}), found an object GDAL cannot read: "
+            f"{message}; check that the object is complete and of that format"
+        )
     found = sniff_format(path)
     if found is not None and "TIFF" not in found and "JPEG2000" not in found:
         raise ForbiddenDriverError(
@@ -290,7 +300,7 @@ def check_file_size(
             f"{f.width}x{f.height}x{f.count} = {pixels:,}; raise --max-pixels if this is genuine"
         )
     declared = pixels * max(np.dtype(d).itemsize for d in f.dtypes)
-    on_disk = max(f.path.stat().st_size, 1)
+    on_disk = max(file_state(f.path)[0], 1)
     if max_ratio is not None and declared > max(BOMB_FLOOR_BYTES, max_ratio * on_disk):
         raise RasterTooLargeError(
             f"{f.shown}: expected at most {max_ratio:g}x compression, found "
@@ -305,11 +315,17 @@ def file_record(path: Path, driver: str) -> dict[str, Any]:
     """Return ``{"path", "size", "mtime_ns", "inode", "sha256", "driver"}``, hashing 1 MiB at a time.
 
     Size, mtime and inode are what readers re-check after every unit's read (an input rewritten
-    or replaced during a run stops it).
+    or replaced during a run stops it). An object on S3 (``/vsis3/…``) is identified by its size
+    and ETag instead (``{"path", "size", "mtime_ns", "etag", "driver"}``): hashing it would read
+    the whole object at preflight, and the ETag changes whenever its content does.
 
     Raises:
         InputError: the file changed while it was hashed (still being copied).
     """
+    if objects.is_remote(path):
+        state = objects.head(str(path))
+        return {"path": str(path), "size": state.size, "mtime_ns": state.mtime_ns,
+                "etag": state.etag, "driver": driver}  # fmt: skip
     before = path.stat()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -332,5 +348,30 @@ def fingerprint(files: Sequence[dict[str, Any]]) -> str:
     current, while new bytes under the same mtime (``cp -p``, ``rsync -t``) make them stale. The
     file name stays in because it names the band of a band-file set.
     """
-    rows = sorted([os.path.basename(r["path"]), r["size"], r["sha256"]] for r in files)
+    rows = sorted([os.path.basename(r["path"]), r["size"], content_id(r)] for r in files)
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def content_id(record: dict[str, Any]) -> str:
+    """Return what names a file record's content: its sha256, or ``etag:…`` for an S3 object."""
+    return record.get("sha256") or f"etag:{record['etag']}"
+
+
+def file_state(path: str | os.PathLike[str]) -> tuple[int, object, int]:
+    """Return ``(size, mtime_ns or ETag, inode)`` of a local file or an S3 object now.
+
+    Raises:
+        FileNotFoundError: a local file is gone (an S3 object raises RasterNotFoundError).
+    """
+    if objects.is_remote(path):
+        state = objects.head(os.fspath(path))
+        return state.size, state.etag, 0
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def record_state(record: dict[str, Any], now: tuple[int, object, int]) -> tuple[int, object, int]:
+    """Return a file record's ``(size, mtime_ns or ETag, inode)`` to compare with :func:`file_state`."""
+    if "etag" in record:
+        return record["size"], record["etag"], 0
+    return record["size"], record["mtime_ns"], record.get("inode", now[2])

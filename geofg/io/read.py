@@ -45,16 +45,19 @@ from geofg.errors import (
     UnsupportedGeoTransformError,
 )
 from geofg.grid import Window
+from geofg.io import objects
 from geofg.io import sentinel2 as s2
 from geofg.io.paths import (
     MAX_COMPRESSION_RATIO,
     FileFacts,
     check_file_size,
     file_record,
+    file_state,
     fingerprint,
     gdal_message,
     inspect_file,
     open_dataset,
+    record_state,
     resolve_input,
 )
 
@@ -89,16 +92,29 @@ GDAL_CACHE_BYTES = 96 * 2**20
 GDAL_CACHE_MAX_BYTES = 256 * 2**20
 
 
-def gdal_env(cache_bytes: int | None = None) -> rasterio.Env:
+def gdal_env(cache_bytes: int | None = None, *, remote: bool = False) -> rasterio.Env:
     """Return the ``rasterio.Env`` geofg reads under; enter it in every thread that opens or reads.
 
     rasterio sets the options process-wide when entered from the main thread and thread-locally
     from any other thread, and GDAL's own worker threads see only the process-wide ones; hence each
-    reader thread enters it itself. No AWS session is created, whatever the environment holds.
-    ``cache_bytes`` sets GDAL's block cache (default :data:`GDAL_CACHE_BYTES`).
+    reader thread enters it itself. No AWS session is created, whatever the environment holds,
+    unless ``remote`` (inputs on S3): then the AWS credential chain and GDAL's remote-COG settings
+    apply (:func:`geofg.io.objects.gdal_env`). ``cache_bytes`` sets GDAL's block cache (default
+    :data:`GDAL_CACHE_BYTES`).
     """
     cache = GDAL_CACHE_BYTES if cache_bytes is None else cache_bytes
+    if remote:
+        return objects.gdal_env(cache, GDAL_OPTIONS)
     return rasterio.Env(session=DummySession(), GDAL_CACHEMAX=cache, **GDAL_OPTIONS)
+
+
+def _resolve(raw: str) -> Path:
+    """Resolve a user's input: an ``s3://`` URL to its ``/vsis3/`` path (after a HEAD), else local."""
+    if objects.is_s3_url(raw):
+        path = objects.gdal_path(raw)
+        objects.head(path)  # clear errors (credentials, bucket, key, endpoint) before GDAL
+        return Path(path)
+    return resolve_input(raw)
 
 
 @dataclass(frozen=True)
@@ -148,8 +164,8 @@ class RasterInfo:
         if self.scenes:
             return f"{self.scenes[0].label()} and {len(self.scenes) - 1} more scenes"
         if len(self.paths) == 1:
-            return self.paths[0]
-        return f"{os.path.commonpath(self.paths)} ({len(self.paths)} band files)"
+            return objects.s3_url(self.paths[0])
+        return f"{objects.s3_url(os.path.commonpath(self.paths))} ({len(self.paths)} band files)"
 
 
 def _check_georef(f: FileFacts, assume_crs: CRS | None) -> CRS:
@@ -263,13 +279,24 @@ def open_raster(
         raise ConfigError("no input given: expected a GeoTIFF, a band-file folder or band files")
     from geofg.io import scenes as sc
 
+    from geofg.io import stac
+
     raws = sc.expand_inputs(raws)
+    if any(stac.is_stac(r) for r in raws):
+        one = {"max_pixels": max_pixels, "assume_crs": assume_crs,
+               "max_compression_ratio": max_compression_ratio}  # fmt: skip
+        if bands is not None:
+            raise InputError(f"{raws[0]}: --bands names the bands of one multi-band file, found "
+                             "a STAC input whose assets name their bands; drop --bands")  # fmt: skip
+        sets = [s for r in raws for s in stac.band_sets(r)]
+        infos = [_open_named_set(s, **one) for s in sets]
+        return infos[0] if len(infos) == 1 else sc.union_info(infos, max_pixels)
     if sc.is_scene_list(raws):
         one = {"max_pixels": max_pixels, "assume_crs": assume_crs,
                "max_compression_ratio": max_compression_ratio}  # fmt: skip
         return sc.union_info([open_raster([r], bands, **one) for r in raws], max_pixels)
-    files, is_set = s2.gather_inputs(raws, resolve_input)
-    with gdal_env():
+    files, is_set = s2.gather_inputs(raws, _resolve)
+    with gdal_env(remote=any(objects.is_remote(p) for _, p in files)):
         facts = [inspect_file(raw, path) for raw, path in files]
     for f in facts:
         check_file_size(f, max_pixels, max_compression_ratio)
@@ -289,8 +316,22 @@ def open_raster(
     )  # fmt: skip
 
 
-def _band_file_set(facts: list[FileFacts], crs: list[CRS], max_pixels: int) -> RasterInfo:
-    named, finest = s2.stack_band_files(facts, crs)
+def _open_named_set(bands: Sequence[tuple[str, str]], *, max_pixels: int, assume_crs: str | None,
+                    max_compression_ratio: float | None) -> RasterInfo:
+    """Preflight a band-file set whose band names are given (``(name, s3:// URL or local path)``)."""
+    assumed = None if assume_crs is None else CRS.from_user_input(assume_crs)
+    files = [(raw, _resolve(raw)) for _, raw in bands]
+    with gdal_env(remote=any(objects.is_remote(p) for _, p in files)):
+        facts = [inspect_file(raw, path) for raw, path in files]
+    for f in facts:
+        check_file_size(f, max_pixels, max_compression_ratio)
+    crs = [_check_georef(f, assumed) for f in facts]
+    return _band_file_set(facts, crs, max_pixels, [name for name, _ in bands])
+
+
+def _band_file_set(facts: list[FileFacts], crs: list[CRS], max_pixels: int,
+                   names: Sequence[str] | None = None) -> RasterInfo:  # fmt: skip
+    named, finest = s2.stack_band_files(facts, crs, names)
     height, width = finest.height, finest.width
     if height * width * len(named) > max_pixels:
         raise RasterTooLargeError(
@@ -301,7 +342,7 @@ def _band_file_set(facts: list[FileFacts], crs: list[CRS], max_pixels: int) -> R
     if nodata is None:
         nodata = 0.0
         warnings.warn(NodataAssumedWarning(
-            f"{finest.path.parent}: band files declare no nodata; using DN 0 as nodata "
+            f"{objects.s3_url(finest.path.parent)}: band files declare no nodata; using DN 0 as nodata "
             "(the Sentinel-2 L1C/L2A convention)"), stacklevel=3)  # fmt: skip
     return _make_info(
         [f for _, f in named], crs[0], finest.transform, height, width,
@@ -412,6 +453,7 @@ class RasterReader:
         self._scenes: list[tuple[Window, RasterInfo]] = []
         self._subs: dict[int, RasterReader] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        self._remote = any(objects.is_remote(p) for p in info.paths) and not info.scenes
         if info.scenes:
             from geofg.io.scenes import scene_offset
 
@@ -425,7 +467,7 @@ class RasterReader:
             path, band = info.band_files[i]
             by_path.setdefault(path, []).append((channel, band))
         try:
-            with gdal_env(self.cache_bytes):
+            with gdal_env(self.cache_bytes, remote=self._remote):
                 for path, pairs in by_path.items():
                     self._groups.append(self._plan(path, records[path], pairs))
         except BaseException:
@@ -434,12 +476,12 @@ class RasterReader:
 
     def _plan(self, path: str, record: dict[str, Any], pairs: list[tuple[int, int]]) -> _Group:
         try:
-            stat = os.stat(path)
+            state = file_state(path)
         except FileNotFoundError:
             raise RasterNotFoundError(f"{path}: expected the file checked at preflight, found "
                                       "nothing; restore it or run again") from None  # fmt: skip
         self._records[path] = record
-        self._check_unchanged(path, stat)
+        self._check_unchanged(path, state)
         ds = open_dataset(Path(path), record["driver"], path)
         try:
             place = s2.place_on_grid(self._info.transform, tuple(ds.transform)[:6], path)
@@ -485,11 +527,14 @@ class RasterReader:
         rows, cols = common.relative_to(window)
         part, ok = data[:, rows, cols], valid[rows, cols]
         ok[...] = True
-        with gdal_env(self.cache_bytes):
+        with gdal_env(self.cache_bytes, remote=self._remote):
             for g in self._groups:
                 try:
                     self._read_group(g, common, part, ok)
                 except RasterioError as exc:
+                    if self._remote:  # an unreachable endpoint or a vanished object says so;
+                        objects.clear_cache(g.path)  # and failed ranges must not stay cached
+                        file_state(g.path)
                     raise UnreadableRasterError(
                         f"{g.path}: expected readable pixels in rows {common.row_off}.."
                         f"{common.row_end} cols {common.col_off}..{common.col_end}, found a read "
@@ -498,8 +543,8 @@ class RasterReader:
                     ) from exc
         for g in self._groups:  # after the read: pixels read from a changed file are never used
             try:
-                self._check_unchanged(g.path, os.stat(g.path))
-            except FileNotFoundError:
+                self._check_unchanged(g.path, file_state(g.path))
+            except (FileNotFoundError, RasterNotFoundError):
                 raise InputChangedError(f"{g.path}: expected the file checked at preflight, found "
                                         "it deleted during the run; restore it and run again") from None
         self._check_values(part, ok)
@@ -507,15 +552,14 @@ class RasterReader:
             part[:, ~ok] = 0
         return data, valid
 
-    def _check_unchanged(self, path: str, stat: os.stat_result) -> None:
-        """Raise when ``path``'s size, mtime or inode differs from its preflight record."""
+    def _check_unchanged(self, path: str, state: tuple[int, object, int]) -> None:
+        """Raise when ``path``'s size, mtime or inode (an object's ETag) differs from its record."""
         rec = self._records[path]
-        want = (rec["size"], rec["mtime_ns"], rec.get("inode", stat.st_ino))
-        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != want:
+        if state != record_state(rec, state):
             raise InputChangedError(
-                f"{path}: expected the file checked at preflight ({rec['size']:,} bytes), found it "
-                f"changed during the run ({stat.st_size:,} bytes, new mtime or inode); nothing read "
-                "after the change was recorded: run again once the file is final"
+                f"{objects.s3_url(path)}: expected the file checked at preflight ({rec['size']:,} "
+                f"bytes), found it changed during the run ({state[0]:,} bytes, new mtime, inode or "
+                "ETag); nothing read after the change was recorded: run again once the file is final"
             )
 
     def block_bytes(self, window: Window) -> int:
@@ -602,7 +646,7 @@ class RasterReader:
         for sub in subs.values():
             sub.close()
         groups, self._groups = getattr(self, "_groups", []), []
-        with gdal_env(self.cache_bytes):
+        with gdal_env(self.cache_bytes, remote=getattr(self, "_remote", False)):
             for g in groups:
                 g.ds.close()
 

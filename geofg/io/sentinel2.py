@@ -304,11 +304,12 @@ def upsample(native: np.ndarray, f_rows: int, f_cols: int, row: int, col: int, h
 
 
 def stack_band_files(
-    facts: Sequence[FileFacts], crs: Sequence[object]
+    facts: Sequence[FileFacts], crs: Sequence[object], names: Sequence[str] | None = None
 ) -> tuple[list[tuple[str, FileFacts]], FileFacts]:
     """Order a band-file set by band and check it stacks; return ``(named files, finest)``.
 
-    ``crs[i]`` is the CRS of ``facts[i]`` (its own, or the assumed one).
+    ``crs[i]`` is the CRS of ``facts[i]`` (its own, or the assumed one); ``names[i]`` its band
+    name when the caller knows it (a STAC asset), else the band in its file name.
 
     Raises:
         InputError: two files claim one band, or a band file has several bands.
@@ -320,8 +321,8 @@ def stack_band_files(
                 f"{f.shown}: expected every band file on {crs[0]} like {facts[0].shown}, "
                 f"found {c}; reproject them onto one CRS first"
             )
-    named = sorted(((band_name_of(f.shown) or "", f) for f in facts),
-                   key=lambda nf: band_sort_key(nf[0]))  # fmt: skip
+    given = names if names is not None else [band_name_of(f.shown) or "" for f in facts]
+    named = sorted(zip(given, facts, strict=True), key=lambda nf: band_sort_key(nf[0]))
     check_unique_bands([(n, Path(f.shown)) for n, f in named])
     for name, f in named:
         if f.count != 1:

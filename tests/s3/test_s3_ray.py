@@ -1,0 +1,49 @@
+"""Ray actors read an S3 input themselves (their own AWS environment) and write the local mosaic."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from catalog import write_band_cogs
+from rasters import write_threshold_bundle
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+
+from geofg.config import build_job  # noqa: E402
+from geofg.models.tiny import ThresholdPredictor  # noqa: E402
+from geofg.run import run_job  # noqa: E402
+from test_s3_inputs import assert_same_mosaic  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+
+def test_ray_actors_read_s3_and_equal_local(s3, tmp_path: Path, data_root: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    folder = tmp_path / "bands"
+    cogs = write_band_cogs(data_root, folder, bands=["B04", "B08"])
+    url = s3.put("scene/B04.tif", cogs["B04"])  # one single-band COG, read by 2 actors
+    bundle = write_threshold_bundle(tmp_path, ["B04"])
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    # started after the s3 fixture set AWS_*: the actors inherit them, as nodes with credentials do
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             _temp_dir=(temp := tempfile.mkdtemp(prefix="r", dir="/tmp")))  # socket paths < 107 bytes
+    try:
+        outs = {}
+        for kind, src in (("ray", url), ("local", str(cogs["B04"]))):
+            job = build_job({"read": {"inputs": [src]}, "tile": {"chunk": 64}, "mask": {"mode": "off"},
+                             "model": {"model": str(bundle), "device": "cpu"},
+                             "write": {"output": str(tmp_path / f"{kind}.zarr"), "quicklook": False},
+                             "runner": {"kind": kind, **({"num_actors": 2} if kind == "ray" else {})}})  # fmt: skip
+            outs[kind] = run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert len(outs["ray"].ran) == 16 and not outs["ray"].failed
+    assert_same_mosaic(tmp_path / "ray.zarr", tmp_path / "local.zarr")
