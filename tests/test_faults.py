@@ -35,6 +35,9 @@ from rasters import s2_like, write_raster, write_threshold_bundle
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 LAYERS = ("class", "health", "confidence")
+# Faults are the subject, not the model: the cheap packaged `eurosat-13`, no mask (the default
+# model and its mask cost about ten times as much per unit; docs/models.md, "Speed")
+CHEAP = ("--model", "eurosat-13", "--no-mask")
 runner = CliRunner()
 
 
@@ -43,7 +46,7 @@ def invoke(*args: str):  # noqa: ANN201
 
 
 def classify(inp: Path, out: Path, *extra: str):  # noqa: ANN201
-    return invoke("classify", str(inp), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *extra)
+    return invoke("classify", str(inp), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *CHEAP, *extra)
 
 
 def layers(out: Path) -> dict[str, np.ndarray]:
@@ -203,7 +206,7 @@ def test_rerun_finds_a_missing_or_truncated_chunk_and_redoes_only_its_unit(
     assert classify(scene, out).exit_code == 0
     before = Ledger(out / ".geofg").load()
     _damage(out, how)
-    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu")
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", *CHEAP)
     assert r.exit_code == 0, r.output
     assert "repaired" in r.output and "r0001_c0001" in r.output
     after = Ledger(out / ".geofg").load()
@@ -431,17 +434,13 @@ def test_read_only_output_is_exit_7_one_line_and_works_once_writable(tmp_path: P
 # --- 9. SIGTERM and SIGINT ------------------------------------------------------------------------
 
 
-CHEAP = ("--model", "eurosat-13", "--no-mask")  # 64 units in seconds; the default model takes minutes
-
-
 def _geofg(*args: str) -> list[str]:
     return [sys.executable, "-m", "geofg.cli", *args]
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
-    """A 64-unit scene and its clean mosaic (in a subprocess, as the interrupted runs). Stopping
-    is the subject, not the model: the cheap packaged `eurosat-13`, no mask (:data:`CHEAP`)."""
+    """A 64-unit scene and its clean mosaic (in a subprocess, as the interrupted runs)."""
     d = tmp_path_factory.mktemp("big")
     scene = write_raster(d / "big.tif", s2_like(256, 256, seed=2), descriptions=S2)
     out = d / "clean.zarr"
