@@ -4,6 +4,7 @@ and the re-run after a restart resumes to the clean mosaic."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ def _run(src: str, out: Path, bundle: Path):  # noqa: ANN202
                      "model": {"model": str(bundle), "device": "cpu"},
                      "write": {"output": str(out), "quicklook": False}})  # fmt: skip
     return run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
+
+
+def wait_readable(server, bucket: str, key: str, timeout_s: float = 60.0) -> None:  # noqa: ANN001
+    """Until an object written before the restart reads back whole: the filer answers bucket calls a
+    moment before its volume server has re-registered (HTTP 500 "internal error" in between)."""
+    client, t0 = server.client(), time.monotonic()
+    while True:
+        try:
+            client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return
+        except Exception:  # noqa: BLE001 (500 until the volume is back)
+            if time.monotonic() - t0 > timeout_s:
+                raise
+            time.sleep(0.5)
 
 
 def test_server_stopped_mid_run_then_restarted_resumes(tmp_path: Path, data_root: Path,
@@ -67,6 +82,7 @@ def test_server_stopped_mid_run_then_restarted_resumes(tmp_path: Path, data_root
         # refused connections, or HTTP 500 while the server shuts down: both name the endpoint
         assert all("S3 endpoint" in e and server.endpoint in e for e in errors), errors
         server = start_weed(tmp_path / "weed", base_port=server.base_port)  # same folder, same endpoint
+        wait_readable(server, "scenes", "B04.tif")
         again = _run(url, out, bundle)
     finally:
         stop_weed(server)
