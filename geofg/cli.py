@@ -347,14 +347,14 @@ def alerts(
     """Alert list: fields whose median health zone drops against their recent baseline (scan mosaics)."""
     _configure(verbose, quiet)
     from geofg.products.alerts import AlertRules, mosaic_alerts
-    from geofg.products.fields import write_table
+    from geofg.products.fields import check_output, write_table
 
     try:
         rules = AlertRules(drop=drop, min_clear=min_clear, min_assessed_ha=min_assessed_ha, window=window,
                            min_history=min_history)  # fmt: skip
         for path in (output, series):
-            if path is not None and path.exists() and not overwrite:
-                raise ConfigError(f"-o {path}: the file exists; pass --overwrite to replace it or choose another path")
+            if path is not None:
+                check_output(path, overwrite)
         table, found = mosaic_alerts(mosaic, fields_file, rules)
         if series is not None:
             write_table(table, series, overwrite=overwrite)

@@ -236,15 +236,17 @@ def _column(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
 
 
-def check_output(out: Path, overwrite: bool = False) -> str:
-    """The writer for ``out``'s extension (checked before any work).
+def check_output(out: Path, overwrite: bool = False, outputs: dict[str, str] | None = None,
+                 expected: str = ".parquet (GeoParquet), .gpkg, .fgb or .csv", option: str = "-o") -> str:
+    """The writer for ``out``'s extension among ``outputs`` (default: the table formats), checked
+    before any work; every product command (fields, zones, alerts, polygons) refuses the same way.
 
     Raises:
         ConfigError: unknown extension, or ``out`` exists without ``overwrite``.
     """
-    kind = OUTPUTS.get(out.suffix.lower())
+    kind = (OUTPUTS if outputs is None else outputs).get(out.suffix.lower())
     if kind is None:
-        raise ConfigError(f"-o {out}: expected .parquet (GeoParquet), .gpkg, .fgb or .csv, found "
+        raise ConfigError(f"{option} {out}: expected {expected}, found "
                           f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
     if out.exists() and not overwrite:
         raise ConfigError(f"-o {out}: the file exists; pass --overwrite to replace it or choose another path")

@@ -25,6 +25,7 @@ import numpy as np
 
 from geofg.errors import ConfigError
 from geofg.io import mosaic as mz
+from geofg.products.fields import check_output
 
 BATCH = 10_000
 
@@ -100,11 +101,8 @@ def export_polygons(mosaic: Path, out: Path, *, when: str | None = None, layer: 
     grid = group.attrs["geofg:grid"]
     if layer not in ("class", "health", "mask") or layer not in grid["layers"]:
         raise ConfigError(f"--layer {layer}: polygons are traced from class, health or mask (of this mosaic)")
-    if out.suffix.lower() not in (".parquet", ".geoparquet"):
-        raise ConfigError(f"--polygons {out}: expected a .parquet (GeoParquet) file name, found "
-                          f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: the file exists; pass --overwrite to replace it or choose another path")
+    check_output(out, overwrite, {".parquet": "GeoParquet", ".geoparquet": "GeoParquet"},
+                 "a .parquet (GeoParquet) file name", option="--polygons")
     arrays, t, _ = _source(group, when)
     arr = arrays[layer]
     names = list(arr.attrs.get("class_names", []))

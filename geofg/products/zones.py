@@ -54,7 +54,7 @@ import numpy as np
 
 from geofg.errors import ConfigError, FieldsWarning, InputError
 from geofg.io import mosaic as mz
-from geofg.products.fields import _names, read_fields
+from geofg.products.fields import _names, check_output, read_fields
 
 OUTPUTS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
@@ -364,12 +364,7 @@ def write_zones(table: Any, out: Path, *, crs: str | None = None, overwrite: boo
     Raises:
         ConfigError: unknown extension, bad ``crs``, or ``out`` exists without ``overwrite``.
     """
-    driver = OUTPUTS.get(out.suffix.lower())
-    if driver is None:
-        raise ConfigError(f"-o {out}: expected .gpkg (GeoPackage) or .shp (Shapefile), found "
-                          f"{out.suffix or 'no extension'}; change the extension")  # fmt: skip
-    if out.exists() and not overwrite:
-        raise ConfigError(f"-o {out}: the file exists; pass --overwrite to replace it or choose another path")
+    driver = check_output(out, overwrite, OUTPUTS, ".gpkg (GeoPackage) or .shp (Shapefile)")
     if crs is not None:
         from pyproj import CRS
         from pyproj.exceptions import CRSError
