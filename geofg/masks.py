@@ -342,7 +342,7 @@ def release_water_shadow(mask: np.ndarray, model_water: np.ndarray, green: np.nd
 
     The second open-water rule (the module docstring): ``mask`` (H, W) from :func:`mask_window`,
     ``model_water`` (H, W) bool where the model's top class is water, ``green``/``nir`` (H, W)
-    reflectance. Returns a new mask.
+    in any common scale (reflectance or DN: only the sign of NDWI counts). Returns a new mask.
 
     Examples:
         >>> m = np.array([SHADOW, SHADOW, SHADOW, CLOUD], np.uint8)

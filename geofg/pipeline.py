@@ -35,7 +35,7 @@ from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
-from geofg.masks import CLEAR, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
+from geofg.masks import CLEAR, SHADOW, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
 from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
 from geofg.models.ensemble import combined_card, models_sha256
@@ -523,12 +523,12 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
             pixel_m=mp.pixel_m, origin=(unit.read.row_off, unit.read.col_off),
         )[core]
         names = [c.name for c in p.card.classes]
-        if "water" in names:  # shadow the model sees as water, with water's NDWI: a lake (geofg.masks)
-            top = probs[(slice(None), *core)].argmax(0) == names.index("water")
-            mc = list(p.mask_channels)
-            green = data[mc[1]][core].astype(np.float32) * np.float32(mp.scale)
-            nir = data[mc[3]][core].astype(np.float32) * np.float32(mp.scale)
-            mask = release_water_shadow(mask, top, green, nir)
+        shadow = mask == SHADOW
+        if "water" in names and shadow.any():  # shadow the model sees as water: a lake (geofg.masks)
+            top = np.zeros_like(shadow)  # the top class, on the shadow pixels only
+            top[shadow] = probs[(slice(None), *core)][:, shadow].argmax(0) == names.index("water")
+            mc = list(p.mask_channels)  # B02, B03, B04, B08...: green and NIR (NDWI's sign: any scale)
+            mask = release_water_shadow(mask, top, data[mc[1]][core], data[mc[3]][core])
         timer("mask", time.perf_counter() - t)
     season = getattr(p, "season", None)
     n = len(p.card.bands)
