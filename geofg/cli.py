@@ -315,7 +315,7 @@ def fields(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares (coverage-weighted)."""
+    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares, median and mean NDVI (coverage-weighted)."""
     _configure(verbose, quiet)
     from geofg.products.fields import check_output, field_table, write_table
 
@@ -336,7 +336,7 @@ def alerts(
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv, OUT.parquet, OUT.gpkg or OUT.fgb: one row per alert.")],
     series: Annotated[Optional[Path], typer.Option("--series", help="Also write the per-field, per-date table (as `geofg fields`) here.")] = None,
-    drop: Annotated[float, typer.Option("--drop", help="Alert when the median health zone falls this many zones below the baseline.")] = 1.0,
+    drop: Annotated[float, typer.Option("--drop", help="Alert when the field's median NDVI falls this much below its baseline.")] = 0.1,
     min_clear: Annotated[float, typer.Option("--min-clear", help="Least clear share of a field for a date to count.")] = 0.7,
     min_assessed_ha: Annotated[float, typer.Option("--min-assessed", help="Least assessed crop/grass area (ha) of a field for a date to count.")] = 1.0,
     window: Annotated[int, typer.Option("--window", help="The baseline is the median of this many latest earlier counted dates.")] = 3,
@@ -344,7 +344,7 @@ def alerts(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Alert list: fields whose median health zone drops against their recent baseline (scan mosaics)."""
+    """Alert list: fields whose median NDVI drops against their recent clear baseline (scan mosaics)."""
     _configure(verbose, quiet)
     from geofg.products.alerts import AlertRules, mosaic_alerts
     from geofg.products.fields import check_output, write_table
