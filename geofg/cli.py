@@ -370,8 +370,8 @@ def alerts(
 def zones(
     mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan): its class layer says which pixels are clear.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
-    image: Annotated[Path, typer.Option("--image", help="The image the mosaic (or --time's slice) was made from: NDVI comes from its red and NIR bands.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.gpkg (GeoPackage) or OUT.shp (Shapefile): a polygon per zone patch.")],
+    image: Annotated[Optional[Path], typer.Option("--image", help="Recompute NDVI from this image's red and NIR bands (full precision) instead of the mosaic's ndvi layer; needed for mosaics without one.")] = None,
     n: Annotated[str, typer.Option("-n", "--zones", help="Zones per field: a count (4) or a range (3..5: the most that survive the minimum area).")] = "3..5",
     bands: Annotated[Optional[str], typer.Option("--bands", help="Band names of --image in file order, e.g. R,G,B,NIR (when it has no band descriptions).")] = None,
     min_area_ha: Annotated[float, typer.Option("--min-area", help="Minimum zone patch area in ha; smaller patches join their neighbour.")] = 0.25,
@@ -381,7 +381,7 @@ def zones(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Management zones inside each field from NDVI (smoothed, minimum area, holes filled) as GeoPackage or Shapefile."""
+    """Management zones inside each field from the mosaic's NDVI (smoothed, minimum area, holes filled) as GeoPackage or Shapefile."""
     _configure(verbose, quiet)
     from geofg.products.zones import ZoneRules, field_zones, parse_count, write_zones
 
