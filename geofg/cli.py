@@ -759,7 +759,7 @@ def export(
     png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
     polygons: Annotated[Optional[Path], typer.Option("--polygons", help="SOURCE a mosaic: write the layer's patches as polygons (OUT.parquet, GeoParquet 1.1), streamed chunk row by chunk row.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
-    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside it).")] = "class",
+    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence, ndvi or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside class, health and mask; ndvi keeps uint8 codes with scale 0.01, offset -1).")] = "class",
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""
