@@ -178,8 +178,9 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
         require_extra("ray", "a scan with runner.kind ray")
     folder = Path(cfg.inbox.folder)
     if not folder.is_dir():
+        unset = " (an environment variable in it is not set)" if "$" in str(folder) else ""
         raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
-                          f"{'a file' if folder.exists() else 'nothing'}; create it or fix the path")  # fmt: skip
+                          f"{'a file' if folder.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
     model_path = resolve_model(cfg.model.model)
     card = read_card(model_path)
     g = cfg.grid
