@@ -19,7 +19,7 @@ Why 0.1: half the width of a health zone (0.2, :mod:`geofg.health`), ten steps o
 index and well above the date-to-date jitter of a clear, in-season field median (a few
 hundredths: geometry, atmosphere, phenology between close dates), yet small enough to flag a
 stress that the zone rule of earlier versions (one whole zone down) saw only when it crossed a
-zone edge. On the NAIP three-date scenario the east field's median fell from 0.71 to 0.25.
+zone edge. The figures on the NAIP three-date scan are in docs/products.md.
 
 With fewer than ``min_history + 1`` dates nothing can trigger: a three-date series needs
 ``min_history`` of 2 or less. A mosaic without the ``ndvi`` layer (a model without red/NIR bands,
