@@ -16,8 +16,9 @@ Rules (:class:`AlertRules`, all configurable):
 * an alert is raised when ``baseline - ndvi_median >= drop`` (0.1 NDVI).
 
 Why 0.1: half the width of a health zone (0.2, :mod:`geofg.health`), ten steps of the stored
-index and well above the date-to-date jitter of a clear, in-season field median (a few
-hundredths: geometry, atmosphere, phenology between close dates), yet small enough to flag a
+index, meant to sit above the date-to-date noise of a clear, in-season field median (view
+geometry, atmosphere, phenology between close dates; not measured here: the NAIP dates are two
+years apart, tune ``--drop`` on your own series), yet small enough to flag a
 stress that the zone rule of earlier versions (one whole zone down) saw only when it crossed a
 zone edge. The figures on the NAIP three-date scan are in docs/products.md.
 
