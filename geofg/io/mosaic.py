@@ -71,7 +71,6 @@ from numcodecs import Zstd
 
 from geofg.errors import MosaicDamagedError, MosaicExistsError, MosaicSchemaMismatchError
 from geofg.grid import WorkUnit
-from geofg.health import INDEX, INDEX_MAX_CODE, INDEX_OFFSET, INDEX_SCALE
 from geofg.masks import MASK_CLASSES
 
 log = logging.getLogger(__name__)
@@ -368,9 +367,9 @@ def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
                  "learned (ukis-csmask clouds and shadows) and index-based (NDSI snow/ice)"),
     }
     a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": spec.crs_wkt}}
-    if name == INDEX:  # codes as geofg.health.quantise_index writes them
+    if name == "ndvi":  # the codes of geofg.health.quantise_index (io sits below health: not imported)
         a.update(long_name="normalized difference vegetation index", source="index-based", units="1",
-                 scale_factor=INDEX_SCALE, add_offset=INDEX_OFFSET, valid_min=0, valid_max=INDEX_MAX_CODE)  # fmt: skip
+                 scale_factor=0.01, add_offset=-1.0, valid_min=0, valid_max=200)  # fmt: skip
     elif name in legend:
         names, colours, long_name, source = legend[name]
         a.update(

@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
 
 from geofg.config import build_job
+from geofg.health import INDEX_MAX_CODE, INDEX_OFFSET, INDEX_SCALE
 from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.config import build_scan
@@ -106,6 +107,8 @@ def test_the_index_layer_decodes_to_ndvi_in_xarray_and_gdal(mosaics: dict[str, P
         assert name == "latest_ndvi" or (code == 255).any()  # the nodata corner
         with rasterio.open(f'ZARR:"{path}":/{name}') as src:
             assert (src.scales[0], src.offsets[0]) == (0.01, -1.0), name
+        a = raw[name].attrs  # the layer's attributes say what geofg.health writes
+        assert (a["scale_factor"], a["add_offset"], a["valid_max"]) == (INDEX_SCALE, INDEX_OFFSET, INDEX_MAX_CODE)
 
 
 def _gdalinfo(target: str) -> dict:
