@@ -15,7 +15,7 @@ import xarray as xr
 
 
 def main(path: str = "out/T33UUU.zarr") -> None:
-    """Print CRS, transform, per-class areas and the crop-health mix of the mosaic at ``path``."""
+    """Print CRS, transform, per-class areas, the crop-health mix and the mean NDVI of the mosaic at ``path``."""
     ds = xr.open_zarr(path, decode_coords="all", mask_and_scale=False)
     print(ds)
     print("CRS:", ds.rio.crs, "\ntransform:", tuple(ds.rio.transform())[:6])
@@ -30,6 +30,10 @@ def main(path: str = "out/T33UUU.zarr") -> None:
         print(f"{n:22s} {counts[i] * pixel_ha:10.1f} ha")
     health = ds["health"].where(ds["health"] != 255)
     print("crop-health zone mean (0 bare .. 3 vigorous, index-based):", float(health.mean().compute()))
+    if "ndvi" in ds:  # uint8 codes here (mask_and_scale=False); xarray's default decoding gives NDVI
+        code = ds["ndvi"]
+        ndvi = code.where(code != 255) * code.attrs["scale_factor"] + code.attrs["add_offset"]
+        print("mean NDVI of the clear pixels (any class):", round(float(ndvi.mean().compute()), 3))
 
 
 if __name__ == "__main__":

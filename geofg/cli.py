@@ -315,7 +315,7 @@ def fields(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares (coverage-weighted)."""
+    """Per-field, per-date table: area, clear share, class shares, dominant class, health-zone shares, median and mean NDVI (coverage-weighted)."""
     _configure(verbose, quiet)
     from geofg.products.fields import check_output, field_table, write_table
 
@@ -336,7 +336,7 @@ def alerts(
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv, OUT.parquet, OUT.gpkg or OUT.fgb: one row per alert.")],
     series: Annotated[Optional[Path], typer.Option("--series", help="Also write the per-field, per-date table (as `geofg fields`) here.")] = None,
-    drop: Annotated[float, typer.Option("--drop", help="Alert when the median health zone falls this many zones below the baseline.")] = 1.0,
+    drop: Annotated[float, typer.Option("--drop", help="Alert when the field's median NDVI falls this much below its baseline.")] = 0.1,
     min_clear: Annotated[float, typer.Option("--min-clear", help="Least clear share of a field for a date to count.")] = 0.7,
     min_assessed_ha: Annotated[float, typer.Option("--min-assessed", help="Least assessed crop/grass area (ha) of a field for a date to count.")] = 1.0,
     window: Annotated[int, typer.Option("--window", help="The baseline is the median of this many latest earlier counted dates.")] = 3,
@@ -344,7 +344,7 @@ def alerts(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Alert list: fields whose median health zone drops against their recent baseline (scan mosaics)."""
+    """Alert list: fields whose median NDVI drops against their recent clear baseline (scan mosaics)."""
     _configure(verbose, quiet)
     from geofg.products.alerts import AlertRules, mosaic_alerts
     from geofg.products.fields import check_output, write_table
@@ -370,8 +370,8 @@ def alerts(
 def zones(
     mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan): its class layer says which pixels are clear.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
-    image: Annotated[Path, typer.Option("--image", help="The image the mosaic (or --time's slice) was made from: NDVI comes from its red and NIR bands.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.gpkg (GeoPackage) or OUT.shp (Shapefile): a polygon per zone patch.")],
+    image: Annotated[Optional[Path], typer.Option("--image", help="Recompute NDVI from this image's red and NIR bands (full precision) instead of the mosaic's ndvi layer; needed for mosaics without one.")] = None,
     n: Annotated[str, typer.Option("-n", "--zones", help="Zones per field: a count (4) or a range (3..5: the most that survive the minimum area).")] = "3..5",
     bands: Annotated[Optional[str], typer.Option("--bands", help="Band names of --image in file order, e.g. R,G,B,NIR (when it has no band descriptions).")] = None,
     min_area_ha: Annotated[float, typer.Option("--min-area", help="Minimum zone patch area in ha; smaller patches join their neighbour.")] = 0.25,
@@ -381,7 +381,7 @@ def zones(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
-    """Management zones inside each field from NDVI (smoothed, minimum area, holes filled) as GeoPackage or Shapefile."""
+    """Management zones inside each field from the mosaic's NDVI (smoothed, minimum area, holes filled) as GeoPackage or Shapefile."""
     _configure(verbose, quiet)
     from geofg.products.zones import ZoneRules, field_zones, parse_count, write_zones
 
@@ -759,7 +759,7 @@ def export(
     png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
     polygons: Annotated[Optional[Path], typer.Option("--polygons", help="SOURCE a mosaic: write the layer's patches as polygons (OUT.parquet, GeoParquet 1.1), streamed chunk row by chunk row.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
-    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside it).")] = "class",
+    layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence, ndvi or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside class, health and mask; ndvi keeps uint8 codes with scale 0.01, offset -1).")] = "class",
     verbose: Verbose = 0, quiet: Quiet = False,
 ) -> None:
     """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""

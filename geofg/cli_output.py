@@ -186,8 +186,9 @@ def describe_mosaic(path: Path) -> dict:
     crs = CRS.from_wkt(grid["crs_wkt"])
     records = Ledger(path / META_DIR).load()
     lock = read_lock(path / META_DIR / "lock")
-    arrays = {name: {"shape": list(g[name].shape), "dtype": str(g[name].dtype),
-                     "chunks": list(g[name].chunks)} for name in grid["layers"]}
+    arrays = {name: {"shape": list(g[name].shape), "dtype": str(g[name].dtype), "chunks": list(g[name].chunks),
+                     **{k: g[name].attrs[k] for k in ("long_name", "scale_factor", "add_offset") if k in g[name].attrs}}
+              for name in grid["layers"]}  # fmt: skip
     units_total = (-(-grid["height"] // grid["chunk"])) * (-(-grid["width"] // grid["chunk"]))
     dates = None
     if grid.get("time"):  # a scan mosaic: units are per date (only those its scenes cover)
@@ -201,7 +202,8 @@ def describe_mosaic(path: Path) -> dict:
         "time": dates,
         "path": str(path),
         "grid": {"height": grid["height"], "width": grid["width"], "chunk": grid["chunk"],
-                 "crs": crs.to_string(), "transform": grid["transform"]},
+                 "crs": crs.to_string(), "transform": grid["transform"],
+                 "schema_version": grid.get("schema_version")},
         "arrays": arrays,
         "classes": grid["class_names"],
         "model": attrs.get("geofg:model", {}),
@@ -222,7 +224,13 @@ def print_info(console: Console, d: dict) -> None:
     console.print(f"grid: {g['height']} x {g['width']} px, chunk {g['chunk']}, CRS {g['crs']}, "
                   f"transform {g['transform']}")
     for name, a in d["arrays"].items():
-        console.print(f"  {name}: {a['dtype']} {a['shape']} chunks {a['chunks']}")
+        scaled = f"; value = code x {a['scale_factor']:g} {a['add_offset']:+g}, 255 no data" if "scale_factor" in a else ""
+        what = f" ({a['long_name']}{scaled})" if "long_name" in a else ""
+        console.print(f"  {name}: {a['dtype']} {a['shape']} chunks {a['chunks']}{what}", highlight=False,
+                      markup=False, soft_wrap=True)  # fmt: skip
+    if "ndvi" not in d["arrays"]:
+        console.print("  (no index layer ndvi: the model's bands lack red or NIR, or the mosaic predates "
+                      "schema 3; geofg zones needs --image)", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
     if d.get("time") is not None:
         console.print(f"time: {len(d['time'])} dates (in slice order): {', '.join(d['time']) or '-'}; "
                       "latest_* arrays hold the most recent valid pixel")

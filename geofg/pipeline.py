@@ -9,10 +9,12 @@ window, so memory is bounded by units in flight, never by raster size. No ray, c
 bars here.
 
 Clouds, shadows and snow/ice (:mod:`geofg.masks`) are masked per unit from the unit's own read
-window; where the mask is not clear, ``class``, ``health`` and ``confidence`` are no data (255)
-and the unit's statistics count those pixels apart (``mask_counts``), so no summary ever reports
-cloud as land cover. Crop health is assessed only when :mod:`geofg.season` says the scene is in
-the growing season (decided once, at preflight); otherwise ``health`` is 255 everywhere.
+window; where the mask is not clear, ``class``, ``health``, ``confidence`` and ``ndvi`` are no
+data (255) and the unit's statistics count those pixels apart (``mask_counts``), so no summary ever
+reports cloud as land cover. Crop health is assessed only when :mod:`geofg.season` says the scene
+is in the growing season (decided once, at preflight); otherwise ``health`` is 255 everywhere. The
+index layer ``ndvi`` (:mod:`geofg.health`; only for models whose bands include red and NIR) holds
+every clear pixel's NDVI, any class, any season.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from geofg.config import JobConfig, ModelConfig, RunnerConfig, TileConfig
 from geofg.errors import ConfigError, GeofgWarning, InputError
 from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
-from geofg.health import HEALTH_CLASSES, band_roles, health_layer
+from geofg.health import HEALTH_CLASSES, INDEX, band_roles, health_layer, index_layer, index_layers, ndvi
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
 from geofg.masks import CLEAR, SHADOW, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
@@ -176,7 +178,7 @@ class Plan:
             class_colours=tuple(c.colour for c in self.card.classes),
             health_names=tuple(n for n, _ in HEALTH_CLASSES),
             health_colours=tuple(c for _, c in HEALTH_CLASSES),
-            layers=LAYERS + (("mask",) if self.mask else ()),
+            layers=LAYERS + index_layers(self.card.bands) + (("mask",) if self.mask else ()),
         )
 
     @property
@@ -219,6 +221,8 @@ class Plan:
                 "confidence": "learned (top-class probability x 250)",
                 "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes, "
                           "clear pixels only, in the growing season only",
+                **({"ndvi": "index-based (NDVI of every clear pixel, any class or season; "
+                            "uint8 code x 0.01 - 1)"} if index_layers(self.card.bands) else {}),
                 **({"mask": "learned (ukis-csmask cloud/shadow) and index-based (NDSI snow/ice); "
                             "class, health and confidence are no data where it is not clear"}
                    if self.mask else {}),
@@ -404,8 +408,9 @@ def layers_from_probs(
     """Turn core probabilities (K, h, w) and raw core data (C, h, w) into uint8 layers + stats.
 
     ``raw`` holds the model's bands (``card.bands``). ``mask`` (h, w) uint8 (:mod:`geofg.masks`,
-    255 where not ``valid``) makes class, health and confidence no data wherever it is not clear
-    and adds the ``mask`` layer; ``assess_health`` False leaves health no data everywhere.
+    255 where not ``valid``) makes class, health, confidence and the index no data wherever it is
+    not clear and adds the ``mask`` layer; ``assess_health`` False leaves health no data
+    everywhere (the index layer ``ndvi``, written when the bands have red and NIR, stays).
     """
     cls, top = _top_class(probs)
     np.multiply(top, CONFIDENCE_SCALE, out=top)
@@ -413,12 +418,17 @@ def layers_from_probs(
     conf = top.clip(0, CONFIDENCE_SCALE).astype(np.uint8)
     names = [c.name for c in card.classes]
     crop_ids = [names.index(n) for n in card.crop_classes] if assess_health else []
-    health = health_layer(raw, cls, crop_ids, band_roles(card.bands))
+    roles = band_roles(card.bands)
+    value = ndvi(raw, roles)
+    health = health_layer(raw, cls, crop_ids, roles, value)
+    index = index_layer(raw, roles, value)
+    del value
     shown = valid if mask is None else mask == CLEAR  # pixels that carry a class
     all_shown = bool(shown.all())
     if not all_shown:
-        for layer in (cls, conf, health):
-            layer[~shown] = FILL
+        for layer in (cls, conf, health, index):
+            if layer is not None:
+                layer[~shown] = FILL
     k = len(names)
     stats = {
         "valid_px": int(valid.sum()),
@@ -428,6 +438,8 @@ def layers_from_probs(
         "confidence_sum": int((conf if all_shown else conf[shown]).sum(dtype=np.int64)),
     }
     layers = {"class": cls, "health": health, "confidence": conf}
+    if index is not None:
+        layers[INDEX] = index
     if mask is not None:
         stats["mask_counts"] = mask_counts(mask)
         layers["mask"] = mask

@@ -54,9 +54,27 @@ def test_classify_writes_mosaic_summary_and_quicklook(tmp_path: Path, scene: Pat
     assert Path(f"{out}.png").stat().st_size > 1000
     info = invoke("info", str(out))
     assert info.exit_code == 0 and "9/9 done" in info.output and "EPSG:32633" in info.output
+    assert "ndvi: uint8 [150, 130]" in info.output and "value = code x 0.01 -1, 255 no data" in info.output
     # re-run resumes: nothing to do
     r2 = invoke("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu")
     assert r2.exit_code == 0 and "0 run, 9 already done" in r2.output
+
+
+def test_a_mosaic_of_an_older_schema_is_refused_in_one_line_and_overwrite_rebuilds_it(
+        tmp_path: Path, scene: Path) -> None:  # fmt: skip
+    out = tmp_path / "out.zarr"
+    args = ("classify", str(scene), "-o", str(out), "--chunk", "64", "--device", "cpu")
+    assert invoke(*args).exit_code == 0
+    g = zarr.open_group(str(out), mode="r+")
+    grid = dict(g.attrs["geofg:grid"])
+    grid.update(schema_version=2, layers=[n for n in grid["layers"] if n != "ndvi"])  # as geofg wrote it before
+    g.attrs["geofg:grid"] = grid
+    r = invoke(*args)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 3 and len(lines) == 1, r.output
+    assert "expected a mosaic of schema 3" in r.output and "found schema 2" in r.output and "--overwrite" in r.output
+    assert invoke(*args, "--overwrite").exit_code == 0
+    assert zarr.open_group(str(out), mode="r").attrs["geofg:grid"]["schema_version"] == 3
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, scene: Path) -> None:

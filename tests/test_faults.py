@@ -235,7 +235,7 @@ def test_records_carry_chunk_keys_and_sizes(tmp_path: Path, scene: Path) -> None
     out = tmp_path / "m.zarr"
     assert classify(scene, out).exit_code == 0
     rec = Ledger(out / ".geofg").load()["r0002_c0001"]
-    layers = [*LAYERS, *(["mask"] if (out / "mask").is_dir() else [])]  # Sentinel-2 band names
+    layers = [*LAYERS, "ndvi", *(["mask"] if (out / "mask").is_dir() else [])]  # red/NIR; Sentinel-2 band names
     assert set(rec.chunks) == {f"{n}/2/1" for n in layers}
     for key, size in rec.chunks.items():
         assert size == ((out / key).stat().st_size if (out / key).exists() else 0)

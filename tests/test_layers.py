@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from geofg.batch import normalise
-from geofg.health import FILL, band_roles, health_layer, health_zones
+from geofg.health import FILL, band_roles, decode_index, health_layer, health_zones, index_layers, quantise_index
 from geofg.models.tiny import tiny_card
 from geofg.pipeline import CONFIDENCE_SCALE, layers_from_probs
 
@@ -90,6 +90,31 @@ def test_layers_match_argmax_max_and_zones_with_ties_and_invalid_pixels(all_vali
     assert stats["health_counts"] == np.bincount(health[health != FILL], minlength=4).tolist()
     assert stats["confidence_sum"] == int(conf[valid].sum())
     assert sum(stats["class_counts"]) == stats["valid_px"]
+    red, nir = raw[S2.index("B04")].astype(np.float64), raw[S2.index("B08")].astype(np.float64)
+    ndvi = np.where(valid, np.floor((nir - red) / (nir + red) * 100 + 100.5), FILL)  # every class
+    np.testing.assert_array_equal(layers["ndvi"], ndvi.astype(np.uint8))
+
+
+def test_the_index_layer_is_ndvi_quantised_to_hundredths_on_every_clear_pixel_in_and_out_of_season() -> None:
+    """``ndvi`` = round((NDVI + 1) x 100): 0..200, 255 where no data, masked or red + NIR is 0."""
+    assert quantise_index(np.array([-1.0, -0.994, -0.006, 0.0, 0.2, 0.6049, 0.6051, 1.0])).tolist() == \
+        [0, 1, 99, 100, 120, 160, 161, 200]  # fmt: skip
+    np.testing.assert_allclose(decode_index(np.array([0, 100, 175, 200, 255], np.uint8)),
+                               [-1.0, 0.0, 0.75, 1.0, np.nan])  # fmt: skip
+    data = np.concatenate([_pixels(4000, 1000), _pixels(1000, 3000), _pixels(0, 0), _pixels(2400, 1000)], axis=2)
+    probs = np.zeros((2, 1, 4), np.float32)
+    probs[1, 0, :2] = probs[0, 0, 2:] = 1.0  # crop, crop, other, other
+    card = tiny_card(S2, ["other", "crop"], crop_classes=["crop"])
+    valid = np.ones((1, 4), bool)
+    mask = np.array([[0, 0, 0, 1]], np.uint8)  # the last pixel is cloud
+    for assess in (True, False):
+        layers, _ = layers_from_probs(probs, data, valid, card, mask, assess_health=assess)
+        assert layers["ndvi"].tolist() == [[160, 50, FILL, FILL]]  # 0.6, -0.5, no signal, cloud
+        assert layers["health"].tolist() == ([[3, 0, FILL, FILL]] if assess else [[FILL] * 4])
+    assert index_layers(["B02", "B03", "B04", "B08"]) == ("ndvi",) and index_layers(["B02", "B03"]) == ()
+    no_nir = tiny_card(["B02", "B03"], ["other", "crop"], crop_classes=["crop"])
+    layers, _ = layers_from_probs(probs, data[:2], valid, no_nir)
+    assert set(layers) == {"class", "health", "confidence"}
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int16, np.float64])

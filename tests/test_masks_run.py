@@ -67,14 +67,14 @@ def test_masked_pixels_carry_no_class_and_are_counted_apart(tmp_path: Path, bund
     out = tmp_path / "o.zarr"
     res = run_job(_job(inp, out, bundle), predictor_factory=lambda p: ThresholdPredictor(p.card))
     g = zarr.open_group(str(out), mode="r")
-    assert g.attrs["geofg:grid"]["layers"] == ["class", "health", "confidence", "mask"]
+    assert g.attrs["geofg:grid"]["layers"] == ["class", "health", "confidence", "ndvi", "mask"]
     m = g["mask"][:]
     assert np.array_equal(m, truth)
     a = dict(g["mask"].attrs)
     assert a["flag_values"] == [0, 1, 2, 3] and a["flag_meanings"] == "clear cloud cloud_shadow snow/ice"
     assert a["grid_mapping"] == "spatial_ref" and g["mask"].fill_value == 255
     clear = truth == masks.CLEAR
-    for name in ("class", "health", "confidence"):
+    for name in ("class", "health", "confidence", "ndvi"):
         layer = g[name][:]
         assert (layer[~clear] == 255).all(), name
     cls = g["class"][:]
@@ -82,6 +82,7 @@ def test_masked_pixels_carry_no_class_and_are_counted_apart(tmp_path: Path, bund
     crop[:, 45:] = False
     assert (cls[crop] == 1).all() and (cls[:, 45:] == 0).all()  # NIR 0.35 > 0.25 "crop", 0.15 "water"
     assert (g["health"][:][crop] == 3).all()  # NDVI 0.75: vigorous (in season, in July)
+    assert (g["ndvi"][:][clear] != 255).all()  # the index on every clear pixel, crop or not
     s = res.summary
     px = {r.name: r.pixels for r in s.masked}
     assert px == {"cloud": int((truth == 1).sum()), "cloud shadow": int((truth == 2).sum()),

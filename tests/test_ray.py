@@ -111,7 +111,7 @@ def _job(inp: Path, out: Path, model: Path, kind: str = "ray", **runner_cfg):  #
 
 def _layers(out: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(str(out), mode="r")
-    return {name: g[name][:] for name in (*LAYERS, "mask") if name in g}  # mask: S2 inputs
+    return {name: g[name][:] for name in (*LAYERS, "ndvi", "mask") if name in g}  # ndvi: red+NIR; mask: S2 inputs
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ GDAL's Zarr driver see the CRS)::
     class       (y, x) uint8, fill 255   learned land-cover class
     health      (y, x) uint8, fill 255   index-based crop-health zone (crop classes only)
     confidence  (y, x) uint8, fill 255   top class probability x 250
+    ndvi        (y, x) uint8, fill 255   NDVI of every clear pixel (any class, any season) as
+                                         code x 0.01 - 1 (CF scale_factor/add_offset: xarray
+                                         decodes it; GDAL's band scale/offset); only for models
+                                         whose bands include red and NIR (geofg.health)
     mask        (y, x) uint8, fill 255   0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice (geofg.masks;
                                          Sentinel-2 inputs): class, health, confidence are 255
                                          wherever it is not 0
@@ -33,8 +37,8 @@ A *time-series* mosaic (``MosaicSpec.time``, written by ``geofg scan``) has the 
 dates arrived, plus the ``latest`` view::
 
     time          (time,) int32 days since 1970-01-01 (CF), appended as dates arrive
-    class, health, confidence   (time, y, x) uint8, fill 255
-    latest_class, latest_health, latest_confidence   (y, x) uint8, fill 255: the most recent
+    class, health, confidence, ndvi   (time, y, x) uint8, fill 255
+    latest_class, latest_health, latest_confidence, latest_ndvi   (y, x) uint8, fill 255: the most recent
                   date (by date, not arrival) with a valid class at each pixel
     latest_time   (y, x) int32 days since 1970-01-01 of that date, fill -2**31
 
@@ -79,9 +83,9 @@ ZARR_FORMAT = 2
 COMPRESSOR = Zstd(level=3, checksum=True)
 #: Chunk keys ``ROW/COL`` (``T/ROW/COL`` on a time axis) below the array's folder.
 KEY_ENCODING = {"name": "v2", "separator": "/"}
-#: 2: Zarr v2 (GDAL reads it). 1 was Zarr v3; such a mosaic is refused on re-open (its schema
-#: differs) until replaced with --overwrite.
-SCHEMA_VERSION = 2
+#: 3: Zarr v2 with the ``ndvi`` index layer. 2 was the same without it, 1 Zarr v3; an older
+#: mosaic is refused on re-open (one line naming both versions) until replaced with --overwrite.
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,11 @@ def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[st
     if diff:
         k = diff[0]
         shown = {"crs_wkt": "CRS", "transform": "transform"}.get(k, k)
+        if k == "schema_version":
+            raise MosaicSchemaMismatchError(
+                f"{path}: expected a mosaic of schema {want[k]} (this geofg), found schema "
+                f"{_short(found.get(k))} (an older geofg; 3 added the ndvi layer); use --overwrite to "
+                "rebuild it or choose another -o path")  # fmt: skip
         raise MosaicSchemaMismatchError(
             f"{path}: existing mosaic has another {shown} (mosaic: {_short(found.get(k))}, this run: "
             f"{_short(want[k])}); use --overwrite to replace it or choose another -o path"
@@ -358,7 +367,10 @@ def _layer_attrs(spec: MosaicSpec, name: str) -> dict[str, Any]:
                  "learned (ukis-csmask clouds and shadows) and index-based (NDSI snow/ice)"),
     }
     a: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": spec.crs_wkt}}
-    if name in legend:
+    if name == "ndvi":  # the codes of geofg.health.quantise_index (io sits below health: not imported)
+        a.update(long_name="normalized difference vegetation index", source="index-based", units="1",
+                 scale_factor=0.01, add_offset=-1.0, valid_min=0, valid_max=200)  # fmt: skip
+    elif name in legend:
         names, colours, long_name, source = legend[name]
         a.update(
             long_name=long_name,

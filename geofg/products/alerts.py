@@ -1,23 +1,32 @@
 """Alerts from a scan's per-field time series: ``geofg alerts MOSAIC --fields FIELDS -o OUT``.
 
 The series is :func:`geofg.products.fields.field_table` on a scan mosaic (one row per field and
-date). The index is ``health_median``: the coverage-weighted median health zone of the field's
-assessed pixels (0 ``bare/stressed``, 1 ``low``, 2 ``moderate``, 3 ``vigorous``; the zone that
-holds the field's median NDVI), since the mosaic stores zones, not NDVI.
+date). The index is ``ndvi_median``: the coverage-weighted median NDVI of the field's clear pixels
+that date (the mosaic's ``ndvi`` layer, steps of 0.01).
 
 Rules (:class:`AlertRules`, all configurable):
 
 * an observation counts when its ``clear_share`` is at least ``min_clear`` (0.7) and the field
-  has at least ``min_assessed_ha`` (1 ha) of assessed crop or grass that date; others are neither
-  alerted on nor used as a baseline;
-* the baseline of an observation is the median index of the field's last ``window`` (3) counted
-  observations before it; it needs at least ``min_history`` (3) of them;
-* an alert is raised when ``baseline - index >= drop`` (1 zone).
+  has at least ``min_assessed_ha`` (1 ha) of assessed crop or grass that date (so only dates in
+  the growing season, :mod:`geofg.season`, and fields the model sees as crop count: a field's
+  NDVI falling after harvest or in winter is no alert); others are neither alerted on nor used as
+  a baseline;
+* the baseline of an observation is the median ``ndvi_median`` of the field's last ``window`` (3)
+  counted observations *before* it (never the date itself); it needs at least ``min_history`` (3);
+* an alert is raised when ``baseline - ndvi_median >= drop`` (0.1 NDVI).
+
+Why 0.1: half the width of a health zone (0.2, :mod:`geofg.health`), ten steps of the stored
+index, meant to sit above the date-to-date noise of a clear, in-season field median (view
+geometry, atmosphere, phenology between close dates; not measured here: the NAIP dates are two
+years apart, tune ``--drop`` on your own series), yet small enough to flag a
+stress that the zone rule of earlier versions (one whole zone down) saw only when it crossed a
+zone edge. The figures on the NAIP three-date scan are in docs/products.md.
 
 With fewer than ``min_history + 1`` dates nothing can trigger: a three-date series needs
-``min_history`` of 2 or less.
+``min_history`` of 2 or less. A mosaic without the ``ndvi`` layer (a model without red/NIR bands,
+or written before mosaic schema 3) is refused with one line.
 
-One row per alert: ``field_id``, ``date``, ``health_median``, ``baseline``, ``drop``,
+One row per alert: ``field_id``, ``date``, ``ndvi_median``, ``baseline``, ``drop``,
 ``n_baseline`` (observations behind the baseline), ``clear_share``, ``assessed_ha`` and the
 field's geometry; written like the field table (GeoParquet, GeoPackage, FlatGeobuf, CSV). A file
 with no rows means no alert (its columns are still written).
@@ -33,7 +42,7 @@ import numpy as np
 
 from geofg.errors import ConfigError, InputError
 
-ALERT_COLUMNS = ("field_id", "date", "health_median", "baseline", "drop", "n_baseline", "clear_share",
+ALERT_COLUMNS = ("field_id", "date", "ndvi_median", "baseline", "drop", "n_baseline", "clear_share",
                  "assessed_ha")  # fmt: skip
 
 
@@ -41,7 +50,7 @@ ALERT_COLUMNS = ("field_id", "date", "health_median", "baseline", "drop", "n_bas
 class AlertRules:
     """When a drop of a field's median index is an alert (see the module docstring)."""
 
-    drop: float = 1.0
+    drop: float = 0.1
     min_clear: float = 0.7
     min_assessed_ha: float = 1.0
     window: int = 3
@@ -62,10 +71,19 @@ def mosaic_alerts(mosaic: Path, fields: Path, rules: AlertRules | None = None) -
     """
     from geofg.products.fields import field_table
 
+    from geofg.health import INDEX
+    from geofg.io import mosaic as mz
+
+    if mz.is_mosaic(mosaic):
+        grid = mz.open_checked(mosaic).attrs["geofg:grid"]
+        if not grid.get("time"):
+            raise InputError(f"{mosaic}: expected a scan mosaic with a time axis, found a single-date (classify) "
+                             "mosaic; alerts compare dates: give a mosaic written by geofg scan")  # fmt: skip
+        if INDEX not in grid["layers"]:
+            raise InputError(f"{mosaic}: expected a mosaic with the {INDEX} index layer, found layers "
+                             f"{','.join(grid['layers'])} (a model without red/NIR bands, or a mosaic older "
+                             "than schema 3); rebuild it with geofg scan --overwrite and a model with red and NIR")  # fmt: skip
     table = field_table(mosaic, fields)
-    if not table["date"].astype(bool).any():
-        raise InputError(f"{mosaic}: expected a scan mosaic with a time axis, found a single-date (classify) "
-                         "mosaic; alerts compare dates: give a mosaic written by geofg scan")  # fmt: skip
     return table, field_alerts(table, rules)
 
 
@@ -74,7 +92,7 @@ def field_alerts(table: Any, rules: AlertRules | None = None) -> Any:
 
     Args:
         table: :func:`geofg.products.fields.field_table` of a scan mosaic (columns ``field_id``,
-            ``date``, ``clear_share``, ``inside_ha``, ``health_assessed_share``, ``health_median``).
+            ``date``, ``clear_share``, ``inside_ha``, ``health_assessed_share``, ``ndvi_median``).
         rules: the alert rules.
     """
     import geopandas as gpd
@@ -85,16 +103,17 @@ def field_alerts(table: Any, rules: AlertRules | None = None) -> Any:
         history: list[float] = []
         for _, r in g.iterrows():
             assessed = _num(r["clear_share"]) * _num(r["inside_ha"]) * _num(r["health_assessed_share"])
-            index = _num(r["health_median"])
+            index = _num(r["ndvi_median"])
             if not r["date"] or _num(r["clear_share"]) < rules.min_clear or not assessed >= rules.min_assessed_ha \
                     or np.isnan(index):  # fmt: skip
                 continue
             recent = history[-rules.window :]
             if len(recent) >= rules.min_history:
                 baseline = float(np.median(recent))
-                if baseline - index >= rules.drop:
-                    rows.append({"field_id": r["field_id"], "date": r["date"], "health_median": int(index),
-                                 "baseline": baseline, "drop": baseline - index, "n_baseline": len(recent),
+                if baseline - index >= rules.drop - 1e-9:  # NDVI in hundredths: 0.7 - 0.6 is 0.0999...
+                    rows.append({"field_id": r["field_id"], "date": r["date"], "ndvi_median": index,
+                                 "baseline": round(baseline, 4), "drop": round(baseline - index, 4),
+                                 "n_baseline": len(recent),
                                  "clear_share": r["clear_share"], "assessed_ha": round(assessed, 4)})  # fmt: skip
                     geoms.append(r.geometry)
             history.append(index)

@@ -24,11 +24,16 @@ Columns:
 ``share_<class>``   share of the classified area in each class (they add up to 1)
 ``health_assessed_share``  share of the classified area with a health zone
 ``health_<zone>_share``    share of the assessed area in each zone (they add up to 1)
-``health_median``  the coverage-weighted median zone (0 = the first zone, ``bare/stressed``, to 3
-                   ``vigorous``): the zone holding the field's median NDVI
+``ndvi_median``   the coverage-weighted median NDVI of the field's clear pixels (the mosaic's
+                  ``ndvi`` layer, steps of 0.01)
+``ndvi_mean``     their coverage-weighted mean NDVI
 
-Not given: the median NDVI itself. The mosaic stores the zones, not the index, so the median is
-known to the zone (NDVI 0.2 wide); ``geofg zones --image`` recomputes NDVI where the value matters.
+The index columns cover every clear pixel of the field, whatever its class (a field is the
+farmer's unit: a harvested or flooded part lowers its median), while the health-zone shares cover
+only the crop/grass pixels assessed that date; on a field that is all crop they describe the same
+pixels. A mosaic without an ``ndvi`` layer (a model without red/NIR bands, or written before
+mosaic schema 3) gives empty index columns. The median *zone* column ``health_median`` of earlier
+versions is gone: ``ndvi_median`` is the value it approximated to 0.2.
 
 Bad input is refused with one line and exit 3 before anything is written: a missing or
 unreadable file, no features, no CRS, a geometry that is not a polygon (named by its field id),
@@ -50,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from geofg.errors import ConfigError, FieldsWarning, InputError
+from geofg.health import INDEX
 from geofg.io import mosaic as mz
 
 #: Output extension -> (kind, pyogrio driver or None).
@@ -173,10 +179,15 @@ def field_table(mosaic: Path, fields: Path) -> Any:
     px_area = abs(a * e)
     work = gpd.GeoDataFrame({"_row": np.arange(len(gdf))}, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
     stats: dict[str, Any] = {}
+    has_index = INDEX in grid["layers"]
     with gdal_env():
         for layer in ("class", "health"):
             with rasterio.open(f'ZARR:"{mosaic}":/{layer}') as src:
                 stats[layer] = exact_extract(src, work, ["unique", "frac", "count"], include_cols=["_row"],
+                                             output="pandas", strategy="feature-sequential")  # fmt: skip
+        if has_index:  # exactextract applies the band's scale and offset: values are NDVI
+            with rasterio.open(f'ZARR:"{mosaic}":/{INDEX}') as src:
+                stats[INDEX] = exact_extract(src, work, ["median", "mean"], include_cols=["_row"],
                                              output="pandas", strategy="feature-sequential")  # fmt: skip
     rows = []
     for i in range(len(gdf)):
@@ -195,7 +206,8 @@ def field_table(mosaic: Path, fields: Path) -> Any:
             row["health_assessed_share"] = round(hsum / total, 6) if total > 0 else None
             for n, k in zip(hnames, h_n, strict=True):
                 row[f"health_{_column(n)}_share"] = round(k / hsum, 6) if hsum > 0 else None
-            row["health_median"] = median_zone(h_n)
+            for op in ("median", "mean"):
+                row[f"ndvi_{op}"] = _index_stat(stats.get(INDEX), i, b, timed, op)
             rows.append(row)
     table = pd.DataFrame(rows)
     if timed:
@@ -206,8 +218,8 @@ def field_table(mosaic: Path, fields: Path) -> Any:
 
 def _counts(df: Any, i: int, band: int, timed: bool, n: int) -> np.ndarray:
     """Coverage-weighted pixel count per value 0..n-1 of feature ``i`` (band ``band`` when timed)."""
-    pre = f"band_{band + 1}_" if timed else ""
     row = df.iloc[i]
+    pre = _prefix(row, band, timed)
     values = np.asarray(row[pre + "unique"], dtype=np.int64)
     frac = np.asarray(row[pre + "frac"], dtype=np.float64)
     count = float(row[pre + "count"])
@@ -217,19 +229,20 @@ def _counts(df: Any, i: int, band: int, timed: bool, n: int) -> np.ndarray:
     return out
 
 
-def median_zone(weights: np.ndarray) -> int | None:
-    """The coverage-weighted median of ordered zones 0..n-1 (None without weight).
+def _prefix(row: Any, band: int, timed: bool) -> str:
+    """exactextract's column prefix of band ``band``: ``band_N_`` with several bands, none with one
+    (a classify mosaic, or a scan mosaic of a single date)."""
+    pre = f"band_{band + 1}_"
+    return pre if timed and any(str(k).startswith(pre) for k in row.index) else ""
 
-    Zones are ordered by NDVI, so this is the zone that holds the field's median NDVI.
 
-    Examples:
-        >>> median_zone(np.array([0.2, 0.2, 0.5, 0.1]))
-        2
-    """
-    total = float(np.sum(weights))
-    if total <= 0:
+def _index_stat(df: Any, i: int, band: int, timed: bool, op: str) -> float | None:
+    """Feature ``i``'s ``op`` (median, mean) of the index (band ``band`` when timed), None if none."""
+    if df is None:
         return None
-    return int(np.searchsorted(np.cumsum(weights) / total, 0.5))
+    row = df.iloc[i]
+    v = row[_prefix(row, band, timed) + op]
+    return round(float(v), 4) if v is not None and np.isfinite(v) else None
 
 
 def _column(name: str) -> str:

@@ -1,11 +1,14 @@
-"""Management zones inside fields: ``geofg zones MOSAIC --fields FIELDS --image IMAGE -n 3..5 -o OUT``.
+"""Management zones inside fields: ``geofg zones MOSAIC --fields FIELDS -n 3..5 -o OUT``.
 
-The index. The mosaic stores health *zones* (four NDVI classes, :mod:`geofg.health`), too coarse
-to split a field whose NDVI runs from 0.62 to 0.78 (all "vigorous"). Zones therefore come from NDVI
-recomputed from the image the mosaic was made from (``--image``; red and near-infrared found by
-band name, ``--bands`` names them for files without band descriptions), resampled onto the
-mosaic's grid (``average``), so the pixels line up with the mosaic's mask: only pixels the mosaic
-classed (not cloud, cloud shadow, snow/ice nor outside the input) give index values.
+The index. By default the mosaic's own index layer, ``ndvi`` (:mod:`geofg.health`: NDVI of every
+clear pixel in steps of 0.01; the latest view of a scan mosaic, or ``--time``'s slice), fine
+enough to split a field whose NDVI runs from 0.62 to 0.78 where the four health zones (0.2 wide)
+see one "vigorous" block. ``--image`` instead recomputes NDVI from an image at full precision (red
+and near-infrared found by band name, ``--bands`` names them for files without band
+descriptions), resampled onto the mosaic's grid (``average``): for a mosaic without an index layer
+(a model without red/NIR bands, or written before mosaic schema 3) or another image of the same
+area. Either way only pixels the mosaic classed (not cloud, cloud shadow, snow/ice nor outside the
+input) give index values.
 
 Per field (pixels on the mosaic grid):
 
@@ -33,8 +36,8 @@ terminals need. Written to a temporary file (a temporary folder for the Shapefil
 OUT and renamed into place.
 
 Bad input is refused with one line (exit 3) before anything is written: the fields file as in
-:func:`geofg.products.fields.read_fields`, an image without red or NIR, an image not overlapping
-the mosaic, a bad ``-n``, an unknown output extension. Fields outside the mosaic or without a
+:func:`geofg.products.fields.read_fields`, a mosaic without an index layer and no ``--image``, an
+image without red or NIR, an image not overlapping the mosaic, a bad ``-n``, an unknown output extension. Fields outside the mosaic or without a
 clear pixel get no zones and are named in a warning.
 """
 
@@ -45,6 +48,7 @@ import os
 import shutil
 import uuid
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -53,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from geofg.errors import ConfigError, FieldsWarning, InputError
+from geofg.health import INDEX, decode_index
 from geofg.io import mosaic as mz
 from geofg.products.fields import _names, check_output, read_fields
 
@@ -112,14 +117,14 @@ def _index_bands(image: Path, bands: list[str] | None) -> tuple[tuple[str, int],
     return info.band_files[roles["red"]], info.band_files[roles["nir"]], info.nodata
 
 
-def _clear_layer(group: Any, grid: dict[str, Any], when: str | None) -> tuple[Any, int | None]:
-    """The class layer that says which pixels are clear, and its time index (None: 2-D)."""
+def _clear_layer(group: Any, grid: dict[str, Any], when: str | None, name: str = "class") -> tuple[Any, int | None]:
+    """The layer ``name`` (class: it says which pixels are clear) of the view, and its time index (None: 2-D)."""
     if not grid.get("time"):
         if when is not None:
             raise ConfigError(f"--time {when}: this mosaic has no time axis (written by classify); drop --time")
-        return group["class"], None
+        return group[name], None
     if when is None:
-        return group[mz.LATEST + "class"], None
+        return group[mz.LATEST + name], None
     try:
         want = (date.fromisoformat(when) - date(1970, 1, 1)).days
     except ValueError:
@@ -128,7 +133,7 @@ def _clear_layer(group: Any, grid: dict[str, Any], when: str | None) -> tuple[An
     if want not in days:
         raise ConfigError(f"--time {when}: the mosaic has no slice for that date; give one of its dates "
                           "(geofg info MOSAIC) or drop --time for the latest view")  # fmt: skip
-    return group["class"], days.index(want)
+    return group[name], days.index(want)
 
 
 def smooth(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
@@ -258,12 +263,14 @@ def _coverage(geom: Any, shape: tuple[int, int], transform: Any, k: int = 4) -> 
     return fine.reshape(shape[0], k, shape[1], k).mean(axis=(1, 3))
 
 
-def field_zones(mosaic: Path, fields: Path, image: Path, *, bands: list[str] | None = None,
+def field_zones(mosaic: Path, fields: Path, image: Path | None = None, *, bands: list[str] | None = None,
                 rules: ZoneRules | None = None, when: str | None = None) -> Any:  # fmt: skip
     """Management zones of every field (a GeoDataFrame in the mosaic's CRS; see the module docstring).
 
+    ``image`` None takes the index from the mosaic's ``ndvi`` layer, else recomputes NDVI from it.
+
     Raises:
-        InputError: not a mosaic, bad fields or image, nothing overlapping.
+        InputError: not a mosaic, bad fields or image, no index layer and no image, nothing overlapping.
         ConfigError: ``when`` not a date of the mosaic.
     """
     import geopandas as gpd
@@ -286,8 +293,13 @@ def field_zones(mosaic: Path, fields: Path, image: Path, *, bands: list[str] | N
     group = mz.open_checked(mosaic)
     grid = group.attrs["geofg:grid"]
     layer, t = _clear_layer(group, grid, when)
+    if image is None and INDEX not in grid["layers"]:
+        raise InputError(f"{mosaic}: expected a mosaic with the {INDEX} index layer, found layers "
+                         f"{','.join(grid['layers'])} (a model without red/NIR bands, or a mosaic older than "
+                         "schema 3); pass --image with the image it was made from to compute NDVI")  # fmt: skip
+    if image is None and bands:
+        raise ConfigError("--bands names the bands of --image; give --image too, or drop --bands")
     gdf = read_fields(fields, grid["crs_wkt"])
-    (red_path, red_b), (nir_path, nir_b), nodata = _index_bands(image, bands)
     a, _, c, _, e, f = grid["transform"]
     height, width = grid["height"], grid["width"]
     px_area = abs(a * e)
@@ -295,60 +307,75 @@ def field_zones(mosaic: Path, fields: Path, image: Path, *, bands: list[str] | N
     rows: list[dict[str, Any]] = []
     geoms: list[Any] = []
     skipped: list[str] = []
-    with gdal_env(), rasterio.open(red_path) as rsrc, rasterio.open(nir_path) as nsrc:
-        vrt = {"crs": rasterio.crs.CRS.from_wkt(grid["crs_wkt"]), "transform": Affine(a, 0, c, 0, e, f),
-               "width": width, "height": height, "resampling": Resampling.average}  # fmt: skip
-        if nodata is not None:
-            vrt["src_nodata"] = vrt["nodata"] = nodata
-        with WarpedVRT(rsrc, **vrt) as red_vrt, WarpedVRT(nsrc, **vrt) as nir_vrt:
+    with gdal_env(), ExitStack() as stack:
+        if image is None:
+            index, _ = _clear_layer(group, grid, when, INDEX)
+
+            def read_ndvi(win: Window, sl: tuple) -> np.ndarray:
+                return decode_index(index[sl])
+        else:
+            (red_path, red_b), (nir_path, nir_b), nodata = _index_bands(image, bands)
+            rsrc = stack.enter_context(rasterio.open(red_path))
+            nsrc = stack.enter_context(rasterio.open(nir_path))
+            vrt = {"crs": rasterio.crs.CRS.from_wkt(grid["crs_wkt"]), "transform": Affine(a, 0, c, 0, e, f),
+                   "width": width, "height": height, "resampling": Resampling.average}  # fmt: skip
+            if nodata is not None:
+                vrt["src_nodata"] = vrt["nodata"] = nodata
+            red_vrt = stack.enter_context(WarpedVRT(rsrc, **vrt))
+            nir_vrt = stack.enter_context(WarpedVRT(nsrc, **vrt))
             img_box = shapely.box(*rasterio.warp.transform_bounds(rsrc.crs, vrt["crs"], *rsrc.bounds))
             if not img_box.intersects(extent):
                 raise InputError(f"{image}: expected an image overlapping the mosaic, found bounds "
                                  f"{tuple(round(v) for v in img_box.bounds)} outside the mosaic's "
                                  f"{tuple(round(v) for v in extent.bounds)}; give the mosaic's input image")  # fmt: skip
-            for no, (fid, geom) in enumerate(zip(gdf["field_id"], gdf.geometry, strict=True), start=1):
-                part = shapely.intersection(geom, extent)
-                if part.is_empty:
-                    skipped.append(str(fid))
-                    continue
-                minx, miny, maxx, maxy = part.bounds
-                c0, c1 = max(0, math.floor((minx - c) / a)), min(width, math.ceil((maxx - c) / a))
-                r0, r1 = max(0, math.floor((maxy - f) / e)), min(height, math.ceil((miny - f) / e))
-                if c1 <= c0 or r1 <= r0:
-                    skipped.append(str(fid))
-                    continue
-                win = Window(c0, r0, c1 - c0, r1 - r0)
-                tr = Affine(a, 0, c + c0 * a, 0, e, f + r0 * e)
-                shape = (r1 - r0, c1 - c0)
-                centre = rasterize([(part, 1)], out_shape=shape, transform=tr, dtype="uint8").astype(bool)
-                cover = rasterize([(part, 1)], out_shape=shape, transform=tr, dtype="uint8",
-                                  all_touched=True).astype(bool)  # fmt: skip
-                sl = (slice(r0, r1), slice(c0, c1)) if t is None else (t, slice(r0, r1), slice(c0, c1))
-                clear = layer[sl] != mz.FILL
+
+            def read_ndvi(win: Window, sl: tuple) -> np.ndarray:
                 red = red_vrt.read(red_b, window=win, masked=True).astype(np.float64)
                 nir = nir_vrt.read(nir_b, window=win, masked=True).astype(np.float64)
                 total = red.filled(0) + nir.filled(0)
-                ok = ~np.ma.getmaskarray(red) & ~np.ma.getmaskarray(nir) & (total > 0) & clear
+                ok = ~np.ma.getmaskarray(red) & ~np.ma.getmaskarray(nir) & (total > 0)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    ndvi = np.where(ok, (nir.filled(0) - red.filled(0)) / total, np.nan)
-                valid = ok & centre
-                if not valid.any():
-                    valid = ok & cover  # a field smaller than a pixel: the pixels it touches
-                if not valid.any():
-                    skipped.append(str(fid))
+                    return np.where(ok, (nir.filled(0) - red.filled(0)) / total, np.nan)
+
+        for no, (fid, geom) in enumerate(zip(gdf["field_id"], gdf.geometry, strict=True), start=1):
+            part = shapely.intersection(geom, extent)
+            if part.is_empty:
+                skipped.append(str(fid))
+                continue
+            minx, miny, maxx, maxy = part.bounds
+            c0, c1 = max(0, math.floor((minx - c) / a)), min(width, math.ceil((maxx - c) / a))
+            r0, r1 = max(0, math.floor((maxy - f) / e)), min(height, math.ceil((miny - f) / e))
+            if c1 <= c0 or r1 <= r0:
+                skipped.append(str(fid))
+                continue
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            tr = Affine(a, 0, c + c0 * a, 0, e, f + r0 * e)
+            shape = (r1 - r0, c1 - c0)
+            centre = rasterize([(part, 1)], out_shape=shape, transform=tr, dtype="uint8").astype(bool)
+            cover = rasterize([(part, 1)], out_shape=shape, transform=tr, dtype="uint8",
+                              all_touched=True).astype(bool)  # fmt: skip
+            sl = (slice(r0, r1), slice(c0, c1)) if t is None else (t, slice(r0, r1), slice(c0, c1))
+            ndvi = read_ndvi(win, sl)
+            ok = (layer[sl] != mz.FILL) & np.isfinite(ndvi)
+            ndvi[~ok] = np.nan
+            valid = ok & centre
+            if not valid.any():
+                valid = ok & cover  # a field smaller than a pixel: the pixels it touches
+            if not valid.any():
+                skipped.append(str(fid))
+                continue
+            z = zone_field(ndvi, valid, cover, rules, px_area, _coverage(part, shape, tr))
+            k = int(z.max())
+            means = {v: float(np.mean(ndvi[valid & (z == v)])) if (valid & (z == v)).any() else None
+                     for v in range(1, k + 1)}  # fmt: skip
+            for poly, v in shapes(z, mask=cover, transform=tr, connectivity=4):
+                clipped = shapely.intersection(shapely.geometry.shape(poly), part)
+                if clipped.is_empty or clipped.area <= 0:
                     continue
-                z = zone_field(ndvi, valid, cover, rules, px_area, _coverage(part, shape, tr))
-                k = int(z.max())
-                means = {v: float(np.mean(ndvi[valid & (z == v)])) if (valid & (z == v)).any() else None
-                         for v in range(1, k + 1)}  # fmt: skip
-                for poly, v in shapes(z, mask=cover, transform=tr, connectivity=4):
-                    clipped = shapely.intersection(shapely.geometry.shape(poly), part)
-                    if clipped.is_empty or clipped.area <= 0:
-                        continue
-                    rows.append({"field_id": str(fid), "field_no": no, "zone": int(v), "n_zones": k,
-                                 "ndvi_mean": None if means[int(v)] is None else round(means[int(v)], 4),
-                                 "area_ha": round(clipped.area / 1e4, 4)})  # fmt: skip
-                    geoms.append(clipped)
+                rows.append({"field_id": str(fid), "field_no": no, "zone": int(v), "n_zones": k,
+                             "ndvi_mean": None if means[int(v)] is None else round(means[int(v)], 4),
+                             "area_ha": round(clipped.area / 1e4, 4)})  # fmt: skip
+                geoms.append(clipped)
     if not rows:
         raise InputError(f"{fields}: expected fields with clear pixels inside the mosaic, found none "
                          f"(mosaic bounds {extent.bounds} in its CRS); check the fields, image and mosaic")  # fmt: skip

@@ -1,12 +1,15 @@
 """Export one layer of a mosaic as a Cloud-Optimized GeoTIFF or a PNG quicklook.
 
-``geofg export MOSAIC --cog OUT.tif [--time DATE] [--layer class|health|confidence|mask]``: the
+``geofg export MOSAIC --cog OUT.tif [--time DATE] [--layer class|health|confidence|ndvi|mask]``: the
 layer (of the latest view, one date of a scan mosaic, or a classify mosaic) becomes a single-band
 uint8 COG with the mosaic's CRS and transform, nodata 255, a colour table for class, health and
 mask, and overviews (nearest: classes are categories). Beside it go the legend's sidecars
 (:mod:`geofg.scan.legend`): ``OUT.tif.aux.xml`` (GDAL category names and a raster attribute
 table) and ``OUT.qml`` (QGIS style). In a health export, pixels without a zone carry the reason
-(not a crop class, cloud, shadow, snow/ice, out of season) as values 250-254. It is written block by block into a temporary
+(not a crop class, cloud, shadow, snow/ice, out of season) as values 250-254. The ``ndvi`` index
+layer keeps its uint8 codes with the band's scale 0.01 and offset -1 set (``gdalinfo`` shows
+"Offset: -1, Scale: 0.01"; rasterio's ``scales``/``offsets``, QGIS and ``gdal_translate -unscale``
+apply them), nodata 255, and no legend sidecars (a continuous index has no classes). It is written block by block into a temporary
 tiled GeoTIFF, then GDAL's COG driver copies it (tiles, overviews, header first); only one mosaic
 chunk is in memory at a time. The result replaces ``OUT.tif`` atomically.
 
@@ -28,12 +31,13 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geofg.errors import ConfigError, InputError
+from geofg.health import INDEX, INDEX_OFFSET, INDEX_SCALE
 from geofg.io import mosaic as mz
 from geofg.io.read import gdal_env
 from geofg.scan.legend import Legend, health_codes, write_sidecars
 from geofg.scan.stats import _source
 
-LAYERS = ("class", "health", "confidence", "mask")
+LAYERS = ("class", "health", "confidence", INDEX, "mask")
 
 
 def _open(mosaic: Path) -> zarr.Group:
@@ -96,6 +100,8 @@ def export_cog(mosaic: Path, out: Path, *, when: str | None = None, layer: str =
                     dst.write(np.asarray(block, np.uint8), 1, window=win)
             if legend is not None:
                 dst.write_colormap(1, legend.colormap())
+            if layer == INDEX:
+                dst.scales, dst.offsets = (INDEX_SCALE,), (INDEX_OFFSET,)
             dst.set_band_description(1, f"{layer} ({label or 'mosaic'})")
             dst.update_tags(GEOFG_LAYER=layer, GEOFG_DATE=label or "", GEOFG_MOSAIC=str(mosaic),
                             GEOFG_CLASSES=",".join(attrs.get("class_names", [])))  # fmt: skip

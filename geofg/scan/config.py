@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -62,7 +63,9 @@ class InboxConfig(_Frozen):
     its sentinel ``<file>.done``, is deferred to the next scan, never failed. ``bands`` names the
     bands of scenes whose files name none (one per band, in file order; e.g. NAIP ``R,G,B,NIR``).
     ``verify="always"`` hashes every file on every scan instead of trusting an unchanged
-    (size, mtime, inode, ctime) as the pre-filter.
+    (size, mtime, inode, ctime) as the pre-filter. ``$VAR`` and ``${VAR}`` in ``folder`` are expanded
+    from the environment (``os.path.expandvars``: an unset variable stays as written, and the scan
+    then says so), so a shipped config can point at ``${GEOFG_DATA}``.
     """
 
     folder: str
@@ -73,6 +76,11 @@ class InboxConfig(_Frozen):
     require_done: bool = False
     verify: Literal["prefilter", "always"] = "prefilter"
     max_pixels: int = Field(default=20_000_000_000, gt=0)
+
+    @field_validator("folder")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return os.path.expandvars(value)
 
     @field_validator("glob")
     @classmethod

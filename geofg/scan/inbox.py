@@ -71,8 +71,9 @@ def survey(cfg: InboxConfig, state: dict[str, Any], now: float | None = None) ->
     """
     folder = Path(cfg.folder)
     if not folder.is_dir():
+        unset = " (an environment variable in it is not set)" if "$" in str(folder) else ""
         raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
-                          f"{'a file' if folder.exists() else 'nothing'}; create it or fix the path")  # fmt: skip
+                          f"{'a file' if folder.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
     now = time.time() if now is None else now
     known: dict[str, dict[str, Any]] = state.get("scenes", {})
     out = Survey()

@@ -41,7 +41,7 @@ from geofg.batch import round_up
 from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
 from geofg.extras import require_extra
 from geofg.grid import WorkUnit, plan_units
-from geofg.health import HEALTH_CLASSES, band_roles
+from geofg.health import HEALTH_CLASSES, band_roles, index_layers
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.io.paths import open_dataset
@@ -98,7 +98,7 @@ class ScanPlan:
             class_colours=tuple(c.colour for c in self.card.classes),
             health_names=tuple(n for n, _ in HEALTH_CLASSES),
             health_colours=tuple(c for _, c in HEALTH_CLASSES), time=True,
-            layers=mz.LAYERS + (("mask",) if self.mask else ()),
+            layers=mz.LAYERS + index_layers(self.card.bands) + (("mask",) if self.mask else ()),
         )  # fmt: skip
 
     def provenance(self) -> dict[str, Any]:
@@ -115,6 +115,8 @@ class ScanPlan:
                 "class": "learned (CNN land-cover class), one slice per acquisition date",
                 "confidence": "learned (top-class probability x 250)",
                 "health": "index-based (NDVI zones, NDMI/NDRE adjusted) inside crop classes",
+                **({"ndvi": "index-based (NDVI of every clear pixel, any class or season; "
+                            "uint8 code x 0.01 - 1), one slice per date"} if index_layers(self.card.bands) else {}),
                 "latest_*": "the most recent date with a valid class at each pixel",
                 **({"mask": "learned (ukis-csmask cloud/shadow) and index-based (NDSI snow/ice), "
                             "one slice per date; class, health and confidence are 255 where not clear"}
@@ -176,8 +178,9 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
         require_extra("ray", "a scan with runner.kind ray")
     folder = Path(cfg.inbox.folder)
     if not folder.is_dir():
+        unset = " (an environment variable in it is not set)" if "$" in str(folder) else ""
         raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
-                          f"{'a file' if folder.exists() else 'nothing'}; create it or fix the path")  # fmt: skip
+                          f"{'a file' if folder.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
     model_path = resolve_model(cfg.model.model)
     card = read_card(model_path)
     g = cfg.grid

@@ -80,6 +80,55 @@ def test_pixel_aligned_field_gives_exact_shares_per_date_sorted_by_date(tmp_path
     assert t.loc[t["date"] == "2020-07-01", "clear_share"].iloc[0] == pytest.approx(0.8, abs=2e-3)  # rows 24..40 of 20..40
 
 
+def _ndvi(g: zarr.Group, slot: int, rows: slice, cols: slice) -> np.ndarray:
+    code = g["ndvi"][slot, rows, cols]
+    return code[code != 255] * 0.01 - 1.0
+
+
+def test_index_median_and_mean_per_field_and_date_from_the_ndvi_layer(tmp_path: Path, mosaic: Path) -> None:
+    """The index columns are the decoded ``ndvi`` layer's statistics over the field's clear pixels."""
+    f = _fields(tmp_path / "f.geojson", {"a": _box(2, 20, 30, 40), "b": _box(40, 2, 41, 3)})  # b: one pixel
+    r = _run(mosaic, f, tmp_path / "t.csv")
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert "health_median" not in t.columns
+    g = zarr.open_group(str(mosaic), mode="r")
+    days = [int(v) for v in g["time"][:]]
+    for _, row in t.iterrows():
+        slot = days.index((np.datetime64(row["date"]) - np.datetime64("1970-01-01")).astype(int))
+        box = (slice(20, 40), slice(2, 30)) if row["field_id"] == "a" else (slice(2, 3), slice(40, 41))
+        v = _ndvi(g, slot, *box)
+        if v.size == 0:  # the later date has no data in the top half
+            assert np.isnan(row["ndvi_median"]) and np.isnan(row["ndvi_mean"])
+            continue
+        assert row["ndvi_mean"] == pytest.approx(v.mean(), abs=1e-4)
+        lo, hi = np.quantile(v, [0.45, 0.55])  # the median, not the mean: within the middle tenth
+        assert lo - 1e-4 <= row["ndvi_median"] <= hi + 1e-4
+        assert abs(row["ndvi_median"] - np.median(v)) <= 0.0051  # half a code step (weighted median)
+    skewed = t.query("field_id == 'a'")  # uniform random bands: the mean and the median differ
+    assert (skewed["ndvi_median"] - skewed["ndvi_mean"]).abs().min() > 0.005
+
+
+def test_a_mosaic_without_an_index_layer_gives_empty_index_columns(tmp_path: Path) -> None:
+    model = threshold_bundle(tmp_path, bands=["B02", "B03"])  # no red, no NIR: no ndvi layer
+    (tmp_path / "inbox").mkdir()
+    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
+    write_raster(tmp_path / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
+                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
+    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    m = tmp_path / "m.zarr"
+    assert "ndvi" not in zarr.open_group(str(m), mode="r").attrs["geofg:grid"]["layers"]
+    r = _run(m, _fields(tmp_path / "f.geojson", {"a": _box(2, 20, 30, 40)}), tmp_path / "t.csv")
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert len(t) == 1 and t["ndvi_median"].isna().all() and t["ndvi_mean"].isna().all()
+    assert t["clear_share"].iloc[0] == pytest.approx(1.0)
+
+
 def test_coverage_weighting_agrees_with_pixel_centres_on_large_fields_and_not_on_tiny_ones(
         tmp_path: Path, mosaic: Path) -> None:  # fmt: skip
     """Counting pixels whose centre is inside (the old geofg stats) vs exactextract's covered shares."""

@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
 
 from geofg.config import build_job
+from geofg.health import INDEX_MAX_CODE, INDEX_OFFSET, INDEX_SCALE
 from geofg.models.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.config import build_scan
@@ -72,9 +73,9 @@ def test_rasterio_opens_every_layer_with_xarrays_crs_transform_fill_and_values(
     path = mosaics[kind]
     ds = xr.open_zarr(path, decode_coords="all", mask_and_scale=False, decode_times=False, consolidated=False)
     names = _layers(ds)
-    want = {"classify": {"class", "health", "confidence"},
-            "scan": {"class", "health", "confidence", "latest_class", "latest_health",
-                     "latest_confidence", "latest_time"}}[kind]  # fmt: skip
+    want = {"classify": {"class", "health", "confidence", "ndvi"},
+            "scan": {"class", "health", "confidence", "ndvi", "latest_class", "latest_health",
+                     "latest_confidence", "latest_ndvi", "latest_time"}}[kind]  # fmt: skip
     assert set(names) == want
     for name in names:
         var = ds[name]
@@ -88,8 +89,26 @@ def test_rasterio_opens_every_layer_with_xarrays_crs_transform_fill_and_values(
         assert values.shape == expect.shape, name  # a time layer: one band per date
         np.testing.assert_array_equal(values, expect, err_msg=name)
         assert (expect != src.nodata).any(), name
-        if name in ("class", "confidence"):
+        if name in ("class", "confidence", "ndvi"):
             assert (expect == src.nodata).any(), name  # the nodata corner reads as nodata
+
+
+@pytest.mark.parametrize("kind", ["classify", "scan"])
+def test_the_index_layer_decodes_to_ndvi_in_xarray_and_gdal(mosaics: dict[str, Path], kind: str) -> None:
+    """CF scale_factor/add_offset: xarray gives NDVI (NaN for 255), GDAL the same scale and offset."""
+    path = mosaics[kind]
+    raw = xr.open_zarr(path, mask_and_scale=False, decode_times=False, consolidated=False)
+    ds = xr.open_zarr(path, decode_times=False, consolidated=False)
+    for name in ("ndvi",) + (("latest_ndvi",) if kind == "scan" else ()):
+        code, value = raw[name].values, ds[name].values
+        assert raw[name].dtype == np.uint8 and code[code != 255].max() <= 200, name
+        np.testing.assert_allclose(value[code != 255], code[code != 255] * 0.01 - 1.0, atol=1e-6)
+        assert np.isnan(value[code == 255]).all() and (code != 255).any(), name
+        assert name == "latest_ndvi" or (code == 255).any()  # the nodata corner
+        with rasterio.open(f'ZARR:"{path}":/{name}') as src:
+            assert (src.scales[0], src.offsets[0]) == (0.01, -1.0), name
+        a = raw[name].attrs  # the layer's attributes say what geofg.health writes
+        assert (a["scale_factor"], a["add_offset"], a["valid_max"]) == (INDEX_SCALE, INDEX_OFFSET, INDEX_MAX_CODE)
 
 
 def _gdalinfo(target: str) -> dict:

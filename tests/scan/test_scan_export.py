@@ -53,6 +53,20 @@ def test_cog_of_latest_and_of_one_date_equals_the_mosaic(tmp_path: Path, mosaic:
     assert r.exit_code == 0 and png.stat().st_size > 200
 
 
+def test_cog_of_the_index_layer_keeps_codes_with_scale_and_offset(tmp_path: Path, mosaic: Path) -> None:
+    g = zarr.open_group(str(mosaic), mode="r")
+    out = tmp_path / "ndvi.tif"
+    r = runner.invoke(app, ["export", str(mosaic), "--cog", str(out), "--layer", "ndvi", "--time", "2020-07-01"],
+                      catch_exceptions=False)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.dtypes[0] == "uint8"
+        assert (ds.nodata, ds.scales[0], ds.offsets[0]) == (255, 0.01, -1.0)
+        code = ds.read(1)
+    np.testing.assert_array_equal(code, g["ndvi"][1])
+    assert (code != 255).any() and not (tmp_path / "ndvi.qml").exists()
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--time", "1999-01-01"], "2020-06-01, 2020-07-01"),
     (["--layer", "nope"], "--layer"),

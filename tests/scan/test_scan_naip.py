@@ -102,6 +102,15 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
     md = Path(results[2].report_paths[1]).read_text()
     assert "change since 2018-07-16" in md
 
+    # the index layer: NDVI wherever a class is (any class), the latest view from the same date
+    ndvi = g["ndvi"][:]
+    assert ((ndvi != 255) == (cls != 255)).mean() > 0.999  # 255 also where red + NIR = 0
+    np.testing.assert_array_equal(g["latest_ndvi"][:][cls[2] != 255], ndvi[2][cls[2] != 255])
+    water = np.isin(cls, [classes.index("River"), classes.index("SeaLake")])
+    crop = np.isin(cls, [classes.index(c) for c in ("AnnualCrop", "Pasture")])
+    assert np.median(ndvi[water & (ndvi != 255)]) < np.median(ndvi[crop & (ndvi != 255)])
+    _naip_alerts(tmp_path, tmp_path / "nd.zarr")
+
     # a fourth night with nothing new does nothing
     before = tree_digest(tmp_path / "nd.zarr")
     r4 = run_scan(cfg)
@@ -137,3 +146,33 @@ def test_three_nights_of_naip_then_nothing_new_then_one_replaced_file(tmp_path: 
     # the index-based health on crop classes: NDVI = 0 where NIR = red, i.e. bare/stressed (0)
     h18 = g["health"][t18][north]
     assert (h18 != 255).any() and set(np.unique(h18[h18 != 255]).tolist()) == {0}
+    n18 = g["ndvi"][t18][north]  # and the index is NDVI 0 (code 100) on every class there
+    assert (n18 != 255).mean() > 0.99 and set(np.unique(n18[n18 != 255]).tolist()) == {100}
+
+
+def _naip_alerts(tmp: Path, mosaic: Path) -> None:
+    """geofg alerts on the three dates (docs/products.md): 88 quarter-quarter squares of 402 m."""
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+    from typer.testing import CliRunner
+
+    from geofg.cli import app
+
+    side, x0, y0 = 402.336, 485900.0, 5209240.0
+    fields = tmp / "fields.gpkg"
+    gpd.GeoDataFrame({"id": [f"Q{r:02d}{c:02d}" for r in range(8) for c in range(11)]},
+                     geometry=[shapely.box(x0 + c * side, y0 - (r + 1) * side, x0 + (c + 1) * side, y0 - r * side)
+                               for r in range(8) for c in range(11)], crs="EPSG:26914").to_file(fields)  # fmt: skip
+    out, series = tmp / "alerts.csv", tmp / "series.parquet"
+    r = CliRunner().invoke(app, ["alerts", str(mosaic), "--fields", str(fields), "-o", str(out), "--series",
+                                 str(series), "--min-history", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    s = gpd.read_parquet(series)
+    assert len(s) == 88 * 3 and s["ndvi_median"].notna().all() and s["ndvi_median"].between(-1, 1).all()
+    a = pd.read_csv(out)
+    assert len(a) >= 1 and (a["date"] == "2020-08-31").all() and (a["drop"] >= 0.1).all()
+    for _, row in a.iterrows():  # the baseline: the median of the two earlier dates, never 2020 itself
+        earlier = s.query("field_id == @row.field_id and date < '2020-08-31'")["ndvi_median"]
+        assert row["baseline"] == pytest.approx(np.median(earlier), abs=1e-4)
+        assert row["drop"] == pytest.approx(row["baseline"] - row["ndvi_median"], abs=1e-4)

@@ -9,6 +9,7 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+import zarr
 from pyproj import CRS
 from rasterio.transform import from_origin
 from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
@@ -59,13 +60,20 @@ def _fields(path: Path, geoms: dict[str, object]) -> Path:
     return path
 
 
-def _zones(mosaic: Path, image: Path, fields: Path, out: Path, *extra: str):  # noqa: ANN202
-    return runner.invoke(app, ["zones", str(mosaic), "--fields", str(fields), "--image", str(image),
-                               "-o", str(out), *extra])  # fmt: skip
+def _zones(mosaic: Path, image: Path | None, fields: Path, out: Path, *extra: str):  # noqa: ANN202
+    """`geofg zones`; ``image`` None: the index from the mosaic's ndvi layer (the default)."""
+    src = [] if image is None else ["--image", str(image)]
+    return runner.invoke(app, ["zones", str(mosaic), "--fields", str(fields), *src, "-o", str(out), *extra])
 
 
-def test_zones_follow_ndvi_tile_the_field_and_merge_specks_in_a_shapefile(tmp_path: Path, scene) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("source", ["mosaic", "image"])
+def test_zones_follow_ndvi_tile_the_field_and_merge_specks_in_a_shapefile(tmp_path: Path, scene, source: str) -> None:  # noqa: ANN001
     mosaic, image, ndvi = scene
+    if source == "mosaic":  # the index the zones see: the mosaic's layer, in hundredths
+        code = zarr.open_group(str(mosaic), mode="r")["latest_ndvi"][:]
+        assert np.nanmax(np.abs(np.where(code == 255, np.nan, code * 0.01 - 1) - ndvi)) <= 0.005 + 1e-6
+        ndvi = np.where(code == 255, np.nan, code * 0.01 - 1)
+        image = None
     f = _fields(tmp_path / "f.gpkg", {"north-40": FIELD})
     r = _zones(mosaic, image, f, tmp_path / "z.shp", "-n", "5")
     assert r.exit_code == 0, r.output
@@ -102,7 +110,8 @@ def test_zones_follow_ndvi_tile_the_field_and_merge_specks_in_a_shapefile(tmp_pa
 
 
 def test_a_range_keeps_the_most_zones_that_survive_the_minimum_area(tmp_path: Path, scene) -> None:  # noqa: ANN001
-    mosaic, image, _ = scene
+    mosaic, _, _ = scene
+    image = None  # the mosaic's index layer
     f = _fields(tmp_path / "f.geojson", {"a": FIELD, "small": _box(50, 10, 58, 16)})  # small: 0.48 ha
     assert _zones(mosaic, image, f, tmp_path / "z.gpkg", "-n", "3..5").exit_code == 0
     z = gpd.read_file(tmp_path / "z.gpkg").set_index("field_id")
@@ -133,7 +142,7 @@ def test_noisy_index_gives_at_most_100_polygons_per_field_and_lonlat_on_request(
     assert 20 < len(z) <= 100  # unmerged noise gives hundreds of patches
 
 
-def _bad(tmp_path: Path, mosaic: Path, image: Path, fields: Path, needle: str, *extra: str,
+def _bad(tmp_path: Path, mosaic: Path, image: Path | None, fields: Path, needle: str, *extra: str,
          out: str = "o.shp") -> None:  # fmt: skip
     target = tmp_path / out
     target.write_bytes(b"keep")
@@ -158,3 +167,18 @@ def test_bad_input_is_one_line_exit_3_and_the_output_is_left_alone(tmp_path: Pat
     _bad(tmp_path, mosaic, image, empty, "found none")
     outside = _fields(tmp_path / "out.gpkg", {"x": _box(500, 500, 510, 510)})
     _bad(tmp_path, mosaic, image, outside, "found none")
+    _bad(tmp_path, mosaic, None, outside, "found none")
+    _bad(tmp_path, mosaic, None, f, "--bands names the bands of --image", "--bands", "R,NIR")
+
+
+def test_a_mosaic_without_an_index_layer_needs_the_image(tmp_path: Path) -> None:
+    model = threshold_bundle(tmp_path, bands=["B02", "B03"])  # no red/NIR: no ndvi layer
+    (tmp_path / "inbox").mkdir()
+    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
+    write_raster(tmp_path / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
+                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
+    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    (tmp_path / "out").mkdir()
+    f = _fields(tmp_path / "f.gpkg", {"a": FIELD})
+    _bad(tmp_path / "out", tmp_path / "m.zarr", None, f, "expected a mosaic with the ndvi index layer")
+    assert "pass --image" in _zones(tmp_path / "m.zarr", None, f, tmp_path / "z.gpkg").output
