@@ -1,7 +1,7 @@
 """Index-based crop health: vegetation indices classed into zones, only inside crop/grass classes.
 
 This layer is **not learned**: the land-cover class comes from the CNN, the health class from
-spectral indices of the same pixels. Zones (documented in docs/health.md):
+spectral indices of the same pixels. Zones (the per-field products built on them: docs/products.md):
 
 * NDVI = (NIR - red) / (NIR + red) sets the zone: < 0.2 ``bare/stressed``, 0.2-0.4 ``low``,
   0.4-0.6 ``moderate``, >= 0.6 ``vigorous``.
