@@ -34,8 +34,9 @@ from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
-from geofg.io.read import RasterInfo, open_raster, select_bands
-from geofg.masks import CLEAR, SHADOW, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
+from geofg.io.read import RasterInfo, RasterReader, open_raster, select_bands
+from geofg.masks import (CLEAR, SHADOW, MaskPlan, mask_counts, mask_read_window, mask_window, plan_mask,
+                         release_water_shadow)
 from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
 from geofg.models.ensemble import combined_card, models_sha256
@@ -157,6 +158,15 @@ class Plan:
         """Positions of ``mask.bands`` among the channels a unit reads (:attr:`read_indices`)."""
         read = self.read_indices
         return tuple(read.index(i) for i in self.mask_indices)
+
+    def read_mask(self, core: Window) -> tuple[np.ndarray, np.ndarray, Window]:
+        """The mask bands over the window that gives ``core``'s mask, read with a reader of its own:
+        ``(data, valid, window)`` (:func:`geofg.masks.mask_read_window`; ``core`` on the raster grid)."""
+        assert self.mask is not None
+        window = mask_read_window(core, self.info.height, self.info.width, self.mask.pixel_m)
+        with RasterReader(self.info, self.mask_indices) as reader:
+            data, valid = reader.read(window)
+        return data, valid, window
 
     @property
     def model_paths(self) -> tuple[str, ...]:
@@ -518,10 +528,19 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
     mp = getattr(p, "mask", None)
     if mp is not None:
         t = time.perf_counter()
+        read_mask = getattr(p, "read_mask", None)  # a wider read of the mask bands (geofg.masks)
+        if read_mask is not None:
+            mdata, mvalid, window = read_mask(unit.core)
+            raster: tuple[int, int] | None = (p.info.height, p.info.width)  # type: ignore[attr-defined]
+        else:  # the scan: the unit's own window
+            mdata, mvalid, window, raster = data[list(p.mask_channels)], valid, unit.read, None
         mask = mask_window(
-            data[list(p.mask_channels)], mp.bands, valid, level=mp.level, scale=mp.scale,
-            pixel_m=mp.pixel_m, origin=(unit.read.row_off, unit.read.col_off),
-        )[core]
+            mdata, mp.bands, mvalid, level=mp.level, scale=mp.scale, pixel_m=mp.pixel_m,
+            origin=(window.row_off, window.col_off), raster=raster,
+            region=Window(unit.core.row_off - window.row_off, unit.core.col_off - window.col_off,
+                          unit.core.height, unit.core.width),
+        )
+        del mdata, mvalid
         names = [c.name for c in p.card.classes]
         shadow = mask == SHADOW
         if "water" in names and shadow.any():  # shadow the model sees as water: a lake (geofg.masks)
