@@ -53,12 +53,15 @@ reflectance.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -301,7 +304,7 @@ def mask_read_window(core: Window, height: int, width: int, pixel_m: float) -> W
 
 
 @functools.lru_cache(maxsize=8)
-def _session(variant: str, level: str, threads: int):  # noqa: ANN202 - onnxruntime.InferenceSession
+def _session(variant: str, level: str, threads: int) -> tuple[Any, dict]:
     """The packaged ONNX model of ``variant``/``level`` and its band statistics (mean, std, names)."""
     import json
     from importlib.resources import files
@@ -337,6 +340,29 @@ def cloud_shadow(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
     return logits.argmax(0).astype(np.uint8)[:h, :w]
 
 
+_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_TILES = 256
+"""Tiles whose codes a process keeps (64 KiB each): neighbouring units share tiles."""
+
+
+def _cached_cloud_shadow(tile: np.ndarray, level: str, threads: int) -> np.ndarray:
+    """:func:`cloud_shadow` of ``tile``, remembered by its content (a hash of its bytes), so a tile
+    that neighbouring units share runs once per process while it is among the last
+    :data:`CACHE_TILES` used."""
+    key = (cloud_shadow, level, tile.shape, hashlib.blake2b(tile.tobytes(), digest_size=16).digest())
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    cs = cloud_shadow(tile, level, threads)
+    with _CACHE_LOCK:
+        _CACHE[key] = cs
+        while len(_CACHE) > CACHE_TILES:
+            _CACHE.popitem(last=False)
+    return cs
+
+
 def _cloud_shadow_tiled(pooled: np.ndarray, first: tuple[int, int], blocks: tuple[int, int],
                         region: tuple[int, int, int, int], level: str, threads: int,
                         ) -> np.ndarray:  # fmt: skip
@@ -353,7 +379,7 @@ def _cloud_shadow_tiled(pooled: np.ndarray, first: tuple[int, int], blocks: tupl
         for us, ue, j0, j1 in _spans_for(blocks[1], c0, c1):
             a, b = max(ts - first[0], 0), min(te - first[0], hb)
             c, d = max(us - first[1], 0), min(ue - first[1], wb)
-            cs = cloud_shadow(pooled[:, a:b, c:d], level, threads)
+            cs = _cached_cloud_shadow(np.ascontiguousarray(pooled[:, a:b, c:d]), level, threads)
             ka, kb = max(k0, r0), min(k1, r1)
             ja, jb = max(j0, c0), min(j1, c1)
             out[ka - r0 : kb - r0, ja - c0 : jb - c0] = cs[ka - first[0] - a : kb - first[0] - a,

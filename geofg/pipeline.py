@@ -35,8 +35,16 @@ from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, RasterReader, open_raster, select_bands
-from geofg.masks import (CLEAR, SHADOW, MaskPlan, mask_counts, mask_read_window, mask_window, plan_mask,
-                         release_water_shadow)
+from geofg.masks import (
+    CLEAR,
+    SHADOW,
+    MaskPlan,
+    mask_counts,
+    mask_read_window,
+    mask_window,
+    plan_mask,
+    release_water_shadow,
+)
 from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
 from geofg.models.ensemble import combined_card, models_sha256

@@ -10,7 +10,16 @@ import pytest
 from geofg import masks
 from geofg.errors import ConfigError, MissingBandsError
 from geofg.grid import Window
-from geofg.masks import CLEAR, CLOUD, FILL, SHADOW, SNOW, MaskBandsWarning, mask_window, plan_mask
+from geofg.masks import (
+    CLEAR,
+    CLOUD,
+    FILL,
+    SHADOW,
+    SNOW,
+    MaskBandsWarning,
+    mask_window,
+    plan_mask,
+)
 
 SIX = ["B02", "B03", "B04", "B08", "B11", "B12"]
 
