@@ -13,11 +13,18 @@ shadow class (the shadow over the southern lake stays unmasked), needs B01, B09 
 from every L2A product), flagged dark conifer stands and bright fields as cloud, and took 8.1 s per
 megapixel against 0.7 s.
 
-The models were trained on ~30 m input, so a unit's window is averaged in ``f x f`` blocks
+The models were trained on ~30 m input, so the pixels are averaged in ``f x f`` blocks
 (``f = round(30 m / pixel size)``: 3 at 10 m), predicted, and repeated back. Blocks are aligned
-to the raster grid (``origin``), not to the window, so two units agree on every block they share;
-the unit's halo gives the network context across unit edges. Nothing outside the window is
-used: the mask needs no full-scene state.
+to the raster grid (``origin``), not to the window. geofg runs the packaged ONNX model itself
+(:func:`cloud_shadow`, normalised with the statistics of the model's json), on
+:data:`TILE` x :data:`TILE`-block tiles fixed on the raster's block grid (:func:`tile_spans`): a
+block takes the code of the tile whose centre part (the tile less :data:`MARGIN` blocks each
+side) holds it. So a pixel's code depends on the raster, never on the unit: a unit reads the
+mask bands over the window its core's tiles need (:func:`mask_read_window`, a second read beside
+its own) and keeps its core (issue 15: ukis-csmask's own tiling starts at the array's origin and
+pads small arrays by mirroring, so each unit's window gave another mask). Tiles shared by
+neighbouring units run once per process (a cache keyed by the tile's content, :data:`CACHE_TILES`).
+The mask needs no full-scene state.
 
 **Open water is not shadow.** The detector calls dark lakes shadow, the more so the less of the
 scene its window holds (on T33UUU's east unit, 3,459 of 5,717 OSM lake pixels), and a real

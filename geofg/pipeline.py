@@ -37,12 +37,15 @@ from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, RasterReader, open_raster, select_bands
 from geofg.masks import (
     CLEAR,
+    MARGIN,
     SHADOW,
+    TILE,
     MaskPlan,
     mask_counts,
     mask_read_window,
     mask_window,
     plan_mask,
+    pool_factor,
     release_water_shadow,
 )
 from geofg.models.bundle import bundle_sha256
@@ -208,13 +211,20 @@ class Plan:
 
         Per unit: input, normalised input, probabilities, weights. Units: reads queued, one
         computing, writes queued and being written (:mod:`geofg.runners.local`), with the read and
-        write threads sized for ``model.device`` (``auto`` counted as CPU).
+        write threads sized for ``model.device`` (``auto`` counted as CPU). Each write thread
+        also holds a unit's mask read (:func:`geofg.masks.mask_read_window`) while it masks.
         """
         side = round_up(max(self.job.tile.chunk + 2 * self.halo, self.tile_size), 32)
         c, k = len(self.read_indices), len(self.card.classes)
         per_unit = side * side * (c * (8 + 4) + k * 4 + 8)
         readers, writers = self.job.runner.io_threads(self.job.model.device)
-        return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1)
+        mask = 0
+        if self.mask is not None:
+            span = self.job.tile.chunk + pool_factor(self.mask.pixel_m) * (TILE - 2 * MARGIN)  # any core's tiles
+            core = Window(0, 0, min(span, self.info.height), min(span, self.info.width))
+            mw = mask_read_window(core, self.info.height, self.info.width, self.mask.pixel_m)
+            mask = mw.height * mw.width * (len(self.mask.bands) * (4 + 4) + 1)  # raw, reflectance, valid
+        return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1) + mask * writers
 
     def provenance(self) -> dict:
         """Attributes recorded in the mosaic."""
