@@ -26,8 +26,9 @@ pads small arrays by mirroring, so each unit's window gave another mask). Tiles 
 neighbouring units run once per process (a cache keyed by the tile's content, :data:`CACHE_TILES`).
 The mask needs no full-scene state.
 
-**Open water is not shadow.** The detector calls dark lakes shadow, the more so the less of the
-scene its window holds (on T33UUU's east unit, 3,459 of 5,717 OSM lake pixels), and a real
+**Open water is not shadow.** The detector calls dark lakes shadow, the more so the less
+context it has (with each unit's own window as context, before the fixed tiles, 3,459 of the
+5,717 OSM lake pixels of T33UUU's east unit), and a real
 shadow over a lake leaves water looking like water. So a shadow pixel whose NDWI
 ``(B03 - B08) / (B03 + B08)`` exceeds :data:`WATER_NDWI` (0.2) stays clear and is classified. On
 T33UUU (whole-scene mask) that releases 29,016 shadow pixels: of the OSM-labelled ones 1,919 are
@@ -35,8 +36,8 @@ water and 114 land; all 904 hand-drawn lake pixels under the southern cloud's sh
 0.26-0.41) are released, and the default model calls every one water. Lakes with murkier water
 (NDWI 0-0.2) are released when the land-cover model also calls them water
 (:func:`release_water_shadow`, applied by the pipeline for models with a class named ``water``):
-on T33UUU's default run that clears 7,491 more shadow pixels, 4,037 of them OSM water and 430
-OSM land (337 forest).
+on T33UUU's default run that clears 7,108 more shadow pixels, 3,897 of them OSM water and 424
+OSM land (325 forest).
 
 **Snow/ice: an NDSI rule** (Hall et al. 1995, the thresholds of the MODIS/Landsat snow products):
 ``NDSI = (B03 - B11) / (B03 + B11) > 0.4`` and ``B08 > 0.11`` and ``B03 > 0.10`` (reflectance).
