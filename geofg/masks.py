@@ -262,13 +262,14 @@ def _pooled(x: np.ndarray, f: int, origin: tuple[int, int], valid: np.ndarray | 
     return total / np.maximum(n, 1.0), (r0, c0)
 
 
-def tile_spans(n: int, tile: int = TILE, margin: int | None = None) -> list[tuple[int, int, int, int]]:
+def tile_spans(n: int, tile: int | None = None, margin: int | None = None) -> list[tuple[int, int, int, int]]:
     """The detector's tiles along one raster axis of ``n`` blocks: ``(start, end, keep0, keep1)``.
 
     Tile ``k`` keeps blocks ``k*s .. (k+1)*s - 1`` (``s = tile - 2*margin``) and sees ``margin``
     blocks more each side; tiles are moved inward at the raster's edges (never past them), so a
     kept block is at least ``margin`` blocks from its tile's edge unless the raster ends there.
     An axis of at most ``tile`` blocks is one tile. A function of ``n`` only: never of a window.
+    ``tile`` and ``margin`` default to :data:`TILE` and :data:`MARGIN`.
 
     Examples:
         >>> tile_spans(512)
@@ -278,9 +279,10 @@ def tile_spans(n: int, tile: int = TILE, margin: int | None = None) -> list[tupl
         >>> tile_spans(100)
         [(0, 100, 0, 100)]
     """
+    tile = TILE if tile is None else tile
+    margin = MARGIN if margin is None else margin
     if n <= tile:
         return [(0, n, 0, n)]
-    margin = MARGIN if margin is None else margin
     step = tile - 2 * margin
     spans: list[tuple[int, int, int, int]] = []
     for k in range(-(-n // step)):
