@@ -164,6 +164,34 @@ def test_tiles_cover_every_block_once_and_keep_their_centres() -> None:
             assert (k0 - s >= masks.MARGIN or s == 0) and (e - k1 >= masks.MARGIN or e == n), (n, s, e, k0, k1)
 
 
+def test_a_tile_smaller_than_the_model_input_is_mirrored_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloud_shadow feeds the ONNX model a TILE x TILE input: the json's band order and statistics,
+    then symmetric padding past the tile's end (as ukis-csmask pads small images)."""
+    seen = []
+
+    class Session:
+        def get_inputs(self) -> list:
+            return [type("I", (), {"name": "input"})()]
+
+        def run(self, _: object, feed: dict) -> list:
+            seen.append(feed["input"])
+            logits = np.zeros((1, 3, masks.TILE, masks.TILE), np.float32)
+            logits[0, 1, :40] = 1.0  # cloud in the first 40 rows
+            return [logits]
+
+    stats = {"band_names": ["green", "blue", "red", "nir"], "img": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.5, 0.5]]}
+    monkeypatch.setattr(masks, "_session", lambda variant, level, threads: (Session(), stats))
+    refl = np.random.default_rng(0).random((4, 100, 70), dtype=np.float32)
+    cs = masks.cloud_shadow(refl, "l1c")
+    assert cs.shape == (100, 70) and (cs[:40] == CLOUD).all() and (cs[40:] == CLEAR).all()
+    x = seen[0][0]
+    assert x.shape == (4, masks.TILE, masks.TILE)
+    np.testing.assert_allclose(x[0, :100, :70], (refl[1] - 0.1) / 0.5, rtol=1e-6)  # green first, as the json says
+    np.testing.assert_allclose(x[1, :100, :70], (refl[0] - 0.2) / 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(x[:, 100:200, :70], x[:, 99::-1, :70])  # mirrored below
+    np.testing.assert_array_equal(x[:, :100, 70:140], x[:, :100, 69::-1])  # and to the right
+
+
 def test_plan_mask_auto_on_off_and_band_sets() -> None:
     s2 = ["B01", "B02", "B03", "B04", "B08", "B10", "B11", "B12"]
     mp = plan_mask(s2, "auto", label="x.tif", paths=["/d/T33UUU_20170216_L1C_x.tif"])
