@@ -13,14 +13,22 @@ shadow class (the shadow over the southern lake stays unmasked), needs B01, B09 
 from every L2A product), flagged dark conifer stands and bright fields as cloud, and took 8.1 s per
 megapixel against 0.7 s.
 
-The models were trained on ~30 m input, so a unit's window is averaged in ``f x f`` blocks
+The models were trained on ~30 m input, so the pixels are averaged in ``f x f`` blocks
 (``f = round(30 m / pixel size)``: 3 at 10 m), predicted, and repeated back. Blocks are aligned
-to the raster grid (``origin``), not to the window, so two units agree on every block they share;
-the unit's halo gives the network context across unit edges. Nothing outside the window is
-used: the mask needs no full-scene state.
+to the raster grid (``origin``), not to the window. geofg runs the packaged ONNX model itself
+(:func:`cloud_shadow`, normalised with the statistics of the model's json), on
+:data:`TILE` x :data:`TILE`-block tiles fixed on the raster's block grid (:func:`tile_spans`): a
+block takes the code of the tile whose centre part (the tile less :data:`MARGIN` blocks each
+side) holds it. So a pixel's code depends on the raster, never on the unit: a unit reads the
+mask bands over the window its core's tiles need (:func:`mask_read_window`, a second read beside
+its own) and keeps its core (issue 15: ukis-csmask's own tiling starts at the array's origin and
+pads small arrays by mirroring, so each unit's window gave another mask). Tiles shared by
+neighbouring units run once per process (a cache keyed by the tile's content, :data:`CACHE_TILES`).
+The mask needs no full-scene state.
 
-**Open water is not shadow.** The detector calls dark lakes shadow, the more so the less of the
-scene its window holds (on T33UUU's east unit, 3,459 of 5,717 OSM lake pixels), and a real
+**Open water is not shadow.** The detector calls dark lakes shadow, the more so the less
+context it has (with each unit's own window as context, before the fixed tiles, 3,459 of the
+5,717 OSM lake pixels of T33UUU's east unit), and a real
 shadow over a lake leaves water looking like water. So a shadow pixel whose NDWI
 ``(B03 - B08) / (B03 + B08)`` exceeds :data:`WATER_NDWI` (0.2) stays clear and is classified. On
 T33UUU (whole-scene mask) that releases 29,016 shadow pixels: of the OSM-labelled ones 1,919 are
@@ -28,8 +36,8 @@ water and 114 land; all 904 hand-drawn lake pixels under the southern cloud's sh
 0.26-0.41) are released, and the default model calls every one water. Lakes with murkier water
 (NDWI 0-0.2) are released when the land-cover model also calls them water
 (:func:`release_water_shadow`, applied by the pipeline for models with a class named ``water``):
-on T33UUU's default run that clears 7,491 more shadow pixels, 4,037 of them OSM water and 430
-OSM land (337 forest).
+on T33UUU's default run that clears 7,108 more shadow pixels, 3,897 of them OSM water and 424
+OSM land (325 forest).
 
 **Snow/ice: an NDSI rule** (Hall et al. 1995, the thresholds of the MODIS/Landsat snow products):
 ``NDSI = (B03 - B11) / (B03 + B11) > 0.4`` and ``B08 > 0.11`` and ``B03 > 0.10`` (reflectance).
@@ -52,16 +60,21 @@ reflectance.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from geofg.errors import ConfigError, GeofgWarning, MissingBandsError
+from geofg.grid import Window
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +97,10 @@ NDSI_MIN, NIR_MIN, GREEN_MIN = 0.4, 0.11, 0.10
 WATER_NDWI = 0.2
 """Shadow pixels with NDWI = (B03 - B08) / (B03 + B08) above this are open water: not masked."""
 MODEL_PIXEL_M = 30.0
-_MIN_SIDE = 256  # ukis-csmask's tile; smaller inputs are padded (symmetric) up to it
+TILE = 256
+"""The detector's input side (30 m blocks): the size it was trained on and its ONNX input."""
+MARGIN = 64
+"""Blocks at each side of a tile whose codes are not kept (the next tile's centre has them)."""
 _LEVEL = re.compile(r"(?:^|[_\-.]|MSI|S2)L(1C|2A)(?:$|[_\-.])", re.IGNORECASE)
 
 MaskMode = Literal["auto", "on", "off"]
@@ -246,23 +262,139 @@ def _pooled(x: np.ndarray, f: int, origin: tuple[int, int], valid: np.ndarray | 
     return total / np.maximum(n, 1.0), (r0, c0)
 
 
-def cloud_shadow(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
-    """Run ukis-csmask on reflectance (C, h, w) float32 (B02,B03,B04,B08[,B11,B12]) -> (h, w) uint8.
+def tile_spans(n: int, tile: int | None = None, margin: int | None = None) -> list[tuple[int, int, int, int]]:
+    """The detector's tiles along one raster axis of ``n`` blocks: ``(start, end, keep0, keep1)``.
 
-    Codes: 0 clear, 1 cloud, 2 shadow. Inputs smaller than 256 px are padded (symmetric) to it.
+    Tile ``k`` keeps blocks ``k*s .. (k+1)*s - 1`` (``s = tile - 2*margin``) and sees ``margin``
+    blocks more each side; tiles are moved inward at the raster's edges (never past them), so a
+    kept block is at least ``margin`` blocks from its tile's edge unless the raster ends there.
+    An axis of at most ``tile`` blocks is one tile. A function of ``n`` only: never of a window.
+    ``tile`` and ``margin`` default to :data:`TILE` and :data:`MARGIN`.
+
+    Examples:
+        >>> tile_spans(512)
+        [(0, 256, 0, 128), (64, 320, 128, 256), (192, 448, 256, 384), (256, 512, 384, 512)]
+        >>> tile_spans(300)
+        [(0, 256, 0, 128), (44, 300, 128, 300)]
+        >>> tile_spans(100)
+        [(0, 100, 0, 100)]
     """
-    from ukis_csmask.mask import CSmask
+    tile = TILE if tile is None else tile
+    margin = MARGIN if margin is None else margin
+    if n <= tile:
+        return [(0, n, 0, n)]
+    step = tile - 2 * margin
+    spans: list[tuple[int, int, int, int]] = []
+    for k in range(-(-n // step)):
+        start = min(max(k * step - margin, 0), n - tile)
+        if spans and spans[-1][0] == start:  # moved onto the previous tile: it keeps these blocks too
+            spans[-1] = (start, start + tile, spans[-1][2], min((k + 1) * step, n))
+        else:
+            spans.append((start, start + tile, k * step, min((k + 1) * step, n)))
+    return spans
 
-    _, h, w = refl.shape
-    ph, pw = max(0, _MIN_SIDE - h), max(0, _MIN_SIDE - w)
-    img = np.moveaxis(refl, 0, -1)
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
-    roles = [r for r, _ in _ROLES[: refl.shape[0]]]
-    cm = CSmask(np.ascontiguousarray(img, dtype=np.float32), band_order=roles, product_level=level,
-                intra_op_num_threads=threads, inter_op_num_threads=1,
-                providers=["CPUExecutionProvider"])  # fmt: skip
-    return cm.csm[:h, :w, 0]
+
+def _spans_for(n: int, b0: int, b1: int) -> list[tuple[int, int, int, int]]:
+    """The tiles of :func:`tile_spans` whose kept blocks meet blocks ``b0 .. b1 - 1``."""
+    return [t for t in tile_spans(n) if t[2] < b1 and t[3] > b0]
+
+
+def mask_read_window(core: Window, height: int, width: int, pixel_m: float) -> Window:
+    """The window (raster pixels, inside the raster) whose data gives the mask of ``core``.
+
+    The union of the detector's tiles (:func:`tile_spans` on the raster's blocks) that keep a
+    block of ``core``: read it for the mask bands and pass it to :func:`mask_window` with
+    ``raster=(height, width)`` and ``region`` = ``core`` relative to it.
+    """
+    f = pool_factor(pixel_m)
+    rows = _spans_for(-(-height // f), core.row_off // f, -(-core.row_end // f))
+    cols = _spans_for(-(-width // f), core.col_off // f, -(-core.col_end // f))
+    r0, c0 = rows[0][0] * f, cols[0][0] * f
+    return Window(r0, c0, min(rows[-1][1] * f, height) - r0, min(cols[-1][1] * f, width) - c0)
+
+
+@functools.lru_cache(maxsize=8)
+def _session(variant: str, level: str, threads: int) -> tuple[Any, dict]:
+    """The packaged ONNX model of ``variant``/``level`` and its band statistics (mean, std, names)."""
+    import json
+    from importlib.resources import files
+
+    import onnxruntime as ort
+
+    base = files("ukis_csmask")
+    stats = json.loads((base / f"model_{variant}_{level}.json").read_text())["data"]["dataset_statistics"]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(base / f"model_{variant}_{level}.onnx"), sess_options=so,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+    return sess, stats
+
+
+def cloud_shadow(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
+    """Run ukis-csmask's packaged ONNX model on one tile: reflectance (C, h, w) float32
+    (B02,B03,B04,B08[,B11,B12]), h and w at most :data:`TILE` -> (h, w) uint8.
+
+    Codes: 0 clear, 1 cloud, 2 shadow. A tile smaller than :data:`TILE` is padded (symmetric) to
+    it; the input is normalised with the band statistics of the model's json.
+    """
+    c, h, w = refl.shape
+    sess, stats = _session("6b" if c == 6 else "4b", level, threads)
+    names = [r for r, _ in _ROLES[:c]]
+    order = [names.index(b) for b in stats["band_names"]]
+    mean = np.asarray(stats["img"][0], np.float32)[:, None, None]
+    std = np.asarray(stats["img"][1], np.float32)[:, None, None]
+    x = (refl[order].astype(np.float32) - mean) / std
+    if h < TILE or w < TILE:
+        x = np.pad(x, ((0, 0), (0, TILE - h), (0, TILE - w)), mode="symmetric")
+    logits = sess.run(None, {sess.get_inputs()[0].name: x[None]})[0][0]
+    return logits.argmax(0).astype(np.uint8)[:h, :w]
+
+
+_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_TILES = 256
+"""Tiles whose codes a process keeps (64 KiB each): neighbouring units share tiles."""
+
+
+def _cached_cloud_shadow(tile: np.ndarray, level: str, threads: int) -> np.ndarray:
+    """:func:`cloud_shadow` of ``tile``, remembered by its content (a hash of its bytes), so a tile
+    that neighbouring units share runs once per process while it is among the last
+    :data:`CACHE_TILES` used."""
+    key = (cloud_shadow, level, tile.shape, hashlib.blake2b(tile.tobytes(), digest_size=16).digest())
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    cs = cloud_shadow(tile, level, threads)
+    with _CACHE_LOCK:
+        _CACHE[key] = cs
+        while len(_CACHE) > CACHE_TILES:
+            _CACHE.popitem(last=False)
+    return cs
+
+
+def _cloud_shadow_tiled(pooled: np.ndarray, first: tuple[int, int], blocks: tuple[int, int],
+                        region: tuple[int, int, int, int], level: str, threads: int,
+                        ) -> np.ndarray:  # fmt: skip
+    """Cloud/shadow codes of the raster blocks ``region`` (r0, r1, c0, c1), from the fixed tiles.
+
+    ``pooled`` (C, hb, wb) holds raster blocks from ``first`` (row, col) on; ``blocks`` is the
+    raster's size in blocks. Each block takes the code its tile's centre part gives it
+    (:func:`tile_spans`); a tile part outside ``pooled`` is left out (the tile is cut there).
+    """
+    r0, r1, c0, c1 = region
+    out = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    hb, wb = pooled.shape[1:]
+    for ts, te, k0, k1 in _spans_for(blocks[0], r0, r1):
+        for us, ue, j0, j1 in _spans_for(blocks[1], c0, c1):
+            a, b = max(ts - first[0], 0), min(te - first[0], hb)
+            c, d = max(us - first[1], 0), min(ue - first[1], wb)
+            cs = _cached_cloud_shadow(np.ascontiguousarray(pooled[:, a:b, c:d]), level, threads)
+            ka, kb = max(k0, r0), min(k1, r1)
+            ja, jb = max(j0, c0), min(j1, c1)
+            out[ka - r0 : kb - r0, ja - c0 : jb - c0] = cs[ka - first[0] - a : kb - first[0] - a,
+                                                          ja - first[1] - c : jb - first[1] - c]  # fmt: skip
+    return out
 
 
 def normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -297,14 +429,19 @@ def open_water(green: np.ndarray, nir: np.ndarray) -> np.ndarray:
 
 def mask_window(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray, *,
                 level: str = "l1c", scale: float = 1e-4, pixel_m: float = 10.0,
-                origin: tuple[int, int] = (0, 0), threads: int = 0) -> np.ndarray:  # fmt: skip
-    """Return the mask (H, W) uint8 of one window: 0 clear, 1 cloud, 2 shadow, 3 snow/ice, 255 nodata.
+                origin: tuple[int, int] = (0, 0), raster: tuple[int, int] | None = None,
+                region: Window | None = None, threads: int = 0) -> np.ndarray:  # fmt: skip
+    """Return the mask (h, w) uint8 of ``region``: 0 clear, 1 cloud, 2 shadow, 3 snow/ice, 255 nodata.
 
     A pure function of the window: ``data`` (C, H, W) holds raw pixels of the bands named by
     ``band_names`` (at least B02, B03, B04, B08; B11 and B12 are used when present, any other band
     is ignored), ``valid`` (H, W) bool marks pixels with data. ``origin`` is the window's
-    ``(row_off, col_off)`` on the raster grid (block alignment, see the module docstring).
-    ``scale`` turns raw values into reflectance.
+    ``(row_off, col_off)`` on the raster grid (block alignment, see the module docstring) and
+    ``raster`` the raster's ``(height, width)``: the detector runs on tiles fixed on the raster's
+    blocks (:func:`tile_spans`), so a pixel's code does not depend on the window as long as the
+    window holds the tiles of ``region`` (:func:`mask_read_window`); tile parts outside it are
+    left out. ``raster`` None: the window is the whole raster. ``region`` (relative to the window,
+    default all of it) is the part returned. ``scale`` turns raw values into reflectance.
 
     Raises:
         MissingBandsError: one of B02, B03, B04, B08 is not in ``band_names``.
@@ -316,23 +453,36 @@ def mask_window(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray, 
                                 f"bands, found {','.join(band_names)}; pass those bands")  # fmt: skip
     six = "B11" in index and "B12" in index
     order = [index[b] for _, b in (_ROLES if six else _ROLES[:4])]
-    h, w = valid.shape
-    out = np.zeros((h, w), np.uint8)
-    if not valid.any():
+    region = region or Window(0, 0, *valid.shape)
+    rows, cols = region.row_off, region.col_off
+    core = (slice(rows, region.row_end), slice(cols, region.col_end))
+    out = np.zeros((region.height, region.width), np.uint8)
+    v = valid[core]
+    if not v.any():
         out[:] = FILL
         return out
+    if raster is None:
+        origin = (origin[0] % pool_factor(pixel_m), origin[1] % pool_factor(pixel_m))
+        raster = (origin[0] + valid.shape[0], origin[1] + valid.shape[1])
     f = pool_factor(pixel_m)
     refl = data[order].astype(np.float32) * np.float32(scale)
-    pooled, (r0, c0) = _pooled(refl, f, origin, valid) if f > 1 else (refl, (0, 0))
-    cs = cloud_shadow(pooled, level, threads)
+    pooled, _ = _pooled(refl, f, origin, valid) if f > 1 else (refl, (0, 0))
+    first = (origin[0] // f, origin[1] // f)
+    top, left = origin[0] + rows, origin[1] + cols  # the region on the raster grid
+    blocks = (top // f, -(-(top + region.height) // f), left // f, -(-(left + region.width) // f))
+    cs = _cloud_shadow_tiled(pooled, first, (-(-raster[0] // f), -(-raster[1] // f)), blocks, level,
+                             threads)  # fmt: skip
     if f > 1:
-        cs = np.repeat(np.repeat(cs, f, axis=0), f, axis=1)[r0 : r0 + h, c0 : c0 + w]
+        cs = np.repeat(np.repeat(cs, f, axis=0), f, axis=1)
+    cs = cs[top - blocks[0] * f : top - blocks[0] * f + region.height,
+            left - blocks[2] * f : left - blocks[2] * f + region.width]  # fmt: skip
+    r = refl[(slice(None), *core)]
     if "B03" in index and "B08" in index and "B11" in index:
-        snow = snow_ice(refl[1], refl[3], data[index["B11"]].astype(np.float32) * np.float32(scale))
+        snow = snow_ice(r[1], r[3], data[index["B11"]][core].astype(np.float32) * np.float32(scale))
         out[snow] = SNOW
-    out[(cs == 2) & ~open_water(refl[1], refl[3])] = SHADOW
+    out[(cs == 2) & ~open_water(r[1], r[3])] = SHADOW
     out[cs == 1] = CLOUD
-    out[~valid] = FILL
+    out[~v] = FILL
     return out
 
 

@@ -36,8 +36,20 @@ from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, INDEX, band_roles, health_layer, index_layer, index_layers, ndvi
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
-from geofg.io.read import RasterInfo, open_raster, select_bands
-from geofg.masks import CLEAR, SHADOW, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
+from geofg.io.read import RasterInfo, RasterReader, open_raster, select_bands
+from geofg.masks import (
+    CLEAR,
+    MARGIN,
+    SHADOW,
+    TILE,
+    MaskPlan,
+    mask_counts,
+    mask_read_window,
+    mask_window,
+    plan_mask,
+    pool_factor,
+    release_water_shadow,
+)
 from geofg.models.bundle import bundle_sha256
 from geofg.models.card import ModelCard
 from geofg.models.ensemble import combined_card, models_sha256
@@ -160,6 +172,15 @@ class Plan:
         read = self.read_indices
         return tuple(read.index(i) for i in self.mask_indices)
 
+    def read_mask(self, core: Window) -> tuple[np.ndarray, np.ndarray, Window]:
+        """The mask bands over the window that gives ``core``'s mask, read with a reader of its own:
+        ``(data, valid, window)`` (:func:`geofg.masks.mask_read_window`; ``core`` on the raster grid)."""
+        assert self.mask is not None
+        window = mask_read_window(core, self.info.height, self.info.width, self.mask.pixel_m)
+        with RasterReader(self.info, self.mask_indices) as reader:
+            data, valid = reader.read(window)
+        return data, valid, window
+
     @property
     def model_paths(self) -> tuple[str, ...]:
         """Every model file this plan runs (one, or an ensemble's members)."""
@@ -192,13 +213,20 @@ class Plan:
 
         Per unit: input, normalised input, probabilities, weights. Units: reads queued, one
         computing, writes queued and being written (:mod:`geofg.runners.local`), with the read and
-        write threads sized for ``model.device`` (``auto`` counted as CPU).
+        write threads sized for ``model.device`` (``auto`` counted as CPU). Each write thread
+        also holds a unit's mask read (:func:`geofg.masks.mask_read_window`) while it masks.
         """
         side = round_up(max(self.job.tile.chunk + 2 * self.halo, self.tile_size), 32)
         c, k = len(self.read_indices), len(self.card.classes)
         per_unit = side * side * (c * (8 + 4) + k * 4 + 8)
         readers, writers = self.job.runner.io_threads(self.job.model.device)
-        return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1)
+        mask = 0
+        if self.mask is not None:
+            span = self.job.tile.chunk + pool_factor(self.mask.pixel_m) * (TILE - 2 * MARGIN)  # any core's tiles
+            core = Window(0, 0, min(span, self.info.height), min(span, self.info.width))
+            mw = mask_read_window(core, self.info.height, self.info.width, self.mask.pixel_m)
+            mask = mw.height * mw.width * (len(self.mask.bands) * (4 + 4) + 1)  # raw, reflectance, valid
+        return per_unit * (max(self.job.runner.prefetch, readers) + 1 + writers + 1) + mask * writers
 
     def provenance(self) -> dict:
         """Attributes recorded in the mosaic."""
@@ -530,10 +558,19 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
     mp = getattr(p, "mask", None)
     if mp is not None:
         t = time.perf_counter()
+        read_mask = getattr(p, "read_mask", None)  # a wider read of the mask bands (geofg.masks)
+        if read_mask is not None:
+            mdata, mvalid, window = read_mask(unit.core)
+            raster: tuple[int, int] | None = (p.info.height, p.info.width)  # type: ignore[attr-defined]
+        else:  # the scan: the unit's own window
+            mdata, mvalid, window, raster = data[list(p.mask_channels)], valid, unit.read, None
         mask = mask_window(
-            data[list(p.mask_channels)], mp.bands, valid, level=mp.level, scale=mp.scale,
-            pixel_m=mp.pixel_m, origin=(unit.read.row_off, unit.read.col_off),
-        )[core]
+            mdata, mp.bands, mvalid, level=mp.level, scale=mp.scale, pixel_m=mp.pixel_m,
+            origin=(window.row_off, window.col_off), raster=raster,
+            region=Window(unit.core.row_off - window.row_off, unit.core.col_off - window.col_off,
+                          unit.core.height, unit.core.width),
+        )
+        del mdata, mvalid
         names = [c.name for c in p.card.classes]
         shadow = mask == SHADOW
         if "water" in names and shadow.any():  # shadow the model sees as water: a lake (geofg.masks)

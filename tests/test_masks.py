@@ -9,7 +9,17 @@ import pytest
 
 from geofg import masks
 from geofg.errors import ConfigError, MissingBandsError
-from geofg.masks import CLEAR, CLOUD, FILL, SHADOW, SNOW, MaskBandsWarning, mask_window, plan_mask
+from geofg.grid import Window
+from geofg.masks import (
+    CLEAR,
+    CLOUD,
+    FILL,
+    SHADOW,
+    SNOW,
+    MaskBandsWarning,
+    mask_window,
+    plan_mask,
+)
 
 SIX = ["B02", "B03", "B04", "B08", "B11", "B12"]
 
@@ -124,6 +134,62 @@ def test_the_packaged_detector_flags_a_cloud_and_leaves_fields_clear(level: str)
     m = mask_window(_cloudy_fields(), SIX, np.ones((384, 384), bool), level=level, threads=1)
     assert (m[162:222, 162:222] == CLOUD).mean() > 0.8  # measured 0.94 (L1C), 1.0 (L2A)
     assert (m[:60, :60] == CLEAR).all()
+
+
+def test_the_packaged_detector_gives_a_pixel_the_same_code_in_any_window() -> None:
+    """Issue 15: tiles fixed on the raster's blocks (masks.tile_spans); a unit reads the window its
+    core's tiles need (masks.mask_read_window) and gets the codes the whole raster gets there."""
+    size = 900  # 300 blocks at 30 m: two tiles each way
+    data = _cloudy_fields(size, seed=1)
+    valid = np.ones((size, size), bool)
+    whole = mask_window(data, SIX, valid, raster=(size, size), threads=1)
+    assert (whole == CLOUD).mean() > 0.02 and (whole == CLEAR).mean() > 0.5
+    for core in (Window(0, 0, 100, 130), Window(380, 370, 150, 140), Window(600, 500, 300, 400)):
+        win = masks.mask_read_window(core, size, size, 10.0)
+        assert win.row_off % 3 == 0 and win.col_off % 3 == 0 and win.row_end <= size and win.col_end <= size
+        rows, cols = win.relative_to(Window(0, 0, size, size))
+        part = mask_window(data[:, rows, cols], SIX, valid[rows, cols], origin=(win.row_off, win.col_off),
+                           raster=(size, size), region=Window(core.row_off - win.row_off,
+                           core.col_off - win.col_off, core.height, core.width), threads=1)  # fmt: skip
+        assert np.array_equal(part, whole[core.row_off : core.row_end, core.col_off : core.col_end]), core
+
+
+def test_tiles_cover_every_block_once_and_keep_their_centres() -> None:
+    for n in (1, 255, 256, 257, 300, 384, 385, 512, 1000, 3660):
+        spans = masks.tile_spans(n)
+        kept = np.concatenate([np.arange(k0, k1) for _, _, k0, k1 in spans])
+        assert np.array_equal(kept, np.arange(n)), n
+        for s, e, k0, k1 in spans:
+            assert 0 <= s <= k0 < k1 <= e <= max(n, s + 1) and e - s == min(n, masks.TILE), (n, s, e)
+            assert (k0 - s >= masks.MARGIN or s == 0) and (e - k1 >= masks.MARGIN or e == n), (n, s, e, k0, k1)
+
+
+def test_a_tile_smaller_than_the_model_input_is_mirrored_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloud_shadow feeds the ONNX model a TILE x TILE input: the json's band order and statistics,
+    then symmetric padding past the tile's end (as ukis-csmask pads small images)."""
+    seen = []
+
+    class Session:
+        def get_inputs(self) -> list:
+            return [type("I", (), {"name": "input"})()]
+
+        def run(self, _: object, feed: dict) -> list:
+            seen.append(feed["input"])
+            logits = np.zeros((1, 3, masks.TILE, masks.TILE), np.float32)
+            logits[0, 1, :40] = 1.0  # cloud in the first 40 rows
+            return [logits]
+
+    stats = {"band_names": ["green", "blue", "red", "nir"], "img": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.5, 0.5]]}
+    monkeypatch.setattr(masks, "_session", lambda variant, level, threads: (Session(), stats))
+    refl = np.random.default_rng(0).random((4, 100, 70), dtype=np.float32)
+    cs = masks.cloud_shadow(refl, "l1c")
+    assert cs.shape == (100, 70) and (cs[:40] == CLOUD).all() and (cs[40:] == CLEAR).all()
+    x = seen[0][0]
+    assert x.shape == (4, masks.TILE, masks.TILE)
+    np.testing.assert_allclose(x[0, :100, :70], (refl[1] - 0.1) / 0.5, rtol=1e-6)  # green first, as the json says
+    np.testing.assert_allclose(x[1, :100, :70], (refl[0] - 0.2) / 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(x[:, 100:200, :70], x[:, 99::-1, :70])  # mirrored below
+    np.testing.assert_array_equal(x[:, :100, 70:140], x[:, :100, 69::-1])  # and to the right
 
 
 def test_plan_mask_auto_on_off_and_band_sets() -> None:

@@ -106,6 +106,45 @@ def test_masked_pixels_carry_no_class_and_are_counted_apart(tmp_path: Path, bund
     assert row["valid_ha"] == pytest.approx(9 * 6 * 0.01) and row["clear_ha"] == row["valid_ha"]
 
 
+def _relative_stub(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
+    """A detector that looks at context, as the real one does: cloud where blue is above the mean
+    blue of the array it is given (so its answer for a pixel depends on what it is given around it)."""
+    out = np.zeros(refl.shape[1:], np.uint8)
+    out[refl[0] > refl[0].mean() + 0.01] = masks.CLOUD
+    return out
+
+
+def test_the_mask_of_a_pixel_does_not_depend_on_the_unit_window(tmp_path: Path, bundle: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Issue 15: the detector runs on tiles fixed on the raster's 30 m blocks, read for each unit
+    beyond its own window, so --chunk 24, 48 and 96 give the same mask layer, pixel for pixel.
+
+    Small tiles (16 blocks, margin 4) so that a 96 x 120 px raster has several tiles each way;
+    with the detector given each unit's own window (before the fix) the layers differed."""
+    monkeypatch.setattr(masks, "cloud_shadow", _relative_stub)
+    monkeypatch.setattr(masks, "TILE", 16, raising=False)
+    monkeypatch.setattr(masks, "MARGIN", 4, raising=False)
+    h, w = 96, 120
+    rng = np.random.default_rng(3)
+    data = np.broadcast_to(np.array([400, 700, 500, 3500, 2000, 1000], np.uint16)[:, None, None], (6, h, w)).copy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    data[0] = (300 + 12 * xx + 6 * yy + 200 * rng.random((h, w))).astype(np.uint16)  # blue: a ramp, noise
+    inp = write_raster(tmp_path / "S2B_MSIL2A_20200715T101031_x.tif", data, descriptions=BANDS)
+    layers = []
+    for chunk in (24, 48, 96):
+        out = tmp_path / f"o{chunk}.zarr"
+        job = build_job({
+            "read": {"inputs": [str(inp)]}, "tile": {"chunk": chunk},
+            "model": {"model": str(bundle), "device": "cpu"}, "write": {"output": str(out)},
+        })  # fmt: skip
+        run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
+        layers.append(zarr.open_group(str(out), mode="r")["mask"][:])
+    assert 0.2 < (layers[0] == masks.CLOUD).mean() < 0.8  # the stand-in flags part of the scene
+    for m in layers[1:]:
+        assert np.array_equal(m, layers[0]), int((m != layers[0]).sum())
+    assert len(masks.tile_spans(h // 3)) == 4 and len(masks.tile_spans(w // 3)) == 5  # several tiles each way
+
+
 @pytest.mark.parametrize(("model_mean", "lake"), [(0.25, masks.CLEAR), (0.01, masks.SHADOW)])
 def test_shadow_on_a_murky_lake_the_model_calls_water_is_not_masked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_mean: float, lake: int) -> None:  # fmt: skip
