@@ -69,11 +69,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from geofg.errors import ConfigError, GeofgWarning, MissingBandsError
+from geofg.errors import ConfigError, GeofgWarning, MissingBandsError, WeightsError
 from geofg.grid import Window
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,39 @@ def plan_mask(band_names: Sequence[str] | None, mode: MaskMode, *, label: str,
             f"{label}: no B11/B12, so the cloud mask runs {DETECTOR}'s 4-band model (less "
             "accurate for haze and shadows) and flags no snow/ice"), stacklevel=2)  # fmt: skip
     scale = 1e-4 if np.dtype(dtype).kind in "ui" else 1.0
-    return MaskPlan(bands, product_level(paths, list(band_names or ())), scale, float(pixel_m))
+    plan = MaskPlan(bands, product_level(paths, list(band_names or ())), scale, float(pixel_m))
+    check_detector(plan.variant, plan.level, label=label)
+    return plan
+
+
+def detector_files(variant: str, level: str) -> tuple[str, str]:
+    """The packaged ONNX model and json of ``variant``/``level`` (paths; they may not exist)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ukis_csmask")
+    if spec is None or not spec.submodule_search_locations:
+        return (f"ukis_csmask/model_{variant}_{level}.onnx", f"ukis_csmask/model_{variant}_{level}.json")
+    base = Path(next(iter(spec.submodule_search_locations)))
+    return str(base / f"model_{variant}_{level}.onnx"), str(base / f"model_{variant}_{level}.json")
+
+
+def check_detector(variant: str, level: str, *, label: str) -> None:
+    """Refuse (exit 3, before anything is written) when the mask's model or its runtime is missing.
+
+    Raises:
+        WeightsError: ukis-csmask, its model file or its json, or onnxruntime is not installed.
+    """
+    import importlib.util
+
+    missing = [f for f in detector_files(variant, level) if not Path(f).is_file()]
+    if importlib.util.find_spec("onnxruntime") is None:
+        missing.append("onnxruntime (the package)")
+    if missing:
+        raise WeightsError(
+            f"{label}: the cloud mask needs {DETECTOR}'s packaged model, expected "
+            f"{', '.join(missing)}, found none; reinstall it with "
+            f"pip install --force-reinstall '{DETECTOR}[cpu]>=1.0,<1.1' or pass --no-mask"
+        )
 
 
 def pool_factor(pixel_m: float) -> int:
@@ -317,15 +350,14 @@ def mask_read_window(core: Window, height: int, width: int, pixel_m: float) -> W
 def _session(variant: str, level: str, threads: int) -> tuple[Any, dict]:
     """The packaged ONNX model of ``variant``/``level`` and its band statistics (mean, std, names)."""
     import json
-    from importlib.resources import files
 
     import onnxruntime as ort
 
-    base = files("ukis_csmask")
-    stats = json.loads((base / f"model_{variant}_{level}.json").read_text())["data"]["dataset_statistics"]
+    model, meta = detector_files(variant, level)
+    stats = json.loads(Path(meta).read_text())["data"]["dataset_statistics"]
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(base / f"model_{variant}_{level}.onnx"), sess_options=so,
+    sess = ort.InferenceSession(model, sess_options=so,
                                 providers=["CPUExecutionProvider"])  # fmt: skip
     return sess, stats
 

@@ -206,3 +206,22 @@ def test_cli_mask_refuses_sentinel2_without_the_detector_bands(tmp_path: Path, b
     r = CliRunner().invoke(app, ["classify", str(inp), "-o", str(out), "--model", str(bundle), "--mask"])
     assert r.exit_code == 3, r.output
     assert "needs bands B02,B03" in r.output and "--no-mask" in r.output and not out.exists()
+
+
+def test_cli_refuses_when_the_mask_model_is_missing(tmp_path: Path, bundle: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A broken ukis-csmask install (its model file gone) is refused before anything is written."""
+    gone = tmp_path / "site" / "ukis_csmask"
+    monkeypatch.setattr(masks, "detector_files",
+                        lambda v, lvl: (str(gone / f"model_{v}_{lvl}.onnx"), str(gone / f"model_{v}_{lvl}.json")))
+    data, _ = _scene()
+    inp = write_raster(tmp_path / "s2.tif", data, descriptions=BANDS)
+    out = tmp_path / "o.zarr"
+    r = CliRunner().invoke(app, ["classify", str(inp), "-o", str(out), "--model", str(bundle)])
+    assert r.exit_code == 3, r.output
+    line = " ".join(r.output.split())
+    assert "model_6b_l2a.onnx" in line and "pip install --force-reinstall" in line and "--no-mask" in line
+    assert "Traceback" not in r.output and not out.exists()
+    # the installed package has the files the check looks for
+    monkeypatch.undo()
+    assert all(Path(f).is_file() for f in masks.detector_files("6b", "l1c"))
