@@ -172,6 +172,11 @@ class Plan:
         read = self.read_indices
         return tuple(read.index(i) for i in self.mask_indices)
 
+    @property
+    def raster_shape(self) -> tuple[int, int]:
+        """The raster's (height, width): the mask's tiles sit on it (:mod:`geofg.masks`)."""
+        return self.info.height, self.info.width
+
     def read_mask(self, core: Window) -> tuple[np.ndarray, np.ndarray, Window]:
         """The mask bands over the window that gives ``core``'s mask, read with a reader of its own:
         ``(data, valid, window)`` (:func:`geofg.masks.mask_read_window`; ``core`` on the raster grid)."""
@@ -561,8 +566,8 @@ def finish_unit(unit: WorkUnit, probs: np.ndarray | None, data: np.ndarray, vali
         read_mask = getattr(p, "read_mask", None)  # a wider read of the mask bands (geofg.masks)
         if read_mask is not None:
             mdata, mvalid, window = read_mask(unit.core)
-            raster: tuple[int, int] | None = (p.info.height, p.info.width)  # type: ignore[attr-defined]
-        else:  # the scan: the unit's own window
+            raster: tuple[int, int] | None = p.raster_shape  # type: ignore[attr-defined]
+        else:  # a plan without a wider read: the unit's own window
             mdata, mvalid, window, raster = data[list(p.mask_channels)], valid, unit.read, None
         mask = mask_window(
             mdata, mp.bands, mvalid, level=mp.level, scale=mp.scale, pixel_m=mp.pixel_m,

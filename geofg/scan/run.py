@@ -40,7 +40,7 @@ from geofg import __version__
 from geofg.batch import round_up
 from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
 from geofg.extras import require_extra
-from geofg.grid import WorkUnit, plan_units
+from geofg.grid import Window, WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, index_layers
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
@@ -51,7 +51,7 @@ from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.bundle import bundle_sha256, read_card
 from geofg.models.card import ModelCard
 from geofg.models.registry import resolve_model
-from geofg.masks import MASK_CLASSES, MaskPlan, plan_mask, product_level
+from geofg.masks import MASK_CLASSES, MaskPlan, mask_read_window, plan_mask, product_level
 from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl
 from geofg.scan import inbox as ib
@@ -59,7 +59,7 @@ from geofg.scan.config import ScanConfig
 from geofg.runners import make_runner
 from geofg.runners.base import Runner
 from geofg.scan.units import DatedUnit, ScanSink, ScanSource, covering, scene_key, unit_id
-from geofg.scan.warp import Grid, Scene, footprint
+from geofg.scan.warp import Grid, Scene, SceneWindowReader, footprint
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,28 @@ class ScanPlan:
     """Positions of ``mask.bands`` among the model's bands (the composite's channels)."""
     season: HealthSeason | None = None
     """Whether crop health is assessed on the date being run (set per date by :func:`for_date`)."""
+    scenes: tuple[Scene, ...] = ()
+    """The date's scenes (set per date by :func:`for_date`): the mask's wider read warps them."""
+
+    @property
+    def raster_shape(self) -> tuple[int, int]:
+        """The grid's (height, width): the mask's tiles sit on it (:mod:`geofg.masks`)."""
+        return self.grid.height, self.grid.width
+
+    def read_mask(self, core: Window) -> tuple[np.ndarray, np.ndarray, Window]:
+        """The mask bands over the window that gives ``core``'s mask, warped from the date's scenes
+        with a reader of its own: ``(data, valid, window)``, as :meth:`geofg.pipeline.Plan.read_mask`.
+
+        The mask of a grid pixel so depends on the date's scenes and the grid only, not on the
+        scan's chunk (the detector's fixed tiles, :func:`geofg.masks.mask_read_window`).
+        """
+        assert self.mask is not None
+        window = mask_read_window(core, self.grid.height, self.grid.width, self.mask.pixel_m)
+        scenes = [dataclasses.replace(s, band_indices=tuple(s.band_indices[i] for i in self.mask_channels))
+                  for s in self.scenes]  # fmt: skip
+        with SceneWindowReader(scenes, self.grid, self.job.grid.resampling) as reader:
+            data, valid = reader.read(window)
+        return data, valid, window
 
     @property
     def spec(self) -> mz.MosaicSpec:
@@ -242,7 +264,7 @@ def for_date(p: ScanPlan, day: int, scenes: list[Scene]) -> ScanPlan:
     d = ib.day_str(day)
     season = decide([date.fromisoformat(d)], lat, p90)
     log.info("%s: crop health %s (%s)", d, "assessed" if season.assessed else "not assessed", season.reason)
-    return dataclasses.replace(p, mask=mask, season=season)
+    return dataclasses.replace(p, mask=mask, season=season, scenes=tuple(scenes))
 
 
 def run_scan(

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from rasterio.transform import from_origin
 from scanhelp import ORIGIN, config, predictor, threshold_bundle
 
@@ -96,3 +97,37 @@ def test_mask_off_writes_no_mask_layer_and_is_a_different_output(tmp_path: Path,
     assert make_plan(on).mask is not None and make_plan(off).mask is None
     assert make_plan(on).config_hash != make_plan(off).config_hash
     assert "mask" not in make_plan(off).spec.layers and "mask" in make_plan(on).spec.layers
+
+
+def _relative(refl: np.ndarray, level: str, threads: int = 0) -> np.ndarray:
+    """A detector that looks at context, as the real one does: cloud where blue is above the mean
+    blue of the array it is given (its answer for a pixel depends on what it is given around it)."""
+    return (refl[0] > refl[0].mean() + 0.01).astype(np.uint8)
+
+
+def test_the_scan_mask_of_a_pixel_does_not_depend_on_the_grid_chunk(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The scan masks as classify does (issue 15): the detector's tiles sit on the grid's 30 m
+    blocks and each unit warps the window its tiles need, so grid chunks 16 and 48 give the same
+    mask slice. With each unit masked from its own window (before), the two differed."""
+    monkeypatch.setattr(masks, "cloud_shadow", _relative)
+    monkeypatch.setattr(masks, "TILE", 8)
+    monkeypatch.setattr(masks, "MARGIN", 2)
+    h, w = 48, 96
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(5)
+    px = np.array([500, 3500, 400, 700, 2000, 1000], np.uint16)
+    data = np.broadcast_to(px[:, None, None], (6, h, w)).copy()
+    data[2] = (300 + 40 * xx + 20 * yy + 300 * rng.random((h, w))).astype(np.uint16)  # blue: a ramp, noise
+    got = []
+    for chunk in (16, 48):
+        root = tmp_path / f"c{chunk}"
+        (root / "inbox").mkdir(parents=True)
+        write_raster(root / "inbox" / "S_20200715.tif", data, nodata=0, descriptions=S2,
+                     transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
+        cfg = build_scan(config(root, threshold_bundle(root, S2), height=h, width=w, chunk=chunk))
+        assert run_scan(cfg, predictor_factory=predictor).count("processed") == 1
+        got.append(zarr.open_group(str(root / "m.zarr"), mode="r")["mask"][0])
+    assert 0.2 < (got[0] == CLOUD).mean() < 0.8  # the stand-in flags part of the scene
+    assert np.array_equal(got[0], got[1]), int((got[0] != got[1]).sum())
+    assert len(masks.tile_spans(w // 3)) > 2  # several detector tiles across
