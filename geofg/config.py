@@ -97,8 +97,9 @@ class ReadConfig(_Frozen):
 class TileConfig(_Frozen):
     """Units (one per output chunk), model tiles and blending.
 
-    ``tile_size`` and ``halo`` default to what the model card says and to one tile per unit
-    (``chunk + 2 * halo`` rounded up to the model's multiple): the fewest re-predicted pixels.
+    ``halo`` defaults to the model card's; ``tile_size`` to one tile per unit (``chunk + 2 * halo``
+    rounded up to the model's multiple): the fewest re-predicted pixels (the card's own
+    ``tile_size`` is informational and not used).
     """
 
     chunk: int = Field(default=1024, ge=16, le=8192)

@@ -88,7 +88,11 @@ class ModelCard(BaseModel):
         classes: Output classes in logit order.
         crop_classes: Class names where index-based crop health applies.
         tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).
-        tile_size: Default inference tile edge in pixels, a multiple of ``tile_multiple``.
+        tile_size: A tile edge in pixels (a multiple of ``tile_multiple``) recorded by the
+            bundle's maker; informational, runs do not read it. A run's tile defaults to one tile
+            per unit, ``chunk + 2 * halo`` rounded up to ``tile_multiple`` (the fewest re-predicted
+            pixels, docs/design.md "Tiles"); ``--tile-size`` / ``tile.tile_size`` sets a smaller
+            one. Kept in the card so that existing bundles (and their sha256) stay valid.
         halo: Default context in pixels added on each side of a tile (>= receptive-field margin).
         decoder_channels: U-Net decoder widths, deepest first (None: smp's 256, 128, 64, 32, 16).
         patch_size: For classifiers, the chip edge in pixels the model was trained on.
