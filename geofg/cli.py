@@ -79,8 +79,8 @@ Compile = Annotated[bool, typer.Option(
     "40 s on 2 CPU cores, seconds once torch's disk cache has it); pays off from a few hundred "
     "units. Outputs may differ in the last bits.")]
 Bands = Annotated[Optional[str], typer.Option(help="Band names, comma-separated, e.g. B02,B03,B04,B08.")]
-TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px) [default: one tile per unit, chunk + 2 halo].")]
-Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit [default: the model card's].")]
+TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px); default one tile per unit, chunk + 2 halo.")]
+Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit; default the model card's.")]
 Chunk = Annotated[int, typer.Option(help="Mosaic chunk edge = unit size (px).")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
