@@ -36,10 +36,10 @@ from geofg.health import HEALTH_CLASSES, band_roles, health_layer
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
 from geofg.masks import CLEAR, SHADOW, MaskPlan, mask_counts, mask_window, plan_mask, release_water_shadow
-from geofg.models.bundle import bundle_sha256
-from geofg.models.card import ModelCard
-from geofg.models.ensemble import combined_card, models_sha256
-from geofg.models.registry import read_model_card, resolve_model
+from geofg.models.inference.bundle import bundle_sha256
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.ensemble import combined_card, models_sha256
+from geofg.models.inference.registry import read_model_card, resolve_model
 from geofg.season import HealthSeason, assess_season
 from geofg.stitch import Accumulator, blend_weights
 

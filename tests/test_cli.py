@@ -199,9 +199,9 @@ def unet_bundle(tmp_path: Path) -> Path:
     """A 4-band smp U-Net bundle with random weights (a test fixture, never shipped)."""
     import torch
 
-    from geofg.models.bundle import write_bundle
-    from geofg.models.nets import build_model
-    from geofg.models.tiny import tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.nets import build_model
+    from geofg.models.inference.tiny import tiny_card
 
     card = tiny_card(["B02", "B03", "B04", "B08"], ["water", "land", "crop"], task="segmentation",
                      crop_classes=["crop"], tile_size=64, halo=16, scale=1e-4, tile_multiple=32)
@@ -306,7 +306,7 @@ def test_compile_runs_one_compiled_network_at_one_tile_shape(tmp_path: Path, sce
 
 def test_compile_refuses_an_onnx_model_with_one_line(tmp_path: Path) -> None:
     from geofg.errors import ConfigError
-    from geofg.models.ensemble import load_one
+    from geofg.models.inference.ensemble import load_one
 
     with pytest.raises(ConfigError, match=r"m\.onnx: --compile expects a \.safetensors bundle"):
         load_one(tmp_path / "m.onnx", "cpu", compile=True)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from geofg.cli import app  # noqa: E402
 from geofg.config import build_job  # noqa: E402
-from geofg.models.dynamicworld import RECEPTIVE_MARGIN  # noqa: E402
+from geofg.models.inference.dynamicworld import RECEPTIVE_MARGIN  # noqa: E402
 from geofg.run import run_job  # noqa: E402
 from rasters import write_raster  # noqa: E402
 
@@ -25,7 +25,7 @@ BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 @pytest.fixture(scope="module")
 def dw_random() -> Path:
     """The shipped Dynamic World bundle (its real weights give a map with structure)."""
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.registry import resolve_model
 
     return resolve_model("dynamic-world")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from rasters import write_raster, write_threshold_bundle
 
-from geofg.models.bundle import read_card
+from geofg.models.inference.bundle import read_card
 
 
 @pytest.mark.parametrize(("tile", "expected"), [(None, 64 + 2 * 4), (48, 48)])

@@ -48,9 +48,9 @@ from geofg.io.paths import open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
 from geofg.run import output_error, take_lock
 from geofg.signals import STOP, interrupted_error, stop_on_signals
-from geofg.models.bundle import bundle_sha256, read_card
-from geofg.models.card import ModelCard
-from geofg.models.registry import resolve_model
+from geofg.models.inference.bundle import bundle_sha256, read_card
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.registry import resolve_model
 from geofg.masks import MASK_CLASSES, MaskPlan, plan_mask, product_level
 from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl

@@ -22,7 +22,7 @@ from rasterio.transform import from_origin
 from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
 
 from geofg.config import build_job
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan

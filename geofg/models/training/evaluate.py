@@ -1,6 +1,6 @@
 """Evaluate a patch-classification bundle on labelled chips: ``geofg evaluate``.
 
-Each chip goes through :meth:`~geofg.models.predictor.TorchPredictor.predict` (the path
+Each chip goes through :meth:`~geofg.models.inference.predictor.TorchPredictor.predict` (the path
 ``geofg classify`` uses), normalised with the bundle's card; the chip's class is the argmax of the
 mean probability map over the chip. With ``tta=True`` the probability maps of the 8 dihedral
 transforms of each chip are averaged first.
@@ -110,7 +110,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, split: str = "test"
 
     Args:
         bundle: Bundle path or installed name.
-        data: Chips (see :func:`geofg.models.chips.load_chips`).
+        data: Chips (see :func:`geofg.models.training.chips.load_chips`).
         split: Which split to score (``test``, ``val``, ``train``).
         bands: Chip band names in file order; default: band descriptions, or, when the chips
             have none and as many bands as the model, the model's bands.
@@ -124,10 +124,10 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, split: str = "test"
     Raises:
         GeofgError: subclasses with exit code 3 for every bad input (nothing is written).
     """
-    from geofg.models.bundle import bundle_sha256
-    from geofg.models.chips import load_chips
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import bundle_sha256
+    from geofg.models.training.chips import load_chips
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
 
     path = resolve_model(bundle)
     predictor = load_predictor(path, device=device)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from geofg.errors import ConfigError
-from geofg.models.card import ClassInfo, ModelCard
+from geofg.models.inference.card import ClassInfo, ModelCard
 
 __all__ = ["DEFAULT_STAGE", "SCENE_STAGE", "ExplainResult", "chip_gradcam", "explain", "tile_hirescam"]
 
@@ -263,7 +263,7 @@ def explain(
         InputError, ConfigError: Bad input, class, stage, mode or output path (nothing written).
     """
     from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     if mode not in ("auto", "chip", "scene"):
         raise ConfigError(f"--mode must be auto, chip or scene, found {mode!r}")

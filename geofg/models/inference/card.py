@@ -1,7 +1,7 @@
 """The model card: everything geofg needs to know to run a bundle, kept in the bundle itself.
 
 A card is a frozen pydantic model serialised as JSON into the safetensors header (see
-:mod:`geofg.models.bundle`). It names the input bands (model order), the input scaling and
+:mod:`geofg.models.inference.bundle`). It names the input bands (model order), the input scaling and
 normalisation (``normalised = (raw * scale - mean) / std``, mean/std in scaled units, per band),
 the classes with display colours, tiling defaults and provenance (training data, held-out metrics,
 the command that made it).
@@ -73,7 +73,7 @@ class ModelCard(BaseModel):
         name: Bundle name used by ``geofg models list`` and ``--model``.
         version: Version string of this bundle.
         task: ``"patch-classification"`` (dense map from a chip classifier) or ``"segmentation"``.
-        architecture: Key of :data:`geofg.models.nets.ARCHITECTURES`.
+        architecture: Key of :data:`geofg.models.inference.nets.ARCHITECTURES`.
         encoder: segmentation-models-pytorch encoder name (``"tu-..."`` for timm encoders).
         bands: Input band names in model order, e.g. Sentinel-2 ``"B01"``..``"B12"``, ``"B8A"``.
         scale: Model input = raw DN * scale (1e-4 for Sentinel-2 L1C uint16 reflectance).

@@ -39,7 +39,7 @@ from geofg.errors import (
     WeightsChecksumError,
     WeightsError,
 )
-from geofg.models.card import ModelCard
+from geofg.models.inference.card import ModelCard
 
 __all__ = [
     "CARD_KEY",
@@ -220,7 +220,7 @@ def read_card(path: str | Path) -> ModelCard:
     if not isinstance(meta, dict) or CARD_KEY not in meta:
         raise _fail(path, f"a model card in the header metadata key {CARD_KEY!r}",
                     "no card", "this is plain safetensors, not a geofg bundle; add a card with"
-                    " geofg.models.bundle.write_bundle")
+                    " geofg.models.inference.bundle.write_bundle")
     if not isinstance(meta[CARD_KEY], str):
         raise _fail(path, f"the card under {CARD_KEY!r} as a JSON string",
                     type(meta[CARD_KEY]).__name__, "rebuild the bundle")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geofg.models.card import ModelCard
+from geofg.models.inference.card import ModelCard
 
 __all__ = ["RECEPTIVE_MARGIN", "DynamicWorldNet", "build_dynamic_world", "TF_NAMES"]
 
