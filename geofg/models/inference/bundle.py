@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from geofg.errors import (
     WeightsChecksumError,
     WeightsError,
 )
+from geofg.io.atomic import atomic_write
 from geofg.models.inference.card import ModelCard
 
 __all__ = [
@@ -282,23 +282,6 @@ def write_bundle(path: str | Path, tensors: dict[str, np.ndarray], card: ModelCa
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, blob)
     return hashlib.sha256(blob).hexdigest()
-
-
-def atomic_write(path: Path, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` via a fsynced temp file and a rename (no half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a bundle is read by every user
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tensors(path: str | Path) -> dict[str, np.ndarray]:

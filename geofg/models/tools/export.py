@@ -36,6 +36,7 @@ import numpy as np
 
 from geofg.batch import normalise
 from geofg.errors import ConfigError
+from geofg.io.atomic import atomic_path
 from geofg.models.inference.bundle import CARD_KEY, bundle_sha256
 from geofg.models.inference.card import ModelCard
 from geofg.models.inference.onnx import (
@@ -106,7 +107,7 @@ def _export_fp32(model: Any, card: ModelCard, dest: Path) -> None:
     program.save(str(dest), external_data=False)
 
 
-def _setonnx_metadata(path: Path, items: dict[str, str]) -> None:
+def _set_metadata(path: Path, items: dict[str, str]) -> None:
     onnx = need_package("onnx")
     model = onnx.load(str(path), load_external_data=False)
     old = {p.key: p.value for p in model.metadata_props}
@@ -212,7 +213,7 @@ def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray, *
             "name": f"{base}-int8", "made_by": f"{card.made_by} + int8 (static QDQ)".lstrip(" +"),
         }).to_json()
     if meta:
-        _setonnx_metadata(dest, meta)
+        _set_metadata(dest, meta)
     return {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
             "quantised": "encoder only" if nodes else "all supported ops",
             "quantised_nodes": len(nodes) if nodes else None,
@@ -306,13 +307,13 @@ def export_onnx(
     try:
         fp32 = work / "fp32.onnx"
         _export_fp32(torch_pred.model, card, fp32)
-        _setonnx_metadata(fp32, {CARD_KEY: new_card.to_json()})
+        _set_metadata(fp32, {CARD_KEY: new_card.to_json()})
         final = fp32
         if int8:
             assert calibration is not None
             final = work / "int8.onnx"
             report.calibration = quantise_onnx(fp32, final, calibration.astype(np.float32))
-        _setonnx_metadata(final, {CARD_KEY: new_card.to_json()})
+        _set_metadata(final, {CARD_KEY: new_card.to_json()})
         onnx_pred = load_onnx_predictor(final, "cpu", threads=threads)
         check = _check_batch(card)
         report.max_abs_prob_diff = float(np.abs(onnx_pred.predict(check)
@@ -323,11 +324,10 @@ def export_onnx(
             report.speed = _speed(torch_pred, onnx_pred, card, speed_batch, speed_runs,
                                   fp32 if int8 else None, threads)
         report.size_bytes = final.stat().st_size
-        _setonnx_metadata(final, {EXPORT_KEY: report.to_json()})
+        _set_metadata(final, {EXPORT_KEY: report.to_json()})
         report.size_bytes = final.stat().st_size
-        with final.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(final, out)
+        with atomic_path(out) as tmp:
+            os.replace(final, tmp)
     finally:
         torch.set_num_threads(old_threads)
         for p in work.glob("*"):
@@ -351,7 +351,7 @@ def _accuracy(torch_pred: Any, onnx_pred: OnnxPredictor, x: np.ndarray,
               y: np.ndarray) -> dict[str, Any]:
     a = _chip_classes(torch_pred.predict, x)
     b = _chip_classes(onnx_pred.predict, x)
-    return {"n": int(len(y)), "fp32_bundle": float((a == y).mean()), "onnx": float((b == y).mean()),
+    return {"n": len(y), "fp32_bundle": float((a == y).mean()), "onnx": float((b == y).mean()),
             "agreement": float((a == b).mean())}
 
 
