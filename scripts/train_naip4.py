@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     radiometry = {
         "model": "reflectance_x1e4[b] = gain[b] * NAIP_DN[b] + offset[b]; its inverse renders the "
                  "EuroSAT chips as uint8 NAIP DN (rounded, clipped) for training",
-        "bands": {b: s2 for b, s2 in zip(BANDS, S2_BANDS, strict=True)},
+        "bands": dict(zip(BANDS, S2_BANDS, strict=True)),
         "anchors_percentiles": [lo, hi],
         "naip_anchor_dn": anchors_naip.round(2).tolist(),
         "eurosat_train_anchor_reflectance_x1e4": anchors_es.round(1).tolist(),

@@ -30,7 +30,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ class ScanResult:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def make_plan(cfg: ScanConfig) -> ScanPlan:
@@ -192,7 +192,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     if card.patch_size and tile < card.patch_size:
         raise ConfigError(f"tile.tile_size {tile} is smaller than the model's patch size "
                           f"{card.patch_size}; use at least {card.patch_size}")  # fmt: skip
-    if cfg.inbox.bands is not None and len(set(b.casefold() for b in cfg.inbox.bands)) != len(cfg.inbox.bands):
+    if cfg.inbox.bands is not None and len({b.casefold() for b in cfg.inbox.bands}) != len(cfg.inbox.bands):
         raise ConfigError(f"inbox.bands: expected distinct band names, found {cfg.inbox.bands}; fix that key")
     pixel_m = abs(g.transform[0]) * (111_320.0 if CRS.from_user_input(g.crs).is_geographic else 1.0)
     # the composite holds the model's bands (in its order), so the mask reads those it needs

@@ -91,7 +91,7 @@ def selfcheck_pair(net: torch.nn.Module, card: ModelCard) -> dict[str, np.ndarra
 
 def dw_card(**overrides) -> ModelCard:
     """The card of the unchanged Dynamic World weights."""
-    fields = dict(
+    fields = dict(  # noqa: C408  (keyword form, as ModelCard(...) reads)
         name="dynamic-world",
         version="1.0.0+0dd288f",
         task="segmentation",

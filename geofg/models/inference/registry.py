@@ -119,9 +119,7 @@ def _looks_like_path(text: str) -> bool:
         os.sep in text
         or (os.altsep is not None and os.altsep in text)
         or "/" in text
-        or lower.endswith(BUNDLE_SUFFIX)
-        or lower.endswith(ONNX_SUFFIX)
-        or any(lower.endswith(s) for s in PICKLED_SUFFIXES)
+        or lower.endswith((BUNDLE_SUFFIX, ONNX_SUFFIX, *PICKLED_SUFFIXES))
         or Path(text).exists()
     )
 

@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from geofg.errors import ConfigError, GeofgError, MissingExtraError
 from geofg.extras import install_command
 from geofg.models.training.search_space import (
@@ -263,9 +262,9 @@ def _preflight(data: str | Path, output: Path, cfg: Any, space: SearchSpace, *,
                space_path: str | Path | None) -> Any:
     """Every check that can fail before a trial starts (exit 3, nothing written)."""
     from geofg.models.inference.bundle import BUNDLE_SUFFIX, read_card
-    from geofg.models.training.chips import default_scale, load_chips
     from geofg.models.inference.nets import build_model
     from geofg.models.inference.registry import resolve_model
+    from geofg.models.training.chips import default_scale, load_chips
     from geofg.models.training.train import band_stats, build_card
 
     if output.suffix != BUNDLE_SUFFIX:
@@ -414,7 +413,7 @@ def search_bundle(data: str | Path, output: str | Path, cfg: Any, space: SearchS
         for t in trials:
             t.pop("checkpoint", None)
         json_path, md_path = report_paths(output)
-        from geofg.models.inference.bundle import atomic_write
+        from geofg.io.atomic import atomic_write
 
         atomic_write(json_path, (json.dumps(report, indent=2, default=str) + "\n").encode())
         atomic_write(md_path, markdown_report(report).encode())

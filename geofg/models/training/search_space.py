@@ -194,7 +194,7 @@ def load_space(path: str | Path, *, trials: int | None = None, epochs: int | Non
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file")
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with a params: section, found"
                           f" {type(raw).__name__}; see examples/search.yaml")

@@ -433,7 +433,7 @@ def train_segmenter(
         "device": device,
         "threads": cfg.threads,
         "mixed_precision": "bf16 autocast" if device.startswith("cuda") else "off (float32)",
-        "candidate_windows": int(len(cands)),
+        "candidate_windows": len(cands),
         "class_weights": {n: round(float(v), 4) for n, v in zip(card.class_names, w, strict=True)},
         "loss_history": history,
         "init": str(init) if init is not None else None,
