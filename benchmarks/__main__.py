@@ -67,8 +67,8 @@ def forward_mpx_s(model: str, tile: int, batch: int, device: str, repeats: int,
     """
     import threading
 
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
 
     pred = load_predictor(resolve_model(model), device, compile=compile_)
     x = np.random.default_rng(0).normal(0, 1, (batch, len(pred.card.bands), tile, tile)).astype(np.float32)
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geofg.models.bundle import read_card
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import read_card
+    from geofg.models.inference.registry import resolve_model
 
     card = read_card(resolve_model(args.model))
     tile = -(-(args.chunk + 2 * card.halo) // card.tile_multiple) * card.tile_multiple

@@ -37,8 +37,8 @@ def child(model: str, tile: int, repeats: int, streams: int) -> dict:
 
     import benchmarks  # noqa: F401 - the heap policy of this process, before torch
     from geofg.memory import heap_reused
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
 
     pred = load_predictor(resolve_model(model), "cpu")
     x = np.random.default_rng(0).normal(0, 1, (1, len(pred.card.bands), tile, tile)).astype(np.float32)

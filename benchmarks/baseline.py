@@ -73,7 +73,7 @@ def run(inp: str, out: str, model: str, tile: int, overlap: int, batch: int, dev
     import rasterio
     from rasterio.windows import Window
 
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
     from geofg.stitch import cosine_weights
 
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     """Run the comparison on the scene given as the first argument."""
-    from geofg.models.explain import explain
+    from geofg.models.tools.explain import explain
 
     scene = sys.argv[1]
     model = sys.argv[2] if len(sys.argv) > 2 else "eurosat-13"

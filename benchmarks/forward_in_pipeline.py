@@ -25,7 +25,7 @@ from benchmarks.rasters import bench_raster
 def one(raster: Path, out: Path, chunk: int, read_workers: int) -> tuple[float, float, float]:
     """Return (job seconds, median in-pipeline predict s, median predict s alone after the job)."""
     from geofg.config import build_job
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
     from geofg.run import run_job
 
     calls: list[float] = []

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     pred = load_predictor(a.model, device="cpu")
     x = np.random.default_rng(0).normal(size=(1, len(pred.card.bands), a.tile, a.tile)).astype(np.float32)

@@ -70,7 +70,7 @@ def agreement(model: str, device: str, tiles: np.ndarray, batch: int) -> dict:
     """Argmax agreement and max |prob diff| of the device path vs CPU fp32 on ``tiles``."""
     import torch
 
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     ref = load_predictor(model, "cpu")
     want = np.concatenate([ref.predict(tiles[i : i + batch]) for i in range(0, len(tiles), batch)])
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = a.batch or (1 if a.cpu else 4)
     n_tiles, tile = (2, 256) if a.cpu else (16, 1024)
 
-    from geofg.models.bundle import read_card
+    from geofg.models.inference.bundle import read_card
 
     unet = make_timing_unet(a.workdir / "TIMING-ONLY-untrained-unet-resnet18.safetensors")
     models = {"eurosat-13": "eurosat-13", "unet-resnet18 (UNTRAINED, timing only)": str(unet)}
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resolve(name: str) -> Path:
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.registry import resolve_model
 
     return Path(resolve_model(name))
 

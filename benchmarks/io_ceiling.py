@@ -100,8 +100,8 @@ class ThreadCpu:
 def run_pair(raster: Path, out: Path, readers: int, writers: int) -> dict:
     """Run the null-model job with ``readers`` read and ``writers`` write threads."""
     from geofg.config import build_job
-    from geofg.models.bundle import read_card
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import read_card
+    from geofg.models.inference.registry import resolve_model
     from geofg.run import run_job
 
     shutil.rmtree(out, ignore_errors=True)

@@ -120,7 +120,7 @@ def main() -> int:
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--json")
     args = ap.parse_args()
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     root, out = data_dir(), {}
     for b in args.bundles:

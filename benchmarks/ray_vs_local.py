@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent
 def _bundle(model: str, workdir: Path) -> tuple[str, str]:
     """Return (bundle path or name, note): the named bundle, or a random-weight stand-in."""
     from geofg.errors import UnknownModelError
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.registry import resolve_model
 
     try:
         return str(resolve_model(model)), model
@@ -55,9 +55,9 @@ def _bundle(model: str, workdir: Path) -> tuple[str, str]:
         import torch
         from safetensors.numpy import save_file
 
-        from geofg.models.bundle import CARD_KEY
-        from geofg.models.nets import build_model
-        from geofg.models.train import export_tensors, make_card
+        from geofg.models.inference.bundle import CARD_KEY
+        from geofg.models.inference.nets import build_model
+        from geofg.models.training.train import export_tensors, make_card
 
         card = make_card([0.12] * 13, [0.05] * 13, "tu-mobilenetv4_conv_small")
         torch.manual_seed(0)

@@ -65,7 +65,7 @@ def run_once(src: str, out: Path, model: str, chunk: int, bundle: Path | None) -
                      "write": {"output": str(out), "quicklook": False}})  # fmt: skip
     factory = None
     if bundle is not None:
-        from geofg.models.tiny import ThresholdPredictor
+        from geofg.models.inference.tiny import ThresholdPredictor
 
         factory = lambda p: ThresholdPredictor(p.card)  # noqa: E731
     start = time.perf_counter()

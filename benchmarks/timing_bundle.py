@@ -24,10 +24,10 @@ def make_timing_unet(path: Path, encoder: str = "resnet18", seed: int = 0) -> Pa
         return path
     import torch
 
-    from geofg.models.bundle import read_card, write_bundle
-    from geofg.models.card import ModelCard
-    from geofg.models.nets import build_model
-    from geofg.models.registry import DEFAULT_MODEL, resolve_model
+    from geofg.models.inference.bundle import read_card, write_bundle
+    from geofg.models.inference.card import ModelCard
+    from geofg.models.inference.nets import build_model
+    from geofg.models.inference.registry import DEFAULT_MODEL, resolve_model
 
     ref = read_card(resolve_model(DEFAULT_MODEL))  # same bands, statistics and classes
     card = ModelCard(

@@ -45,9 +45,9 @@ def main() -> None:
 
     import torch
 
-    from geofg.models.ensemble import EnsemblePredictor, TTAPredictor, load_one
-    from geofg.models.onnx import load_split
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.ensemble import EnsemblePredictor, TTAPredictor, load_one
+    from geofg.models.tools.export import load_split
+    from geofg.models.inference.registry import resolve_model
 
     torch.set_num_threads(args.threads)
     paths = [resolve_model(m) for m in args.model]

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     unit = next(u for u in p.units if u.row == 4 and u.col == 3)
     from geofg.io.read import RasterReader
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     core = rd.Window(unit.core.row_off, unit.core.col_off, unit.core.height, unit.core.width)
     with RasterReader(p.info, p.band_indices) as r:

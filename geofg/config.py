@@ -97,8 +97,9 @@ class ReadConfig(_Frozen):
 class TileConfig(_Frozen):
     """Units (one per output chunk), model tiles and blending.
 
-    ``tile_size`` and ``halo`` default to what the model card says and to one tile per unit
-    (``chunk + 2 * halo`` rounded up to the model's multiple): the fewest re-predicted pixels.
+    ``halo`` defaults to the model card's; ``tile_size`` to one tile per unit (``chunk + 2 * halo``
+    rounded up to the model's multiple): the fewest re-predicted pixels (the card's own
+    ``tile_size`` is informational and not used).
     """
 
     chunk: int = Field(default=1024, ge=16, le=8192)
@@ -117,12 +118,12 @@ class TileConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Which bundle runs where."""
 
-    model: str = "landcover-s2"  # geofg.models.registry.DEFAULT_MODEL (config imports no models)
+    model: str = "landcover-s2"  # geofg.models.inference.registry.DEFAULT_MODEL (config imports no models)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ensemble: list[str] = []
     """More bundles (names or paths) whose probabilities are averaged with ``model``'s."""
     tta: bool = False
-    """Average over the 8 dihedral transforms of each tile (geofg.models.ensemble)."""
+    """Average over the 8 dihedral transforms of each tile (geofg.models.inference.ensemble)."""
     compile: bool = False
     """``torch.compile`` the network (``.safetensors`` bundles). Every process then compiles it once
     (about 40 s for eurosat-13 on 2 CPU cores; seconds when torch's on-disk cache already holds it)
@@ -222,7 +223,7 @@ class JobConfig(_Frozen):
         and how fast it runs (device, batch size, workers: the last bits of a probability may
         differ, never by design), and the output options. The inputs and the model (with its
         ensemble and TTA) have their own fingerprints in each ledger record
-        (:func:`geofg.models.ensemble.models_sha256`). tests/test_config.py changes each setting.
+        (:func:`geofg.models.inference.ensemble.models_sha256`). tests/test_config.py changes each setting.
 
         ``mask`` describes the cloud mask the run applies (None: none, and the hash is the one
         runs before masking had); ``compile`` enters only when set, so eager runs keep the hash

@@ -133,10 +133,10 @@ def index_layer(data: np.ndarray, roles: dict[str, int], value: np.ndarray | Non
     ``value`` is :func:`ndvi` of the same data when already computed. Where red + NIR <= 0 (no
     signal) the index is undefined: 255.
     """
-    if not has_index(roles):
-        return None
     if value is None:
         value = ndvi(data, roles)
+    if value is None:  # no red or no NIR
+        return None
     s = data[roles["nir"]].astype(np.float32) + data[roles["red"]]
     return quantise_index(value, s > 0)
 

@@ -50,10 +50,10 @@ from geofg.masks import (
     pool_factor,
     release_water_shadow,
 )
-from geofg.models.bundle import bundle_sha256
-from geofg.models.card import ModelCard
-from geofg.models.ensemble import combined_card, models_sha256
-from geofg.models.registry import read_model_card, resolve_model
+from geofg.models.inference.bundle import bundle_sha256
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.ensemble import combined_card, models_sha256
+from geofg.models.inference.registry import read_model_card, resolve_model
 from geofg.season import HealthSeason, assess_season
 from geofg.stitch import Accumulator, blend_weights
 
@@ -95,7 +95,7 @@ def check_resolution(label: str, pixel_m: float, card: ModelCard) -> None:
 
 
 class Predictor(Protocol):
-    """What process_unit needs from a model (see geofg.models.predictor)."""
+    """What process_unit needs from a model (see geofg.models.inference.predictor)."""
 
     card: ModelCard
 

@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geofg.models.bundle import write_bundle
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import publish_bundle
-    from geofg.models.train import (
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import publish_bundle
+    from geofg.models.training.train import (
         EUROSAT_BANDS,
         EUROSAT_CLASSES,
         SCALE,
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, tuple(int(v) for v in value.split(",")))
         else:
             setattr(cfg, key, type(current)(value))
-    from geofg.models.features import fit_fusion
-    from geofg.models.train import normalise
+    from geofg.models.training.features import fit_fusion
+    from geofg.models.training.train import normalise
 
     torch.set_num_threads(cfg.threads)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])

@@ -47,10 +47,10 @@ from benchmarks.landcover_scores import (  # noqa: E402
     OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
 )
 from geofg.batch import normalise  # noqa: E402
-from geofg.models.bundle import load_tensors, read_card  # noqa: E402
-from geofg.models.dynamicworld import DynamicWorldNet  # noqa: E402
-from geofg.models.predictor import SELFCHECK_KEYS  # noqa: E402
-from geofg.models.registry import publish_bundle, resolve_model  # noqa: E402
+from geofg.models.inference.bundle import load_tensors, read_card  # noqa: E402
+from geofg.models.inference.dynamicworld import DynamicWorldNet  # noqa: E402
+from geofg.models.inference.predictor import SELFCHECK_KEYS  # noqa: E402
+from geofg.models.inference.registry import publish_bundle, resolve_model  # noqa: E402
 
 DW_CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub",
               "built", "bare", "snow_and_ice"]

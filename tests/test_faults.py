@@ -29,7 +29,7 @@ from geofg.config import build_job
 from geofg.errors import GeofgError, InputError
 from geofg.io.ledger import Ledger
 from geofg.io.read import RasterReader, open_raster
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from rasters import s2_like, write_raster, write_threshold_bundle
 

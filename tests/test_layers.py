@@ -11,7 +11,7 @@ import pytest
 
 from geofg.batch import normalise
 from geofg.health import FILL, band_roles, decode_index, health_layer, health_zones, index_layers, quantise_index
-from geofg.models.tiny import tiny_card
+from geofg.models.inference.tiny import tiny_card
 from geofg.pipeline import CONFIDENCE_SCALE, layers_from_probs
 
 S2 = ["B02", "B03", "B04", "B05", "B08", "B11"]

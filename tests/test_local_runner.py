@@ -17,8 +17,8 @@ from geofg.errors import RunFailedUnitsError
 from geofg.grid import plan_units
 from geofg.io.ledger import Ledger
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, open_raster
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.inference.bundle import write_bundle
+from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job
 from geofg.runners.local import ReadLanes, block_cache_bytes, reader_plan
 from rasters import write_raster
@@ -203,7 +203,7 @@ def test_predictor_without_streams_hook_runs_one_at_a_time(tmp_path: Path, scene
 
 def test_torch_predictor_divides_its_threads_between_streams_and_restores_them() -> None:
     torch = pytest.importorskip("torch")
-    from geofg.models.predictor import TorchPredictor
+    from geofg.models.inference.predictor import TorchPredictor
 
     card = tiny_card(BANDS, ["water", "crop"], tile_size=32, halo=4)
     pred = TorchPredictor(card, torch.nn.Identity(), "cpu", Path("x.safetensors"))

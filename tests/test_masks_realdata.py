@@ -22,8 +22,8 @@ from geofg.config import build_job
 from geofg.grid import Window, plan_units
 from geofg.io.read import RasterReader, open_raster
 from geofg.masks import CLEAR, CLOUD, SHADOW, mask_read_window, mask_window, plan_mask
-from geofg.models.bundle import write_bundle
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.inference.bundle import write_bundle
+from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job
 from geofg.season import assess_season
 

@@ -15,7 +15,7 @@ from geofg import masks
 from geofg.cli import app
 from geofg.config import build_job
 from geofg.io.ledger import Ledger
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.stats import field_stats
 

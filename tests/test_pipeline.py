@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from geofg.batch import normalise
 from geofg.grid import plan_units
 from geofg.io.read import RasterReader, open_raster, select_bands
-from geofg.models.tiny import IdentityPredictor, tiny_card
+from geofg.models.inference.tiny import IdentityPredictor, tiny_card
 from geofg.pipeline import predict_window
 from rasters import write_raster
 
@@ -142,7 +142,7 @@ def test_resolution_far_from_the_models_warns_with_the_fix(tmp_path: Path, pixel
     from rasterio.transform import from_origin
 
     from geofg.config import build_job
-    from geofg.models.bundle import write_bundle
+    from geofg.models.inference.bundle import write_bundle
     from geofg.pipeline import ResolutionMismatchWarning, plan
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], tile_size=32, halo=4).model_copy(

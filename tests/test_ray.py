@@ -56,14 +56,14 @@ def write_random_bundle(path: Path) -> Path:
     import torch
     from safetensors.numpy import save_file
 
-    from geofg.models.bundle import CARD_KEY
-    from geofg.models.nets import build_model
-    from geofg.models.train import export_tensors, make_card
+    from geofg.models.inference.bundle import CARD_KEY
+    from geofg.models.inference.nets import build_model
+    from geofg.models.training.train import export_tensors, make_card
 
     card = make_card([0.12] * 13, [0.05] * 13, "tu-mobilenetv4_conv_small")
     torch.manual_seed(0)
     net = build_model(card).eval()
-    # geofg.models.bundle.write_bundle stores 0-d tensors (BatchNorm's num_batches_tracked) as
+    # geofg.models.inference.bundle.write_bundle stores 0-d tensors (BatchNorm's num_batches_tracked) as
     # shape (1,) (np.ascontiguousarray), which load_predictor then rejects; save_file keeps them.
     save_file(export_tensors(net), str(path), metadata={CARD_KEY: card.to_json()})
     return path
@@ -99,11 +99,14 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", s2_like(190, 170), descriptions=S2)
 
 
-def _job(inp: Path, out: Path, model: Path, kind: str = "ray", **runner_cfg):  # noqa: ANN003, ANN202
+def _job(inp: Path, out: Path, model: Path, kind: str = "ray", mask: str = "off", **runner_cfg):  # noqa: ANN003, ANN202
+    """The run these tests compare. The cloud mask is off unless asked for: it is the subject only
+    of test_ray_mosaic_equals_local_array_for_array (made per unit, ~1.3 s of CPU per unit here)."""
     return build_job({
         "read": {"inputs": [str(inp)]},
         "tile": {"chunk": CHUNK, "halo": HALO},
         "model": {"model": str(model), "device": "cpu"},
+        "mask": {"mode": mask},
         "write": {"output": str(out), "quicklook": False},
         "runner": {"kind": kind, **runner_cfg},
     })
@@ -130,10 +133,19 @@ def torch_threads(n: int):  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory, bundle: Path, scene: Path) -> dict[str, np.ndarray]:
-    """The local runner's mosaic of ``scene`` (no faults)."""
+    """The local runner's mosaic of ``scene`` (no faults, no cloud mask)."""
     out = tmp_path_factory.mktemp("golden") / "local.zarr"
     with torch_threads(1):
         run_job(_job(scene, out, bundle, kind="local"))
+    return _layers(out)
+
+
+@pytest.fixture(scope="module")
+def golden_masked(tmp_path_factory: pytest.TempPathFactory, bundle: Path, scene: Path) -> dict[str, np.ndarray]:
+    """The same with the cloud mask (the default for these Sentinel-2 band names)."""
+    out = tmp_path_factory.mktemp("golden") / "local-masked.zarr"
+    with torch_threads(1):
+        run_job(_job(scene, out, bundle, kind="local", mask="auto"))
     return _layers(out)
 
 
@@ -160,7 +172,9 @@ def test_ray_with_write_threads_equals_local(ray_session, tmp_path: Path, bundle
 
 
 def test_ray_mosaic_equals_local_array_for_array(ray_session, tmp_path: Path, bundle: Path, scene: Path,
-                                                 golden: dict) -> None:
+                                                 golden_masked: dict) -> None:
+    """The command on Ray at its defaults (cloud mask on) equals the local runner, mask included."""
+    golden = golden_masked
     out = tmp_path / "ray.zarr"
     r = runner.invoke(app, ["classify", str(scene), "-o", str(out), "--model", str(bundle), "--chunk",
                             str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--runner", "ray",
@@ -262,8 +276,8 @@ def test_corrupt_block_fails_its_units_and_exits_4_like_local(ray_session, tmp_p
 
 def test_unit_that_kills_its_actor_fails_after_max_attempts_rest_done(ray_session, tmp_path: Path) -> None:
     """A poison unit (its worker dies every time) is recorded failed after max_attempts; exit 4."""
-    from geofg.models.bundle import write_bundle
-    from geofg.models.tiny import ThresholdPredictor, tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
                      scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
@@ -308,8 +322,8 @@ def test_unit_that_kills_its_actor_fails_after_max_attempts_rest_done(ray_sessio
 def test_actors_reuse_one_heap_like_the_command(ray_session, tmp_path: Path) -> None:
     """Ray actors start with geofg.runtime.worker_env: freed activations are reused, not faulted in
     again each unit (without it the Ray runner ran at 0.55x the local one, benchmarks/HISTORY.md)."""
-    from geofg.models.bundle import write_bundle
-    from geofg.models.tiny import ThresholdPredictor, tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
                      scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
@@ -418,9 +432,9 @@ def test_only_runners_ray_imports_ray() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             if any(n == "ray" or n.startswith("ray.") for n in names):
                 importers.add(py.relative_to(root).as_posix())
-    # models/search.py is a Ray Tune program (geofg train classifier --search); it imports ray
+    # models/training/search.py is a Ray Tune program (geofg train classifier --search); it imports ray
     # only inside functions, so everything else still imports without ray (its module docstring)
-    assert importers == {"runners/ray.py", "models/search.py"}
+    assert importers == {"runners/ray.py", "models/training/search.py"}
 
 
 # --- geofg submit against a head started by this test ---------------------------------------------
@@ -532,7 +546,8 @@ def test_driver_sigkilled_mid_run_then_rerun_resumes_and_equals_clean_run(
     and the mosaic equals the local runner's clean run array for array."""
     out = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "geofg.cli", "classify", str(scene), "-o", str(out), "--model", str(bundle),
-            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q"]
+            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q",
+            "--no-mask"]
     env = {**ray_head["env"], "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     units = out / ".geofg" / "units"
@@ -668,7 +683,8 @@ def test_driver_signal_stops_cleanly_releases_the_lock_and_rerun_resumes(
     redoes nothing that was done and equals the clean run."""
     out = tmp_path / "stopped.zarr"
     args = [sys.executable, "-m", "geofg.cli", "classify", str(scene), "-o", str(out), "--model", str(bundle),
-            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q"]
+            "--chunk", str(CHUNK), "--halo", str(HALO), "--device", "cpu", "--ray-address", ray_head["address"], "-q",
+            "--no-mask"]
     env = {**ray_head["env"], "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     units = out / ".geofg" / "units"
@@ -695,8 +711,8 @@ def test_input_rewritten_mid_run_on_ray_stops_with_exit_3_and_records_only_old_r
     unit), and the driver stops the run with one line naming the file; what was recorded came
     from the old content."""
     from geofg.errors import InputError
-    from geofg.models.bundle import write_bundle
-    from geofg.models.tiny import ThresholdPredictor, tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], crop_classes=["crop"], tile_size=32, halo=4,
                      scale=1e-4, mean=[0.1, 0.1], std=[0.05, 0.05])
@@ -749,8 +765,8 @@ def test_input_changed_between_preflight_and_the_first_read_is_exit_3_on_both_ru
     'a Ray actor could not start' (exit 5); it is the input's fault: exit 3 naming the file."""
     import geofg.run as run_module
     from geofg.errors import InputError
-    from geofg.models.bundle import write_bundle
-    from geofg.models.tiny import ThresholdPredictor, tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], tile_size=32, halo=4, scale=1e-4)
     model = tmp_path / "threshold.safetensors"

@@ -15,7 +15,7 @@ from geofg.config import build_job
 from geofg.errors import MosaicLockedError, MosaicSchemaMismatchError
 from geofg.io.ledger import Ledger
 from geofg.io.lock import RunLock
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from rasters import write_raster, write_threshold_bundle
 

@@ -17,7 +17,7 @@ import pytest
 from geofg.config import ModelConfig, RunnerConfig, TileConfig
 from geofg.grid import Window, WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 from geofg.pipeline import process_unit
 from geofg.runners import make_runner
 from geofg.runners.local import LocalRunner

@@ -76,12 +76,14 @@ def mosaic_alerts(mosaic: Path, fields: Path, rules: AlertRules | None = None) -
 
     if mz.is_mosaic(mosaic):
         grid = mz.open_checked(mosaic).attrs["geofg:grid"]
+        assert isinstance(grid, dict)  # open_checked refuses a mosaic without its grid record
+        layers = [str(n) for n in grid.get("layers", [])]
         if not grid.get("time"):
             raise InputError(f"{mosaic}: expected a scan mosaic with a time axis, found a single-date (classify) "
                              "mosaic; alerts compare dates: give a mosaic written by geofg scan")  # fmt: skip
-        if INDEX not in grid["layers"]:
+        if INDEX not in layers:
             raise InputError(f"{mosaic}: expected a mosaic with the {INDEX} index layer, found layers "
-                             f"{','.join(grid['layers'])} (a model without red/NIR bands, or a mosaic older "
+                             f"{','.join(layers)} (a model without red/NIR bands, or a mosaic older "
                              "than schema 3); rebuild it with geofg scan --overwrite and a model with red and NIR")  # fmt: skip
     table = field_table(mosaic, fields)
     return table, field_alerts(table, rules)

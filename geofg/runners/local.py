@@ -50,7 +50,7 @@ from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
 from geofg.memory import heap_reused, trim_heap
-from geofg.models.bundle import bundle_sha256
+from geofg.models.inference.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
 from geofg.runners.base import RunTimes, Sink, Source
 from geofg.signals import STOP
@@ -204,7 +204,7 @@ class RasterSource:
         Raises:
             WeightsChecksumError: ``check`` and the bundle here is not the one planned with.
         """
-        from geofg.models.ensemble import load_models, models_sha256
+        from geofg.models.inference.ensemble import load_models, models_sha256
 
         p = self.plan
         if check:

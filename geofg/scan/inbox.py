@@ -20,13 +20,13 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from geofg.errors import ConfigError, InputError
+from geofg.io.atomic import atomic_write
 from geofg.scan.config import DateConfig, InboxConfig
 
 STATE_SCHEMA = 1
@@ -175,17 +175,5 @@ def save_state(mosaic: Path, state: dict[str, Any]) -> bool:
         if p.read_text() == text:
             return False
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
-    dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(p, text)
     return True

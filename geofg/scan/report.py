@@ -8,13 +8,12 @@ it, so a scan with nothing new leaves the mosaic unchanged) as
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geofg import __version__
+from geofg.io.atomic import atomic_write
 
 if TYPE_CHECKING:
     from geofg.scan.run import ScanResult
@@ -97,12 +96,6 @@ def report_markdown(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(r: ScanResult, folder: Path) -> list[Path]:
     """Write the JSON and Markdown reports; return their paths (JSON first)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +103,6 @@ def write_report(r: ScanResult, folder: Path) -> list[Path]:
     stamp = stamp.replace("+00:00", "Z").replace("+", "")
     d = report_dict(r)
     js, md = folder / f"scan-{stamp}-{r.run_id}.json", folder / f"scan-{stamp}-{r.run_id}.md"
-    _write_atomic(js, json.dumps(d, indent=2) + "\n")
-    _write_atomic(md, report_markdown(d) + "\n")
+    atomic_write(js, json.dumps(d, indent=2) + "\n")
+    atomic_write(md, report_markdown(d) + "\n")
     return [js, md]

@@ -30,7 +30,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,9 @@ from geofg.io.paths import open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
 from geofg.run import output_error, take_lock
 from geofg.signals import STOP, interrupted_error, stop_on_signals
-from geofg.models.bundle import bundle_sha256, read_card
-from geofg.models.card import ModelCard
-from geofg.models.registry import resolve_model
+from geofg.models.inference.bundle import bundle_sha256, read_card
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.registry import resolve_model
 from geofg.masks import MASK_CLASSES, MaskPlan, mask_read_window, plan_mask, product_level
 from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl
@@ -185,7 +185,7 @@ class ScanResult:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def make_plan(cfg: ScanConfig) -> ScanPlan:
@@ -217,7 +217,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     if card.patch_size and tile < card.patch_size:
         raise ConfigError(f"tile.tile_size {tile} is smaller than the model's patch size "
                           f"{card.patch_size}; use at least {card.patch_size}")  # fmt: skip
-    if cfg.inbox.bands is not None and len(set(b.casefold() for b in cfg.inbox.bands)) != len(cfg.inbox.bands):
+    if cfg.inbox.bands is not None and len({b.casefold() for b in cfg.inbox.bands}) != len(cfg.inbox.bands):
         raise ConfigError(f"inbox.bands: expected distinct band names, found {cfg.inbox.bands}; fix that key")
     pixel_m = abs(g.transform[0]) * (111_320.0 if CRS.from_user_input(g.crs).is_geographic else 1.0)
     # the composite holds the model's bands (in its order), so the mask reads those it needs

@@ -25,8 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from rasterio.warp import transform_geom
 
 from geofg.errors import ConfigError, InputError
 from geofg.io import mosaic as mz
+from geofg.io.atomic import atomic_write
 from geofg.masks import MASK_CLASSES
 
 FILL = 255
@@ -222,7 +221,5 @@ def write_stats(rows: list[dict[str, Any]], fields: Path, out: Path, overwrite: 
             feat["properties"] = {**(feat.get("properties") or {}), **{f"geofg_{k}": v for k, v in row.items()}}
         text = json.dumps(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write(out, text)
     return out

@@ -21,7 +21,7 @@ import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit
 from geofg.io import mosaic as mz
 from geofg.io.ledger import Ledger, UnitRecord
-from geofg.models.bundle import bundle_sha256
+from geofg.models.inference.bundle import bundle_sha256
 from geofg.pipeline import UnitOutput
 from geofg.scan import inbox as ib
 from geofg.scan.warp import Scene, SceneWindowReader
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def unit_id(day: int, unit: WorkUnit) -> str:
@@ -143,7 +143,7 @@ class ScanSource:
                     f"driver planned with (sha256 {p.model_sha256[:12]}...), found sha256 "
                     f"{found[:12]}...; put the same bundle on every node"
                 )
-        from geofg.models.predictor import load_predictor
+        from geofg.models.inference.predictor import load_predictor
 
         return load_predictor(p.model_path, device, compile=p.job.model.compile)
 

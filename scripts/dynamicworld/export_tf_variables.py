@@ -8,7 +8,7 @@ Runs in a *side* virtual environment with TensorFlow (never a geofg dependency):
 
 The output holds every variable of ``model/forward`` under its TensorFlow name (``conv2d_2/kernel``,
 ``batch_normalization_3/moving_mean``, ...) as float32, unchanged; ``make_bundle.py`` maps them onto
-:class:`geofg.models.dynamicworld.DynamicWorldNet` in the geofg environment. It also prints the
+:class:`geofg.models.inference.dynamicworld.DynamicWorldNet` in the geofg environment. It also prints the
 op sequence of the serving graph (so a reviewer can check the port against it) and, given
 ``--check IN.npy OUT.npy``, the max abs difference of TensorFlow's own logits to a reference.
 """

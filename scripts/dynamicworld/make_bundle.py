@@ -6,7 +6,7 @@ Step 1 (side environment with TensorFlow) dumps the SavedModel's variables, unch
         ../shared/data/pretrained/dynamicworld/model/forward /tmp/dw_tf_variables.safetensors
 
 Step 2 (geofg's environment, no TensorFlow) maps them onto
-:class:`geofg.models.dynamicworld.DynamicWorldNet`, checks the port against the published reference
+:class:`geofg.models.inference.dynamicworld.DynamicWorldNet`, checks the port against the published reference
 pair (``reference/ref_in.npy`` -> ``ref_out.npy``, TensorFlow's logits) and writes the bundle::
 
     python scripts/dynamicworld/make_bundle.py /tmp/dw_tf_variables.safetensors \\
@@ -14,7 +14,7 @@ pair (``reference/ref_in.npy`` -> ``ref_out.npy``, TensorFlow's logits) and writ
 
 The bundle stores the weights as float32 (231 k parameters, 0.9 MB), the card (bands,
 normalisation from ``single_image_runner.ipynb``, classes with Dynamic World's palette, licence,
-attribution) and a self-check pair (:data:`geofg.models.predictor.SELFCHECK_KEYS`).
+attribution) and a self-check pair (:data:`geofg.models.inference.predictor.SELFCHECK_KEYS`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from geofg.models.card import ModelCard
-from geofg.models.dynamicworld import RECEPTIVE_MARGIN, TF_NAMES, DynamicWorldNet
-from geofg.models.registry import publish_bundle
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.dynamicworld import RECEPTIVE_MARGIN, TF_NAMES, DynamicWorldNet
+from geofg.models.inference.registry import publish_bundle
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 # single_image_runner.ipynb: log(raw * 0.005 + 1), minus the first column, divided by the second
@@ -91,7 +91,7 @@ def selfcheck_pair(net: torch.nn.Module, card: ModelCard) -> dict[str, np.ndarra
 
 def dw_card(**overrides) -> ModelCard:
     """The card of the unchanged Dynamic World weights."""
-    fields = dict(
+    fields = dict(  # noqa: C408  (keyword form, as ModelCard(...) reads)
         name="dynamic-world",
         version="1.0.0+0dd288f",
         task="segmentation",

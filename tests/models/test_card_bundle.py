@@ -21,8 +21,8 @@ from geofg.errors import (
     WeightsChecksumError,
     WeightsError,
 )
-from geofg.models import registry
-from geofg.models.bundle import (
+from geofg.models.inference import registry
+from geofg.models.inference.bundle import (
     CARD_KEY,
     bundle_sha256,
     load_tensors,
@@ -30,7 +30,7 @@ from geofg.models.bundle import (
     verify_checksum,
     write_bundle,
 )
-from geofg.models.card import ClassInfo, ModelCard
+from geofg.models.inference.card import ClassInfo, ModelCard
 
 BANDS = ["B02", "B03", "B04", "B08"]
 
@@ -306,8 +306,8 @@ def test_packaged_manifest_matches_packaged_bundles() -> None:
 
 
 def test_importing_models_does_not_import_torch() -> None:
-    code = ("import sys, geofg.models, geofg.models.registry, geofg.models.bundle, "
-            "geofg.models.card; geofg.models.list_models(); "
+    code = ("import sys, geofg.models, geofg.models.inference.registry, geofg.models.inference.bundle, "
+            "geofg.models.inference.card; geofg.models.list_models(); "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 
 from geofg.batch import normalise  # noqa: E402
 from geofg.errors import WeightsError  # noqa: E402
-from geofg.models.bundle import load_tensors, read_card, write_bundle  # noqa: E402
-from geofg.models.card import ModelCard  # noqa: E402
-from geofg.models.dynamicworld import RECEPTIVE_MARGIN, DynamicWorldNet, downsample2  # noqa: E402
-from geofg.models.predictor import load_predictor  # noqa: E402
-from geofg.models.registry import resolve_model  # noqa: E402
+from geofg.models.inference.bundle import load_tensors, read_card, write_bundle  # noqa: E402
+from geofg.models.inference.card import ModelCard  # noqa: E402
+from geofg.models.inference.dynamicworld import RECEPTIVE_MARGIN, DynamicWorldNet, downsample2  # noqa: E402
+from geofg.models.inference.predictor import load_predictor  # noqa: E402
+from geofg.models.inference.registry import resolve_model  # noqa: E402
 
 DATA = Path(os.environ.get("GEOFG_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 REFERENCE = DATA / "pretrained" / "dynamicworld" / "reference"

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.errors import ConfigError
-from geofg.models.bundle import bundle_sha256
-from geofg.models.card import ClassInfo
-from geofg.models.ensemble import (
+from geofg.models.inference.bundle import bundle_sha256
+from geofg.models.inference.card import ClassInfo
+from geofg.models.inference.ensemble import (
     DIHEDRAL,
     EnsemblePredictor,
     TTAPredictor,
@@ -25,7 +25,7 @@ from geofg.models.ensemble import (
     transform,
     untransform,
 )
-from geofg.models.tiny import ThresholdPredictor, tiny_card
+from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 from rasters import write_raster
 
 runner = CliRunner()
@@ -131,10 +131,10 @@ def test_models_sha256_keeps_single_model_identity() -> None:
 # --- the CLI with real (tiny, random-weight) bundles ------------------------------------------------
 
 torch = pytest.importorskip("torch")
-from geofg.models.bundle import write_bundle  # noqa: E402
-from geofg.models.card import ModelCard  # noqa: E402
-from geofg.models.nets import build_model  # noqa: E402
-from geofg.models.predictor import load_predictor  # noqa: E402
+from geofg.models.inference.bundle import write_bundle  # noqa: E402
+from geofg.models.inference.card import ModelCard  # noqa: E402
+from geofg.models.inference.nets import build_model  # noqa: E402
+from geofg.models.inference.predictor import load_predictor  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "B08", "B11"]
 
@@ -180,7 +180,7 @@ def test_classify_with_tta_and_two_models(bundles: dict[str, Path], tmp_path: Pa
     out = tmp_path / "e.zarr"
     r = runner.invoke(app, ["classify", str(scene), "-o", str(out), "--model", str(bundles["a"]),
                             "--model", str(bundles["b"]), "--tta", "--chunk", "64",
-                            "--device", "cpu", "-q"])
+                            "--device", "cpu", "-q", "--no-mask"])  # the ensemble is the subject
     assert r.exit_code == 0, r.output
     g = zarr.open_group(str(out), mode="r")
     model = dict(g.attrs)["geofg:model"]
@@ -206,8 +206,8 @@ def test_classify_refuses_incompatible_ensemble_before_writing(bundles: dict[str
 @pytest.mark.realdata
 def test_tta_accuracy_on_eurosat_test_split(data_root: Path) -> None:
     """TTA on the packaged bundle: measured, within 5 points of the plain model (100 chips)."""
-    from geofg.models.onnx import load_split
-    from geofg.models.registry import resolve_model
+    from geofg.models.tools.export import load_split
+    from geofg.models.inference.registry import resolve_model
 
     pred = load_predictor(resolve_model("eurosat-13"), "cpu")
     x, y = load_split(data_root / "eurosat_ms", "test", pred.card)

@@ -15,11 +15,11 @@ from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from geofg.cli import app  # noqa: E402
-from geofg.models.bundle import read_card  # noqa: E402
-from geofg.models.chips import load_chips  # noqa: E402
-from geofg.models.evaluate import chip_probabilities, confusion_metrics  # noqa: E402
-from geofg.models.predictor import load_predictor  # noqa: E402
-from geofg.models.train import normalise  # noqa: E402
+from geofg.models.inference.bundle import read_card  # noqa: E402
+from geofg.models.training.chips import load_chips  # noqa: E402
+from geofg.models.training.evaluate import chip_probabilities, confusion_metrics  # noqa: E402
+from geofg.models.inference.predictor import load_predictor  # noqa: E402
+from geofg.models.training.train import normalise  # noqa: E402
 
 runner = CliRunner()
 

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from geofg.cli import app  # noqa: E402
-from geofg.models import explain as explain_mod  # noqa: E402
-from geofg.models.bundle import write_bundle  # noqa: E402
-from geofg.models.card import ClassInfo, ModelCard  # noqa: E402
-from geofg.models.explain import chip_gradcam, explain, tile_hirescam  # noqa: E402
-from geofg.models.nets import build_model  # noqa: E402
-from geofg.models.tiny import tiny_card  # noqa: E402
+from geofg.models.tools import explain as explain_mod  # noqa: E402
+from geofg.models.inference.bundle import write_bundle  # noqa: E402
+from geofg.models.inference.card import ClassInfo, ModelCard  # noqa: E402
+from geofg.models.tools.explain import chip_gradcam, explain, tile_hirescam  # noqa: E402
+from geofg.models.inference.nets import build_model  # noqa: E402
+from geofg.models.inference.tiny import tiny_card  # noqa: E402
 from rasters import write_raster  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "B08", "B11"]
@@ -94,7 +94,7 @@ class _FakePredictor:
 def test_scene_layer_is_georeferenced_tiling_independent_and_masked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     card = tiny_card(BANDS, ["a", "b", "c"], tile_size=64, halo=8, tile_multiple=1, scale=1e-3)
-    monkeypatch.setattr("geofg.models.predictor.load_predictor",
+    monkeypatch.setattr("geofg.models.inference.predictor.load_predictor",
                         lambda *a, **k: _FakePredictor(card))
     rng = np.random.default_rng(2)
     data = rng.integers(1, 3000, (5, 90, 130)).astype("uint16")

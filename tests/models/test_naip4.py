@@ -1,7 +1,7 @@
 """The NAIP 4-band model: radiometric map, band-name aliases for indices, the shipped bundle.
 
 scripts/train_naip4.py renders EuroSAT chips (B04, B03, B02, B08) as NAIP uint8 DN through the
-inverse of a per-band linear map fitted on band quantiles (geofg.models.radiometry) and trains
+inverse of a per-band linear map fitted on band quantiles (geofg.models.inference.radiometry) and trains
 ``naip-4band`` on them; its card names NAIP's bands R, G, B, NIR.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from geofg.errors import ConfigError
-from geofg.models.radiometry import LinearMap, band_quantiles, fit_quantile_map
+from geofg.models.inference.radiometry import LinearMap, band_quantiles, fit_quantile_map
 
 # --- the radiometric map -----------------------------------------------------------------------
 
@@ -48,9 +48,9 @@ def test_linear_map_checks_band_count_and_anchor_order() -> None:
 
 def test_naip_band_names_get_the_same_indices_and_network_as_sentinel2_names() -> None:
     pytest.importorskip("torch")
-    from geofg.models.features import chip_statistics
-    from geofg.models.nets import build_model, spectral_index_bands
-    from geofg.models.train import build_card
+    from geofg.models.training.features import chip_statistics
+    from geofg.models.inference.nets import build_model, spectral_index_bands
+    from geofg.models.training.train import build_card
 
     assert spectral_index_bands(["R", "G", "B", "NIR"]) == spectral_index_bands(["B04", "B03", "B02", "B08"])
     assert spectral_index_bands(["B01", "B02", "B03", "B04"]) == []  # no NIR: no index
@@ -71,8 +71,8 @@ def test_naip_band_names_get_the_same_indices_and_network_as_sentinel2_names() -
 
 
 def _shipped():  # noqa: ANN202
-    from geofg.models.bundle import read_card
-    from geofg.models.registry import BUNDLE_DIR, manifest
+    from geofg.models.inference.bundle import read_card
+    from geofg.models.inference.registry import BUNDLE_DIR, manifest
 
     path = BUNDLE_DIR / "naip-4band.safetensors"
     if not path.is_file():
@@ -81,7 +81,7 @@ def _shipped():  # noqa: ANN202
 
 
 def test_shipped_bundle_card_describes_naip_input_and_its_radiometric_map() -> None:
-    from geofg.models.bundle import bundle_sha256
+    from geofg.models.inference.bundle import bundle_sha256
 
     path, card, pins = _shipped()
     assert pins["naip-4band"] == bundle_sha256(path)
@@ -103,9 +103,9 @@ def test_shipped_bundle_card_describes_naip_input_and_its_radiometric_map() -> N
 @pytest.mark.realdata
 def test_shipped_bundle_reproduces_its_card_accuracy_on_rendered_eurosat(data_root) -> None:  # noqa: ANN001
     pytest.importorskip("torch")
-    from geofg.models.chips import ChipSet
-    from geofg.models.predictor import load_predictor
-    from geofg.models.train import EUROSAT_BANDS, evaluate_chips, load_eurosat
+    from geofg.models.training.chips import ChipSet
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.training.train import EUROSAT_BANDS, evaluate_chips, load_eurosat
 
     path, card, _ = _shipped()
     folder = data_root / "eurosat_ms"

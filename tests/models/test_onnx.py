@@ -21,21 +21,18 @@ pytest.importorskip("onnxruntime")
 
 from geofg.cli import app  # noqa: E402
 from geofg.errors import ConfigError, WeightsError  # noqa: E402
-from geofg.models.bundle import read_card, write_bundle  # noqa: E402
-from geofg.models.card import ClassInfo, ModelCard  # noqa: E402
-from geofg.models.nets import build_model  # noqa: E402
-from geofg.models.onnx import (  # noqa: E402
+from geofg.models.inference.bundle import read_card, write_bundle  # noqa: E402
+from geofg.models.inference.card import ClassInfo, ModelCard  # noqa: E402
+from geofg.models.inference.nets import build_model  # noqa: E402
+from geofg.models.inference.onnx import (  # noqa: E402
     EXPORT_KEY,
-    chip_canvases,
-    export_onnx,
     load_onnx_predictor,
-    load_split,
-    quantise_onnx,
     read_export_report,
     read_onnx_card,
 )
-from geofg.models.predictor import load_predictor  # noqa: E402
-from geofg.models.registry import read_model_card, resolve_model  # noqa: E402
+from geofg.models.inference.predictor import load_predictor  # noqa: E402
+from geofg.models.inference.registry import read_model_card, resolve_model  # noqa: E402
+from geofg.models.tools.export import chip_canvases, export_onnx, load_split, quantise_onnx  # noqa: E402
 from rasters import write_raster  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "B08", "B11"]
@@ -146,7 +143,8 @@ def test_classify_runs_the_onnx_model_like_the_bundle(exported: dict[str, Path],
     for kind in ("bundle", "fp32"):
         out = tmp_path / f"{kind}.zarr"
         r = runner.invoke(app, ["classify", str(scene), "-o", str(out), "--model",
-                                str(exported[kind]), "--chunk", "64", "--device", "cpu", "-q"])
+                                str(exported[kind]), "--chunk", "64", "--device", "cpu", "-q",
+                                "--no-mask"])  # the model is the subject, not the cloud mask
         assert r.exit_code == 0, r.output
         g = zarr.open_group(str(out), mode="r")
         maps[kind] = g["class"][:], g["confidence"][:]

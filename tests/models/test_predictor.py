@@ -18,11 +18,11 @@ from geofg.errors import (  # noqa: E402
     UnsafeWeightsFormatError,
     WeightsError,
 )
-from geofg.models.bundle import load_tensors, read_card, write_bundle  # noqa: E402
-from geofg.models.card import ClassInfo, ModelCard  # noqa: E402
-from geofg.models.nets import ARCHITECTURES, build_model  # noqa: E402
-from geofg.models.predictor import TorchPredictor, load_predictor  # noqa: E402
-from geofg.models.registry import DEFAULT_MODEL, resolve_model  # noqa: E402
+from geofg.models.inference.bundle import load_tensors, read_card, write_bundle  # noqa: E402
+from geofg.models.inference.card import ClassInfo, ModelCard  # noqa: E402
+from geofg.models.inference.nets import ARCHITECTURES, build_model  # noqa: E402
+from geofg.models.inference.predictor import TorchPredictor, load_predictor  # noqa: E402
+from geofg.models.inference.registry import DEFAULT_MODEL, resolve_model  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "B08", "B11"]
 ENCODER = {"fcn-classifier": "tu-mobilenetv4_conv_small", "unet": "tu-mobilenetv4_conv_small",
@@ -132,7 +132,7 @@ def test_fcn_windows_are_the_chip_classifier_on_a_grid(tmp_path: Path) -> None:
 def test_fcn_upsampling_puts_window_logits_at_window_centres() -> None:
     """A ramp over windows (value i for window row i, centred on pixel 32 i + 32) must come out as
     the ramp over pixel centres, (p + 0.5 - 32) / 32, clamped in the 32-px margins."""
-    from geofg.models.nets import DenseChipClassifier
+    from geofg.models.inference.nets import DenseChipClassifier
 
     rows, cols = 5, 3  # windows of a 192 x 128 tile
     ramp = torch.arange(rows, dtype=torch.float32).view(1, 1, rows, 1).expand(1, 1, rows, cols)

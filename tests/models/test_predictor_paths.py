@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from geofg.models.bundle import write_bundle  # noqa: E402
-from geofg.models.card import ClassInfo, ModelCard  # noqa: E402
-from geofg.models.nets import ARCHITECTURES, build_model  # noqa: E402
-from geofg.models.predictor import (  # noqa: E402
+from geofg.models.inference.bundle import write_bundle  # noqa: E402
+from geofg.models.inference.card import ClassInfo, ModelCard  # noqa: E402
+from geofg.models.inference.nets import ARCHITECTURES, build_model  # noqa: E402
+from geofg.models.inference.predictor import (  # noqa: E402
     TorchPredictor,
     batch_slices,
     fit_batch_size,

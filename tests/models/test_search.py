@@ -1,4 +1,4 @@
-"""`geofg train classifier --search SPACE.yaml --trials N` (geofg.models.search, Ray Tune).
+"""`geofg train classifier --search SPACE.yaml --trials N` (geofg.models.training.search, Ray Tune).
 
 The space checks run without Ray. The one real search (2 trials, 1 epoch, 36 generated 32-px
 chips) lets geofg start its own local Ray (token from RAY_AUTH_TOKEN, so nothing is written to
@@ -21,14 +21,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from geofg.cli import app  # noqa: E402
 from geofg.errors import ConfigError  # noqa: E402
-from geofg.models.search import (  # noqa: E402
+from geofg.models.training.search import (  # noqa: E402
     SEARCH_KEYS,
     default_point,
     grid_points,
     load_space,
     trial_config,
 )
-from geofg.models.train import TrainConfig  # noqa: E402
+from geofg.models.training.train import TrainConfig  # noqa: E402
 
 runner = CliRunner()
 
@@ -163,7 +163,7 @@ def _ray_children() -> list[str]:
 @pytest.fixture(scope="module")
 def init_bundle(chips_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-epoch bundle on the same chips, for --init (the freeze schedule needs one)."""
-    from geofg.models.train import train_bundle
+    from geofg.models.training.train import train_bundle
 
     out = tmp_path_factory.mktemp("init") / "init.safetensors"
     train_bundle(chips_dir, out, TrainConfig(epochs=1, threads=1, device="cpu"))
@@ -179,7 +179,7 @@ def test_tiny_search_writes_the_argmax_trial_and_a_table_of_every_trial(
     pytest.importorskip("ray.tune")
     import secrets
 
-    from geofg.models.bundle import read_card
+    from geofg.models.inference.bundle import read_card
 
     if ray.is_initialized():
         pytest.skip("another test left a Ray connection open")

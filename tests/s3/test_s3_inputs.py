@@ -1,6 +1,6 @@
 """Inputs on S3 (a real SeaweedFS server) and STAC items: same mosaic as local files; bad input.
 
-Mosaics are compared with a cheap threshold model (:class:`geofg.models.tiny.ThresholdPredictor`)
+Mosaics are compared with a cheap threshold model (:class:`geofg.models.inference.tiny.ThresholdPredictor`)
 through ``run_job``; each rejection goes through the CLI (default model, ``--no-mask``) and must
 exit 3 (5 for an endpoint that does not answer) with one line, writing nothing.
 """
@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from geofg.cli import app
 from geofg.config import build_job
 from geofg.io import stac
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from rasters import write_threshold_bundle
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 
 from geofg.config import build_job  # noqa: E402
-from geofg.models.tiny import ThresholdPredictor  # noqa: E402
+from geofg.models.inference.tiny import ThresholdPredictor  # noqa: E402
 from geofg.run import run_job  # noqa: E402
 from test_s3_inputs import assert_same_mosaic  # noqa: E402
 

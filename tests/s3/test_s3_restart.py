@@ -17,7 +17,7 @@ from geofg.errors import RunFailedUnitsError
 from geofg.io.ledger import Ledger
 from geofg.io import objects
 from geofg.io.read import RasterReader
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from test_s3_inputs import assert_same_mosaic
 

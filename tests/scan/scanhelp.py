@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from rasters import write_threshold_bundle
 
 BANDS = ["B04", "B08"]

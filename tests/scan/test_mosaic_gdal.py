@@ -23,7 +23,7 @@ from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
 
 from geofg.config import build_job
 from geofg.health import INDEX_MAX_CODE, INDEX_OFFSET, INDEX_SCALE
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan

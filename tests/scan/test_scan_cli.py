@@ -26,9 +26,9 @@ def unet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-band smp U-Net with random weights: exercises the real torch predictor path."""
     import torch
 
-    from geofg.models.bundle import write_bundle
-    from geofg.models.nets import build_model
-    from geofg.models.tiny import tiny_card
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.nets import build_model
+    from geofg.models.inference.tiny import tiny_card
 
     card = tiny_card(BANDS, ["water", "crop"], task="segmentation", crop_classes=["crop"], tile_size=64,
                      halo=16, scale=1e-4, tile_multiple=32)

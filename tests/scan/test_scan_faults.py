@@ -233,7 +233,7 @@ def test_sigterm_mid_scan_stops_cleanly_and_the_next_scan_finishes(tmp_path: Pat
     the inbox state unsaved so the next scan plans the units that did not run."""
     import signal
 
-    from geofg.models.tiny import ThresholdPredictor
+    from geofg.models.inference.tiny import ThresholdPredictor
 
     model = threshold_bundle(tmp_path)
     cfg = build_scan(config(tmp_path, model))

@@ -24,7 +24,7 @@ import rasterio
 import zarr
 from scanhelp import tree_digest
 
-from geofg.models.registry import BUNDLE_DIR
+from geofg.models.inference.registry import BUNDLE_DIR
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan
 

@@ -76,9 +76,9 @@ def random_bundle(path: Path) -> Path:
     """A 2-band (B04, B08) fcn-classifier bundle with seeded random weights."""
     import torch
 
-    from geofg.models.bundle import write_bundle
-    from geofg.models.nets import build_model
-    from geofg.models.train import build_card, export_tensors
+    from geofg.models.inference.bundle import write_bundle
+    from geofg.models.inference.nets import build_model
+    from geofg.models.training.train import build_card, export_tensors
 
     card = build_card(name="random-2band", bands=BANDS, class_names=["water", "crop", "urban"],
                       mean=[0.12, 0.25], std=[0.05, 0.1], scale=1e-4, encoder="tu-mobilenetv4_conv_small",
@@ -157,7 +157,7 @@ class PoisonPredictor:
     """ThresholdPredictor that raises on a marker (band 0 raw 9500, normalised 17; scenes <= 6)."""
 
     def __init__(self, plan) -> None:  # noqa: ANN001 (a ScanPlan)
-        from geofg.models.tiny import ThresholdPredictor
+        from geofg.models.inference.tiny import ThresholdPredictor
 
         self.card = plan.card
         self._inner = ThresholdPredictor(plan.card)
@@ -201,7 +201,7 @@ def test_ray_scan_records_a_failing_unit_exits_4_and_the_next_scan_retries_only_
 
 
 def _Unpoisoned(plan):  # noqa: ANN001, ANN202, N802
-    from geofg.models.tiny import ThresholdPredictor
+    from geofg.models.inference.tiny import ThresholdPredictor
 
     return ThresholdPredictor(plan.card)
 

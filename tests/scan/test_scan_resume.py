@@ -14,7 +14,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scanhelp import BANDS, ORIGIN, config, expected_class, predictor, threshold_bundle
 
 from geofg.io.ledger import Ledger
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.scan.config import build_scan
 from geofg.scan.run import ScanFailuresError, run_scan
 from rasters import write_raster
@@ -91,7 +91,7 @@ def test_a_new_model_reprocesses_every_date(tmp_path: Path) -> None:
     _scene(tmp_path / "inbox", "S_20200601.tif", _data(1))
     _scene(tmp_path / "inbox", "S_20200701.tif", _data(2))
     assert run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor).units_ran == 24
-    from geofg.models.bundle import read_card, write_bundle
+    from geofg.models.inference.bundle import read_card, write_bundle
 
     other = tmp_path / "threshold-v2.safetensors"  # same card, other weights: another sha256
     write_bundle(other, {"unused": np.ones(1, np.float32)}, read_card(model))
@@ -136,7 +136,7 @@ def test_a_scene_without_nodata_in_another_crs_is_valid_only_inside_its_outline(
 _CHILD = """
 import sys, time
 sys.path[:0] = [{tests!r}, {scan_tests!r}]
-from geofg.models.tiny import ThresholdPredictor
+from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.scan.config import build_scan
 from geofg.scan.run import run_scan
 import scanhelp

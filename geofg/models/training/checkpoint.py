@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from geofg.errors import ConfigError, WeightsError
-from geofg.models.bundle import atomic_write
+from geofg.io.atomic import atomic_write
 
 __all__ = ["CheckpointState", "load_checkpoint", "save_checkpoint"]
 

@@ -4,7 +4,7 @@ Steps (every check happens before training starts; the bundle is written atomica
 
 1. **Inputs.** The image is opened like any ``geofg classify`` input
    (:func:`geofg.io.read.open_raster`, same checks). The labels (polygons or a class mask,
-   :mod:`geofg.models.seg_labels`) are bound to the image's grid. With ``init`` the model's
+   :mod:`geofg.models.training.seg_labels`) are bound to the image's grid. With ``init`` the model's
    bands, band order, scale, mean and std are the init bundle's (so the transferred encoder sees
    inputs normalised as in its own training); the image must have those bands. Without
    ``init``: the image's bands, and per-band mean/std of the training region's valid pixels.
@@ -17,7 +17,7 @@ Steps (every check happens before training starts; the bundle is written atomica
    with at least ``min_labelled`` of their pixels labelled and valid; each step draws ``batch`` of
    them uniformly with a seeded generator, so two runs with the same seed, data and config see the
    same windows in the same order (used to compare transfer learning with training from scratch).
-4. **Network.** ``smp.Unet`` (:func:`geofg.models.nets.build_unet`) on the card's encoder. With
+4. **Network.** ``smp.Unet`` (:func:`geofg.models.inference.nets.build_unet`) on the card's encoder. With
    ``init`` every tensor whose name and shape match is copied from the init bundle: from an
    ``fcn-classifier`` that is its whole encoder (the U-Net's ``encoder.*`` tensors have the same
    names and shapes, both come from ``smp.encoders.get_encoder`` with depth 5), from a ``unet``
@@ -49,8 +49,8 @@ import numpy as np
 
 from geofg.errors import BandCountMismatchError, ConfigError, InputError, MissingBandsError
 from geofg.grid import Window
-from geofg.models.card import ClassInfo, ModelCard
-from geofg.models.seg_labels import (
+from geofg.models.inference.card import ClassInfo, ModelCard
+from geofg.models.training.seg_labels import (
     IGNORE,
     Labels,
     class_colours,
@@ -146,7 +146,7 @@ def prepare_segmentation_data(
 
     Args:
         image: The scene (anything ``geofg classify`` reads).
-        labels: Polygons or a class mask (:func:`geofg.models.seg_labels.load_labels`).
+        labels: Polygons or a class mask (:func:`geofg.models.training.seg_labels.load_labels`).
         bands: Band names of the image, in file order (default: band descriptions).
         region: Training bounds ``minx,miny,maxx,maxy`` in the image CRS (default: all of it).
         class_field, class_map: How labels become classes.
@@ -162,9 +162,9 @@ def prepare_segmentation_data(
         GeofgError: exit-code-3 errors naming the file, expected vs found and the fix.
     """
     from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
-    from geofg.models.bundle import read_card
-    from geofg.models.chips import default_scale
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import read_card
+    from geofg.models.training.chips import default_scale
+    from geofg.models.inference.registry import resolve_model
 
     init_card = None
     if init is not None:
@@ -280,8 +280,8 @@ def init_from_bundle(model: Any, init: str | Path, card: ModelCard) -> dict[str,
     """
     import torch
 
-    from geofg.models.bundle import load_tensors, read_card
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import load_tensors, read_card
+    from geofg.models.inference.registry import resolve_model
 
     path = resolve_model(init)
     src = read_card(path)
@@ -336,9 +336,9 @@ def train_segmenter(
     import torch
     import torch.nn.functional as F
 
-    from geofg.models.nets import build_model
-    from geofg.models.predictor import resolve_device
-    from geofg.models.train import ema_update
+    from geofg.models.inference.nets import build_model
+    from geofg.models.inference.predictor import resolve_device
+    from geofg.models.training.train import ema_update
 
     card = data.card
     if cfg.window % card.tile_multiple or cfg.window <= 0:
@@ -433,7 +433,7 @@ def train_segmenter(
         "device": device,
         "threads": cfg.threads,
         "mixed_precision": "bf16 autocast" if device.startswith("cuda") else "off (float32)",
-        "candidate_windows": int(len(cands)),
+        "candidate_windows": len(cands),
         "class_weights": {n: round(float(v), 4) for n, v in zip(card.class_names, w, strict=True)},
         "loss_history": history,
         "init": str(init) if init is not None else None,
@@ -463,8 +463,8 @@ def train_segmenter_bundle(
         GeofgError: exit-code-3 errors for bad image, labels, init bundle, region or output; no
             file is written then.
     """
-    from geofg.models.bundle import BUNDLE_SUFFIX, write_bundle
-    from geofg.models.train import export_tensors
+    from geofg.models.inference.bundle import BUNDLE_SUFFIX, write_bundle
+    from geofg.models.training.train import export_tensors
 
     output = Path(output)
     if output.suffix != BUNDLE_SUFFIX:

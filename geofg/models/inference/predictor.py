@@ -5,7 +5,7 @@ The pipeline normalises and pads; a predictor only runs the network::
     predictor = load_predictor("eurosat-13")          # a bundle name or a .safetensors path
     probs = predictor.predict(x)   # x: float32 (N, C, H, W) -> float32 (N, K, H, W), softmax over K
 
-Weights are read only from safetensors (:func:`geofg.models.bundle.load_tensors`), stored as fp16 or
+Weights are read only from safetensors (:func:`geofg.models.inference.bundle.load_tensors`), stored as fp16 or
 fp32 and cast to float32; ``load_state_dict(strict=True)`` makes any mismatch between the card's
 architecture and the file's tensors a :class:`~geofg.errors.WeightsError`.
 
@@ -43,10 +43,10 @@ import torch
 
 from geofg.batch import normalise
 from geofg.errors import ConfigError, WeightsError
-from geofg.models.bundle import load_tensors, read_card
-from geofg.models.card import ModelCard, check_input_batch
-from geofg.models.nets import build_model
-from geofg.models.registry import resolve_model
+from geofg.models.inference.bundle import load_tensors, read_card
+from geofg.models.inference.card import ModelCard, check_input_batch
+from geofg.models.inference.nets import build_model
+from geofg.models.inference.registry import resolve_model
 
 __all__ = [
     "Predictor",
@@ -381,7 +381,7 @@ def load_predictor(
     """Load a bundle (a path or an installed bundle name) into a :class:`TorchPredictor`.
 
     Args:
-        path: ``.safetensors`` bundle path or bundle name (see :mod:`geofg.models.registry`).
+        path: ``.safetensors`` bundle path or bundle name (see :mod:`geofg.models.inference.registry`).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         max_batch: CUDA only: cap on tiles per forward; ``None`` sizes it from free memory.
         compile: Wrap the network in ``torch.compile`` (off by default; the first batch of each

@@ -1,7 +1,7 @@
 """Dense labels for segmentation: polygons or a class mask, rasterised on an image's pixel grid.
 
-Used by ``geofg train segmenter`` (:mod:`geofg.models.segment`) and by ``geofg evaluate`` on a
-segmentation bundle (:mod:`geofg.models.seg_eval`). No torch here.
+Used by ``geofg train segmenter`` (:mod:`geofg.models.training.segment`) and by ``geofg evaluate`` on a
+segmentation bundle (:mod:`geofg.models.training.seg_eval`). No torch here.
 
 **Sources.** ``--labels`` is either
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geofg.models.card import ClassInfo, ModelCard
+from geofg.models.inference.card import ClassInfo, ModelCard
 
 _COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 

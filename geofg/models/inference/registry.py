@@ -18,14 +18,14 @@ import os
 from pathlib import Path
 
 from geofg.errors import ModelError, UnknownModelError, WeightsError
-from geofg.models.bundle import (
+from geofg.models.inference.bundle import (
     BUNDLE_SUFFIX,
     PICKLED_SUFFIXES,
     read_card,
     verify_checksum,
     write_bundle,
 )
-from geofg.models.card import ModelCard
+from geofg.models.inference.card import ModelCard
 
 __all__ = [
     "BUNDLE_DIR",
@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BUNDLE_DIR = Path(__file__).parent / "bundles"
+BUNDLE_DIR = Path(__file__).parent.parent / "bundles"
 MANIFEST_PATH = BUNDLE_DIR / "MANIFEST.json"
 MODEL_PATH_ENV = "GEOFG_MODEL_PATH"
 DEFAULT_MODEL = "landcover-s2"
@@ -119,9 +119,7 @@ def _looks_like_path(text: str) -> bool:
         os.sep in text
         or (os.altsep is not None and os.altsep in text)
         or "/" in text
-        or lower.endswith(BUNDLE_SUFFIX)
-        or lower.endswith(ONNX_SUFFIX)
-        or any(lower.endswith(s) for s in PICKLED_SUFFIXES)
+        or lower.endswith((BUNDLE_SUFFIX, ONNX_SUFFIX, *PICKLED_SUFFIXES))
         or Path(text).exists()
     )
 
@@ -142,7 +140,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     """Turn a bundle name or a path into the bundle's path.
 
     A value that exists on disk, contains a path separator or ends in a weights extension is a
-    path and is returned as is (:func:`~geofg.models.bundle.read_card` validates it later).
+    path and is returned as is (:func:`~geofg.models.inference.bundle.read_card` validates it later).
     Anything else is a bundle name, matched against each card's ``name`` and each file stem.
 
     Raises:
@@ -179,7 +177,6 @@ def read_model_card(path: str | Path) -> ModelCard:
         WeightsError: Missing, corrupt, or no geofg card.
     """
     if Path(path).suffix.lower() == ONNX_SUFFIX:
-        from geofg.models.onnx import read_onnx_card
-
+        from geofg.models.inference.onnx import read_onnx_card
         return read_onnx_card(path)
     return read_card(path)

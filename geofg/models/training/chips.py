@@ -126,7 +126,7 @@ def _draw_val(labels: list[str], fraction: float, seed: int) -> list[str]:
     out = ["train"] * len(labels)
     for lab in sorted(set(labels)):
         idx = [i for i, v in enumerate(labels) if v == lab]
-        n_val = int(round(fraction * len(idx)))
+        n_val = round(fraction * len(idx))
         if len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
         else:
@@ -204,7 +204,7 @@ def load_chips(data: str | Path, *, bands: Sequence[str] | None = None,
                              " training or tuning; fix the split column")
     want = set(splits) if splits is not None else None
     if want is None or "train" in want:
-        counts = {n: 0 for n in names}
+        counts = dict.fromkeys(names, 0)
         for _, lab, s in rows:
             if s == "train":
                 counts[lab] += 1
@@ -237,7 +237,9 @@ def load_chips(data: str | Path, *, bands: Sequence[str] | None = None,
                              f" {shape[2]} px like {chosen[0][0]}, found {arr.shape}; all chips"
                              " must have one shape")
         arrays.append(arr.astype(dtype, copy=False))
-    assert shape is not None and dtype is not None and descs is not None
+    assert shape is not None
+    assert dtype is not None
+    assert descs is not None
     if shape[1] != shape[2]:
         raise InputError(f"{root / chosen[0][0]}: expected square chips, found {shape[1]} x"
                          f" {shape[2]} px; crop the chips to squares")

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geofg.models.card import ModelCard
+from geofg.models.inference.card import ModelCard
 
-__all__ = ["RECEPTIVE_MARGIN", "DynamicWorldNet", "build_dynamic_world", "TF_NAMES"]
+__all__ = ["RECEPTIVE_MARGIN", "TF_NAMES", "DynamicWorldNet", "build_dynamic_world"]
 
 RECEPTIVE_MARGIN = 23
 """Pixels of input on each side that a pixel's logits depend on (see the module docstring)."""
@@ -89,7 +89,7 @@ def downsample2(x: torch.Tensor) -> torch.Tensor:
     the remaining weights renormalised (so edges are not darkened). Odd sizes are refused: the
     kernel would change with the scale.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     if h % 2 or w % 2:
         raise ValueError(f"dynamic-world needs even tile sizes, found {h}x{w}")
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=x.dtype, device=x.device) / 8

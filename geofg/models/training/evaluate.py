@@ -1,6 +1,6 @@
 """Evaluate a patch-classification bundle on labelled chips: ``geofg evaluate``.
 
-Each chip goes through :meth:`~geofg.models.predictor.TorchPredictor.predict` (the path
+Each chip goes through :meth:`~geofg.models.inference.predictor.TorchPredictor.predict` (the path
 ``geofg classify`` uses), normalised with the bundle's card; the chip's class is the argmax of the
 mean probability map over the chip. With ``tta=True`` the probability maps of the 8 dihedral
 transforms of each chip are averaged first.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 
 from geofg.batch import normalise
 from geofg.errors import ConfigError, InputError, MissingBandsError
+from geofg.io.atomic import atomic_write
 
 __all__ = ["chip_probabilities", "confusion_metrics", "evaluate_bundle", "write_report"]
 
@@ -110,7 +109,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, split: str = "test"
 
     Args:
         bundle: Bundle path or installed name.
-        data: Chips (see :func:`geofg.models.chips.load_chips`).
+        data: Chips (see :func:`geofg.models.training.chips.load_chips`).
         split: Which split to score (``test``, ``val``, ``train``).
         bands: Chip band names in file order; default: band descriptions, or, when the chips
             have none and as many bands as the model, the model's bands.
@@ -124,10 +123,10 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, split: str = "test"
     Raises:
         GeofgError: subclasses with exit code 3 for every bad input (nothing is written).
     """
-    from geofg.models.bundle import bundle_sha256
-    from geofg.models.chips import load_chips
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import bundle_sha256
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
+    from geofg.models.training.chips import load_chips
 
     path = resolve_model(bundle)
     predictor = load_predictor(path, device=device)
@@ -262,13 +261,6 @@ def write_report(report: dict[str, Any], report_dir: str | Path,
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, blob in blobs.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=report_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, report_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(report_dir / name, blob)
         written.append(report_dir / name)
     return written

@@ -10,8 +10,8 @@
   differently: the batch arrives normalised with the *first* card's scale/mean/std and is
   re-normalised exactly for each member (the map is affine per band).
 * :func:`load_models` builds the predictor for ``--model A [--model B ...] [--tta]``: each path is a
-  ``.safetensors`` bundle (:func:`geofg.models.predictor.load_predictor`) or an exported ``.onnx``
-  model (:func:`geofg.models.onnx.load_onnx_predictor`). :func:`combined_card` is the card the
+  ``.safetensors`` bundle (:func:`geofg.models.inference.predictor.load_predictor`) or an exported ``.onnx``
+  model (:func:`geofg.models.inference.onnx.load_onnx_predictor`). :func:`combined_card` is the card the
   pipeline plans with; :func:`models_sha256` the identity recorded in the ledger (a single model
   without TTA keeps its file's sha256, so existing ledgers stay valid).
 
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from geofg.errors import ConfigError
-from geofg.models.card import ModelCard
+from geofg.models.inference.card import ModelCard
 
 __all__ = [
     "DIHEDRAL",
@@ -220,10 +220,9 @@ def load_one(path: str | Path, device: str = "auto", compile: bool = False) -> _
         if compile:
             raise ConfigError(f"{p}: --compile expects a .safetensors bundle (torch), found an ONNX "
                               "model; drop --compile or give the bundle it was exported from")
-        from geofg.models.onnx import load_onnx_predictor
-
+        from geofg.models.inference.onnx import load_onnx_predictor
         return load_onnx_predictor(p, device)
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     return load_predictor(p, device, compile=compile)
 
@@ -234,18 +233,18 @@ def load_models(paths: Sequence[str | Path], device: str = "auto", tta: bool = F
 
     Args:
         paths: Resolved model files (``.safetensors`` or ``.onnx``); several are averaged.
-        device: As :func:`geofg.models.predictor.load_predictor`.
+        device: As :func:`geofg.models.inference.predictor.load_predictor`.
         tta: Wrap in :class:`TTAPredictor` (outside the ensemble: 8 x members forwards).
         compile: ``torch.compile`` each member (torch bundles only).
 
     Raises:
         ConfigError: Incompatible members, an unusable device, or ``compile`` for an ONNX model.
-        WeightsError: A model file is refused (see :mod:`geofg.models.bundle`, :mod:`.onnx`).
+        WeightsError: A model file is refused (see :mod:`geofg.models.inference.bundle`, :mod:`.onnx`).
     """
     if not paths:
         raise ConfigError("expected at least one --model, found none")
     if len(paths) > 1:
-        from geofg.models.registry import read_model_card
+        from geofg.models.inference.registry import read_model_card
 
         check_compatible([read_model_card(p) for p in paths], [str(p) for p in paths])
     members = [load_one(p, device, compile) for p in paths]

@@ -1,7 +1,7 @@
 """The model card: everything geofg needs to know to run a bundle, kept in the bundle itself.
 
 A card is a frozen pydantic model serialised as JSON into the safetensors header (see
-:mod:`geofg.models.bundle`). It names the input bands (model order), the input scaling and
+:mod:`geofg.models.inference.bundle`). It names the input bands (model order), the input scaling and
 normalisation (``normalised = (raw * scale - mean) / std``, mean/std in scaled units, per band),
 the classes with display colours, tiling defaults and provenance (training data, held-out metrics,
 the command that made it).
@@ -73,7 +73,7 @@ class ModelCard(BaseModel):
         name: Bundle name used by ``geofg models list`` and ``--model``.
         version: Version string of this bundle.
         task: ``"patch-classification"`` (dense map from a chip classifier) or ``"segmentation"``.
-        architecture: Key of :data:`geofg.models.nets.ARCHITECTURES`.
+        architecture: Key of :data:`geofg.models.inference.nets.ARCHITECTURES`.
         encoder: segmentation-models-pytorch encoder name (``"tu-..."`` for timm encoders).
         bands: Input band names in model order, e.g. Sentinel-2 ``"B01"``..``"B12"``, ``"B8A"``.
         scale: Model input = raw DN * scale (1e-4 for Sentinel-2 L1C uint16 reflectance).
@@ -88,7 +88,11 @@ class ModelCard(BaseModel):
         classes: Output classes in logit order.
         crop_classes: Class names where index-based crop health applies.
         tile_multiple: Height and width given to ``predict()`` are multiples of this (pixels).
-        tile_size: Default inference tile edge in pixels, a multiple of ``tile_multiple``.
+        tile_size: A tile edge in pixels (a multiple of ``tile_multiple``) recorded by the
+            bundle's maker; informational, runs do not read it. A run's tile defaults to one tile
+            per unit, ``chunk + 2 * halo`` rounded up to ``tile_multiple`` (the fewest re-predicted
+            pixels, docs/design.md "Tiles"); ``--tile-size`` / ``tile.tile_size`` sets a smaller
+            one. Kept in the card so that existing bundles (and their sha256) stay valid.
         halo: Default context in pixels added on each side of a tile (>= receptive-field margin).
         decoder_channels: U-Net decoder widths, deepest first (None: smp's 256, 128, 64, 32, 16).
         patch_size: For classifiers, the chip edge in pixels the model was trained on.

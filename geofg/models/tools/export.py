@@ -1,26 +1,23 @@
-"""ONNX export (fp32 or int8) of a bundle, and a predictor that runs ``.onnx`` models on onnxruntime.
+"""ONNX export (fp32 or int8) of a bundle: ``geofg export BUNDLE --onnx OUT.onnx [--int8]``.
 
-``geofg export BUNDLE --onnx OUT.onnx [--int8]`` turns a ``.safetensors`` bundle into an ONNX
-model that ``geofg classify --model OUT.onnx`` runs without torch:
+The exported model runs with :mod:`geofg.models.inference.onnx` (``geofg classify --model
+OUT.onnx``, no torch):
 
 * **The card travels inside the model**: ONNX ``metadata_props`` hold the bundle's card as JSON
-  under :data:`CARD_KEY` (the same key as in a bundle header), so bands, scale, mean/std, classes,
-  tile size and halo are known to ``classify``. The card's ``name`` gets a ``-onnx`` or ``-int8``
-  suffix and its ``made_by`` says how the file was made; :data:`EXPORT_KEY` holds the export report
-  (source bundle sha256, precision, measured accuracy and speed).
+  under :data:`CARD_KEY`. The card's ``name`` gets a ``-onnx`` or ``-int8`` suffix and its
+  ``made_by`` says how the file was made; :data:`EXPORT_KEY` holds the export report (source
+  bundle sha256, precision, measured accuracy and speed).
 * **Dynamic batch, height and width** (multiples of ``card.tile_multiple``): the patch classifier
   is fully convolutional and runs densely over tiles of any size, so the export keeps all three
-  axes symbolic. The graph returns logits; :class:`OnnxPredictor` applies the softmax in fp32.
+  axes symbolic. The graph returns logits.
 * **int8** is onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations,
   MinMax ranges) of the *encoder* only, calibrated on *train*-split EuroSAT chips assembled into
   3 x 3 canvases (192 px, so activation ranges come from chips with neighbours, as on tiles; see
   docs/models.md on mosaic training). Never the test split. The spectral branch, the window
   moments (a variance from E[x²] - E[x]²), the head and the upsampling stay fp32.
-* **Safety.** An ONNX file is a protobuf (no pickle, no code). :func:`read_onnx_card` still refuses
-  models that reference external data files (a path outside the file; onnxruntime would open it)
-  and files without a geofg card. A file is written atomically (temp file, fsync, rename).
+* A file is written atomically (temp file, fsync, rename).
 
-This module imports torch only inside :func:`export_onnx`; reading a card needs ``onnx`` only.
+This module imports torch only inside :func:`export_onnx`.
 """
 
 from __future__ import annotations
@@ -38,187 +35,25 @@ from typing import Any
 import numpy as np
 
 from geofg.batch import normalise
-from geofg.errors import ConfigError, MissingExtraError, WeightsError
-from geofg.extras import install_command
-from geofg.models.bundle import CARD_KEY, bundle_sha256
-from geofg.models.card import ModelCard, check_input_batch
+from geofg.errors import ConfigError
+from geofg.io.atomic import atomic_path
+from geofg.models.inference.bundle import CARD_KEY, bundle_sha256
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.onnx import (
+    EXPORT_KEY,
+    ONNX_SUFFIX,
+    OnnxPredictor,
+    load_onnx_predictor,
+    load_onnx_proto,
+    need_package,
+    onnx_metadata,
+)
 
-__all__ = [
-    "CARD_KEY",
-    "EXPORT_KEY",
-    "ONNX_SUFFIX",
-    "ExportReport",
-    "OnnxPredictor",
-    "export_onnx",
-    "load_onnx_predictor",
-    "load_split",
-    "quantise_onnx",
-    "read_export_report",
-    "read_onnx_card",
-]
+__all__ = ["ExportReport", "export_onnx", "load_split", "quantise_onnx"]
 
 log = logging.getLogger(__name__)
 
-ONNX_SUFFIX = ".onnx"
-EXPORT_KEY = "geofg.export"
-"""ONNX metadata key holding the export report (JSON): source sha256, precision, measurements."""
-
 OPSET = 18
-
-
-def _need(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(f"ONNX support needs the Python package {module!r}, found it "
-                                f"missing; install it with: {install_command('onnx')}") from None
-
-
-def _fail(path: Path, expected: str, found: str, fix: str) -> WeightsError:
-    return WeightsError(f"{path}: expected {expected}, found {found}; {fix}")
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-
-def _load_proto(path: Path) -> Any:
-    """Parse an ONNX file without loading external data; refuse what geofg will not run."""
-    onnx = _need("onnx")
-    if path.suffix.lower() != ONNX_SUFFIX:
-        raise _fail(path, "a .onnx file", f"extension {path.suffix or '(none)'!r}",
-                    "give a model exported by geofg export")
-    if not path.is_file():
-        raise _fail(path, "an ONNX model file", "no such file",
-                    "give an existing path (geofg export BUNDLE --onnx OUT.onnx makes one)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError, ValueError, ...
-        raise _fail(path, "an ONNX protobuf", f"unparsable bytes ({type(err).__name__})",
-                    "re-export the model with geofg export") from None
-    ext = onnx.TensorProto.EXTERNAL
-    if any(t.data_location == ext for t in model.graph.initializer):
-        raise _fail(path, "all weights inside the .onnx file", "tensors in external data files",
-                    "re-export with geofg export (it writes one self-contained file)")
-    return model
-
-
-def _metadata(model: Any) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def read_onnx_card(path: str | Path) -> ModelCard:
-    """Return the geofg model card stored in an ONNX model's ``metadata_props``.
-
-    Raises:
-        WeightsError: Not a readable self-contained ONNX file, or no valid geofg card in it.
-        MissingExtraError: The ``onnx`` package is not installed (the [onnx] extra).
-    """
-    path = Path(path)
-    meta = _metadata(_load_proto(path))
-    if CARD_KEY not in meta:
-        raise _fail(path, f"a geofg model card in ONNX metadata_props[{CARD_KEY!r}]", "no card",
-                    "export the model with geofg export BUNDLE --onnx OUT.onnx")
-    try:
-        return ModelCard.from_json(meta[CARD_KEY])
-    except ConfigError as err:
-        raise WeightsError(f"{path}: {err}") from None
-
-
-def read_export_report(path: str | Path) -> dict[str, Any]:
-    """Return the export report stored by :func:`export_onnx` (empty dict when absent)."""
-    meta = _metadata(_load_proto(Path(path)))
-    try:
-        return json.loads(meta.get(EXPORT_KEY, "{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
-# --- running ------------------------------------------------------------------------------------
-
-
-class OnnxPredictor:
-    """An exported model on onnxruntime, with the :class:`~geofg.models.predictor.TorchPredictor`
-    contract: normalised float32 ``(N, C, H, W)`` in, softmax probabilities ``(N, K, H, W)`` out.
-
-    Attributes:
-        card: The model card from the file's metadata.
-        device: ``"cpu"`` (or ``"cuda"`` when onnxruntime has the CUDA provider and it was asked for).
-        path: The ``.onnx`` file.
-    """
-
-    def __init__(self, path: Path, card: ModelCard, session: Any, device: str) -> None:
-        """Wrap an inference session (use :func:`load_onnx_predictor`)."""
-        self.path = path
-        self.card = card
-        self.device = device
-        self._session = session
-        self._input = session.get_inputs()[0].name
-
-    def _check(self, x: np.ndarray) -> None:
-        check_input_batch(self.card, x)
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Return the graph's logits ``(N, K, H, W)`` float32."""
-        self._check(x)
-        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(out, dtype=np.float32)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Return per-pixel class probabilities ``(N, K, H, W)`` float32 (softmax over K)."""
-        z = self.logits(x)
-        z = z - z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
-
-    def __repr__(self) -> str:
-        """Describe the predictor."""
-        return f"OnnxPredictor({self.card.name!r}, {self.path.name}, device={self.device!r})"
-
-
-def load_onnx_predictor(path: str | Path, device: str = "auto",
-                        threads: int | None = None) -> OnnxPredictor:
-    """Load an exported ``.onnx`` model into an :class:`OnnxPredictor`.
-
-    Args:
-        path: The ``.onnx`` file (made by :func:`export_onnx`).
-        device: ``"auto"``/``"cpu"`` run on the CPU; ``"cuda"`` needs onnxruntime's CUDA provider.
-        threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
-
-    Raises:
-        WeightsError: Unreadable file, external data, or no geofg card.
-        ConfigError: onnxruntime missing, or CUDA asked for but not available to onnxruntime.
-    """
-    path = Path(path)
-    card = read_onnx_card(path)
-    ort = _need("onnxruntime")
-    providers = ["CPUExecutionProvider"]
-    dev = "cpu"
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError(
-                f"device {device!r} requested but onnxruntime {ort.__version__} has no CUDA"
-                " provider; use --device cpu (or install onnxruntime-gpu)"
-            )
-        providers, dev = ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise _fail(path, "an ONNX model onnxruntime can run", f"{type(err).__name__}: {first}",
-                    "re-export it with geofg export") from None
-    return OnnxPredictor(path, card, session, dev)
-
-
-# --- export -------------------------------------------------------------------------------------
-
 
 @dataclass
 class ExportReport:
@@ -273,7 +108,7 @@ def _export_fp32(model: Any, card: ModelCard, dest: Path) -> None:
 
 
 def _set_metadata(path: Path, items: dict[str, str]) -> None:
-    onnx = _need("onnx")
+    onnx = need_package("onnx")
     model = onnx.load(str(path), load_external_data=False)
     old = {p.key: p.value for p in model.metadata_props}
     old.update(items)
@@ -308,7 +143,7 @@ def encoder_nodes(path: str | Path) -> list[str] | None:
     """Names of the nodes that compute the encoder's deepest features (the ancestors of the first
     Conv whose weight is named ``deep.*``, i.e. the fcn-classifier's 1x1 conv on the encoder
     output, that conv included); None when there is no such conv (e.g. ``unet``)."""
-    onnx = _need("onnx")
+    onnx = need_package("onnx")
     model = onnx.load(str(path), load_external_data=False)
     producer = {out: n for n in model.graph.node for out in n.output}
     target = next((n for n in model.graph.node
@@ -344,7 +179,7 @@ def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray, *
         A description of the calibration (method, batches, input shape).
     """
     fp32, dest = Path(fp32), Path(dest)
-    _need("onnxruntime")
+    need_package("onnxruntime")
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -370,7 +205,7 @@ def quantise_onnx(fp32: str | Path, dest: str | Path, calibration: np.ndarray, *
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     pre.unlink(missing_ok=True)
-    meta = _metadata(_load_proto(fp32))
+    meta = onnx_metadata(load_onnx_proto(fp32))
     if CARD_KEY in meta:
         card = ModelCard.from_json(meta[CARD_KEY])
         base = card.name.removesuffix("-onnx")
@@ -434,8 +269,8 @@ def export_onnx(
     """
     import torch
 
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
 
     src = resolve_model(bundle)
     out = Path(output)
@@ -452,7 +287,7 @@ def export_onnx(
         raise ConfigError("--int8 needs calibration data (EuroSAT train chips), found none;"
                           " pass --data DIR with labels.csv or set GEOFG_DATA")
     for mod in ("onnx", "onnxruntime", "onnxscript"):
-        _need(mod)
+        need_package(mod)
     torch_pred = load_predictor(src, device="cpu")  # every safety check on the bundle
     card = torch_pred.card
     if card.tile_multiple < 1:
@@ -491,9 +326,8 @@ def export_onnx(
         report.size_bytes = final.stat().st_size
         _set_metadata(final, {EXPORT_KEY: report.to_json()})
         report.size_bytes = final.stat().st_size
-        with final.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(final, out)
+        with atomic_path(out) as tmp:
+            os.replace(final, tmp)
     finally:
         torch.set_num_threads(old_threads)
         for p in work.glob("*"):
@@ -517,7 +351,7 @@ def _accuracy(torch_pred: Any, onnx_pred: OnnxPredictor, x: np.ndarray,
               y: np.ndarray) -> dict[str, Any]:
     a = _chip_classes(torch_pred.predict, x)
     b = _chip_classes(onnx_pred.predict, x)
-    return {"n": int(len(y)), "fp32_bundle": float((a == y).mean()), "onnx": float((b == y).mean()),
+    return {"n": len(y), "fp32_bundle": float((a == y).mean()), "onnx": float((b == y).mean()),
             "agreement": float((a == b).mean())}
 
 

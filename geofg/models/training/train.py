@@ -1,8 +1,8 @@
 """Train patch classifiers (``geofg train classifier``), including the default ``eurosat-13``.
 
-Data are labelled chips (:mod:`geofg.models.chips`): a labels CSV or a folder per class, any band
+Data are labelled chips (:mod:`geofg.models.training.chips`): a labels CSV or a folder per class, any band
 count, bands named. The network is the dense chip classifier ``fcn-classifier``
-(:class:`~geofg.models.nets.DenseChipClassifier`), trained through its *dense* path on mosaics of
+(:class:`~geofg.models.inference.nets.DenseChipClassifier`), trained through its *dense* path on mosaics of
 chips so that it also works over whole scenes (docs/models.md).
 
 Rules kept here: normalisation statistics come from the *train* split only and go into the card;
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 from geofg.batch import normalise as batch_normalise
 from geofg.errors import BandCountMismatchError, ConfigError, MissingBandsError
-from geofg.models.card import ClassInfo, ModelCard
-from geofg.models.chips import ChipSet, LabelledChips, default_scale, load_chips
-from geofg.models.evaluate import confusion_metrics
-from geofg.models.features import chip_statistics, spectral_baseline
-from geofg.models.nets import build_model
+from geofg.models.inference.card import ClassInfo, ModelCard
+from geofg.models.training.chips import ChipSet, LabelledChips, default_scale, load_chips
+from geofg.models.training.evaluate import confusion_metrics
+from geofg.models.training.features import chip_statistics, spectral_baseline
+from geofg.models.inference.nets import build_model
 
 __all__ = [
     "EUROSAT_BANDS",
@@ -87,7 +87,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 """Display colours for classes without one (tab20), cycled."""
 
 EuroSat = ChipSet
-"""The chips of one EuroSAT split (kept name; see :class:`~geofg.models.chips.ChipSet`)."""
+"""The chips of one EuroSAT split (kept name; see :class:`~geofg.models.training.chips.ChipSet`)."""
 
 
 def load_eurosat(data_dir: str | Path) -> dict[str, ChipSet]:
@@ -260,8 +260,8 @@ def _load_init(model: torch.nn.Module, init: str | Path, card: ModelCard) -> lis
         MissingBandsError / BandCountMismatchError: The bundle expects other bands.
         ConfigError: Another architecture or encoder.
     """
-    from geofg.models.bundle import load_tensors, read_card
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import load_tensors, read_card
+    from geofg.models.inference.registry import resolve_model
 
     path = resolve_model(init)
     src = read_card(path)
@@ -311,8 +311,8 @@ def train_classifier(
         The best model by val accuracy (EMA weights, eval mode, float32, on CPU), its card and a
         training record.
     """
-    from geofg.models.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-    from geofg.models.predictor import resolve_device
+    from geofg.models.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+    from geofg.models.inference.predictor import resolve_device
 
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
@@ -537,8 +537,8 @@ def train_bundle(data: str | Path, output: str | Path, cfg: TrainConfig, *,
     Raises:
         GeofgError: exit-code-3 errors for bad data, bands, ``init`` bundle or output path.
     """
-    from geofg.models.bundle import BUNDLE_SUFFIX, read_card, write_bundle
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import BUNDLE_SUFFIX, read_card, write_bundle
+    from geofg.models.inference.registry import resolve_model
 
     output = Path(output)
     if output.suffix != BUNDLE_SUFFIX:
@@ -571,7 +571,7 @@ def train_bundle(data: str | Path, output: str | Path, cfg: TrainConfig, *,
                                            freeze_encoder=freeze_encoder)
     metrics: dict[str, Any] = {}
     if "val" in chips.splits and hasattr(model, "fusion_weight"):
-        from geofg.models.features import fit_fusion
+        from geofg.models.training.features import fit_fusion
 
         record["fusion"] = fit_fusion(
             model, normalise(chips.splits["train"].x, card), chips.splits["train"].y,

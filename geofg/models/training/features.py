@@ -1,8 +1,8 @@
 """Hand-made chip features and the spectral-statistics baseline classifier.
 
 :func:`chip_statistics` gives per-chip mean and std of every band and of the normalised-difference
-indices of :data:`geofg.models.nets.SPECTRAL_INDICES` whose bands the data names
-(:func:`~geofg.models.nets.spectral_index_bands`).
+indices of :data:`geofg.models.inference.nets.SPECTRAL_INDICES` whose bands the data names
+(:func:`~geofg.models.inference.nets.spectral_index_bands`).
 :func:`spectral_baseline` fits multinomial logistic regression on them (L-BFGS, L2 chosen on the
 val split): the baseline every learned model is compared with in its card.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geofg.models.nets import spectral_index_bands
+from geofg.models.inference.nets import spectral_index_bands
 
 __all__ = ["chip_statistics", "fit_logreg", "spectral_baseline"]
 
@@ -88,7 +88,7 @@ def spectral_baseline(splits: dict[str, Any], bands: Sequence[str], scale: float
         ``{"model", "features", "l2", "val_accuracy", ["test_accuracy", "test_macro_f1"],
         "seconds"}``.
     """
-    from geofg.models.evaluate import confusion_metrics
+    from geofg.models.training.evaluate import confusion_metrics
 
     t0 = time.perf_counter()
     k = len(class_names)
@@ -137,7 +137,7 @@ def fit_fusion(model: torch.nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                l2_grid: Sequence[float] = (3e-4, 1e-3, 3e-3, 1e-2),
                weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
                folds: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Fit the linear head of a :class:`~geofg.models.nets.FusionChipClassifier` and its weight.
+    """Fit the linear head of a :class:`~geofg.models.inference.nets.FusionChipClassifier` and its weight.
 
     The linear head is multinomial logistic regression on the window's hand-made features of the
     *train* chips (standardised with train statistics, stored in the model); its L2 is chosen by

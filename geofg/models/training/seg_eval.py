@@ -4,13 +4,13 @@
 
 **Prediction path.** The scene is cut into the same units as ``geofg classify`` (``chunk`` px
 cores, the card's halo around each, boundless reads, one tile per unit by default), normalised with
-the card and run through :meth:`~geofg.models.predictor.TorchPredictor.predict` and
+the card and run through :meth:`~geofg.models.inference.predictor.TorchPredictor.predict` and
 :func:`geofg.pipeline.predict_window`; the class of a pixel is the argmax of its probabilities.
 So the metrics are those of the map a user gets. Only units whose core meets the region are run,
 and memory is bounded by one unit (the labels are rasterised unit by unit too).
 
 **Metrics** over the labelled, valid pixels inside the region (unlabelled pixels, see
-:mod:`geofg.models.seg_labels`, are ignored): confusion matrix (rows = label, columns =
+:mod:`geofg.models.training.seg_labels`, are ignored): confusion matrix (rows = label, columns =
 prediction), per class ``IoU = TP / (TP + FP + FN)``, precision (user's accuracy), recall
 (producer's accuracy) and support, pixel accuracy (overall agreement), Cohen's kappa, and ``mIoU`` = mean IoU over the classes with ``TP + FP + FN > 0`` (a class neither
 labelled nor predicted in the region is not scored; one predicted but never labelled scores 0).
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from geofg.errors import ConfigError, InputError
-from geofg.models.seg_labels import IGNORE, load_labels, parse_region, region_window
+from geofg.models.training.seg_labels import IGNORE, load_labels, parse_region, region_window
 
 __all__ = ["evaluate_segmentation", "iou_metrics", "write_seg_report"]
 
@@ -104,9 +104,9 @@ def evaluate_segmentation(
     from geofg.batch import round_up as _round_up
     from geofg.grid import plan_units
     from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
-    from geofg.models.bundle import bundle_sha256
-    from geofg.models.predictor import load_predictor
-    from geofg.models.registry import resolve_model
+    from geofg.models.inference.bundle import bundle_sha256
+    from geofg.models.inference.predictor import load_predictor
+    from geofg.models.inference.registry import resolve_model
     from geofg.pipeline import predict_window
 
     path = resolve_model(bundle)
@@ -219,7 +219,7 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 def write_seg_report(report: dict[str, Any], report_dir: str | Path) -> list[Path]:
     """Write ``report.json``, ``confusion_matrix.png`` and ``report.md`` into ``report_dir``."""
-    from geofg.models.evaluate import write_report
+    from geofg.models.training.evaluate import write_report
 
     return write_report(report, report_dir, markdown=_markdown)
 

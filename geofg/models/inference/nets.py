@@ -2,7 +2,7 @@
 
 Every network takes a normalised batch ``x`` of shape ``(N, C, H, W)`` (float32, ``C ==
 len(card.bands)``, ``H`` and ``W`` multiples of 32) and returns per-pixel class *logits* of shape
-``(N, K, H, W)``; :mod:`geofg.models.predictor` applies the softmax.
+``(N, K, H, W)``; :mod:`geofg.models.inference.predictor` applies the softmax.
 
 ``fcn-classifier`` (:class:`DenseChipClassifier`) is a patch classifier made fully convolutional
 so that one forward pass over a large tile equals the chip classifier applied on a dense grid of
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofg.errors import ConfigError
-from geofg.models.card import ModelCard
-from geofg.models.dynamicworld import build_dynamic_world
+from geofg.models.inference.card import ModelCard
+from geofg.models.inference.dynamicworld import build_dynamic_world
 
 __all__ = [
     "ARCHITECTURES",

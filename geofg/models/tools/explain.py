@@ -33,8 +33,6 @@ torch is imported inside functions; the module itself imports only numpy and geo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from geofg.errors import ConfigError
-from geofg.models.card import ClassInfo, ModelCard
+from geofg.io.atomic import atomic_path
+from geofg.models.inference.card import ClassInfo, ModelCard
 
 __all__ = ["DEFAULT_STAGE", "SCENE_STAGE", "ExplainResult", "chip_gradcam", "explain", "tile_hirescam"]
 
@@ -204,18 +203,9 @@ def _colourmap(v: np.ndarray) -> np.ndarray:
 
 
 def _atomic(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, fsync, rename; nothing is left on failure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Run ``write(tmp)`` on a temp file beside ``path``, then make it ``path`` (geofg.io.atomic)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _save_png(img: np.ndarray, path: Path, text: dict[str, str]) -> None:
@@ -263,7 +253,7 @@ def explain(
         InputError, ConfigError: Bad input, class, stage, mode or output path (nothing written).
     """
     from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
-    from geofg.models.predictor import load_predictor
+    from geofg.models.inference.predictor import load_predictor
 
     if mode not in ("auto", "chip", "scene"):
         raise ConfigError(f"--mode must be auto, chip or scene, found {mode!r}")

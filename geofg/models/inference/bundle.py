@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,8 @@ from geofg.errors import (
     WeightsChecksumError,
     WeightsError,
 )
-from geofg.models.card import ModelCard
+from geofg.io.atomic import atomic_write
+from geofg.models.inference.card import ModelCard
 
 __all__ = [
     "CARD_KEY",
@@ -220,7 +220,7 @@ def read_card(path: str | Path) -> ModelCard:
     if not isinstance(meta, dict) or CARD_KEY not in meta:
         raise _fail(path, f"a model card in the header metadata key {CARD_KEY!r}",
                     "no card", "this is plain safetensors, not a geofg bundle; add a card with"
-                    " geofg.models.bundle.write_bundle")
+                    " geofg.models.inference.bundle.write_bundle")
     if not isinstance(meta[CARD_KEY], str):
         raise _fail(path, f"the card under {CARD_KEY!r} as a JSON string",
                     type(meta[CARD_KEY]).__name__, "rebuild the bundle")
@@ -282,23 +282,6 @@ def write_bundle(path: str | Path, tensors: dict[str, np.ndarray], card: ModelCa
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, blob)
     return hashlib.sha256(blob).hexdigest()
-
-
-def atomic_write(path: Path, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` via a fsynced temp file and a rename (no half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a bundle is read by every user
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tensors(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Running a model bundle: cards, bundles, the registry, networks, predictors, ensembles."""

@@ -1,0 +1,1 @@
+"""Making and checking model bundles: chips, labels, training, checkpoints, search, evaluation."""
