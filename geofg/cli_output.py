@@ -172,7 +172,8 @@ def describe_mosaic(path: Path) -> dict:
 
     from geofg.io.ledger import Ledger
     from geofg.io.lock import read_lock
-    from geofg.io.mosaic import META_DIR, is_half_made, is_mosaic, open_checked, time_slices
+    from geofg.io.mosaic import META_DIR, is_half_made, is_mosaic, open_checked
+    from geofg.io.timeseries import time_slices
 
     if is_half_made(path):
         raise MosaicExistsError(f"{path}: expected a geofg mosaic, found one whose creation was cut "

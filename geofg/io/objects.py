@@ -130,6 +130,8 @@ class Connection:
     """The resolved S3 connection: a boto3 client and the matching GDAL options (no secrets kept)."""
 
     client: Any
+    session: Any
+    """The boto3 session the client came from (obstore's credential provider for the mosaic on S3)."""
     endpoint: str | None  # a non-AWS endpoint URL, None for AWS itself
     signed: bool
     region: str | None
@@ -185,7 +187,7 @@ def connection() -> Connection:
         endpoint = url if custom else None
         gdal = AWSSession(session=session, aws_unsigned=not signed, region_name=session.region_name,
                           endpoint_url=_host(endpoint))  # fmt: skip
-        found = Connection(client, endpoint, signed, session.region_name, gdal)
+        found = Connection(client, session, endpoint, signed, session.region_name, gdal)
         _connections[key] = found
         return found
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from geofg.errors import ConfigError, FieldsWarning, InputError
 from geofg.io import mosaic as mz
+from geofg.io import timeseries
 
 #: Output extension -> (kind, pyogrio driver or None).
 OUTPUTS = {".parquet": "GeoParquet", ".geoparquet": "GeoParquet", ".gpkg": "GPKG", ".fgb": "FlatGeobuf",
@@ -132,7 +133,7 @@ def _dates(mosaic: Path, timed: bool) -> list[str]:
     if not timed:
         return [""]
     epoch = date(1970, 1, 1)
-    return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in mz.time_slices(mosaic)]
+    return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in timeseries.time_slices(mosaic)]
 
 
 def field_table(mosaic: Path, fields: Path) -> Any:

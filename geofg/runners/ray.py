@@ -450,7 +450,8 @@ class _RayPool:
         self.source_ref = ray.put(dataclasses.replace(source, plan=_slim(source.plan)))  # type: ignore[type-var]
         self.sink_type = type(sink)
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
-        self.sink_args["path"] = Path(sink.path).resolve()
+        if not isinstance(sink.path, str) or not sink.path.startswith("s3://"):  # s3:// stays a URL
+            self.sink_args["path"] = Path(sink.path).resolve()
         self.worker = ray.remote(UnitWorker)
         self.run_id = sink.run_id
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
