@@ -287,7 +287,7 @@ def _print_scan(r) -> None:  # noqa: ANN001
 
 @app.command()
 def stats(
-    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    mosaic: Annotated[str, typer.Argument(help="A geofg mosaic (from classify or scan): a path or s3://BUCKET/PREFIX.zarr.")],
     fields: Annotated[Path, typer.Option("--fields", help="GeoJSON of field polygons (lon/lat, or a legacy crs member).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv (a row per field) or OUT.geojson (the fields with statistics).")],
     time: Annotated[Optional[str], typer.Option("--time", help="A date of a scan mosaic, e.g. 2020-08-31 (default: the latest view).")] = None,
@@ -299,7 +299,7 @@ def stats(
     from geofg.scan.stats import field_stats, write_stats
 
     try:
-        rows = field_stats(mosaic, fields, when=time)
+        rows = field_stats(_mosaic(mosaic), fields, when=time)
         path = write_stats(rows, fields, output, overwrite=overwrite)
     except GeofgError as e:
         raise _fail(e) from None
@@ -309,7 +309,7 @@ def stats(
 
 @app.command()
 def fields(
-    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    mosaic: Annotated[str, typer.Argument(help="A geofg mosaic (from classify or scan): a path or s3://BUCKET/PREFIX.zarr.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.parquet (GeoParquet 1.1), OUT.gpkg, OUT.fgb or OUT.csv: a row per field and date.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
@@ -321,7 +321,7 @@ def fields(
 
     try:
         check_output(output, overwrite)
-        table = field_table(mosaic, fields_file)
+        table = field_table(_mosaic(mosaic), fields_file)
         path = write_table(table, output, overwrite=overwrite)
     except GeofgError as e:
         raise _fail(e) from None
@@ -401,7 +401,7 @@ def zones(
 
 
 @app.command()
-def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
+def info(mosaic: Annotated[str, typer.Argument(help="A geofg Zarr mosaic: a path or s3://BUCKET/PREFIX.zarr.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
          break_lock: BreakLock = False) -> None:
@@ -410,6 +410,7 @@ def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
 
     _configure(0, False)
     try:
+        mosaic = _mosaic(mosaic)
         damaged = None
         if verify:
             from geofg.run import verify_mosaic
@@ -715,11 +716,12 @@ def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
-def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str | None, layer: str,
+def _export_mosaic(mosaic: str, cog: Path | None, png: Path | None, time: str | None, layer: str,
                    overwrite: bool, quiet: bool, polygons: Path | None = None) -> None:
     from geofg.scan.cog import export_cog, export_png
 
     try:
+        mosaic = _mosaic(mosaic)
         written = []
         if cog is not None:
             written.append(export_cog(mosaic, cog, when=time, layer=layer, overwrite=overwrite))
@@ -735,6 +737,13 @@ def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str |
     if not quiet:
         for w in written:
             out.print(f"wrote {w}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _mosaic(raw: str):  # noqa: ANN202
+    """A mosaic argument: a local Path, or ``s3://bucket/prefix`` (ForbiddenPathError for other URLs)."""
+    from geofg.io.store import output_target
+
+    return output_target(raw)
 
 
 def _is_model(source: str) -> bool:
@@ -765,7 +774,7 @@ def export(
     """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""
     _configure(verbose, quiet)
     if not _is_model(source) and (cog is not None or png is not None or polygons is not None):
-        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet, polygons)
+        _export_mosaic(source, cog, png, time, layer, overwrite, quiet, polygons)
         return
     if not _is_model(source):
         err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"

@@ -19,15 +19,19 @@ durability          fsync of chunks before the record           a PUT is durable
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from geofg.io import objects
 
 from geofg.io.ledger import Ledger
 from geofg.io.lock import LockInfo, RunLock
 from geofg.io.objstore import ObjectPrefix, is_object_target, output_target
 
-__all__ = ["Target", "is_object_target", "output_target", "ledger_for", "lock_for", "read_lock_of",
-           "zarr_store", "display"]
+__all__ = ["Target", "Folder", "is_object_target", "output_target", "ledger_for", "lock_for", "read_lock_of",
+           "zarr_store", "zarr_gdal_env"]
 
 Target = Path | str
 """A mosaic's location: a local path, or ``s3://bucket/prefix``."""
@@ -69,11 +73,6 @@ def zarr_store(target: Target, read_only: bool = False) -> Any:
     """What ``zarr.open_group`` takes for the target: a path string, or an ``ObjectStore``."""
     if is_object_target(target):
         return ObjectPrefix.of(str(target)).zarr_store(read_only=read_only)
-    return str(target)
-
-
-def display(target: Target) -> str:
-    """The target as the user wrote it (for messages)."""
     return str(target)
 
 
@@ -133,3 +132,27 @@ class Folder:
 
         child = self.path / name
         shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def zarr_gdal_env(target: Target) -> Iterator[str]:
+    """Enter the GDAL environment that opens the mosaic with GDAL's Zarr driver; yield its path.
+
+    A local mosaic is its path; one on S3 is ``/vsis3/bucket/prefix`` read with the AWS credential
+    chain (:func:`geofg.io.objects.connection`), without geofg's COG-only extension filter (a
+    Zarr store's keys have no extension).
+    """
+    from geofg.io.read import GDAL_CACHE_BYTES, GDAL_OPTIONS, gdal_env
+
+    if not is_object_target(target):
+        with gdal_env():
+            yield str(target)
+        return
+    import rasterio
+
+    conn = objects.connection()
+    options = {**GDAL_OPTIONS, **objects.REMOTE_OPTIONS, **conn.gdal_options()}
+    options.pop("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", None)
+    options["GDAL_DISABLE_READDIR_ON_OPEN"] = "NO"
+    with rasterio.Env(session=conn.gdal_session, GDAL_CACHEMAX=GDAL_CACHE_BYTES, **options):
+        yield objects.gdal_path(str(target))

@@ -148,7 +148,7 @@ def field_table(mosaic: Path, fields: Path) -> Any:
     import shapely
     from exactextract import exact_extract
 
-    from geofg.io.read import gdal_env
+    from geofg.io.store import zarr_gdal_env
 
     if not mz.is_mosaic(mosaic):
         raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or scan), "
@@ -174,9 +174,9 @@ def field_table(mosaic: Path, fields: Path) -> Any:
     px_area = abs(a * e)
     work = gpd.GeoDataFrame({"_row": np.arange(len(gdf))}, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
     stats: dict[str, Any] = {}
-    with gdal_env():
+    with zarr_gdal_env(mosaic) as where:  # a local path, or /vsis3/ for a mosaic on S3
         for layer in ("class", "health"):
-            with rasterio.open(f'ZARR:"{mosaic}":/{layer}') as src:
+            with rasterio.open(f'ZARR:"{where}":/{layer}') as src:
                 stats[layer] = exact_extract(src, work, ["unique", "frac", "count"], include_cols=["_row"],
                                              output="pandas", strategy="feature-sequential")  # fmt: skip
     rows = []
