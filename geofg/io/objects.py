@@ -177,6 +177,7 @@ def connection() -> Connection:
         session = _boto_session()
         signed = session.get_credentials() is not None
         config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"},
+                        max_pool_connections=32,  # the S3 ledger loads records on 16 threads
                         s3={"addressing_style": "path"}, **({} if signed else {"signature_version": UNSIGNED}))  # fmt: skip
         client = session.client("s3", config=config)
         url = client.meta.endpoint_url
