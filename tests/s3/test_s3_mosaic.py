@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from geofg.cli import app
 from geofg.config import build_job
 from geofg.errors import MosaicLockedError, StaleLockWarning
-from geofg.io.lease import LOCK, LeaseLock, read_lease
+from geofg.io.lease import LeaseLock, read_lease
 from geofg.io.ledger import UnitRecord
 from geofg.io.objledger import ObjectLedger
 from geofg.io.objstore import ObjectPrefix
