@@ -81,13 +81,13 @@ class ObjectLedger:
         """
         best: dict[str, tuple[int, int, str]] = {}
         for name in self.prefix.sizes(UNITS):
-            m = _NAME.match(name)
-            if m is None:
+            rank = _rank(name)
+            if rank[0] < 0:
                 log.warning("%s/%s/%s: ignoring an object that is not a ledger record", self.prefix.url, UNITS, name)
                 continue
-            rank = (int(m["attempt"]), m["status"] == "failed", name)
-            if m["unit"] not in best or rank > best[m["unit"]]:
-                best[m["unit"]] = rank
+            unit = name.split("/", 1)[0]
+            if unit not in best or rank > best[unit]:
+                best[unit] = rank
         names = [r[2] for r in best.values()]
         records: dict[str, UnitRecord] = {}
         with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="geofg-ledger-load") as pool:
@@ -96,6 +96,14 @@ class ObjectLedger:
                 if rec is not None:
                     records[rec.unit_id] = rec
         return records
+
+    def read(self, unit_id: str) -> UnitRecord | None:
+        """Return the current record of ``unit_id`` (one LIST of its records, one GET), or None."""
+        best = max((_rank(f"{unit_id}/{n}") for n in self.prefix.sizes(f"{UNITS}/{unit_id}")), default=None)
+        if best is None or best[0] < 0:
+            return None
+        found = self.prefix.get(f"{UNITS}/{best[2]}")
+        return _parse(self.prefix, best[2], found[0] if found is not None else None)
 
     def is_current(self, record: UnitRecord | None, *, input_fingerprint: str, model_sha256: str,
                    config_hash: str) -> bool:  # fmt: skip
@@ -110,6 +118,12 @@ class ObjectLedger:
     def sweep_temp(self, *, min_age_s: float = 0.0, units: Iterable[str] | None = None) -> int:  # noqa: ARG002
         """Nothing to sweep: a PUT leaves no temp object (kept for the :class:`Ledger` interface)."""
         return 0
+
+
+def _rank(name: str) -> tuple[int, bool, str]:
+    """How a record object ranks among its unit's: (attempt, failed, name); attempt -1: not a record."""
+    m = _NAME.match(name)
+    return (-1, False, name) if m is None else (int(m["attempt"]), m["status"] == "failed", name)
 
 
 def _parse(prefix: ObjectPrefix, name: str, data: bytes | None) -> UnitRecord | None:

@@ -327,9 +327,8 @@ class Scheduler:
 
     def _recorded(self, unit: WorkUnit) -> UnitRecord | None:
         """The ledger record this run's current attempt of ``unit`` wrote, if any."""
-        try:
-            rec = UnitRecord.from_json(self.sink.ledger.path_for(unit.id).read_bytes())
-        except (OSError, ValueError):
+        rec = self.sink.ledger.read(unit.id)  # a local or an S3 ledger (geofg.io.store)
+        if rec is None:
             return None
         ok = (rec.status == "done" and rec.run_id == self.sink.run_id
               and rec.attempt == self.attempt[unit.id])

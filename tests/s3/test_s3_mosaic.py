@@ -281,6 +281,9 @@ def test_done_record_race_exactly_one_is_stored_and_kept(s3) -> None:  # noqa: A
     assert ledger.load()["r0000_c0000"].status == "failed"
     ledger.write(record("r0000_c0000", "next", attempt=2))
     assert ledger.load()["r0000_c0000"].run_id == "next"
+    # one unit's record, as the Ray driver reads it after losing an actor
+    assert ledger.read("r0000_c0000") == ledger.load()["r0000_c0000"]
+    assert ledger.read("r0009_c0009") is None
 
 
 # --- bad output URLs: one line, the right exit code, nothing written --------------------------------
