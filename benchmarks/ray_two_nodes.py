@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,12 +62,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def node_args(temp: Path) -> list[str]:
-    p = free_ports(7)
+    p = free_ports(6)
     return [f"--temp-dir={temp}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
             f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--metrics-export-port={p[2]}",
             f"--dashboard-agent-listen-port={p[3]}", f"--dashboard-agent-grpc-port={p[4]}",
-            f"--runtime-env-agent-port={p[5]}", f"--min-worker-port={p[6] // 2 * 2 if p[6] < 60000 else 30000}",
-            f"--max-worker-port={(p[6] // 2 * 2 if p[6] < 60000 else 30000) + 200}"]  # fmt: skip
+            f"--runtime-env-agent-port={p[5]}"]  # fmt: skip
 
 
 def ours(temps: list[Path]) -> list[tuple[int, str]]:
@@ -98,8 +98,9 @@ def start_cluster(env: dict[str, str], head_cpus: int, worker: bool, every: list
     head = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # socket paths < 107 bytes
     every.append(head)
     subprocess.run([RAY, "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
-                    "--include-dashboard=false", f"--ray-client-server-port={free_ports(1)[0]}",
-                    *node_args(head)], env=env, check=True, capture_output=True)  # fmt: skip
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_ports(1)[0]}",
+                    f"--ray-client-server-port={free_ports(1)[0]}",
+                    *node_args(head)], env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     temps = [head]
     if worker:
         second = Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))
@@ -107,7 +108,7 @@ def start_cluster(env: dict[str, str], head_cpus: int, worker: bool, every: list
         temps.append(second)
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=0",
                         '--resources={"geofg_node2": 1}', *node_args(second)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+                       stdout=subprocess.DEVNULL)  # fmt: skip
     return f"127.0.0.1:{port}", temps
 
 
@@ -120,6 +121,14 @@ def probe(address: str, env: dict[str, str]) -> dict:
             "'geofg_node2_task_on': ray.get(f.remote())[:8]}))") % address  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-500:]}
+
+
+def probe_nodes(address: str, env: dict[str, str]) -> list[str]:
+    """The ids (8 characters) of the cluster's live nodes."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
+            "print(json.dumps([n['NodeID'][:8] for n in ray.nodes() if n['Alive']]))") % address
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else [r.stderr[-300:]]
 
 
 def actors_by_node(temps: list[Path]) -> dict[str, int]:
@@ -135,7 +144,7 @@ def classify_cmd(src: str, out: str, chunk: int, address: str | None) -> list[st
     cmd = [sys.executable, "-m", "geofg.cli", "classify", src, "-o", out, "--chunk", str(chunk), "--model",
            "eurosat-13", "--no-mask", "--device", "cpu", "-q"]  # fmt: skip
     if address:
-        cmd += ["--ray-address", address, "--allow-insecure-cluster"]
+        cmd += ["--ray-address", address]
     return cmd
 
 
@@ -194,9 +203,10 @@ def main() -> None:
                "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_REGION": "us-east-1",
                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
                "GEOFG_LEASE_S": str(LEASE_S), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-               "PYTHONPATH": str(ROOT.parent)}  # fmt: skip
-        for k in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
-            env.pop(k, None)
+               "PYTHONPATH": str(ROOT.parent), "PATH": str(Path(RAY).parent) + os.pathsep + os.environ.get("PATH", ""),
+               # token auth, as a real cluster (cluster/README.md): every node and the driver share it
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # fmt: skip
+        env.pop("RAY_ADDRESS", None)
         os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                                "AWS_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")})
         bucket = "geofg-two-nodes"
@@ -243,7 +253,10 @@ def main() -> None:
                                bucket, "nodekill.zarr", args.kill_after, kill_raylet)  # fmt: skip
         recs = done_records(bucket, "nodekill.zarr")
         after = actors_by_node(temps)
+        alive = [n for n in probe_nodes(address, env)]
         report["node_killed"] = {"raylet_pids": raylets, "exit": code, "wall_s": round(wall, 1),
+                                 "nodes_alive_after": alive,
+                                 "raylet_gone": not any(pid == r for pid, _ in ours([temps[1]]) for r in raylets),
                                  "done": sum(r.status == "done" for r in recs.values()),
                                  "attempts>1": sorted(u for u, r in recs.items() if r.attempt > 1),
                                  "actors_started_by_node": {k: after[k] - before[k] for k in after},
