@@ -108,6 +108,13 @@ def test_s3_mosaic_equals_local_array_for_array_and_resumes(s3, tmp_path: Path, 
     repaired = run(scene, url, bundle)
     assert repaired.ran == ["r0001_c0001"] and "r0001_c0001" in repaired.repaired
     np.testing.assert_array_equal(layers(url)["class"], want["class"])
+    # --overwrite replaces it: every unit again, the old records gone (one done record per unit)
+    s3.put("out.zarr/.geofg/units/r0000_c0000/000007.failed.json", b"{}")  # a stray record: removed too
+    again = run_job(job(scene, url, bundle, mode="overwrite"), predictor_factory=lambda p: ThresholdPredictor(p.card))
+    assert len(again.ran) == 9
+    assert [k for k in s3.keys() if k.startswith("out.zarr/.geofg/units/")] == sorted(
+        f"out.zarr/.geofg/units/{u}/000001.done.json" for u in again.ran)
+    np.testing.assert_array_equal(layers(url)["class"], want["class"])
     info = runner.invoke(app, ["info", "--json", url])
     assert info.exit_code == 0, info.output
     desc = json.loads(info.stdout)
