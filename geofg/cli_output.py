@@ -53,7 +53,10 @@ def progress_bar(console: Console, disabled: bool) -> Iterator:
 
 def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
     """Print the unit plan, a peak-memory estimate and what would be written."""
-    out = Path(p.job.write.output)
+    from geofg.io.store import Folder, output_target
+
+    out = output_target(p.job.write.output)
+    exists = Folder(out).exists()
     rows = -(-p.info.height // p.job.tile.chunk)
     cols = -(-p.info.width // p.job.tile.chunk)
     from geofg.io.objects import s3_url
@@ -68,9 +71,9 @@ def print_dry_run(console: Console, p) -> None:  # noqa: ANN001
                   f"halo {p.halo}; tile {p.tile_size}, overlap {p.overlap}, batch {p.job.tile.batch_size}")
     console.print(f"  estimated peak memory for units in flight: {p.peak_memory_bytes() / 2**20:.0f} MiB "
                   "(plus the model)")
-    state = "resume (existing mosaic)" if out.exists() else "create"
+    state = "resume (existing mosaic)" if exists else "create"
     if p.job.write.mode == "overwrite":
-        state = "overwrite" if out.exists() else "create"
+        state = "overwrite" if exists else "create"
     layers = ", ".join(p.spec.layers)
     if p.mask:
         console.print(f"[bold]mask[/]   {p.mask.describe()['detector']} {p.mask.variant} "
@@ -161,7 +164,7 @@ def print_profile(console: Console, prof: dict[str, float], cpu: dict[str, float
                       f"{rest:.2f}; idle {idle:.2f} core-s ({100 * idle / have:.0f} %)")
 
 
-def describe_mosaic(path: Path) -> dict:
+def describe_mosaic(path: Path | str) -> dict:
     """Return a JSON-able description of a mosaic (grid, CRS, arrays, provenance, units, lock).
 
     Raises:
@@ -170,9 +173,9 @@ def describe_mosaic(path: Path) -> dict:
     """
     from rasterio.crs import CRS
 
-    from geofg.io.ledger import Ledger
-    from geofg.io.lock import read_lock
-    from geofg.io.mosaic import META_DIR, is_half_made, is_mosaic, open_checked, time_slices
+    from geofg.io.mosaic import is_half_made, is_mosaic, open_checked
+    from geofg.io.store import ledger_for, read_lock_of
+    from geofg.io.timeseries import time_slices
 
     if is_half_made(path):
         raise MosaicExistsError(f"{path}: expected a geofg mosaic, found one whose creation was cut "
@@ -184,8 +187,8 @@ def describe_mosaic(path: Path) -> dict:
     attrs = dict(g.attrs)
     grid = attrs["geofg:grid"]
     crs = CRS.from_wkt(grid["crs_wkt"])
-    records = Ledger(path / META_DIR).load()
-    lock = read_lock(path / META_DIR / "lock")
+    records = ledger_for(path).load()
+    lock = read_lock_of(path)
     arrays = {name: {"shape": list(g[name].shape), "dtype": str(g[name].dtype), "chunks": list(g[name].chunks),
                      **{k: g[name].attrs[k] for k in ("long_name", "scale_factor", "add_offset") if k in g[name].attrs}}
               for name in grid["layers"]}  # fmt: skip

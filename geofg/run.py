@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from geofg.config import JobConfig
 from geofg.errors import (
@@ -32,13 +33,15 @@ from geofg.errors import (
     GeofgError,
     InputChangedError,
     MosaicExistsError,
+    MosaicLockedError,
     OutputWriteError,
     RunFailedUnitsError,
+    RunInterruptedError,
 )
 from geofg.io import mosaic as mz
-from geofg.io.ledger import Ledger, UnitRecord
-from geofg.io.lock import RunLock
+from geofg.io.ledger import UnitRecord
 from geofg.io.sink import UnitSink
+from geofg.io.store import Folder, Target, is_object_target, ledger_for, lock_for, output_target
 from geofg.pipeline import Plan, plan
 from geofg.report import RunSummary, summarise
 from geofg.signals import STOP, interrupted_error, stop_on_signals
@@ -78,19 +81,31 @@ def run_job(
             failed units (4, after finishing the rest; the mosaic is consistent and a re-run
             resumes), a write the disk refused (7) or SIGTERM/SIGINT (8; both resumable).
     """
+    out = output_target(job.write.output)
     p = plan(job)
-    out = Path(job.write.output)
     overwrite = job.write.mode == "overwrite"
     existed = mz.check_output(out, p.spec, overwrite, (*job.read.inputs, *p.info.paths))
-    folder_existed = out.exists()
+    folder_existed = Folder(out).is_dir() if not is_object_target(out) else True
     run_id = uuid.uuid4().hex[:12]
-    lock = take_lock(out, run_id, job.write.break_lock)
+    lost: list[str] = []
+
+    def on_lost() -> None:  # the lock's lease was taken over: stop, exit 6
+        lost.append(run_id)
+        STOP.set("the loss of the lock's lease")
+
+    lock = take_lock(out, run_id, job.write.break_lock, on_lost=on_lost)
     try:
         try:
             with stop_on_signals():
                 return _run_locked(p, out, existed, overwrite, run_id, on_progress, predictor_factory)
         finally:
             lock.release()
+    except RunInterruptedError:
+        if lost:  # the lease was taken over by another run (S3): it stopped this one
+            raise MosaicLockedError(
+                f"{out}: run {run_id} lost the lock's lease to another run while writing and stopped; "
+                "units recorded so far are kept; let that run finish (or re-run to resume)") from None
+        raise
     except InputChangedError as e:
         raise InputChangedError(_one_line(getattr(e, "cause", None) or e)) from None
     except ClusterError:
@@ -103,7 +118,7 @@ def run_job(
         raise output_error(out, getattr(e, "cause", None) or e) from None
 
 
-def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
+def verify_mosaic(path: Target, break_lock: bool = False) -> dict[str, str]:
     """Check every done unit's chunks (size as written, decodable with a valid crc32c); return the
     damaged units with why, after marking them failed in the ledger so the next run redoes them.
 
@@ -117,8 +132,8 @@ def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
         raise MosaicExistsError(f"{path}: expected a geofg mosaic (a Zarr group with geofg:grid), "
                                 "found none; give the -o path of a geofg run")
     mz.open_checked(path)
-    ledger = Ledger(path / mz.META_DIR)
-    lock = RunLock(path / mz.META_DIR / "lock", uuid.uuid4().hex[:12])
+    ledger = ledger_for(path)
+    lock = lock_for(path, uuid.uuid4().hex[:12])
     try:
         lock.acquire(break_foreign=break_lock)
     except OSError as e:
@@ -127,10 +142,11 @@ def verify_mosaic(path: Path, break_lock: bool = False) -> dict[str, str]:
         raise output_error(path, e) from None
     damaged: dict[str, str] = {}
     try:
+        listing = mz.list_chunks(path)
         for uid, rec in sorted(ledger.load().items()):
             if rec.status != "done" or not rec.chunks:
                 continue
-            why = mz.check_chunks(path, rec.chunks, decode=True)
+            why = mz.check_chunks(path, rec.chunks, decode=True, listing=listing)
             if why is not None:
                 damaged[uid] = why
                 ledger.write(dataclasses.replace(
@@ -145,16 +161,17 @@ def _one_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def take_lock(out: Path, run_id: str, break_foreign: bool) -> RunLock:
-    """Create the mosaic's meta folder and take its run lock (classify and scan).
+def take_lock(out: Target, run_id: str, break_foreign: bool, on_lost: Callable[[], object] | None = None) -> Any:
+    """Take the mosaic's run lock (classify and scan): a lock file on disk, a lease on S3.
+
+    ``on_lost`` is called when another run takes an S3 lease over (see :mod:`geofg.io.lease`).
 
     Raises:
         MosaicLockedError: another run holds the lock (exit 6).
         OutputWriteError: the folder or the lock cannot be written (exit 7).
     """
     try:
-        (out / mz.META_DIR).mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out / mz.META_DIR / "lock", run_id)
+        lock = lock_for(out, run_id, **({"on_lost": on_lost} if is_object_target(out) else {}))
         lock.acquire(break_foreign=break_foreign)
     except OSError as e:
         if isinstance(e, GeofgError):
@@ -163,7 +180,7 @@ def take_lock(out: Path, run_id: str, break_foreign: bool) -> RunLock:
     return lock
 
 
-def output_error(out: Path, e: OSError) -> OutputWriteError:
+def output_error(out: Target, e: OSError) -> OutputWriteError:
     """The one-line error of a write the file system refused (exit 7)."""
     where = f" {e.filename}" if e.filename else ""
     return OutputWriteError(
@@ -175,14 +192,14 @@ def output_error(out: Path, e: OSError) -> OutputWriteError:
 
 def _run_locked(
     p: Plan,
-    out: Path,
+    out: Target,
     existed: bool,
     overwrite: bool,
     run_id: str,
     on_progress: OnProgress | None,
     predictor_factory: Callable[[Plan], object] | None,
 ) -> RunResult:
-    ledger = Ledger(out / mz.META_DIR)
+    ledger = ledger_for(out)
     if existed and not overwrite:
         mz.check_output(out, p.spec, overwrite=False)  # re-check under the lock
         mz.drop_consolidated(out)
@@ -198,11 +215,12 @@ def _run_locked(
         "config_hash": p.config_hash,
     }
     pending, repaired = [], {}
+    listing = mz.list_chunks(out) if records else None  # S3: one LIST instead of a HEAD per chunk
     for u in p.units:
         r = records.get(u.id)
         if not ledger.is_current(r, **key):
             pending.append(u)
-        elif r is not None and r.chunks and (why := mz.check_chunks(out, r.chunks)) is not None:
+        elif r is not None and r.chunks and (why := mz.check_chunks(out, r.chunks, listing=listing)) is not None:
             repaired[u.id] = why
             pending.append(u)
     if repaired:
@@ -241,9 +259,7 @@ def _run_locked(
     )
     mz.finalize(out, {**p.provenance(), "geofg:summary": result.summary.to_dict()}, complete)
     if p.job.write.quicklook and complete:
-        from geofg.io.export import quicklook_path, write_quicklook
-
-        result.quicklook = write_quicklook(out, quicklook_path(out))
+        result.quicklook = _quicklook(out)
     if stopped:
         err = interrupted_error(f"{out}: {len(result.ran)} units finished this run, "
                                 f"{len(p.units) - progress[0]} left")
@@ -260,6 +276,23 @@ def _run_locked(
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
+
+
+def _quicklook(out: Target) -> Path | None:
+    """Write the quicklook PNG beside the mosaic (on S3: the object ``PREFIX.png``)."""
+    from geofg.io.export import quicklook_path, write_quicklook
+
+    if not is_object_target(out):
+        return write_quicklook(out, quicklook_path(out))
+    import tempfile
+
+    from geofg.io.objstore import ObjectPrefix
+
+    with tempfile.TemporaryDirectory(prefix="geofg-quicklook-") as tmp:
+        png = write_quicklook(out, Path(tmp) / "quicklook.png")
+        root = ObjectPrefix.of(str(out))
+        ObjectPrefix(root.bucket, root.prefix + ".png").put("", png.read_bytes())
+    return None
 
 
 def _execute(p: Plan, pending: list, sink: UnitSink, on_unit: Callable[[UnitRecord], None],

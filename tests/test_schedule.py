@@ -95,6 +95,10 @@ class FakePool:
         self.workers: list[FakeWorker] = []
         self.calls: list[Call] = []
         self.killed: list[int] = []
+        self.room = True  # can_start: the cluster has resources for a replacement
+
+    def can_start(self) -> bool:
+        return self.room
 
     def start(self) -> tuple[Any, str]:
         w = FakeWorker(len(self.workers), self.writers)
@@ -257,6 +261,19 @@ def test_a_lost_worker_charges_only_its_running_unit_and_is_replaced(ledger: Led
     assert [c.attempt for c in retried] == [1, 2]
     # the units queued behind the victim on the dead worker were each run again exactly once
     assert len([c for c in pool.calls if c.unit is not None]) - len(units) <= 1 + QUEUED_PER_ACTOR + 2
+
+
+def test_a_lost_worker_is_not_replaced_without_room_and_the_others_run_its_units(ledger: Ledger) -> None:
+    """A node lost with its worker: no room for a replacement, which would hold the units queued to
+    it for ever (issue 19: a second Ray node's raylet killed, the run hung on two units)."""
+    units = units_of(4, 4)
+    victim = actor_shares(units, 2, 1)[0][0][2].id
+    pool = FakePool(ledger, script=lambda w, u, a: "die" if u.id == victim and a == 1 else "ok")
+    pool.room = False
+    s, got, _ = run(ledger, pool, units, workers=2, prefetch=2, max_attempts=3)
+    assert sorted(r.unit_id for r in got) == sorted(u.id for u in units)
+    assert len(pool.workers) == 2 and 0 in pool.killed  # not replaced
+    assert all(c.worker.index == 1 for c in pool.calls if c.unit is not None and c.unit.id == victim and c.attempt == 2)
 
 
 def test_a_unit_that_kills_every_worker_fails_after_max_attempts_the_rest_done(ledger: Ledger) -> None:

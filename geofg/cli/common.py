@@ -67,7 +67,7 @@ def _fail(e: GeofgError) -> typer.Exit:
 
 
 Inputs = Annotated[list[str], typer.Argument(help="A GeoTIFF/COG (local or s3://BUCKET/KEY), a STAC Item or ItemCollection (.json, local or s3://), a Sentinel-2 band-file folder or files, or several scenes: files, a quoted glob, or a manifest (@list.txt, one path per line) written into one mosaic on their union grid.")]
-Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Zarr mosaic.")]
+Output = Annotated[Optional[str], typer.Option("-o", "--output", help="Output Zarr mosaic: a local path or s3://BUCKET/PREFIX.zarr.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundle name or .safetensors path.")]
 ModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help="Bundle name, .safetensors or exported .onnx path; repeat to average an ensemble's probabilities.")]
 Tta = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rot90s of each tile (8x the compute).")]
@@ -96,7 +96,7 @@ Mask = Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask clo
 AllowInsecure = Annotated[bool, typer.Option("--allow-insecure-cluster", help="Run on a Ray cluster even if it accepts unauthenticated requests (token auth off).")]
 
 
-def _job(task: str, inputs: list[str], output: Path | None, model: str, bands: str | None,
+def _job(task: str, inputs: list[str], output: str | Path | None, model: str, bands: str | None,
          tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
@@ -156,3 +156,10 @@ def _run(task: str, dry_run: bool, quiet: bool, profile: bool, **kw) -> None:  #
 
 train_app = typer.Typer(no_args_is_help=True, help="Train models: a classifier on labelled chips, a segmenter on a labelled scene.")
 app.add_typer(train_app, name="train")
+
+
+def _mosaic(raw: str):  # noqa: ANN202
+    """A mosaic argument: a local Path, or ``s3://bucket/prefix`` (ForbiddenPathError for other URLs)."""
+    from geofg.io.store import output_target
+
+    return output_target(raw)

@@ -17,6 +17,7 @@ from geofg.cli.common import (
     Verbose,
     _configure,
     _fail,
+    _mosaic,
     app,
     err,
     models_app,
@@ -316,11 +317,12 @@ def _evaluate_segmentation(bundle: str, report: Path, image: Path, labels: Path,
         out.print(f"report: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
-def _export_mosaic(mosaic: Path, cog: Path | None, png: Path | None, time: str | None, layer: str,
+def _export_mosaic(mosaic: str, cog: Path | None, png: Path | None, time: str | None, layer: str,
                    overwrite: bool, quiet: bool, polygons: Path | None = None) -> None:
     from geofg.scan.cog import export_cog, export_png
 
     try:
+        mosaic = _mosaic(mosaic)
         written = []
         if cog is not None:
             written.append(export_cog(mosaic, cog, when=time, layer=layer, overwrite=overwrite))
@@ -366,7 +368,7 @@ def export(
     """Export SOURCE: a model bundle to ONNX (--onnx, optionally --int8), with measured accuracy and speed-up; or a mosaic layer as a COG (--cog), PNG (--png) or polygons (--polygons)."""
     _configure(verbose, quiet)
     if not _is_model(source) and (cog is not None or png is not None or polygons is not None):
-        _export_mosaic(Path(source), cog, png, time, layer, overwrite, quiet, polygons)
+        _export_mosaic(source, cog, png, time, layer, overwrite, quiet, polygons)
         return
     if not _is_model(source):
         err.print(f"[red]geofg: error:[/] {source}: expected a model bundle (.safetensors or a bundle"

@@ -13,6 +13,7 @@ from geofg.cli.common import (
     Verbose,
     _configure,
     _fail,
+    _mosaic,
     app,
     err,
     out,
@@ -22,7 +23,7 @@ from geofg.errors import ConfigError, GeofgError
 
 @app.command()
 def stats(
-    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    mosaic: Annotated[str, typer.Argument(help="A geofg mosaic (from classify or scan): a path or s3://BUCKET/PREFIX.zarr.")],
     fields: Annotated[Path, typer.Option("--fields", help="GeoJSON of field polygons (lon/lat, or a legacy crs member).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv (a row per field) or OUT.geojson (the fields with statistics).")],
     time: Annotated[Optional[str], typer.Option("--time", help="A date of a scan mosaic, e.g. 2020-08-31 (default: the latest view).")] = None,
@@ -34,7 +35,7 @@ def stats(
     from geofg.scan.stats import field_stats, write_stats
 
     try:
-        rows = field_stats(mosaic, fields, when=time)
+        rows = field_stats(_mosaic(mosaic), fields, when=time)
         path = write_stats(rows, fields, output, overwrite=overwrite)
     except GeofgError as e:
         raise _fail(e) from None
@@ -44,7 +45,7 @@ def stats(
 
 @app.command()
 def fields(
-    mosaic: Annotated[Path, typer.Argument(help="A geofg mosaic (from classify or scan).")],
+    mosaic: Annotated[str, typer.Argument(help="A geofg mosaic (from classify or scan): a path or s3://BUCKET/PREFIX.zarr.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.parquet (GeoParquet 1.1), OUT.gpkg, OUT.fgb or OUT.csv: a row per field and date.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
@@ -56,7 +57,7 @@ def fields(
 
     try:
         check_output(output, overwrite)
-        table = field_table(mosaic, fields_file)
+        table = field_table(_mosaic(mosaic), fields_file)
         path = write_table(table, output, overwrite=overwrite)
     except GeofgError as e:
         raise _fail(e) from None
@@ -136,7 +137,7 @@ def zones(
 
 
 @app.command()
-def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
+def info(mosaic: Annotated[str, typer.Argument(help="A geofg Zarr mosaic: a path or s3://BUCKET/PREFIX.zarr.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          verify: Annotated[bool, typer.Option("--verify", help="Check every done unit's chunks (present, the size written, decodable with a valid checksum); mark damaged units failed so the next run redoes them; exit 4 if any.")] = False,
          break_lock: BreakLock = False) -> None:
@@ -145,6 +146,7 @@ def info(mosaic: Annotated[Path, typer.Argument(help="A geofg Zarr mosaic.")],
 
     _configure(0, False)
     try:
+        mosaic = _mosaic(mosaic)
         damaged = None
         if verify:
             from geofg.run import verify_mosaic

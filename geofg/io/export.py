@@ -35,12 +35,12 @@ def read_strided(arr: zarr.Array, step: int, chunk: int) -> np.ndarray:
     return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), np.uint8)
 
 
-def quicklook_path(mosaic: Path) -> Path:
+def quicklook_path(mosaic: Path | str) -> Path:
     """Where the quicklook of ``mosaic`` goes: beside it, ``OUT.zarr`` -> ``OUT.zarr.png``."""
     return Path(f"{mosaic}.png")
 
 
-def write_quicklook(mosaic: Path, png: Path, layer: str = "class", max_side: int = 1600) -> Path:
+def write_quicklook(mosaic: Path | str, png: Path, layer: str = "class", max_side: int = 1600) -> Path:
     """Write a PNG of ``layer`` coloured by its legend, with the legend drawn beside it.
 
     Where the mosaic has a ``mask`` layer, its cloud, shadow and snow/ice pixels (no data in the

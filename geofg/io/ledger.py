@@ -186,6 +186,13 @@ class Ledger:
         """Return the record file of ``unit_id`` (which may not exist)."""
         return self.units_dir / f"{unit_id}{_RECORD_SUFFIX}"
 
+    def read(self, unit_id: str) -> UnitRecord | None:
+        """Return the record of ``unit_id``, or None when it has none or it cannot be read."""
+        try:
+            return _parse_record(str(self.path_for(unit_id)), _read_bytes(str(self.path_for(unit_id))))
+        except OSError:
+            return None
+
     def write(self, record: UnitRecord) -> None:
         """Store ``record`` durably and atomically, replacing any earlier record of its unit.
 

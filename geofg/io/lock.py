@@ -30,7 +30,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from geofg.errors import MosaicLockedError, StaleLockWarning
+from geofg.io.process import ProcessIdentity as _Self
+from geofg.io.process import proc_stat as _proc_stat
 
 try:
     import fcntl
@@ -353,42 +354,6 @@ def read_lock(path: str | Path) -> LockInfo | None:
     if snap.info is None:
         log.warning("%s: lock file is empty or unreadable", path)
     return snap.info
-
-
-# --- this process ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Self:
-    host: str
-    pid: int
-    boot_id: str | None
-    pid_start: int | None
-
-    @classmethod
-    def current(cls) -> _Self:
-        pid = os.getpid()
-        stat = _proc_stat(pid)
-        return cls(socket.gethostname(), pid, _boot_id(), stat[1] if stat else None)
-
-
-def _boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """Return (state, start time in clock ticks since boot) of ``pid`` from /proc, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read().decode("ascii", "replace")
-        rest = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-        return rest[0], int(rest[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _holder_alive(snap: _Snapshot, me: _Self) -> bool:

@@ -58,8 +58,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +69,22 @@ from numcodecs import Zstd
 
 from geofg.errors import MosaicDamagedError, MosaicExistsError, MosaicSchemaMismatchError
 from geofg.grid import WorkUnit
+from geofg.io.chunks import (  # noqa: F401 (re-exported: the chunk helpers were defined here)
+    DECODE_ERRORS,
+    _fsync_path,
+    _fsync_tree,
+    _short,
+    check_chunks,
+    chunk_sizes,
+    damaged_chunk_error,
+    first_damaged_chunk,
+    list_chunks,
+    sweep_partials,
+    unit_chunk_keys,
+    write_region,
+)
+from geofg.io.objstore import ObjectPrefix, is_object_target
+from geofg.io.store import Folder, Target, zarr_store
 from geofg.masks import MASK_CLASSES
 
 log = logging.getLogger(__name__)
@@ -137,50 +151,56 @@ def owned_names(layers: tuple[str, ...] | list[str]) -> set[str]:
     return {*_OWN_TOP, *layers, *(LATEST + n for n in layers)}
 
 
-def _group_attrs(path: Path) -> dict[str, Any] | None:
+def _group_attrs(path: Target) -> dict[str, Any] | None:
     """The group's attributes (Zarr v2 ``.zattrs`` beside ``.zgroup``, or a v3 ``zarr.json``)."""
+    f = Folder(path)
     try:
-        if (path / ".zgroup").is_file():
-            attrs = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+        if f.is_file(".zgroup"):
+            attrs = json.loads(f.read_text(".zattrs")) if f.is_file(".zattrs") else {}
         else:
-            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+            attrs = json.loads(f.read_text("zarr.json")).get("attributes", {})
     except (OSError, ValueError, AttributeError):
         return None
     return attrs if isinstance(attrs, dict) else None
 
 
-def is_mosaic(path: Path) -> bool:
+def is_mosaic(path: Target) -> bool:
     """Return True when ``path`` is a geofg mosaic (a Zarr group with geofg grid attributes)."""
     attrs = _group_attrs(path)
     return attrs is not None and "geofg:grid" in attrs
 
 
-def is_half_made(path: Path) -> bool:
+def is_half_made(path: Target) -> bool:
     """Return True when ``path`` is a mosaic whose :func:`create` was cut short (disk full, kill).
 
     That is a group with the :data:`CREATING` marker and no grid yet, or a v2 ``.zgroup`` without
     its ``.zattrs`` (the cut came between the two files zarr writes for a group).
     """
-    if (path / ".zgroup").is_file() and not (path / ".zattrs").exists():
+    f = Folder(path)
+    if f.is_file(".zgroup") and not f.is_file(".zattrs"):
         return True
     attrs = _group_attrs(path)
     return attrs is not None and CREATING in attrs and "geofg:grid" not in attrs
 
 
-def _layers_of(path: Path, spec: MosaicSpec) -> tuple[str, ...]:
+def _layers_of(path: Target, spec: MosaicSpec) -> tuple[str, ...]:
     attrs = _group_attrs(path) or {}
     found = attrs.get("geofg:grid", {}).get("layers", []) if isinstance(attrs.get("geofg:grid"), dict) else []
     return tuple(dict.fromkeys([*spec.layers, *(str(n) for n in found if isinstance(n, str))]))
 
 
-def foreign_entries(path: Path, spec: MosaicSpec) -> list[str]:
+def foreign_entries(path: Target, spec: MosaicSpec) -> list[str]:
     """The top-level entries of ``path`` geofg did not write (sorted names)."""
     own = owned_names(_layers_of(path, spec))
-    return sorted(p.name for p in path.iterdir() if p.name not in own)
+    return sorted(n for n in Folder(path).names() if n not in own)
 
 
-def _inside(inputs: tuple[str, ...], path: Path) -> str | None:
-    root = path.resolve()
+def _inside(inputs: tuple[str, ...], path: Target) -> str | None:
+    if is_object_target(path):  # an s3:// or /vsis3/ input below the output prefix
+        root = ObjectPrefix.of(str(path))
+        below = (f"s3://{root.bucket}/{root.prefix}/", f"/vsis3/{root.bucket}/{root.prefix}/")
+        return next((raw for raw in inputs if str(raw).startswith(below)), None)
+    root = Path(path).resolve()
     for raw in inputs:
         try:
             if Path(raw).resolve().is_relative_to(root):
@@ -190,7 +210,7 @@ def _inside(inputs: tuple[str, ...], path: Path) -> str | None:
     return None
 
 
-def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[str, ...] = ()) -> bool:
+def check_output(path: Target, spec: MosaicSpec, overwrite: bool, inputs: tuple[str, ...] = ()) -> bool:
     """Check, without writing, that ``path`` can receive this mosaic; return True if it exists.
 
     A half-made mosaic (:func:`is_half_made`) counts as absent: the run re-creates it.
@@ -200,18 +220,20 @@ def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[st
             or a half-made one), it holds files geofg did not write or an input lies inside it.
         MosaicSchemaMismatchError: an existing mosaic has another grid or schema (and no overwrite).
         MosaicDamagedError: an existing mosaic's metadata cannot be read (and no overwrite).
+        InputError, StorageUnreachableError: on S3, the bucket is missing or the credentials are
+            refused (3), or the endpoint does not answer (5).
     """
-    if not path.exists():
+    f = Folder(path)
+    if not f.exists():
         return False
-    half = path.is_dir() and is_half_made(path)
-    if not path.is_dir() or not (half or is_mosaic(path)):
-        if path.is_dir() and not any(p.name != META_DIR for p in path.iterdir()) and not any(
-            (path / META_DIR / "units").glob("*")
-        ):
+    is_dir = f.is_dir()
+    half = is_dir and is_half_made(path)
+    if not is_dir or not (half or is_mosaic(path)):
+        if is_dir and not (f.names() - {META_DIR}) and not f.names(f"{META_DIR}/units"):
             return False  # empty, or only the lock folder of a run that died before creating it
         raise MosaicExistsError(
             f"{path}: expected a new path or a geofg mosaic, found an existing "
-            f"{'directory' if path.is_dir() else 'file'} that is not one; choose another -o path"
+            f"{'directory' if is_dir else 'file'} that is not one; choose another -o path"
         )
     if overwrite or half:
         inside = _inside(inputs, path)
@@ -251,12 +273,7 @@ def check_output(path: Path, spec: MosaicSpec, overwrite: bool, inputs: tuple[st
     return True
 
 
-def _short(v: object) -> str:
-    s = str(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _damaged(path: Path, what: str, e: BaseException) -> MosaicDamagedError:
+def _damaged(path: Target, what: str, e: BaseException) -> MosaicDamagedError:
     cause = _short(str(e).splitlines()[0] if str(e) else type(e).__name__)
     return MosaicDamagedError(
         f"{path}: {what} cannot be read ({type(e).__name__}: {cause}); the mosaic is damaged: "
@@ -264,19 +281,15 @@ def _damaged(path: Path, what: str, e: BaseException) -> MosaicDamagedError:
     )
 
 
-#: What zarr raises on metadata or chunks it cannot decode (garbage JSON, truncated zstd frame,
-#: crc32c mismatch, a missing array folder).
-DECODE_ERRORS = (ValueError, KeyError, TypeError, RuntimeError, OSError)
-
-
-def open_checked(path: Path, mode: str = "r") -> zarr.Group:
+def open_checked(path: Target, mode: str = "r") -> zarr.Group:
     """Open a mosaic's group and every array it names; a damaged one is a one-line error.
 
     Raises:
         MosaicDamagedError: the group's ``.zattrs`` or an array's ``.zarray`` cannot be read.
     """
     try:
-        group = zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+        group = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode,  # type: ignore[arg-type]
+                                use_consolidated=False)
         grid = group.attrs["geofg:grid"]
     except DECODE_ERRORS as e:
         raise _damaged(path, ".zattrs", e) from None
@@ -291,7 +304,7 @@ def open_checked(path: Path, mode: str = "r") -> zarr.Group:
     return group
 
 
-def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
+def create(path: Target, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
     """Create the mosaic's group and arrays (metadata only; no chunk is written).
 
     If ``path`` holds an old or half-made mosaic, what geofg wrote there is removed first
@@ -299,47 +312,44 @@ def create(path: Path, spec: MosaicSpec, attrs: dict[str, Any]) -> None:
     :data:`CREATING` marker and its grid attributes last, so a creation cut short is recognised
     (:func:`is_half_made`) and redone by the next run.
     """
-    if path.exists():
-        own = owned_names(_layers_of(path, spec))
-        for child in path.iterdir():
-            if child.name not in own:
-                continue
-            if child.name == META_DIR:
-                for sub in child.iterdir():
-                    if sub.name not in ("lock", "lock.break"):
-                        shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
-            elif child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    group = zarr.open_group(str(path), mode="a", zarr_format=ZARR_FORMAT, attributes={CREATING: True})
+    f = Folder(path)
+    own = owned_names(_layers_of(path, spec))
+    for name in sorted(f.names() & own):
+        if name == META_DIR:
+            for sub in f.names(META_DIR) - {"lock", "lock.break"}:
+                f.remove(f"{META_DIR}/{sub}")
+        else:
+            f.remove(name)
+    group = zarr.open_group(zarr_store(path), mode="a", zarr_format=ZARR_FORMAT, attributes={CREATING: True})
     if spec.time:
         _create_time_layers(group, spec)
         _create_coords(group, spec)
     else:
         _create_layers(group, spec)
-    for p in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
-        _fsync_path(p, directory=p.is_dir())
+    if f.path is not None:  # a PUT on S3 is durable when it returns
+        for p in sorted(f.path.rglob("*"), key=lambda p: -len(p.parts)):
+            _fsync_path(p, directory=p.is_dir())
     group.attrs.put({"geofg:grid": spec.grid_attrs(), **attrs})  # the mosaic exists from here on
-    _fsync_path(path, directory=True)
+    if f.path is not None:
+        _fsync_path(f.path, directory=True)
 
 
-def remove_unused(path: Path, spec: MosaicSpec, keep_folder: bool) -> None:
+def remove_unused(path: Target, spec: MosaicSpec, keep_folder: bool) -> None:
     """Remove a mosaic this run created but never wrote a unit into (after a cluster error).
 
     Only what geofg writes (:func:`owned_names`) goes, and only while the ledger holds no record;
     the folder itself goes too when it is then empty, unless ``keep_folder``.
     """
-    units = path / META_DIR / "units"
-    if units.is_dir() and any(units.iterdir()):
+    f = Folder(path)
+    if f.names(f"{META_DIR}/units"):
         return
     own = owned_names(_layers_of(path, spec))
-    for child in list(path.iterdir()) if path.is_dir() else []:
-        if child.name in own:
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-    if not keep_folder:
+    for name in sorted(f.names() & own) if f.is_dir() else []:
         with contextlib.suppress(OSError):
-            path.rmdir()
+            f.remove(name)
+    if not keep_folder and f.path is not None:
+        with contextlib.suppress(OSError):
+            f.path.rmdir()
 
 
 def _create_layers(group: zarr.Group, spec: MosaicSpec) -> None:
@@ -408,98 +418,15 @@ def _create_coords(group: zarr.Group, spec: MosaicSpec) -> None:
     ref[...] = 0
 
 
-def unit_chunk_keys(layers: tuple[str, ...], row: int, col: int, t: int | None = None) -> list[str]:
-    """The chunk keys (paths under the mosaic) of unit ``(row, col)`` in ``layers`` (slice ``t``)."""
-    lead = "" if t is None else f"{t}/"
-    return [f"{name}/{lead}{row}/{col}" for name in layers]
-
-
-def chunk_sizes(path: Path, keys: list[str]) -> dict[str, int]:
-    """Bytes of each chunk file; 0 for no file (the chunk holds only the fill value)."""
-    sizes = {}
-    for key in keys:
-        try:
-            sizes[key] = os.stat(path / key).st_size
-        except FileNotFoundError:
-            sizes[key] = 0
-    return sizes
-
-
-def check_chunks(path: Path, chunks: dict[str, int], decode: bool = False) -> str | None:
-    """Why a unit's recorded chunks are not intact (None when they are).
-
-    Compares each chunk file's size with the one recorded when the unit was written (a deleted or
-    truncated chunk); with ``decode``, also decodes each chunk, which checks its crc32c (bit rot).
-    """
-    for key, size in sorted(chunks.items()):
-        try:
-            got = os.stat(path / key).st_size
-        except FileNotFoundError:
-            got = 0
-        if got != size:
-            return f"{key}: {'missing' if got == 0 else f'{got} bytes'}, written with {size} bytes"
-    if decode:
-        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        for key, size in sorted(chunks.items()):
-            name, *idx = key.split("/")
-            if size == 0:
-                continue
-            try:
-                group[name].get_block_selection(tuple(int(i) for i in idx))
-            except DECODE_ERRORS as e:
-                return f"{key}: cannot be decoded ({type(e).__name__}: {_short(str(e))})"
-    return None
-
-
-def first_damaged_chunk(arr: zarr.Array) -> tuple[str, BaseException] | None:
-    """The key (``c/...``) and error of the first chunk of ``arr`` that cannot be decoded."""
-    import itertools
-
-    grid = [range(-(-n // c)) for n, c in zip(arr.shape, arr.chunks, strict=True)]
-    for idx in itertools.product(*grid):
-        try:
-            arr.get_block_selection(idx)
-        except DECODE_ERRORS as e:
-            return "/".join(map(str, idx)), e
-    return None
-
-
-def damaged_chunk_error(path: Path, name: str, arr: zarr.Array, cause: BaseException) -> MosaicDamagedError:
-    """A one-line error naming the damaged chunk of ``arr`` (layer ``name``), its unit and the fix."""
-    found = first_damaged_chunk(arr)
-    key, e = found if found is not None else ("(unknown chunk)", cause)
-    idx = key.split("/")
-    unit = f" (unit r{int(idx[-2]):04d}_c{int(idx[-1]):04d})" if len(idx) >= 2 else ""
-    return MosaicDamagedError(
-        f"{path}: chunk {name}/{key}{unit} is damaged ({type(e).__name__}: "
-        f"{_short(str(e).splitlines()[0] if str(e) else '')}); run `geofg info --verify {path}`, "
-        "then re-run the command that made the mosaic to redo that unit"
-    )
-
-
-def sweep_partials(path: Path) -> int:
-    """Delete ``*.partial`` files zarr's atomic writes leave when a writer is killed."""
-    n = 0
-    for p in path.rglob("*.partial"):
-        try:
-            p.unlink()
-            n += 1
-        except FileNotFoundError:
-            pass
-    if n:
-        log.info("removed %d orphaned partial chunk files from %s", n, path)
-    return n
-
-
 @dataclass
 class Mosaic:
     """An open mosaic that units write into (one handle per process or thread is fine)."""
 
-    path: Path
+    path: Target
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(zarr_store(self.path), mode="r+", use_consolidated=False)
         for name in group.attrs["geofg:grid"]["layers"]:
             self._arrays[name] = group[name]
 
@@ -517,20 +444,15 @@ class Mosaic:
     def sync_unit(self, unit: WorkUnit) -> None:
         """fsync the unit's chunk files and their folders (zarr's LocalStore never does).
 
-        An empty unit has no chunk file (zarr deletes fill-value chunks): nothing to sync.
+        An empty unit has no chunk file (zarr deletes fill-value chunks): nothing to sync. On S3
+        nothing either: a PUT is durable when it returns.
         """
+        if is_object_target(self.path):
+            return
         for name in self._arrays:
-            folder = self.path / name / str(unit.row)
-            chunk = folder / str(unit.col)
-            for target, flags in ((chunk, os.O_RDONLY), (folder, os.O_RDONLY | os.O_DIRECTORY)):
-                try:
-                    fd = os.open(target, flags)
-                except FileNotFoundError:
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            folder = Path(self.path) / name / str(unit.row)
+            _fsync_path(folder / str(unit.col))
+            _fsync_path(folder, directory=True)
 
     def chunk_sizes(self, unit: WorkUnit) -> dict[str, int]:
         """The unit's chunk keys and file sizes (0: no file), for its ledger record."""
@@ -541,24 +463,9 @@ class Mosaic:
         return self._arrays[name][rows, cols]
 
 
-def write_region(arr: zarr.Array, region: tuple[int | slice, ...], value: np.ndarray) -> None:
-    """Write ``value`` into ``region`` of ``arr``; a value all at the fill value stores no chunk.
-
-    zarr compares every chunk it writes with the fill value, to leave fill-only chunks out. Its
-    comparison (``np.array_equal`` with ``equal_nan``) makes boolean copies of the chunk: a third
-    to a half of the CPU of writing a unit's three layers (``python -m benchmarks.unit_costs``,
-    docs/performance.md). Here one ``min``/``max`` over the value decides, and a value holding
-    data is written without zarr's check. Read back, the two are the same; only an all-fill chunk
-    inside a larger, partly filled region is then stored rather than left out.
-    """
-    if value.size and not value.min() == value.max() == arr.fill_value:
-        arr = arr.with_config({"write_empty_chunks": True})
-    arr[region] = value
-
-
-def finalize(path: Path, attrs: dict[str, Any], consolidate: bool) -> None:
+def finalize(path: Target, attrs: dict[str, Any], consolidate: bool) -> None:
     """Update provenance attributes; consolidate metadata only after a complete run."""
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_store(path), mode="r+", use_consolidated=False)
     group.attrs.update(attrs)
     if consolidate:
         with warnings.catch_warnings():
@@ -566,11 +473,15 @@ def finalize(path: Path, attrs: dict[str, Any], consolidate: bool) -> None:
             # ignore it still work) and that .geofg/ (ledger, lock) is not a Zarr node (by design).
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
-            zarr.consolidate_metadata(str(path))
+            zarr.consolidate_metadata(zarr_store(path))
 
 
-def drop_consolidated(path: Path) -> None:
+def drop_consolidated(path: Target) -> None:
     """Remove consolidated metadata before writing, so readers never see a stale copy."""
+    if is_object_target(path):  # only v2 mosaics were ever written to S3
+        ObjectPrefix.of(str(path)).delete(".zmetadata")
+        return
+    path = Path(path)
     (path / ".zmetadata").unlink(missing_ok=True)
     meta = path / "zarr.json"  # a v3 mosaic of schema 1
     if not meta.is_file():
@@ -612,151 +523,3 @@ def _create_time_layers(group: zarr.Group, spec: MosaicSpec) -> None:
                     "axis": "T", "long_name": "acquisition date (slices in order of arrival)"},
     )  # fmt: skip
 
-
-DATES_ATTR = "geofg:dates"
-"""Group attribute with a copy of the time axis: it repairs a lost ``time`` chunk."""
-
-
-def _time_axis(group: zarr.Group) -> list[int]:
-    """The time axis, with dates a lost ``time`` chunk dropped restored from :data:`DATES_ATTR`."""
-    values = [int(v) for v in group["time"][:]]
-    kept = group.attrs.get(DATES_ATTR)
-    if isinstance(kept, list):
-        for i, d in enumerate(kept[: len(values)]):
-            if values[i] == TIME_FILL and isinstance(d, int) and d != TIME_FILL:
-                values[i] = d
-    return values
-
-
-def time_slices(path: Path) -> list[int]:
-    """Return the time axis of a time-series mosaic: days since 1970-01-01, in slice order."""
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    return _time_axis(group)
-
-
-def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
-    """Add a slice for ``days`` (days since 1970-01-01) and return its index.
-
-    Metadata only: the layers grow by one (fill-valued, no chunk written), the group attribute
-    :data:`DATES_ATTR` gets the date, and the time value is written last, so a crash in between
-    leaves at most a slice without a date, which the next call reuses (its index is the first
-    slice holding the fill value). A ``time`` chunk lost later is rewritten from the attribute.
-
-    Raises:
-        MosaicDamagedError: a slice holds data but its date is lost (no copy to restore it from).
-    """
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    tarr = group["time"]
-    stored = [int(v) for v in tarr[:]]
-    values = _time_axis(group)
-    if values != stored:
-        log.warning("%s: the time axis had lost dates (a missing time chunk); restored %s from the "
-                    "group attributes", path, [i for i, (a, b) in enumerate(zip(values, stored)) if a != b])
-        tarr[:] = np.asarray(values, np.int32)
-        _fsync_tree(path / "time")
-    if days in values:
-        return values.index(days)
-    t = values.index(TIME_FILL) if TIME_FILL in values else len(values)
-    if t < len(values):
-        for name in layers:
-            folder = path / name / str(t)
-            if folder.is_dir() and any(folder.iterdir()):
-                raise MosaicDamagedError(
-                    f"{path}: time slice {t} holds data but its date is lost (the time chunk is "
-                    "missing and the mosaic has no copy of the axis); nothing was written: "
-                    "restore time/c/0 from a backup or rebuild the mosaic with a new path"
-                )
-    for name in layers:
-        arr = group[name]
-        if arr.shape[0] <= t:
-            arr.resize((t + 1, *arr.shape[1:]))
-    if tarr.shape[0] <= t:
-        tarr.resize((t + 1,))
-    axis = values + [TIME_FILL] * (t + 1 - len(values))
-    axis[t] = days
-    group.attrs.update({DATES_ATTR: axis})
-    tarr[t] = days
-    _fsync_tree(path / "time")
-    _fsync_path(path / ".zattrs")
-    return t
-
-
-@dataclass
-class TimeMosaic:
-    """An open time-series mosaic that scan units write into (one handle per thread)."""
-
-    path: Path
-    _group: Any = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-        self.layers: tuple[str, ...] = tuple(self._group.attrs["geofg:grid"]["layers"])
-
-    def write_slice(self, t: int, unit: WorkUnit, layers: dict[str, np.ndarray]) -> None:
-        """Write the unit's core of time slice ``t`` (whole chunks only) for every layer."""
-        c = unit.core
-        for name in self.layers:
-            write_region(self._group[name], (t, slice(c.row_off, c.row_end), slice(c.col_off, c.col_end)),
-                         layers[name])
-
-    def update_latest(self, unit: WorkUnit, dates: list[int]) -> None:
-        """Recompute the unit's ``latest_*`` chunks from its slices, newest date first.
-
-        ``dates[t]`` is slice ``t``'s date. Reads one chunk per layer per slice, and stops as soon
-        as every pixel has a valid class, so memory is a few chunks whatever the length of the
-        time axis.
-        """
-        c = unit.core
-        rows, cols = slice(c.row_off, c.row_end), slice(c.col_off, c.col_end)
-        shape = (c.height, c.width)
-        best = {n: np.full(shape, FILL, np.uint8) for n in self.layers}
-        when = np.full(shape, TIME_FILL, np.int32)
-        order = sorted((d, t) for t, d in enumerate(dates) if d != TIME_FILL)
-        for d, t in reversed(order):
-            need = best["class"] == FILL
-            if not need.any():
-                break
-            cls = self._group["class"][t, rows, cols]
-            take = need & (cls != FILL)
-            if not take.any():
-                continue
-            for name in self.layers:
-                layer = cls if name == "class" else self._group[name][t, rows, cols]
-                best[name][take] = layer[take]
-            when[take] = d
-        for name in self.layers:
-            write_region(self._group[LATEST + name], (rows, cols), best[name])
-        write_region(self._group["latest_time"], (rows, cols), when)
-
-    def sync_unit(self, unit: WorkUnit, t: int) -> None:
-        """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders."""
-        key = [str(unit.row), str(unit.col)]
-        targets = [self.path / n / str(t) / Path(*key) for n in self.layers]
-        targets += [self.path / (LATEST + n) / Path(*key) for n in self.layers]
-        targets.append(self.path / "latest_time" / Path(*key))
-        for chunk in targets:
-            _fsync_path(chunk)
-            _fsync_path(chunk.parent, directory=True)
-
-    def read(self, name: str, t: int | None, rows: slice, cols: slice) -> np.ndarray:
-        """Read a region of a layer: slice ``t``, or the 2-D array when ``t`` is None."""
-        arr = self._group[name]
-        return arr[rows, cols] if t is None else arr[t, rows, cols]
-
-
-def _fsync_path(target: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
-    try:
-        fd = os.open(target, flags)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        _fsync_path(p, directory=p.is_dir())
-    _fsync_path(folder, directory=True)

@@ -130,6 +130,8 @@ class Connection:
     """The resolved S3 connection: a boto3 client and the matching GDAL options (no secrets kept)."""
 
     client: Any
+    session: Any
+    """The boto3 session the client came from (obstore's credential provider for the mosaic on S3)."""
     endpoint: str | None  # a non-AWS endpoint URL, None for AWS itself
     signed: bool
     region: str | None
@@ -175,6 +177,7 @@ def connection() -> Connection:
         session = _boto_session()
         signed = session.get_credentials() is not None
         config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"},
+                        max_pool_connections=32,  # the S3 ledger loads records on 16 threads
                         s3={"addressing_style": "path"}, **({} if signed else {"signature_version": UNSIGNED}))  # fmt: skip
         client = session.client("s3", config=config)
         url = client.meta.endpoint_url
@@ -185,7 +188,7 @@ def connection() -> Connection:
         endpoint = url if custom else None
         gdal = AWSSession(session=session, aws_unsigned=not signed, region_name=session.region_name,
                           endpoint_url=_host(endpoint))  # fmt: skip
-        found = Connection(client, endpoint, signed, session.region_name, gdal)
+        found = Connection(client, session, endpoint, signed, session.region_name, gdal)
         _connections[key] = found
         return found
 

@@ -3,8 +3,8 @@
 The record lists the unit's chunk keys and their sizes, so a lost or truncated chunk is found and
 its unit redone (:func:`geofg.io.mosaic.check_chunks`).
 
-The ledger record is written only after the unit's data, so a record always means the data is on
-disk; a unit killed between the two is simply redone (its chunk writes are idempotent). An empty
+The ledger record is written only after the unit's data, so a record always means the data is
+stored (fsynced on disk; on S3 each chunk PUT has returned); a unit killed between the two is simply redone (its chunk writes are idempotent). An empty
 unit (no valid pixel) writes the fill value, which makes zarr delete any older chunk there.
 """
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-
 import numpy as np
 
 from geofg.grid import WorkUnit
-from geofg.io.ledger import Ledger, UnitRecord
-from geofg.io.mosaic import FILL, META_DIR, Mosaic
+from geofg.io.ledger import UnitRecord
+from geofg.io.mosaic import FILL, Mosaic
+from geofg.io.store import Target, ledger_for
 
 
 def _now() -> str:
@@ -29,7 +28,7 @@ def _now() -> str:
 class UnitSink:
     """Writes units of one run into one mosaic (one sink per process)."""
 
-    path: Path
+    path: Target
     run_id: str
     input_fingerprint: str
     model_sha256: str
@@ -37,7 +36,7 @@ class UnitSink:
 
     def __post_init__(self) -> None:
         self.mosaic = Mosaic(self.path)
-        self.ledger = Ledger(self.path / META_DIR)
+        self.ledger = ledger_for(self.path)
 
     def _record(self, unit: WorkUnit, status: str, attempt: int, empty: bool, stats: dict,
                 error: str | None = None, chunks: dict[str, int] | None = None) -> UnitRecord:

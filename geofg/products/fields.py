@@ -57,6 +57,7 @@ import numpy as np
 from geofg.errors import ConfigError, FieldsWarning, InputError
 from geofg.health import INDEX
 from geofg.io import mosaic as mz
+from geofg.io import timeseries
 
 #: Output extension -> (kind, pyogrio driver or None).
 OUTPUTS = {".parquet": "GeoParquet", ".geoparquet": "GeoParquet", ".gpkg": "GPKG", ".fgb": "FlatGeobuf",
@@ -138,7 +139,7 @@ def _dates(mosaic: Path, timed: bool) -> list[str]:
     if not timed:
         return [""]
     epoch = date(1970, 1, 1)
-    return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in mz.time_slices(mosaic)]
+    return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in timeseries.time_slices(mosaic)]
 
 
 def field_table(mosaic: Path, fields: Path) -> Any:
@@ -153,7 +154,7 @@ def field_table(mosaic: Path, fields: Path) -> Any:
     import shapely
     from exactextract import exact_extract
 
-    from geofg.io.read import gdal_env
+    from geofg.io.store import zarr_gdal_env
 
     if not mz.is_mosaic(mosaic):
         raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or scan), "
@@ -180,13 +181,13 @@ def field_table(mosaic: Path, fields: Path) -> Any:
     work = gpd.GeoDataFrame({"_row": np.arange(len(gdf))}, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
     stats: dict[str, Any] = {}
     has_index = INDEX in grid["layers"]
-    with gdal_env():
+    with zarr_gdal_env(mosaic) as where:  # a local path, or /vsis3/ for a mosaic on S3
         for layer in ("class", "health"):
-            with rasterio.open(f'ZARR:"{mosaic}":/{layer}') as src:
+            with rasterio.open(f'ZARR:"{where}":/{layer}') as src:
                 stats[layer] = exact_extract(src, work, ["unique", "frac", "count"], include_cols=["_row"],
                                              output="pandas", strategy="feature-sequential")  # fmt: skip
         if has_index:  # exactextract applies the band's scale and offset: values are NDVI
-            with rasterio.open(f'ZARR:"{mosaic}":/{INDEX}') as src:
+            with rasterio.open(f'ZARR:"{where}":/{INDEX}') as src:
                 stats[INDEX] = exact_extract(src, work, ["median", "mean"], include_cols=["_row"],
                                              output="pandas", strategy="feature-sequential")  # fmt: skip
     rows = []

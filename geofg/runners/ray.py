@@ -131,6 +131,9 @@ PredictorFactory = Callable[[Any], Predictor]
 LOST = (RayActorError, OutOfMemoryError, ObjectLostError, WorkerCrashedError, NodeDiedError,
         GetTimeoutError)
 
+#: Seconds a lost actor's replacement waits for the cluster to free its resources (see _RayPool.can_start).
+ROOM_WAIT_S = 5.0
+
 #: Ray options of every actor. No restarts and no task retries: the driver does all retrying.
 ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
                                  "scheduling_strategy": "SPREAD"}
@@ -450,7 +453,8 @@ class _RayPool:
         self.source_ref = ray.put(dataclasses.replace(source, plan=_slim(source.plan)))  # type: ignore[type-var]
         self.sink_type = type(sink)
         self.sink_args = {f.name: getattr(sink, f.name) for f in dataclasses.fields(sink)}
-        self.sink_args["path"] = Path(sink.path).resolve()
+        if not isinstance(sink.path, str) or not sink.path.startswith("s3://"):  # s3:// stays a URL
+            self.sink_args["path"] = Path(sink.path).resolve()
         self.worker = ray.remote(UnitWorker)
         self.run_id = sink.run_id
         self.batch = uuid.uuid4().hex[:6]  # several drivers in one run (a scan's dates): unique names
@@ -459,6 +463,23 @@ class _RayPool:
         self.device = device
         self.factory = predictor_factory
         self.started = 0
+
+    def can_start(self) -> bool:
+        """Whether the cluster has the CPUs (and GPUs) for one more actor, waiting up to
+        :data:`ROOM_WAIT_S` for a dead actor's resources to be released. A node that died takes its
+        resources with it: a replacement asked for then would never be placed (seen with a second
+        node's raylet killed: two units stayed queued on the pending actor and the run hung)."""
+        need = {"CPU": float(self.options.get("num_cpus", 0) or 0), "GPU": float(self.options.get("num_gpus", 0) or 0)}
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while True:
+            free = ray.available_resources()
+            if all(free.get(k, 0.0) >= v for k, v in need.items() if v):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("no room in the Ray cluster for a replacement actor (free: %s); the actors left "
+                            "take over its units", {k: free.get(k, 0.0) for k in need})
+                return False
+            time.sleep(0.2)
 
     def start(self) -> tuple[Any, str]:
         name = f"geofg-{self.run_id}-{self.batch}-{self.started}"

@@ -68,6 +68,10 @@ class Pool(Protocol):
         """Start a worker; return its handle and name."""
         ...
 
+    def can_start(self) -> bool:
+        """Whether the cluster can place one more worker now (False: a lost node took its room)."""
+        ...
+
     def process(self, worker: Any, unit: WorkUnit, attempt: int, upcoming: list[WorkUnit],
                 lanes: dict[str, int]) -> Any:
         """Send ``worker.process(unit, attempt, upcoming, lanes)``; return the call."""
@@ -312,8 +316,10 @@ class Scheduler:
                     self.losses[charged.id] if charged else 0, self.max_attempts, len(requeue))
         self.todo.extendleft(reversed(requeue))
         self.slots.remove(slot)
+        # a replacement the cluster cannot place (its node is gone, the others are full) would hold
+        # the units queued to it for ever: then the workers left share them (the last is always replaced)
         if self.replacements > 0 and (self.todo or self.inflight or slot.own
-                                      or any(s.own for s in self.slots)):
+                                      or any(s.own for s in self.slots)) and (not self.slots or self.pool.can_start()):
             self.replacements -= 1
             self.slots.append(self._start())
             self.slots[-1].own = slot.own  # its share of the plan, in order
@@ -327,9 +333,8 @@ class Scheduler:
 
     def _recorded(self, unit: WorkUnit) -> UnitRecord | None:
         """The ledger record this run's current attempt of ``unit`` wrote, if any."""
-        try:
-            rec = UnitRecord.from_json(self.sink.ledger.path_for(unit.id).read_bytes())
-        except (OSError, ValueError):
+        rec = self.sink.ledger.read(unit.id)  # a local or an S3 ledger (geofg.io.store)
+        if rec is None:
             return None
         ok = (rec.status == "done" and rec.run_id == self.sink.run_id
               and rec.attempt == self.attempt[unit.id])

@@ -43,9 +43,11 @@ from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, index_layers
 from geofg.io import mosaic as mz
-from geofg.io.ledger import Ledger, UnitRecord
+from geofg.io import timeseries
+from geofg.io.ledger import UnitRecord
 from geofg.io.paths import open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
+from geofg.io.store import ledger_for
 from geofg.run import output_error, take_lock
 from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.inference.bundle import bundle_sha256, read_card
@@ -405,7 +407,7 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
     identity = {"model_sha256": p.model_sha256, "config_hash": p.config_hash}
     force = bool(scenes_state) and any(state.get(k) != v for k, v in identity.items())
     survey = ib.survey(p.job.inbox, state, now)
-    ledger = Ledger(out / mz.META_DIR)
+    ledger = ledger_for(out)
     records = ledger.load() if existed else {}
 
     ok: dict[str, _Prepared] = {}  # every usable scene we opened this run, by name
@@ -536,9 +538,9 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
             pending.append((u, ss))
     if not pending:
         return
-    t = mz.append_time(out, day, p.spec.layers)
+    t = timeseries.append_time(out, day, p.spec.layers)
     result.dates_touched.append(ib.day_str(day))
-    dates = mz.time_slices(out)
+    dates = timeseries.time_slices(out)
     log.info("%s: %d units to run, %d current", ib.day_str(day), len(pending), len(covered) - len(pending))
     todo = [DatedUnit(u.row, u.col, u.core, u.read, day) for u, _ in pending]
     by_id = {u.id: u for u in todo}

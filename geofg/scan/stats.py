@@ -37,6 +37,7 @@ from rasterio.warp import transform_geom
 from geofg.errors import ConfigError, InputError
 from geofg.io import mosaic as mz
 from geofg.io.atomic import atomic_write
+from geofg.io.store import zarr_store
 from geofg.masks import MASK_CLASSES
 
 FILL = 255
@@ -122,7 +123,7 @@ def field_stats(mosaic: Path, fields: Path, *, when: str | None = None) -> list[
     if not mz.is_mosaic(mosaic):
         raise InputError(f"{mosaic}: expected a geofg mosaic (a Zarr group written by classify or "
                          "scan), found none; give the mosaic's path")  # fmt: skip
-    group = zarr.open_group(str(mosaic), mode="r", use_consolidated=False)
+    group = zarr.open_group(zarr_store(mosaic, read_only=True), mode="r", use_consolidated=False)
     grid = group.attrs["geofg:grid"]
     arrays, t, label = _source(group, when)
     feats, src_crs = _load_fields(fields)
@@ -175,9 +176,9 @@ def _coverage_counts(mosaic: Path, arr: zarr.Array, t: int | None, work: Any) ->
     from exactextract import exact_extract
     from exactextract.raster import RasterioRasterSource
 
-    from geofg.io.read import gdal_env
+    from geofg.io.store import zarr_gdal_env
 
-    with gdal_env(), rasterio.open(f'ZARR:"{mosaic}":/{arr.path}') as ds:
+    with zarr_gdal_env(mosaic) as where, rasterio.open(f'ZARR:"{where}":/{arr.path}') as ds:
         df = exact_extract(RasterioRasterSource(ds, band_idx=1 if t is None else t + 1), work,
                            ["unique", "frac", "count"], include_cols=["_row"], output="pandas",
                            strategy="feature-sequential")  # fmt: skip

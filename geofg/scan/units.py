@@ -30,6 +30,7 @@ import numpy as np
 from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit
 from geofg.io import mosaic as mz
+from geofg.io import timeseries
 from geofg.io.ledger import Ledger, UnitRecord
 from geofg.models.inference.bundle import bundle_sha256
 from geofg.pipeline import UnitOutput
@@ -89,7 +90,7 @@ def unit_record(uid: str, status: str, fp: str, model_sha256: str, config_hash: 
                       chunks=chunks)  # fmt: skip
 
 
-def finish_unit(tm: mz.TimeMosaic, t: int, dates: list[int], unit: WorkUnit, day: int, o: UnitOutput,
+def finish_unit(tm: timeseries.TimeMosaic, t: int, dates: list[int], unit: WorkUnit, day: int, o: UnitOutput,
                 key: list[str], attempt: int, run_id: str, model_sha256: str, config_hash: str) -> UnitRecord:  # fmt: skip
     """Write a unit's slice ``t`` and its ``latest_*`` chunks, fsync them; return its done record.
 
@@ -166,7 +167,7 @@ class ScanSink:
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(Path(self.path) / mz.META_DIR)
-        self._tm: mz.TimeMosaic | None = None
+        self._tm: timeseries.TimeMosaic | None = None
 
     def done(self, unit: WorkUnit, layers: dict[str, np.ndarray] | None, stats: dict,
              attempt: int) -> UnitRecord:
@@ -178,7 +179,7 @@ class ScanSink:
         key = scene_key(covering(self.scenes, unit))
         try:
             if self._tm is None:
-                self._tm = mz.TimeMosaic(Path(self.path))
+                self._tm = timeseries.TimeMosaic(Path(self.path))
             rec = finish_unit(self._tm, self.t, list(self.dates), unit, self.day, UnitOutput(layers, stats),
                               key, attempt, self.run_id, self.model_sha256, self.config_hash)  # fmt: skip
         except UNIT_ERRORS as e:

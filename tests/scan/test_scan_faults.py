@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from geofg.cli import app
 from geofg.config import load_job
 from geofg.errors import ConfigError, GeofgError
-from geofg.io import mosaic as mz
+from geofg.io import timeseries
 from geofg.scan.config import build_scan, load_scan
 from geofg.scan.run import ScanFailuresError, run_scan
 from rasters import write_raster
@@ -63,7 +63,7 @@ def test_lost_time_chunk_does_not_make_the_next_date_overwrite_slice_0(tmp_path:
     np.testing.assert_array_equal(g["class"][0], first)
     np.testing.assert_array_equal(g["class"][0], expected_class(a, (a != 0).all(0)))
     np.testing.assert_array_equal(g["class"][1], expected_class(b, (b != 0).all(0)))
-    assert mz.time_slices(out) == [18414, 18458]  # 2020-06-01, 2020-07-15
+    assert timeseries.time_slices(out) == [18414, 18458]  # 2020-06-01, 2020-07-15
     assert [int(v) for v in g["time"][:]] == [18414, 18458]  # the chunk was rewritten
     info = invoke("info", str(out), "--json")
     assert info.exit_code == 0 and json.loads(info.stdout)["time"] == ["2020-06-01", "2020-07-15"]
