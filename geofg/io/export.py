@@ -13,6 +13,7 @@ import zarr
 from PIL import Image, ImageDraw, ImageFont
 
 from geofg.io.mosaic import DECODE_ERRORS, FILL, damaged_chunk_error, open_checked
+from geofg.io.atomic import atomic_path
 
 NODATA_RGB = (0, 0, 0)
 
@@ -93,7 +94,6 @@ def write_quicklook(mosaic: Path | str, png: Path, layer: str = "class", max_sid
     y = pad + row_h * (len(names) + 1)
     draw.rectangle([x0, y, x0 + 12, y + 12], fill=NODATA_RGB, outline=(0, 0, 0))
     draw.text((x0 + 18, y), "no data", fill=(0, 0, 0), font=font)
-    tmp = png.with_name(png.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(png)
+    with atomic_path(png) as tmp:
+        canvas.save(tmp, format="PNG")
     return png

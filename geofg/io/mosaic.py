@@ -86,6 +86,7 @@ from geofg.io.chunks import (  # noqa: F401 (re-exported: the chunk helpers were
 from geofg.io.objstore import ObjectPrefix, is_object_target
 from geofg.io.store import Folder, Target, zarr_store
 from geofg.masks import MASK_CLASSES
+from geofg.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -488,9 +489,7 @@ def drop_consolidated(path: Target) -> None:
         return
     doc = json.loads(meta.read_text())
     if doc.pop("consolidated_metadata", None) is not None:
-        tmp = meta.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(meta)
+        atomic_write(meta, json.dumps(doc, indent=2))
 
 
 # --- time-series mosaics (geofg scan) ---------------------------------------------------------

@@ -45,8 +45,6 @@ naming them. The output is written to a temporary file beside OUT and renamed in
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 from datetime import date, timedelta
 from pathlib import Path
@@ -58,6 +56,7 @@ from geofg.errors import ConfigError, FieldsWarning, InputError
 from geofg.health import INDEX
 from geofg.io import mosaic as mz
 from geofg.io import timeseries
+from geofg.io.atomic import atomic_path
 
 #: Output extension -> (kind, pyogrio driver or None).
 OUTPUTS = {".parquet": "GeoParquet", ".geoparquet": "GeoParquet", ".gpkg": "GPKG", ".fgb": "FlatGeobuf",
@@ -275,15 +274,12 @@ def write_table(table: Any, out: Path, overwrite: bool = False) -> Path:
     """
     kind = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.tmp{out.suffix}")
-    try:
+    with atomic_path(out) as tmp:
         if kind == "GeoParquet":
             table.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
         elif kind == "CSV":
             table.drop(columns=table.geometry.name).to_csv(tmp, index=False)
         else:
+            tmp.unlink()  # GDAL's GPKG/FlatGeobuf drivers create the file themselves
             table.to_file(tmp, driver=kind, engine="pyogrio", layer="fields")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

@@ -16,8 +16,6 @@ chunk edges comes out as one polygon, as if the layer had been traced whole.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 from geofg.errors import ConfigError
 from geofg.io import mosaic as mz
 from geofg.products.fields import check_output
+from geofg.io.atomic import atomic_path
 
 BATCH = 10_000
 
@@ -108,9 +107,8 @@ def export_polygons(mosaic: Path, out: Path, *, when: str | None = None, layer: 
     names = list(arr.attrs.get("class_names", []))
     height, chunk = grid["height"], grid["chunk"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}.tmp{out.suffix}")
-    writer = _Writer(tmp, grid["crs_wkt"], tuple(grid["transform"]), names)
-    try:
+    with atomic_path(out) as tmp:
+        writer = _Writer(tmp, grid["crs_wkt"], tuple(grid["transform"]), names)
         open_: list[tuple[int, Any]] = []  # polygons touching the bottom of the last band
         for r0 in range(0, height, chunk):
             r1 = min(r0 + chunk, height)
@@ -163,7 +161,4 @@ def export_polygons(mosaic: Path, out: Path, *, when: str | None = None, layer: 
         for v, g in open_:
             writer.add(v, g)
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out, writer.count

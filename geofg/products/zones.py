@@ -60,6 +60,7 @@ from geofg.errors import ConfigError, FieldsWarning, InputError
 from geofg.health import INDEX, decode_index
 from geofg.io import mosaic as mz
 from geofg.products.fields import _names, check_output, read_fields
+from geofg.io.atomic import atomic_path
 
 OUTPUTS = {".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
@@ -404,12 +405,9 @@ def write_zones(table: Any, out: Path, *, crs: str | None = None, overwrite: boo
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
     if driver == "GPKG":
-        tmp = out.with_name(f".{out.stem}.{tag}.tmp.gpkg")
-        try:
+        with atomic_path(out) as tmp:
+            tmp.unlink()  # GDAL's GPKG driver creates the file itself
             table.to_file(tmp, driver=driver, engine="pyogrio", layer="zones")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
         return out
     folder = out.with_name(f".{out.stem}.{tag}.tmp")
     folder.mkdir()

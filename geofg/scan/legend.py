@@ -30,8 +30,6 @@ so the legend says why:
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -39,6 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from geofg.masks import MASK_CLASSES
+from geofg.io.atomic import atomic_write
 
 FILL = 255
 NOT_CROP = 250
@@ -143,7 +142,5 @@ def write_sidecars(tif: Path, legend: Legend, description: str) -> tuple[Path, P
     """Write ``OUT.tif.aux.xml`` and ``OUT.qml`` beside ``tif`` (each to a temporary name, then renamed)."""
     aux, style = sidecar_paths(tif)
     for path, text in ((aux, aux_xml(legend, description)), (style, qml(legend))):
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return aux, style

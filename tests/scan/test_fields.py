@@ -178,7 +178,7 @@ def _bad(tmp_path: Path, mosaic: Path, fields: Path, needle: str) -> str:
     assert r.exit_code == 3, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and str(fields) in lines[0].replace("\n", ""), r.output
-    assert out.read_bytes() == b"keep" and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+    assert out.read_bytes() == b"keep" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file (hidden) left
     return lines[0]
 
 

@@ -150,7 +150,7 @@ def _bad(tmp_path: Path, mosaic: Path, image: Path | None, fields: Path, needle:
     assert r.exit_code == 3, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in " ".join(r.output.split()), r.output
-    assert target.read_bytes() == b"keep" and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+    assert target.read_bytes() == b"keep" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file (hidden) left
 
 
 def test_bad_input_is_one_line_exit_3_and_the_output_is_left_alone(tmp_path: Path, scene) -> None:  # noqa: ANN001
