@@ -17,7 +17,8 @@ from pathlib import Path
 
 from benchmarks.rasters import bench_raster
 from geofg.grid import plan_units
-from geofg.io.read import RasterReader, open_raster
+from geofg.io.read import open_raster
+from geofg.io.reader import RasterReader
 
 
 def _geofg(info, units, threads: int) -> float:  # noqa: ANN001

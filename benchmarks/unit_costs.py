@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from geofg.config import build_job
     from geofg.io import read as rd
+    from geofg.io.reader import RasterReader
     from geofg.pipeline import layers_from_probs, normalise, plan
     from geofg.runners.local import reader_plan
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             reader_of = {u.id: k for u, k in planned}
             who = (lambda u: reader_of[u.id])  # noqa: E731
         units = units[: args.units]
-        handles = [rd.RasterReader(p.info, p.band_indices, cache_mb * 2**20) for _ in range(readers)]
+        handles = [RasterReader(p.info, p.band_indices, cache_mb * 2**20) for _ in range(readers)]
         t = time.thread_time()
         for u in units:
             handles[who(u)].read(u.read)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{order_name:>18} {readers:>7} {cache_mb:>8} {ms:>7.1f}")
 
     unit = next(u for u in p.units if u.row == 4 and u.col == 3)
-    from geofg.io.read import RasterReader
+    from geofg.io.reader import RasterReader
     from geofg.models.inference.predictor import load_predictor
 
     core = rd.Window(unit.core.row_off, unit.core.col_off, unit.core.height, unit.core.width)

@@ -36,7 +36,8 @@ from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, INDEX, band_roles, health_layer, index_layer, index_layers, ndvi
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
-from geofg.io.read import RasterInfo, RasterReader, open_raster, select_bands
+from geofg.io.read import RasterInfo, open_raster, select_bands
+from geofg.io.reader import RasterReader
 from geofg.masks import (
     CLEAR,
     MARGIN,

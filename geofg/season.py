@@ -251,7 +251,7 @@ def scene_ndvi(info, red: int, nir: int) -> float | None:  # noqa: ANN001
     """
     from geofg.errors import UnreadableRasterError
     from geofg.grid import Window
-    from geofg.io.read import RasterReader
+    from geofg.io.reader import RasterReader
 
     reds, nirs = [], []
     with RasterReader(info, [red, nir]) as reader:

@@ -82,7 +82,8 @@ def tiling_agreement(bundle: Path, image: Path, halos: list[int], chunk: int = 2
 
     from geofg.batch import normalise, round_up
     from geofg.grid import Window, plan_units
-    from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
+    from geofg.io.read import gdal_env, open_raster, select_bands
+    from geofg.io.reader import RasterReader
     from geofg.models.inference.predictor import load_predictor
     from geofg.pipeline import predict_window
 

@@ -28,7 +28,8 @@ from geofg.cli import app
 from geofg.config import build_job
 from geofg.errors import GeofgError, InputError
 from geofg.io.ledger import Ledger
-from geofg.io.read import RasterReader, open_raster
+from geofg.io.read import open_raster
+from geofg.io.reader import RasterReader
 from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from rasters import s2_like, write_raster, write_threshold_bundle

@@ -16,7 +16,8 @@ from geofg.config import build_job
 from geofg.errors import RunFailedUnitsError
 from geofg.grid import plan_units
 from geofg.io.ledger import Ledger
-from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader, open_raster
+from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, open_raster
+from geofg.io.reader import RasterReader
 from geofg.models.inference.bundle import write_bundle
 from geofg.models.inference.tiny import ThresholdPredictor, tiny_card
 from geofg.run import run_job

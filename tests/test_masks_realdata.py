@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from geofg.cli import app
 from geofg.config import build_job
 from geofg.grid import Window, plan_units
-from geofg.io.read import RasterReader, open_raster
+from geofg.io.read import open_raster
+from geofg.io.reader import RasterReader
 from geofg.masks import CLEAR, CLOUD, SHADOW, mask_read_window, mask_window, plan_mask
 from geofg.models.inference.bundle import write_bundle
 from geofg.models.inference.tiny import ThresholdPredictor, tiny_card

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from geofg.batch import normalise
 from geofg.grid import plan_units
-from geofg.io.read import RasterReader, open_raster, select_bands
+from geofg.io.read import open_raster, select_bands
+from geofg.io.reader import RasterReader
 from geofg.models.inference.tiny import IdentityPredictor, tiny_card
 from geofg.pipeline import predict_window
 from rasters import write_raster

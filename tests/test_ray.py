@@ -617,7 +617,7 @@ def test_actor_cache_is_the_local_runners_for_the_plans_units(tmp_path: Path, bu
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An actor has no unit list; its GDAL block cache is still the one the local runner gives
     the same units (two units' blocks per read thread)."""
-    from geofg.io.read import RasterReader
+    from geofg.io.reader import RasterReader
     from geofg.pipeline import plan
     from geofg.runners import local
     from geofg.runners.local import block_cache_bytes

@@ -48,7 +48,8 @@ import numpy as np
 from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit, plan_units
 from geofg.io.ledger import UnitRecord
-from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES, RasterReader
+from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES
+from geofg.io.reader import RasterReader
 from geofg.memory import heap_reused, trim_heap
 from geofg.models.inference.bundle import bundle_sha256
 from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit

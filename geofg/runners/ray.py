@@ -100,7 +100,8 @@ from geofg import signals
 from geofg.errors import UNIT_ERRORS, ClusterError, InputChangedError, stops_run
 from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
-from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env
+from geofg.io.read import GDAL_OPTIONS, gdal_env
+from geofg.io.reader import RasterReader
 from geofg.runtime import worker_env
 from geofg.pipeline import Plan, Predictor, UnitPlan, finish_unit, infer_unit, prepare_unit
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe

@@ -38,7 +38,8 @@ from geofg.errors import (
 )
 from geofg.grid import Window
 from geofg.io.paths import resolve_input
-from geofg.io.read import GDAL_OPTIONS, RasterReader, gdal_env, open_raster, select_bands
+from geofg.io.read import GDAL_OPTIONS, gdal_env, open_raster, select_bands
+from geofg.io.reader import RasterReader
 
 NAMES = ["B02", "B03", "B04"]
 X0, Y0 = 300000.0, 5000040.0  # any origin will do where a test writes its own transform

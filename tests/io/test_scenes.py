@@ -10,7 +10,8 @@ from rasterio.transform import from_origin
 
 from geofg.errors import ForbiddenPathError, GridMismatchError, InputError
 from geofg.grid import Window
-from geofg.io.read import RasterReader, open_raster
+from geofg.io.read import open_raster
+from geofg.io.reader import RasterReader
 from geofg.io.scenes import expand_inputs
 from rasters import write_raster
 

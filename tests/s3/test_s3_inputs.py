@@ -248,7 +248,7 @@ def test_object_rewritten_mid_run_stops_with_exit_3(s3, tmp_path: Path, bands_di
     """Readers HEAD the object after each read: a new ETag stops the run; nothing read after is done."""
     from geofg.errors import InputChangedError
     from geofg.io.ledger import Ledger
-    from geofg.io.read import RasterReader
+    from geofg.io.reader import RasterReader
 
     hrefs = {b: s3.put(f"x/{b}.tif", bands_dir / f"{b}.tif") for b in ("B04", "B08")}
     src = str(write_json(tmp_path / "item.json", earth_search_item(hrefs, bands_dir / "B02.tif")))

@@ -16,7 +16,7 @@ from geofg.config import build_job
 from geofg.errors import RunFailedUnitsError
 from geofg.io.ledger import Ledger
 from geofg.io import objects
-from geofg.io.read import RasterReader
+from geofg.io.reader import RasterReader
 from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
 from test_s3_inputs import assert_same_mosaic

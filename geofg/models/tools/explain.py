@@ -252,7 +252,8 @@ def explain(
         WeightsError, UnsafeWeightsFormatError: The bundle is refused (nothing written).
         InputError, ConfigError: Bad input, class, stage, mode or output path (nothing written).
     """
-    from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
+    from geofg.io.read import gdal_env, open_raster, select_bands
+    from geofg.io.reader import RasterReader
     from geofg.models.inference.predictor import load_predictor
 
     if mode not in ("auto", "chip", "scene"):

@@ -103,7 +103,8 @@ def evaluate_segmentation(
     from geofg.batch import normalise
     from geofg.batch import round_up as _round_up
     from geofg.grid import plan_units
-    from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
+    from geofg.io.read import gdal_env, open_raster, select_bands
+    from geofg.io.reader import RasterReader
     from geofg.models.inference.bundle import bundle_sha256
     from geofg.models.inference.predictor import load_predictor
     from geofg.models.inference.registry import resolve_model

@@ -254,7 +254,8 @@ class Labels:
         return out
 
     def _read_mask(self, window: Window) -> np.ndarray:
-        from geofg.io.read import RasterReader, gdal_env
+        from geofg.io.read import gdal_env
+        from geofg.io.reader import RasterReader
 
         dr, dc = self._mask_offset
         mw = Window(window.row_off + dr, window.col_off + dc, window.height, window.width)
@@ -441,7 +442,8 @@ def _load_mask(path: Path, crs_wkt: str, transform: Sequence[float], height: int
     if class_map is None and class_names is not None:
         class_map = {str(i): n for i, n in enumerate(class_names)}
     if class_map is None:  # each value found is a class: read the mask once to find them
-        from geofg.io.read import RasterReader, gdal_env
+        from geofg.io.read import gdal_env
+        from geofg.io.reader import RasterReader
 
         with gdal_env(), RasterReader(info, [0]) as reader:
             data, valid = reader.read(Window(0, 0, info.height, info.width))

@@ -161,7 +161,8 @@ def prepare_segmentation_data(
     Raises:
         GeofgError: exit-code-3 errors naming the file, expected vs found and the fix.
     """
-    from geofg.io.read import RasterReader, gdal_env, open_raster, select_bands
+    from geofg.io.read import gdal_env, open_raster, select_bands
+    from geofg.io.reader import RasterReader
     from geofg.models.inference.bundle import read_card
     from geofg.models.training.chips import default_scale
     from geofg.models.inference.registry import resolve_model
