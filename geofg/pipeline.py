@@ -52,7 +52,7 @@ from geofg.masks import (
     release_water_shadow,
 )
 from geofg.models.inference.bundle import bundle_sha256
-from geofg.models.inference.card import ModelCard
+from geofg.models.inference.card import ModelCard, check_resolution
 from geofg.models.inference.ensemble import combined_card, models_sha256
 from geofg.models.inference.registry import read_model_card, resolve_model
 from geofg.season import HealthSeason, assess_season
@@ -65,34 +65,6 @@ CONFIDENCE_SCALE = 250
 
 class BandOrderAssumedWarning(GeofgWarning):
     """The input names no bands; the model's band order was assumed."""
-
-
-class ResolutionMismatchWarning(GeofgWarning):
-    """The input's pixels are far from the size the model was trained on."""
-
-
-#: Pixel sizes within this factor of the model card's ``resolution_m`` pass without a word.
-RESOLUTION_TOLERANCE = 1.5
-
-
-def check_resolution(label: str, pixel_m: float, card: ModelCard) -> None:
-    """Warn when ``pixel_m`` is more than :data:`RESOLUTION_TOLERANCE` times off the card's.
-
-    A CNN sees objects in pixels: at 5 m, fields and lakes look twice their size to a 10 m model
-    and its classes shift (NAIP at 5 m through the 10 m ``naip-4band``: 39.8 % River against
-    65.9 % at 10 m, issue 17). The warning says how to resample; nothing is resampled here.
-    """
-    want = card.resolution_m
-    if not want or not pixel_m or max(pixel_m / want, want / pixel_m) <= RESOLUTION_TOLERANCE:
-        return
-    warnings.warn(
-        f"{label}: pixels are {pixel_m:g} m, model {card.name} was trained on {want:g} m pixels, "
-        f"so it sees every object {want / pixel_m:.2g} times its trained size and its "
-        f"classes shift; resample the input to {want:g} m first (e.g. gdalwarp -tr {want:g} "
-        f"{want:g} -r average IN.tif OUT.tif, or a geofg scan grid with resolution {want:g})",
-        ResolutionMismatchWarning,
-        stacklevel=3,
-    )
 
 
 class Predictor(Protocol):

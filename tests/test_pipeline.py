@@ -144,7 +144,8 @@ def test_resolution_far_from_the_models_warns_with_the_fix(tmp_path: Path, pixel
 
     from geofg.config import build_job
     from geofg.models.inference.bundle import write_bundle
-    from geofg.pipeline import ResolutionMismatchWarning, plan
+    from geofg.models.inference.card import ResolutionMismatchWarning
+    from geofg.pipeline import plan
 
     card = tiny_card(["B04", "B08"], ["water", "crop"], tile_size=32, halo=4).model_copy(
         update={"resolution_m": 10.0})

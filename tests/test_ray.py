@@ -38,6 +38,7 @@ from geofg.config import build_job  # noqa: E402
 from geofg.errors import ClusterError, InsecureClusterError, RunFailedUnitsError  # noqa: E402
 from geofg.io.ledger import Ledger  # noqa: E402
 from geofg.run import run_job  # noqa: E402
+from geofg.runners import actor_sizing  # noqa: E402
 from geofg.runners import cluster as rc  # noqa: E402
 from geofg.runners import ray as rr  # noqa: E402
 from rasters import s2_like, write_raster  # noqa: E402
@@ -572,10 +573,10 @@ def test_actor_prefetch_gives_every_read_thread_a_unit() -> None:
     (a GPU actor with 11 read threads and prefetch 2 read on 3 of them)."""
     from geofg.config import RunnerConfig
 
-    assert rr.actor_prefetch(RunnerConfig(), "cpu", {"num_cpus": 1}) == 2
-    assert rr.actor_prefetch(RunnerConfig(), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 11
-    assert rr.actor_prefetch(RunnerConfig(prefetch=16), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 16
-    assert rr.actor_prefetch(RunnerConfig(read_workers=3), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 3
+    assert actor_sizing.actor_prefetch(RunnerConfig(), "cpu", {"num_cpus": 1}) == 2
+    assert actor_sizing.actor_prefetch(RunnerConfig(), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 11
+    assert actor_sizing.actor_prefetch(RunnerConfig(prefetch=16), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 16
+    assert actor_sizing.actor_prefetch(RunnerConfig(read_workers=3), "cuda", {"num_gpus": 1, "num_cpus": 11}) == 3
 
 
 @pytest.mark.parametrize(("rows", "actors", "lanes", "used"), [(16, 2, 2, 4), (8, 1, 11, 8), (8, 3, 11, 32)],
@@ -632,7 +633,7 @@ def test_actor_cache_is_the_local_runners_for_the_plans_units(tmp_path: Path, bu
     with RasterReader(p.info, p.band_indices) as r:
         largest = max(r.block_bytes(u.read) for u in p.units)
         for lanes in (1, 2, 11):
-            assert rr.actor_cache_bytes(r, p, lanes) == block_cache_bytes(r, p.units, lanes) == 2 * lanes * largest
+            assert actor_sizing.actor_cache_bytes(r, p, lanes) == block_cache_bytes(r, p.units, lanes) == 2 * lanes * largest
 
 
 def test_write_behind_returns_outcomes_oldest_first_with_at_most_threads_pending() -> None:

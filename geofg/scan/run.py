@@ -53,7 +53,7 @@ from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.inference.bundle import bundle_sha256, read_card
 from geofg.models.inference.card import ModelCard
 from geofg.models.inference.registry import resolve_model
-from geofg.masks import MASK_CLASSES, MaskPlan, mask_read_window, plan_mask, product_level
+from geofg.masks import MaskPlan, mask_read_window, plan_mask, product_level
 from geofg.season import HealthSeason, decide, scene_ndvi
 from geofg import pipeline as pl
 from geofg.scan import inbox as ib
@@ -61,6 +61,7 @@ from geofg.scan.config import ScanConfig
 from geofg.runners import make_runner
 from geofg.runners.base import Runner
 from geofg.scan.units import DatedUnit, ScanSink, ScanSource, covering, scene_key, unit_id
+from geofg.scan.report import summarise_dates
 from geofg.scan.warp import Grid, Scene, SceneWindowReader, footprint
 
 log = logging.getLogger(__name__)
@@ -558,55 +559,3 @@ def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list
 
     sink = ScanSink(out, result.run_id, p.model_sha256, p.config_hash, day, t, tuple(dates), tuple(scenes))
     runner.run(ScanSource(p, tuple(scenes)), todo, sink, on_unit, attempts)
-
-
-def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, Any]:
-    """Area per class and per health class for every date, and the change from the date before.
-
-    Computed from the ledger's per-unit counts (done units of the current model and config), so
-    it never re-reads the mosaic and counts units done by earlier scans too.
-    """
-    names = [c.name for c in p.card.classes]
-    hnames = [n for n, _ in HEALTH_CLASSES]
-    per: dict[int, dict[str, Any]] = {}
-    for r in records.values():
-        if r.status != "done" or "date" not in r.stats or r.model_sha256 != p.model_sha256:
-            continue
-        d = per.setdefault(int(r.stats["date"]), {"units": 0, "valid_px": 0, "cls": [0] * len(names),
-                                                    "health": [0] * len(hnames), "mask": [0] * 4,
-                                                    "not_assessed": None})  # fmt: skip
-        d["units"] += 1
-        for i, c in enumerate(r.stats.get("mask_counts", [])[:4]):
-            d["mask"][i] += c
-        d["not_assessed"] = r.stats.get("health_not_assessed", d["not_assessed"])
-        d["valid_px"] += int(r.stats.get("valid_px", 0))
-        for i, c in enumerate(r.stats.get("class_counts", [])[: len(names)]):
-            d["cls"][i] += c
-        for i, c in enumerate(r.stats.get("health_counts", [])[: len(hnames)]):
-            d["health"][i] += c
-    km2 = p.grid.pixel_area_m2 / 1e6
-    dates: list[dict[str, Any]] = []
-    prev: dict[str, Any] | None = None
-    for day in sorted(per):
-        d = per[day]
-        row = {
-            "date": ib.day_str(day),
-            "units": d["units"],
-            "valid_km2": round(d["valid_px"] * km2, 6),
-            "classes": {n: round(c * km2, 6) for n, c in zip(names, d["cls"], strict=True)},
-            "health": {n: round(c * km2, 6) for n, c in zip(hnames, d["health"], strict=True)},
-        }
-        if p.mask is not None:  # cloud, shadow, snow/ice: apart from the classes, never land cover
-            row["masked_km2"] = {n: round(c * km2, 6) for (n, _), c in zip(MASK_CLASSES[1:], d["mask"][1:], strict=True)}
-        if d["not_assessed"]:
-            row["health_not_assessed"] = d["not_assessed"]
-        if prev is not None:
-            row["change"] = {
-                "from": prev["date"],
-                "valid_km2": round(row["valid_km2"] - prev["valid_km2"], 6),
-                "classes": {n: round(row["classes"][n] - prev["classes"][n], 6) for n in names},
-                "health": {n: round(row["health"][n] - prev["health"][n], 6) for n in hnames},
-            }
-        dates.append(row)
-        prev = row
-    return {"km2_per_pixel": km2, "class_names": names, "health_names": hnames, "dates": dates}
