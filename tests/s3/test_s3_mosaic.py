@@ -218,10 +218,10 @@ def test_expired_lease_is_taken_over_by_exactly_one_of_two_runs(s3) -> None:  # 
     dead.acquire()
     dead._stop.set()  # the holder dies: no more renewals, no release  # noqa: SLF001
     time.sleep(2.5)
-    barrier, results = threading.Barrier(2), {}
+    barrier, results, locks = threading.Barrier(2), {}, {}
 
     def take(name: str) -> None:
-        lock = LeaseLock(prefix, name, lease_s=60)
+        lock = locks[name] = LeaseLock(prefix, name, lease_s=60)
         barrier.wait()
         try:
             results[name] = lock.acquire()
@@ -243,6 +243,7 @@ def test_expired_lease_is_taken_over_by_exactly_one_of_two_runs(s3) -> None:  # 
     assert read_lease(prefix).run_id == won[0]
     loser = next(n for n in results if n not in won)
     assert won[0] in str(results[loser])
+    locks[won[0]].release()  # its heartbeat thread must not outlive the test
 
 
 def test_renewed_lease_is_not_taken_and_a_holder_notices_a_takeover(s3) -> None:  # noqa: ANN001
@@ -253,11 +254,15 @@ def test_renewed_lease_is_not_taken_and_a_holder_notices_a_takeover(s3) -> None:
     time.sleep(3.5)  # more than twice the lease: only the renewals keep it
     with pytest.raises(MosaicLockedError, match="holder000001"):
         LeaseLock(prefix, "intruder", lease_s=60).acquire()
+    breaker = LeaseLock(prefix, "breaker00001", lease_s=60)
     with pytest.warns(StaleLockWarning, match="--break-lock"):
-        LeaseLock(prefix, "breaker00001", lease_s=60).acquire(break_foreign=True)
-    assert lost.wait(5) and not holder.is_held
-    holder.release()  # must not delete the breaker's lease
-    assert read_lease(prefix).run_id == "breaker00001"
+        breaker.acquire(break_foreign=True)
+    try:
+        assert lost.wait(5) and not holder.is_held
+        holder.release()  # must not delete the breaker's lease
+        assert read_lease(prefix).run_id == "breaker00001"
+    finally:
+        breaker.release()  # its heartbeat thread must not outlive the test (and the test's endpoint)
 
 
 # --- create-only records ---------------------------------------------------------------------------
