@@ -126,7 +126,7 @@ def inbox_folder(cfg: InboxConfig) -> Folder:
         try:
             folder.obj.check_bucket()
         except InputError as e:
-            raise ConfigError(f"inbox.folder {raw}: {e}") from None
+            raise ConfigError(f"inbox.folder: {e}") from None
         return folder
     if not folder.is_dir():
         path = Path(raw)

@@ -352,7 +352,7 @@ def check_report_folder(folder: Target) -> None:
     try:
         Folder(folder).check_writable()
     except InputError as e:  # on S3: no bucket, refused credentials (an unreachable endpoint: exit 5)
-        raise ConfigError(f"report.folder {folder}: {e}") from None
+        raise ConfigError(f"report.folder: {e}") from None
     except OSError as e:
         if isinstance(e, GeofgError):
             raise
