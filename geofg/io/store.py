@@ -14,7 +14,13 @@ ledger              :class:`~geofg.io.ledger.Ledger`: temp,     :class:`~geofg.i
 run lock            :class:`~geofg.io.lock.RunLock`: O_EXCL,    :class:`~geofg.io.lease.LeaseLock`: a lease,
                     pid/boot-id liveness, flock'd takeover      ``If-Match`` renewal, expiry by server time
 durability          fsync of chunks before the record           a PUT is durable and atomic when it returns
+folder (`Folder`)   ``glob``, stat; temp, fsync, rename         one LIST (size, ETag, LastModified), HEAD, PUT
 ==================  ==========================================  =============================================
+
+:class:`Folder` also serves a scan's inbox (:meth:`Folder.listing`, :meth:`Folder.key_of`: the
+change pre-filter is ``stat`` on disk, size and ETag on S3, so no object is downloaded to be
+hashed), its inbox state and its report folder (:meth:`Folder.write_text`,
+:meth:`Folder.check_writable`), so :mod:`geofg.scan` has no S3 branch of its own.
 """
 
 from __future__ import annotations
