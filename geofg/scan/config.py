@@ -57,7 +57,9 @@ class DateConfig(_Frozen):
 
 
 class InboxConfig(_Frozen):
-    """The folder scenes arrive in, and when a file counts as fully arrived.
+    """The folder scenes arrive in (a local folder or ``s3://bucket/prefix/``: objects are
+    fingerprinted by size and ETag, the quiet period counts from LastModified), and when a file
+    counts as fully arrived.
 
     A file modified less than ``quiet_period_s`` seconds ago, or (with ``require_done``) without
     its sentinel ``<file>.done``, is deferred to the next scan, never failed. ``bands`` names the
