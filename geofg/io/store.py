@@ -45,6 +45,7 @@ __all__ = [
     "Folder",
     "Listed",
     "Target",
+    "folder_target",
     "is_object_target",
     "ledger_for",
     "lock_for",
@@ -52,7 +53,6 @@ __all__ = [
     "read_lock_of",
     "zarr_gdal_env",
     "zarr_store",
-    "folder_target",
 ]
 
 Target = Path | str
