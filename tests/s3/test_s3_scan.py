@@ -255,3 +255,15 @@ def test_a_bad_s3_url_in_the_config_exits_3(s3, tmp_path: Path) -> None:
     r = _cli(tmp_path, remote)
     lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
     assert r.exit_code == 3 and len(lines) == 1 and "inbox.folder" in lines[0], r.stderr
+
+
+def test_refused_credentials_exit_3_nothing_written(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = threshold_bundle(tmp_path)
+    _, remote = _configs(s3, tmp_path, model)
+    _deliver(s3, tmp_path, NAMES[0], _data(2))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-000000")
+    r = _cli(tmp_path, remote)
+    lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
+    assert r.exit_code == 3 and len(lines) == 1 and "inbox.folder" in lines[0] and "refused" in lines[0], r.stderr
+    assert "not-the-secret-key" not in r.output
+    assert _objects(s3, "m.zarr") == {}
