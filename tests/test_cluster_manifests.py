@@ -262,3 +262,89 @@ def test_jobs_scan_parses_like_the_cli() -> None:
 
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "scan.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--break-lock" in r.stdout and "--print-schema" in r.stdout
+
+
+# --- object storage, no shared filesystem (cluster/kuberay/s3/, cluster/scan/north-s3.yaml) ---
+
+S3_DIR = KUBERAY / "s3"
+
+
+def _volumes(node: object) -> list[str]:
+    """Every mountPath, hostPath and claimName in a manifest (a shared filesystem would show here)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("mountPath", "claimName", "path") and isinstance(v, str):
+                found.append(v)
+            found += _volumes(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _volumes(v)
+    return found
+
+
+def test_s3_manifests_share_nothing_but_the_image_and_run_as_the_service_account() -> None:
+    sa = _load(S3_DIR / "serviceaccount.yaml")
+    assert sa["kind"] == "ServiceAccount" and "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]
+    rc = _load(S3_DIR / "raycluster.yaml")
+    pods = [rc["spec"]["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in rc["spec"]["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert rc["spec"]["authOptions"] == _load(KUBERAY / "raycluster.yaml")["spec"]["authOptions"]
+    for name in ("raycluster.yaml", "rayjob.yaml", "nightly-cronjob.yaml"):
+        doc = _load(S3_DIR / name)
+        images: set[str] = set()
+        text = (S3_DIR / name).read_text()
+
+        def walk(node: object, into: set[str] = images) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k == "image":
+                        into.add(v)
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(doc)
+        assert images == {_image()}, name
+        assert not any(v.startswith("/data") for v in _volumes(doc)), name  # no shared filesystem
+        assert "/data/" not in text.split("\napiVersion:")[1], name
+        assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*[:=]\s*\S", text.split("\napiVersion:")[1]), name
+
+
+def test_s3_rayjob_classifies_s3_to_s3_with_the_same_runtime_env() -> None:
+    rj = _load(S3_DIR / "rayjob.yaml")
+    assert rj["spec"]["clusterSelector"]["ray.io/cluster"] == _load(S3_DIR / "raycluster.yaml")["metadata"]["name"]
+    assert rj["spec"]["runtimeEnvYAML"] == _load(KUBERAY / "rayjob.yaml")["spec"]["runtimeEnvYAML"]
+    argv = shlex.split(rj["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "/app/jobs/classify.py"]
+    params = _classify_params(argv[2:])
+    assert all(str(i).startswith("s3://") for i in params["inputs"]) and str(params["output"]).startswith("s3://")
+
+
+def test_s3_nightly_scan_runs_the_shipped_s3_config_on_the_s3_cluster() -> None:
+    from geofg.scan.config import build_scan
+
+    cj = _load(S3_DIR / "nightly-cronjob.yaml")
+    (c,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    argv = shlex.split(c["args"][0].replace("$(date -u +%F)", "2026-01-01"))
+    rc = _load(S3_DIR / "raycluster.yaml")
+    assert argv[argv.index("--address") + 1] == f"http://{rc['metadata']['name']}-head-svc:8265"
+    assert argv[argv.index("--submission-id") + 1] == "geofg-scan-2026-01-01-north-s3"
+    entry = argv[argv.index("--") + 1 :]
+    assert entry[:2] == ["python", "/app/jobs/scan.py"]
+    config = str(_scan_params(entry[2:])["config"])
+    assert config == "/app/cluster/scan/north-s3.yaml"  # the Dockerfile copies cluster/ to /app/cluster
+    assert "COPY --chown=ray:users cluster ./cluster" in (CLUSTER / "Dockerfile").read_text()
+    shipped = CLUSTER / "scan" / "north-s3.yaml"
+    cfg = build_scan(yaml.safe_load(shipped.read_text()), str(shipped))
+    assert cfg.inbox.folder.startswith("s3://") and cfg.mosaic.startswith("s3://") and cfg.report.folder is None
+    north = build_scan(yaml.safe_load((CLUSTER / "scan" / "north.yaml").read_text()))
+    assert cfg.grid == north.grid and cfg.inbox.date == north.inbox.date  # the same scan, on S3
+    assert cfg.model.model == "naip-4band"  # packaged in the image: no shared model folder
+
+
+def test_cluster_launcher_gives_workers_an_instance_profile_for_s3() -> None:
+    cfg = _load(CLUSTER / "ray-cluster.yaml")
+    assert "Arn" in cfg["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]

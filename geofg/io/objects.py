@@ -162,6 +162,7 @@ def _boto_session() -> Any:
 
 _lock = threading.Lock()
 _connections: dict[tuple[Any, ...], Connection] = {}
+_etags: dict[str, str] = {}  # the ETag :func:`head` last saw per /vsis3/ path (this process)
 
 
 def connection() -> Connection:
@@ -313,8 +314,21 @@ def head(path: str) -> ObjectState:
     except Exception as exc:  # noqa: BLE001 (classified below)
         raise _fail(url, exc, "an object") from None
     modified = meta.get("LastModified")
-    return ObjectState(int(meta["ContentLength"]), str(meta.get("ETag", "")).strip('"'),
-                       int(modified.timestamp() * 1e9) if modified is not None else 0)  # fmt: skip
+    state = ObjectState(int(meta["ContentLength"]), str(meta.get("ETag", "")).strip('"'),
+                        int(modified.timestamp() * 1e9) if modified is not None else 0)  # fmt: skip
+    vsi = gdal_path(url)
+    with _lock:
+        before = _etags.get(vsi)
+        _etags[vsi] = state.etag
+    if before is not None and before != state.etag:
+        # rewritten under the same key since this process last looked: GDAL's process-wide
+        # /vsicurl/ cache would otherwise serve blocks of the old content (a scan's changed object;
+        # seen in tests/s3/test_s3_scan.py). GDAL keys that cache by the endpoint's URL, so the
+        # endpoint options must be set while it is cleared.
+        conn = connection()
+        with rasterio.Env(session=conn.gdal_session, **conn.gdal_options()):
+            clear_cache(vsi)
+    return state
 
 
 def get_bytes(url: str, limit: int) -> bytes:

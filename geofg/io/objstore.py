@@ -139,6 +139,32 @@ class ObjectPrefix:
             raise self.error(e, under) from None
         return out
 
+    def objects(self) -> list[tuple[str, int, str, float]]:
+        """Every object below the prefix: ``(name, size, ETag without quotes, LastModified as
+        seconds since the epoch)``, one paginated LIST."""
+        base = self.prefix.rstrip("/") + "/"
+        out: list[tuple[str, int, str, float]] = []
+        try:
+            pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for o in page.get("Contents", []):
+                    out.append((o["Key"][len(base):], int(o["Size"]), str(o.get("ETag", "")).strip('"'),
+                                o["LastModified"].timestamp()))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 (classified)
+            raise self.error(e, "") from None
+        return out
+
+    def server_time(self) -> float:
+        """The server's clock now (the Date header of a HEAD on the bucket), seconds since the epoch."""
+        try:
+            r = self._client().head_bucket(Bucket=self.bucket)
+        except Exception as e:  # noqa: BLE001 (classified)
+            raise self.error(e, "") from None
+        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        import time
+
+        return parsedate_to_datetime(date).timestamp() if date else time.time()
+
     def names(self, under: str = "") -> set[str]:
         """The names directly below ``under`` (like a folder's entries): one LIST with a delimiter."""
         base = self.key(under).rstrip("/") + "/"

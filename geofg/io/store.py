@@ -14,13 +14,24 @@ ledger              :class:`~geofg.io.ledger.Ledger`: temp,     :class:`~geofg.i
 run lock            :class:`~geofg.io.lock.RunLock`: O_EXCL,    :class:`~geofg.io.lease.LeaseLock`: a lease,
                     pid/boot-id liveness, flock'd takeover      ``If-Match`` renewal, expiry by server time
 durability          fsync of chunks before the record           a PUT is durable and atomic when it returns
+folder (`Folder`)   ``glob``, stat; temp, fsync, rename         one LIST (size, ETag, LastModified), HEAD, PUT
 ==================  ==========================================  =============================================
+
+:class:`Folder` also serves a scan's inbox (:meth:`Folder.listing`, :meth:`Folder.key_of`: the
+change pre-filter is ``stat`` on disk, size and ETag on S3, so no object is downloaded to be
+hashed), its inbox state and its report folder (:meth:`Folder.write_text`,
+:meth:`Folder.check_writable`), so :mod:`geofg.scan` has no S3 branch of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import os
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +43,9 @@ from geofg.io.objstore import ObjectPrefix, is_object_target, output_target
 
 __all__ = [
     "Folder",
+    "Listed",
     "Target",
+    "folder_target",
     "is_object_target",
     "ledger_for",
     "lock_for",
@@ -46,6 +59,40 @@ Target = Path | str
 """A mosaic's location: a local path, or ``s3://bucket/prefix``."""
 
 META_DIR = ".geofg"
+
+
+def folder_target(raw: str) -> Target:
+    """A folder's target: ``s3://bucket/prefix`` (normalised) or a local :class:`~pathlib.Path`.
+
+    Raises:
+        ForbiddenPathError: a malformed ``s3://`` URL or another URL scheme (exit 3).
+    """
+    return output_target(raw)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One file (object) of a folder listing: what a scan's inbox survey needs of it.
+
+    ``key`` is the change pre-filter: ``[size, mtime_ns, inode, ctime_ns]`` of a local file,
+    ``[size, "etag:ETAG"]`` of an object (the ETag changes whenever the content does, so no object
+    is downloaded to be hashed). ``location`` is what :func:`geofg.io.read.open_raster` takes: the
+    local path, or ``s3://bucket/key``.
+    """
+
+    name: str
+    location: str
+    key: list[Any]
+    mtime_s: float
+
+
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """``Path.glob`` semantics on ``/``-separated parts: ``*`` stays in one part, ``**`` spans any."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
 
 
 def ledger_for(target: Target) -> Any:
@@ -137,6 +184,91 @@ class Folder:
         if found is None:
             raise FileNotFoundError(f"{self.obj.url}/{name}")
         return found[0].decode("utf-8")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write ``name`` whole or not at all: temp, fsync, rename on disk; one PUT on S3."""
+        if self.obj is not None:
+            self.obj.put(name, text.encode("utf-8"))
+            return
+        from geofg.io.atomic import atomic_write
+
+        path = self._local / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+
+    def location(self, name: str) -> str:
+        """``name`` as a local path or an ``s3://`` URL (for messages and reports)."""
+        return str(self._local / name) if self.obj is None else f"{self.obj.url}/{name}"
+
+    def check_writable(self) -> None:
+        """Create the folder if needed and write and delete a probe file (object).
+
+        Raises:
+            OSError: on disk, the folder cannot be created or written.
+            InputError, StorageUnreachableError: on S3, the bucket is missing, the credentials are
+                refused (exit 3), or the endpoint does not answer (exit 5).
+        """
+        probe = f".geofg-write-test-{uuid.uuid4().hex}"
+        if self.obj is not None:
+            self.obj.check_bucket()
+            self.obj.put(probe, b"")
+            self.obj.delete(probe)
+            return
+        self._local.mkdir(parents=True, exist_ok=True)
+        (self._local / probe).write_bytes(b"")
+        (self._local / probe).unlink()
+
+    def listing(self, pattern: str) -> tuple[list[Listed], set[str], float]:
+        """The files (objects) matching the glob ``pattern``, every name seen, and the time now.
+
+        Hidden names (starting with ``.``) and non-files are left out of the files but kept
+        in the names (a scan looks for ``<file>.done`` sentinels there). On S3 one paginated LIST
+        gives each object's size, ETag and LastModified, and "now" is the server's clock (the Date
+        of that answer), so a quiet period compares two times of one clock.
+        """
+        if self.obj is None:
+            return self._local_listing(pattern)
+        names: set[str] = set()
+        out: list[Listed] = []
+        parts = pattern.split("/")
+        for name, size, etag, modified in self.obj.objects():
+            names.add(name)
+            if name.rsplit("/", 1)[-1].startswith(".") or not _glob_match(name.split("/"), parts):
+                continue
+            out.append(Listed(name, f"{self.obj.url}/{name}", [size, f"etag:{etag}"], modified))
+        return sorted(out, key=lambda e: e.name), names, self.obj.server_time()
+
+    def _local_listing(self, pattern: str) -> tuple[list[Listed], set[str], float]:
+        folder = self._local
+        names: set[str] = set()
+        out: list[Listed] = []
+        for path in sorted(folder.glob(pattern)):
+            name = path.relative_to(folder).as_posix()
+            names.add(name)
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed while we looked
+                continue
+            out.append(Listed(name, str(path), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
+                              st.st_mtime_ns / 1e9))  # fmt: skip
+        return out, names, time.time()
+
+    def has(self, name: str) -> bool:
+        """Whether the file (object) ``name`` exists (a HEAD on S3)."""
+        return self.is_file(name)
+
+    def key_of(self, name: str) -> list[Any] | None:
+        """The change pre-filter of ``name`` now (see :class:`Listed`), None when it is gone."""
+        if self.obj is not None:
+            stat = self.obj.head(name)
+            return None if stat is None else [stat.size, "etag:" + stat.etag.strip('"')]
+        try:
+            st = os.stat(self._local / name)
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
     def remove(self, name: str) -> None:
         """Delete the file or folder (everything below the name) ``name``."""

@@ -1,7 +1,8 @@
 """Time-series mosaics (``geofg scan``): the time axis, appending a date's slice, the ``latest`` view.
 
 The layout is described in :mod:`geofg.io.mosaic` (which also creates these arrays); this module
-writes into an existing one. Local folders only: a scan's mosaic on S3 is not built yet.
+writes into an existing one, a local folder or an ``s3://`` prefix (:mod:`geofg.io.store`; on
+S3 a PUT is durable when it returns, so the fsyncs are for local folders only).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from geofg.errors import MosaicDamagedError
 from geofg.grid import WorkUnit
 from geofg.io.chunks import _fsync_path, _fsync_tree, write_region
 from geofg.io.mosaic import FILL, LATEST, LAYERS, TIME_FILL
+from geofg.io.store import Folder, Target, is_object_target, zarr_store
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,24 @@ def _time_axis(group: zarr.Group) -> list[int]:
     return values
 
 
-def time_slices(path: Path | str) -> list[int]:
+def _sync_tree(path: Target, name: str) -> None:
+    """fsync ``name`` (a file or a folder's tree) below a local mosaic; nothing on S3."""
+    if is_object_target(path):
+        return
+    target = Path(path) / name
+    if target.is_dir():
+        _fsync_tree(target)
+    else:
+        _fsync_path(target)
+
+
+def time_slices(path: Target) -> list[int]:
     """Return the time axis of a time-series mosaic: days since 1970-01-01, in slice order."""
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    group = zarr.open_group(zarr_store(path, read_only=True), mode="r", use_consolidated=False)
     return _time_axis(group)
 
 
-def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
+def append_time(path: Target, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     """Add a slice for ``days`` (days since 1970-01-01) and return its index.
 
     Metadata only: the layers grow by one (fill-valued, no chunk written), the group attribute
@@ -54,7 +67,7 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     Raises:
         MosaicDamagedError: a slice holds data but its date is lost (no copy to restore it from).
     """
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_store(path), mode="r+", use_consolidated=False)
     tarr = group["time"]
     stored = [int(v) for v in tarr[:]]
     values = _time_axis(group)
@@ -62,14 +75,14 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
         log.warning("%s: the time axis had lost dates (a missing time chunk); restored %s from the "
                     "group attributes", path, [i for i, (a, b) in enumerate(zip(values, stored)) if a != b])
         tarr[:] = np.asarray(values, np.int32)
-        _fsync_tree(path / "time")
+        _sync_tree(path, "time")
     if days in values:
         return values.index(days)
     t = values.index(TIME_FILL) if TIME_FILL in values else len(values)
     if t < len(values):
+        folder = Folder(path)
         for name in layers:
-            folder = path / name / str(t)
-            if folder.is_dir() and any(folder.iterdir()):
+            if folder.names(f"{name}/{t}"):
                 raise MosaicDamagedError(
                     f"{path}: time slice {t} holds data but its date is lost (the time chunk is "
                     "missing and the mosaic has no copy of the axis); nothing was written: "
@@ -85,8 +98,8 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
     axis[t] = days
     group.attrs.update({DATES_ATTR: axis})
     tarr[t] = days
-    _fsync_tree(path / "time")
-    _fsync_path(path / ".zattrs")
+    _sync_tree(path, "time")
+    _sync_tree(path, ".zattrs")
     return t
 
 
@@ -94,11 +107,11 @@ def append_time(path: Path, days: int, layers: tuple[str, ...] = LAYERS) -> int:
 class TimeMosaic:
     """An open time-series mosaic that scan units write into (one handle per thread)."""
 
-    path: Path
+    path: Target
     _group: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        self._group = zarr.open_group(zarr_store(self.path), mode="r+", use_consolidated=False)
         self.layers: tuple[str, ...] = tuple(self._group.attrs["geofg:grid"]["layers"])
 
     def write_slice(self, t: int, unit: WorkUnit, layers: dict[str, np.ndarray]) -> None:
@@ -138,11 +151,15 @@ class TimeMosaic:
         write_region(self._group["latest_time"], (rows, cols), when)
 
     def sync_unit(self, unit: WorkUnit, t: int) -> None:
-        """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders."""
+        """fsync the unit's chunk files (slice ``t`` and the latest view) and their folders (on S3
+        nothing: a PUT is durable when it returns)."""
+        if is_object_target(self.path):
+            return
         key = [str(unit.row), str(unit.col)]
-        targets = [self.path / n / str(t) / Path(*key) for n in self.layers]
-        targets += [self.path / (LATEST + n) / Path(*key) for n in self.layers]
-        targets.append(self.path / "latest_time" / Path(*key))
+        root = Path(self.path)
+        targets = [root / n / str(t) / Path(*key) for n in self.layers]
+        targets += [root / (LATEST + n) / Path(*key) for n in self.layers]
+        targets.append(root / "latest_time" / Path(*key))
         for chunk in targets:
             _fsync_path(chunk)
             _fsync_path(chunk.parent, directory=True)

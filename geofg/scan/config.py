@@ -57,7 +57,9 @@ class DateConfig(_Frozen):
 
 
 class InboxConfig(_Frozen):
-    """The folder scenes arrive in, and when a file counts as fully arrived.
+    """The folder scenes arrive in (a local folder or ``s3://bucket/prefix/``: objects are
+    fingerprinted by size and ETag, the quiet period counts from LastModified), and when a file
+    counts as fully arrived.
 
     A file modified less than ``quiet_period_s`` seconds ago, or (with ``require_done``) without
     its sentinel ``<file>.done``, is deferred to the next scan, never failed. ``bands`` names the
@@ -168,7 +170,8 @@ class GridConfig(_Frozen):
 
 class ReportConfig(_Frozen):
     """Where run reports go: ``folder`` (default ``<mosaic>.reports`` beside the mosaic, so a
-    scan with nothing new leaves the mosaic itself byte-for-byte unchanged)."""
+    scan with nothing new leaves the mosaic itself byte-for-byte unchanged); a local folder or an
+    ``s3://bucket/prefix`` (the default for a mosaic on S3 is ``s3://bucket/<mosaic>.reports``)."""
 
     folder: str | None = None
 
@@ -196,11 +199,23 @@ class ScanConfig(_Frozen):
                                  f"augmentation; remove model.{key} (geofg classify has it)")
         return self
 
-    def report_folder(self) -> Path:
-        """The folder run reports are written to."""
-        if self.report.folder:
-            return Path(self.report.folder)
-        m = Path(self.mosaic)
+    def report_folder(self) -> Path | str:
+        """The folder run reports are written to: a local path or ``s3://bucket/prefix``.
+
+        Raises:
+            ConfigError: a malformed ``s3://`` URL or another URL scheme (exit 3).
+        """
+        from geofg.errors import ForbiddenPathError
+        from geofg.io.store import folder_target
+
+        try:
+            if self.report.folder:
+                return folder_target(self.report.folder)
+            m = folder_target(self.mosaic)
+        except ForbiddenPathError as e:
+            raise ConfigError(f"{'report.folder' if self.report.folder else 'mosaic'}: {e}") from None
+        if isinstance(m, str):
+            return f"{m}.reports"
         return m.parent / f"{m.name}.reports"
 
     def output_hash(self, tile_size: int, halo: int, mask: dict | None = None) -> str:

@@ -1,32 +1,36 @@
 """The inbox: which files are new, changed, unchanged, still arriving or gone.
 
-Fingerprints: an unchanged ``(size, mtime_ns, inode, ctime_ns)`` since the last scan is the
+The inbox is a local folder or an ``s3://bucket/prefix/`` (``inbox.folder``), listed through
+:class:`geofg.io.store.Folder`; the rules are the same for both.
+
+Fingerprints of local files: an unchanged ``(size, mtime_ns, inode, ctime_ns)`` since the last scan is the
 pre-filter that lets a scan skip hashing (``ctime`` changes on any write or replace, even when a
 copy keeps size and mtime, so ``cp -p`` of new content is still caught); anything else is hashed
 (sha256) and compared with the content hash the last scan recorded, so a mere ``touch`` or move
-is not reprocessed. ``verify: always`` hashes every file every time.
+is not reprocessed. ``verify: always`` hashes every file every time. An object on S3 is never
+downloaded to be hashed: its size and ETag (from the LIST) are the pre-filter, and its ETag is its
+content id (``etag:…``, :func:`geofg.io.paths.content_id`), so an object rewritten with other
+bytes is "changed" and one re-uploaded with the same bytes (same ETag) is "unchanged".
 
-A file whose mtime is younger than the quiet period, or that lacks its ``<file>.done`` sentinel
+A file whose mtime (an object's LastModified, against the server's clock) is younger than the quiet period, or that lacks its ``<file>.done`` sentinel
 where the config asks for one, is *deferred* (reported, retried next scan), never failed.
 
-The state of the last scan lives in ``<mosaic>/.geofg/scan/inbox.json`` and is written (temp,
-fsync, rename) only when it changes, so a scan with nothing new leaves the mosaic untouched.
+The state of the last scan lives in ``<mosaic>/.geofg/scan/inbox.json`` (on S3 too) and is written
+(temp, fsync, rename; one PUT on S3) only when it changes, so a scan with nothing new leaves the mosaic untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from geofg.errors import ConfigError, InputError
-from geofg.io.atomic import atomic_write
+from geofg.errors import ConfigError, ForbiddenPathError, InputError
+from geofg.io.store import Folder, Target, folder_target
 from geofg.scan.config import DateConfig, InboxConfig
 
 STATE_SCHEMA = 1
@@ -34,21 +38,17 @@ SENTINEL = ".done"
 _EPOCH = date(1970, 1, 1)
 
 
-def stat_key(st: os.stat_result) -> list[int]:
-    """The pre-filter fingerprint: size, mtime, inode, ctime (all ns where it applies)."""
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
 @dataclass
 class Entry:
     """One inbox file as seen by a scan."""
 
-    name: str  # path relative to the inbox folder
-    path: Path
-    stat: list[int]
+    name: str  # path relative to the inbox folder (prefix)
+    location: str  # local path or s3://bucket/key
+    stat: list[Any]  # the pre-filter (geofg.io.store.Listed.key)
     status: str  # unchanged | candidate | deferred
     reason: str = ""
     previous: dict[str, Any] | None = None  # its record in the last scan's state
+    folder: Folder | None = field(default=None, repr=False)  # the inbox it was listed in
 
 
 @dataclass
@@ -64,45 +64,76 @@ class Survey:
 
 
 def survey(cfg: InboxConfig, state: dict[str, Any], now: float | None = None) -> Survey:
-    """Stat every inbox file matching the glob and sort it into unchanged/candidate/deferred.
+    """List every inbox file matching the glob and sort it into unchanged/candidate/deferred.
+
+    The inbox is a local folder or an ``s3://`` prefix (:class:`geofg.io.store.Folder`): on S3 the
+    pre-filter is ``[size, "etag:ETAG"]`` and the quiet period counts from LastModified on the
+    server's clock.
 
     Raises:
         ConfigError: the inbox folder does not exist or is not a folder.
     """
-    folder = Path(cfg.folder)
-    if not folder.is_dir():
-        unset = " (an environment variable in it is not set)" if "$" in str(folder) else ""
-        raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
-                          f"{'a file' if folder.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
-    now = time.time() if now is None else now
+    folder = inbox_folder(cfg)
+    files, names, server_now = folder.listing(cfg.glob)
+    now = server_now if now is None else now
     known: dict[str, dict[str, Any]] = state.get("scenes", {})
     out = Survey()
     seen = set()
-    for path in sorted(folder.glob(cfg.glob)):
-        name = path.relative_to(folder).as_posix()
-        if path.name.startswith(".") or path.name.endswith(SENTINEL) or not path.is_file():
+    for f in files:
+        if f.name.endswith(SENTINEL):
             continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:  # removed while we looked
-            continue
-        seen.add(name)
-        prev = known.get(name)
-        key = stat_key(st)
-        e = Entry(name, path, key, "candidate", previous=prev)
-        age = now - st.st_mtime_ns / 1e9
-        if cfg.require_done and not Path(str(path) + SENTINEL).is_file():
-            e.status, e.reason = "deferred", f"no {path.name}{SENTINEL} sentinel yet"
+        seen.add(f.name)
+        prev = known.get(f.name)
+        e = Entry(f.name, f.location, f.key, "candidate", previous=prev, folder=folder)
+        age = now - f.mtime_s
+        base = f.name.rsplit("/", 1)[-1]
+        if cfg.require_done and f.name + SENTINEL not in names and not folder.has(f.name + SENTINEL):
+            e.status, e.reason = "deferred", f"no {base}{SENTINEL} sentinel yet"
         elif age < cfg.quiet_period_s:
             e.status = "deferred"
             e.reason = (f"modified {max(age, 0):.0f} s ago, within the {cfg.quiet_period_s:g} s "
                         "quiet period (may still be copying)")  # fmt: skip
-        elif (prev is not None and cfg.verify == "prefilter" and prev.get("stat") == key
+        elif (prev is not None and cfg.verify == "prefilter" and prev.get("stat") == f.key
               and prev.get("status") != "deleted"):  # fmt: skip
             e.status = "unchanged"
         out.entries.append(e)
     out.deleted = sorted(n for n, r in known.items() if n not in seen and r.get("status") != "deleted")
     return out
+
+
+def key_now(entry: Entry) -> list[Any] | None:
+    """The entry's pre-filter now (a stat, or a HEAD on S3); None when it is gone."""
+    assert entry.folder is not None
+    return entry.folder.key_of(entry.name)
+
+
+def inbox_folder(cfg: InboxConfig) -> Folder:
+    """The inbox as a :class:`~geofg.io.store.Folder`, checked to exist.
+
+    A local inbox must be an existing folder; an ``s3://`` one needs an existing bucket the
+    credentials may list (an empty prefix is an empty inbox).
+
+    Raises:
+        ConfigError: no such folder or bucket, a malformed URL, refused credentials (exit 3).
+        StorageUnreachableError: the S3 endpoint does not answer (exit 5).
+    """
+    raw = cfg.folder
+    try:
+        folder = Folder(folder_target(raw))
+    except ForbiddenPathError as e:
+        raise ConfigError(f"inbox.folder: {e}") from None
+    if folder.obj is not None:
+        try:
+            folder.obj.check_bucket()
+        except InputError as e:
+            raise ConfigError(f"inbox.folder: {e}") from None
+        return folder
+    if not folder.is_dir():
+        path = Path(raw)
+        unset = " (an environment variable in it is not set)" if "$" in raw else ""
+        raise ConfigError(f"inbox.folder {path}: expected an existing folder, found "
+                          f"{'a file' if path.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
+    return folder
 
 
 def scene_date(name: str, tags: dict[str, str], cfg: DateConfig) -> int:
@@ -148,16 +179,14 @@ def day_str(days: int) -> str:
     return date.fromordinal(_EPOCH.toordinal() + days).isoformat()
 
 
-def state_path(mosaic: Path) -> Path:
-    """Where the inbox state of a mosaic lives."""
-    return mosaic / ".geofg" / "scan" / "inbox.json"
+STATE_NAME = ".geofg/scan/inbox.json"
+"""Where the inbox state lives, below the mosaic (a local folder or an ``s3://`` prefix)."""
 
 
-def load_state(mosaic: Path) -> dict[str, Any]:
+def load_state(mosaic: Target) -> dict[str, Any]:
     """The last scan's state, or an empty one (an unreadable state means: treat all as new)."""
-    p = state_path(mosaic)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(Folder(mosaic).read_text(STATE_NAME))
     except FileNotFoundError:
         return {"schema": STATE_SCHEMA, "scenes": {}}
     except (OSError, ValueError):
@@ -167,13 +196,12 @@ def load_state(mosaic: Path) -> dict[str, Any]:
     return data
 
 
-def save_state(mosaic: Path, state: dict[str, Any]) -> bool:
+def save_state(mosaic: Target, state: dict[str, Any]) -> bool:
     """Write the state durably if it differs from what is stored; return True if written."""
-    p = state_path(mosaic)
+    folder = Folder(mosaic)
     text = json.dumps(state, indent=1, sort_keys=True) + "\n"
     with contextlib.suppress(OSError):
-        if p.read_text() == text:
+        if folder.read_text(STATE_NAME) == text:
             return False
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, text)
+    folder.write_text(STATE_NAME, text)
     return True

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geofg import __version__
 from geofg.health import HEALTH_CLASSES
-from geofg.io.atomic import atomic_write
+from geofg.io.store import Folder, Target
 from geofg.masks import MASK_CLASSES
 from geofg.scan import inbox as ib
 
@@ -100,16 +99,17 @@ def report_markdown(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(r: ScanResult, folder: Path) -> list[Path]:
-    """Write the JSON and Markdown reports; return their paths (JSON first)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_report(r: ScanResult, folder: Target) -> list[str]:
+    """Write the JSON and Markdown reports (a local folder or an ``s3://`` prefix); return their
+    paths or URLs (JSON first)."""
+    f = Folder(folder)
     stamp = (r.finished or r.started).replace("-", "").replace(":", "").replace("+0000", "Z")
     stamp = stamp.replace("+00:00", "Z").replace("+", "")
     d = report_dict(r)
-    js, md = folder / f"scan-{stamp}-{r.run_id}.json", folder / f"scan-{stamp}-{r.run_id}.md"
-    atomic_write(js, json.dumps(d, indent=2) + "\n")
-    atomic_write(md, report_markdown(d) + "\n")
-    return [js, md]
+    js, md = f"scan-{stamp}-{r.run_id}.json", f"scan-{stamp}-{r.run_id}.md"
+    f.write_text(js, json.dumps(d, indent=2) + "\n")
+    f.write_text(md, report_markdown(d) + "\n")
+    return [f.location(js), f.location(md)]
 
 
 def summarise_dates(p: ScanPlan, records: dict[str, UnitRecord]) -> dict[str, Any]:

@@ -38,16 +38,17 @@ import numpy as np
 
 from geofg import __version__
 from geofg.batch import round_up
-from geofg.errors import ConfigError, GeofgError, InputError, RunFailedUnitsError
+from geofg.errors import ConfigError, ForbiddenPathError, GeofgError, InputError, RunFailedUnitsError
 from geofg.extras import require_extra
 from geofg.grid import Window, WorkUnit, plan_units
 from geofg.health import HEALTH_CLASSES, band_roles, index_layers
 from geofg.io import mosaic as mz
 from geofg.io import timeseries
 from geofg.io.ledger import UnitRecord
-from geofg.io.paths import open_dataset
+from geofg.io.objects import is_remote
+from geofg.io.paths import content_id, open_dataset
 from geofg.io.read import RasterInfo, gdal_env, open_raster, select_bands
-from geofg.io.store import ledger_for
+from geofg.io.store import Folder, Target, ledger_for, output_target
 from geofg.run import output_error, take_lock
 from geofg.signals import STOP, interrupted_error, stop_on_signals
 from geofg.models.inference.bundle import bundle_sha256, read_card
@@ -201,11 +202,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
 
     if cfg.runner.kind == "ray":
         require_extra("ray", "a scan with runner.kind ray")
-    folder = Path(cfg.inbox.folder)
-    if not folder.is_dir():
-        unset = " (an environment variable in it is not set)" if "$" in str(folder) else ""
-        raise ConfigError(f"inbox.folder {folder}: expected an existing folder, found "
-                          f"{'a file' if folder.exists() else 'nothing'}{unset}; create it or fix the path")  # fmt: skip
+    ib.inbox_folder(cfg.inbox)  # exists (bucket reachable), before anything is written
     model_path = resolve_model(cfg.model.model)
     card = read_card(model_path)
     g = cfg.grid
@@ -284,7 +281,7 @@ def run_scan(
             (4, after finishing the rest; ``err.result`` holds the :class:`ScanResult`).
     """
     p = make_plan(cfg)
-    out = Path(cfg.mosaic)
+    out = mosaic_target(cfg)
     existed = mz.check_output(out, p.spec, overwrite=False)
     check_report_folder(cfg.report_folder())
     run_id = uuid.uuid4().hex[:12]
@@ -306,6 +303,8 @@ def run_scan(
     try:
         result.report_paths = [str(x) for x in write_report(result, cfg.report_folder())]
     except OSError as e:  # checked writable before the scan; full since? one line, exit 7
+        if isinstance(e, GeofgError):
+            raise
         raise output_error(cfg.report_folder(), e) from None
     if STOP.is_set():
         err = interrupted_error(f"{out}: {result.units_ran} units finished this scan (inbox state "
@@ -329,7 +328,19 @@ def run_scan(
     return result
 
 
-def check_report_folder(folder: Path) -> None:
+def mosaic_target(cfg: ScanConfig) -> Target:
+    """The scan mosaic's target (a local path or ``s3://bucket/prefix``).
+
+    Raises:
+        ConfigError: a malformed ``s3://`` URL or another URL scheme (exit 3).
+    """
+    try:
+        return output_target(cfg.mosaic)
+    except ForbiddenPathError as e:
+        raise ConfigError(f"mosaic: {e}") from None
+
+
+def check_report_folder(folder: Target) -> None:
     """Make sure the run report can be written, before anything else is (exit 3 if not).
 
     Without this, a scan whose report folder was unwritable saved the mosaic and the inbox state,
@@ -338,12 +349,13 @@ def check_report_folder(folder: Path) -> None:
     Raises:
         ConfigError: the folder cannot be created or written.
     """
-    probe = folder / f".geofg-write-test-{uuid.uuid4().hex}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        Folder(folder).check_writable()
+    except InputError as e:  # on S3: no bucket, refused credentials (an unreachable endpoint: exit 5)
+        raise ConfigError(f"report.folder: {e}") from None
     except OSError as e:
+        if isinstance(e, GeofgError):
+            raise
         raise ConfigError(f"report.folder {folder}: expected a folder geofg can write the run report "
                           f"to, found {e.strerror or e}; fix its permissions or set report.folder; "
                           "nothing was scanned or written") from None
@@ -361,7 +373,7 @@ def _prepare(entry: ib.Entry, p: ScanPlan) -> _Prepared:
     """Open, validate and hash one file; give it a date and a footprint (InputError if not)."""
     cfg = p.job.inbox
     try:
-        info = open_raster([str(entry.path)], cfg.bands, max_pixels=cfg.max_pixels)
+        info = open_raster([entry.location], cfg.bands, max_pixels=cfg.max_pixels)
     except InputError:
         if _changed(entry):
             raise _Deferred("changed while geofg read it (still being copied?)") from None
@@ -371,7 +383,7 @@ def _prepare(entry: ib.Entry, p: ScanPlan) -> _Prepared:
     tags: dict[str, str] = {}
     if cfg.date.source == "metadata":
         rec = info.files[0]
-        with gdal_env():
+        with gdal_env(remote=is_remote(rec["path"])):
             ds = open_dataset(Path(rec["path"]), rec["driver"], rec["path"])
             try:
                 tags = dict(ds.tags())
@@ -392,13 +404,11 @@ class _Deferred(Exception):
 
 
 def _changed(entry: ib.Entry) -> bool:
-    try:
-        return ib.stat_key(entry.path.stat()) != entry.stat
-    except FileNotFoundError:
-        return True
+    """Whether the file (object) changed or went since the survey listed it."""
+    return ib.key_now(entry) != entry.stat
 
 
-def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
+def _scan_locked(p: ScanPlan, out: Target, existed: bool, result: ScanResult,
                  predictor_factory: Callable[[ScanPlan], object] | None, now: float | None) -> None:  # fmt: skip
     if existed:
         mz.check_output(out, p.spec, overwrite=False)  # re-check under the lock
@@ -435,7 +445,7 @@ def _scan_locked(p: ScanPlan, out: Path, existed: bool, result: ScanResult,
                                     "date": None}  # fmt: skip
             result.scenes.append(SceneOutcome(e.name, "failed", msg))
             continue
-        sha = str(prep.info.files[0]["sha256"])
+        sha = content_id(prep.info.files[0])  # sha256, or etag:… of an object on S3
         rec = {"stat": e.stat, "sha256": sha, "date": prep.date,
                "status": "ok" if prep.scene is not None else "outside"}  # fmt: skip
         same = prev.get("sha256") == sha and prev.get("status") == rec["status"] and not force
@@ -518,19 +528,20 @@ def _ray_session(p: ScanPlan) -> Any:
     return session(p.job.runner)
 
 
-def _run_date(p: ScanPlan, out: Path, day: int, scenes: list[Scene], units: list[WorkUnit],
+def _run_date(p: ScanPlan, out: Target, day: int, scenes: list[Scene], units: list[WorkUnit],
               records: dict[str, UnitRecord], runner: Runner, result: ScanResult) -> None:
     """Run one date's units that are not current with ``runner``: the date's scenes as the source,
     its slice and the latest view as the sink."""
     covered = [(u, covering(scenes, u)) for u in units]
     covered = [(u, ss) for u, ss in covered if ss]
     pending = []
+    listing = mz.list_chunks(out) if covered else None  # S3: one LIST, not a HEAD per chunk
     for u, ss in covered:
         r = records.get(unit_id(day, u))
         seen = set(r.stats.get("scenes", [])) if r is not None else set()
         current = (r is not None and r.status == "done" and r.model_sha256 == p.model_sha256
                    and r.config_hash == p.config_hash and set(scene_key(ss)) <= seen)  # fmt: skip
-        if current and r.chunks and (why := mz.check_chunks(out, r.chunks)) is not None:
+        if current and r.chunks and (why := mz.check_chunks(out, r.chunks, listing=listing)) is not None:
             log.warning("unit %s: %s; redoing it", r.unit_id, why)
             current = False
         if current:

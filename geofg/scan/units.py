@@ -22,7 +22,6 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, UTC
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +30,8 @@ from geofg.errors import UNIT_ERRORS, WeightsChecksumError, stops_run
 from geofg.grid import WorkUnit
 from geofg.io import mosaic as mz
 from geofg.io import timeseries
-from geofg.io.ledger import Ledger, UnitRecord
+from geofg.io.ledger import UnitRecord
+from geofg.io.store import Target, ledger_for
 from geofg.models.inference.bundle import bundle_sha256
 from geofg.pipeline import UnitOutput
 from geofg.scan import inbox as ib
@@ -156,7 +156,7 @@ class ScanSink:
     The driver's and each actor's (built from these fields); the records go to the mosaic's ledger.
     """
 
-    path: Path
+    path: Target  # a local path or s3://bucket/prefix
     run_id: str
     model_sha256: str
     config_hash: str
@@ -166,7 +166,7 @@ class ScanSink:
     scenes: tuple[Scene, ...]
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(Path(self.path) / mz.META_DIR)
+        self.ledger = ledger_for(self.path)
         self._tm: timeseries.TimeMosaic | None = None
 
     def done(self, unit: WorkUnit, layers: dict[str, np.ndarray] | None, stats: dict,
@@ -179,7 +179,7 @@ class ScanSink:
         key = scene_key(covering(self.scenes, unit))
         try:
             if self._tm is None:
-                self._tm = timeseries.TimeMosaic(Path(self.path))
+                self._tm = timeseries.TimeMosaic(self.path)
             rec = finish_unit(self._tm, self.t, list(self.dates), unit, self.day, UnitOutput(layers, stats),
                               key, attempt, self.run_id, self.model_sha256, self.config_hash)  # fmt: skip
         except UNIT_ERRORS as e:

@@ -24,7 +24,8 @@ from rasterio.warp import transform_bounds
 
 from geofg.errors import UnreadableRasterError
 from geofg.grid import Window
-from geofg.io.paths import gdal_message, open_dataset
+from geofg.io.objects import is_remote
+from geofg.io.paths import content_id, gdal_message, open_dataset
 from geofg.io.read import RasterInfo, gdal_env
 
 Affine6 = tuple[float, float, float, float, float, float]
@@ -66,8 +67,8 @@ class Scene:
 
     @property
     def sha256(self) -> str:
-        """Content hash of the scene's file."""
-        return str(self.info.files[0]["sha256"])
+        """Content id of the scene's file: its sha256, or ``etag:…`` for an object on S3."""
+        return content_id(self.info.files[0])
 
 
 def footprint(info: RasterInfo, grid: Grid) -> Window | None:
@@ -125,8 +126,9 @@ class SceneWindowReader:
         self._resampling = RESAMPLING[resampling]
         self._scenes = sorted(scenes, key=lambda s: s.name)
         self._ds: dict[str, object] = {}
+        self._remote = any(is_remote(s.info.files[0]["path"]) for s in self._scenes)
         try:
-            with gdal_env():
+            with gdal_env(remote=self._remote):
                 for s in self._scenes:
                     rec = s.info.files[0]
                     self._ds[s.name] = open_dataset(Path(rec["path"]), rec["driver"], rec["path"])
@@ -143,7 +145,7 @@ class SceneWindowReader:
         channels = len(self._scenes[0].band_indices) if self._scenes else 0
         data = np.zeros((channels, window.height, window.width), np.float32)
         valid = np.zeros((window.height, window.width), bool)
-        with gdal_env():
+        with gdal_env(remote=self._remote):
             for s in self.scenes_for(window):
                 part, ok = self._warp(s, window)
                 take = ok & ~valid
@@ -182,7 +184,7 @@ class SceneWindowReader:
     def close(self) -> None:
         """Close the dataset handles (idempotent)."""
         ds, self._ds = self._ds, {}
-        with gdal_env():
+        with gdal_env(remote=getattr(self, "_remote", False)):
             for d in ds.values():
                 d.close()  # type: ignore[attr-defined]
 
