@@ -152,6 +152,19 @@ def test_the_quiet_period_counts_from_last_modified(s3, tmp_path: Path) -> None:
     assert r.units_ran == 12 and r.scenes[0].status == "processed"
 
 
+def test_the_quiet_period_compares_last_modified_with_the_servers_clock(s3, tmp_path: Path) -> None:  # noqa: ANN001
+    """A just-written object is seconds old by the server's clock (the listing's "now" is the Date of
+    the server's answer, not 0 or the epoch): its age, as the scan computes it, is small and >= 0."""
+    from geofg.io.store import Folder
+
+    _deliver(s3, tmp_path, NAMES[0], _data(2))
+    files, _, now = Folder(f"s3://{s3.name}/inbox").listing("*.tif")
+    assert len(files) == 1
+    age = now - files[0].mtime_s
+    assert -5 < age < 120, (now, files[0].mtime_s)  # one host: the server's clock is this one's
+    assert abs(now - time.time()) < 120
+
+
 def test_a_sentinel_object_is_required_where_the_config_asks(s3, tmp_path: Path) -> None:
     model = threshold_bundle(tmp_path)
     _, remote = _configs(s3, tmp_path, model, require_done=True)
