@@ -85,3 +85,20 @@ def pixel_centre_stats(mosaic: Path, geom: object, t: int | None = None) -> dict
            "mean_confidence": round(int(conf[ok].sum()) / ok.sum() / 250, 4) if ok.any() else None}
     out.update({f"{k}_ha": round(int(v) * px_ha, 4) for k, v in zip(names, n, strict=True)})
     return out
+
+
+def scan_without_index(tmp: Path) -> Path:
+    """A one-date scan mosaic ``tmp/m.zarr`` whose model has no red/NIR bands (B02, B03): no ndvi layer."""
+    from rasterio.transform import from_origin
+    from rasters import write_raster
+
+    from geofg.scan.config import build_scan
+    from geofg.scan.run import run_scan
+
+    model = threshold_bundle(tmp, bands=["B02", "B03"])
+    (tmp / "inbox").mkdir()
+    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
+    write_raster(tmp / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
+                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
+    run_scan(build_scan(config(tmp, model)), predictor_factory=predictor)
+    return tmp / "m.zarr"

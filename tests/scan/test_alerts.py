@@ -11,7 +11,7 @@ import pytest
 import shapely
 import zarr
 from rasterio.transform import from_origin
-from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle, scan_without_index
 from typer.testing import CliRunner
 
 from geofg.cli import app
@@ -132,12 +132,7 @@ def test_bad_rules_and_outputs_are_one_line_exit_3(tmp_path: Path, scan: Path) -
 
 
 def test_a_scan_without_an_index_layer_is_refused_in_one_line(tmp_path: Path) -> None:
-    model = threshold_bundle(tmp_path, bands=["B02", "B03"])  # no red/NIR: no ndvi layer
-    (tmp_path / "inbox").mkdir()
-    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
-    write_raster(tmp_path / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
-                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
-    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    scan_without_index(tmp_path)  # tmp_path/m.zarr, no ndvi layer
     f = tmp_path / "f.geojson"
     gpd.GeoDataFrame({"id": ["a"]}, geometry=[_box(2, 2, 30, 46)], crs="EPSG:32633").to_file(f)
     r = runner.invoke(app, ["alerts", str(tmp_path / "m.zarr"), "--fields", str(f), "-o", str(tmp_path / "a.csv")])

@@ -14,7 +14,7 @@ import shapely
 import zarr
 from pyproj import CRS
 from rasterio.transform import from_origin
-from scanhelp import BANDS, ORIGIN, config, pixel_centre_stats, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, config, pixel_centre_stats, predictor, threshold_bundle, scan_without_index
 from typer.testing import CliRunner
 
 from geofg.cli import app
@@ -112,12 +112,7 @@ def test_index_median_and_mean_per_field_and_date_from_the_ndvi_layer(tmp_path: 
 
 
 def test_a_mosaic_without_an_index_layer_gives_empty_index_columns(tmp_path: Path) -> None:
-    model = threshold_bundle(tmp_path, bands=["B02", "B03"])  # no red, no NIR: no ndvi layer
-    (tmp_path / "inbox").mkdir()
-    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
-    write_raster(tmp_path / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
-                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
-    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    scan_without_index(tmp_path)  # tmp_path/m.zarr, no ndvi layer
     m = tmp_path / "m.zarr"
     assert "ndvi" not in zarr.open_group(str(m), mode="r").attrs["geofg:grid"]["layers"]
     r = _run(m, _fields(tmp_path / "f.geojson", {"a": _box(2, 20, 30, 40)}), tmp_path / "t.csv")

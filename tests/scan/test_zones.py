@@ -12,7 +12,7 @@ import shapely
 import zarr
 from pyproj import CRS
 from rasterio.transform import from_origin
-from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, config, predictor, threshold_bundle, scan_without_index
 from typer.testing import CliRunner
 
 from geofg.cli import app
@@ -172,12 +172,7 @@ def test_bad_input_is_one_line_exit_3_and_the_output_is_left_alone(tmp_path: Pat
 
 
 def test_a_mosaic_without_an_index_layer_needs_the_image(tmp_path: Path) -> None:
-    model = threshold_bundle(tmp_path, bands=["B02", "B03"])  # no red/NIR: no ndvi layer
-    (tmp_path / "inbox").mkdir()
-    d = np.random.default_rng(0).integers(1, 3000, (2, 48, 64)).astype("uint16")
-    write_raster(tmp_path / "inbox" / "S_20200601.tif", d, nodata=0, descriptions=["B02", "B03"],
-                 transform=from_origin(*ORIGIN, 10.0, 10.0))  # fmt: skip
-    run_scan(build_scan(config(tmp_path, model)), predictor_factory=predictor)
+    scan_without_index(tmp_path)  # tmp_path/m.zarr, no ndvi layer
     (tmp_path / "out").mkdir()
     f = _fields(tmp_path / "f.gpkg", {"a": FIELD})
     _bad(tmp_path / "out", tmp_path / "m.zarr", None, f, "expected a mosaic with the ndvi index layer")
