@@ -98,13 +98,8 @@ class ObjectPrefix:
 
     def get(self, name: str) -> tuple[bytes, Stat] | None:
         """Return the object's bytes and :class:`Stat`, or None when it does not exist."""
-        try:
-            r = self._client().get_object(Bucket=self.bucket, Key=self.key(name))
-        except Exception as e:  # noqa: BLE001 (classified)
-            if _code(e) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self.error(e, name) from None
-        return r["Body"].read(), _stat(r)
+        r = self._or_none(self._client().get_object, name)
+        return None if r is None else (r["Body"].read(), _stat(r))
 
     def get_json(self, name: str) -> Any:
         """Return the parsed JSON object ``name``, None when it is missing or not JSON."""
@@ -118,13 +113,17 @@ class ObjectPrefix:
 
     def head(self, name: str) -> Stat | None:
         """Return the object's :class:`Stat`, or None when it does not exist."""
+        r = self._or_none(self._client().head_object, name)
+        return None if r is None else _stat(r)
+
+    def _or_none(self, call: Any, name: str) -> Any:
+        """``call(Bucket=..., Key=...)`` for ``name``: its answer, None when the object does not exist."""
         try:
-            r = self._client().head_object(Bucket=self.bucket, Key=self.key(name))
+            return call(Bucket=self.bucket, Key=self.key(name))
         except Exception as e:  # noqa: BLE001 (classified)
             if _code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self.error(e, name) from None
-        return _stat(r)
 
     def sizes(self, under: str = "") -> dict[str, int]:
         """Every object below ``under`` (name relative to ``under`` -> bytes), one paginated LIST."""
