@@ -74,10 +74,15 @@ class Stat:
 
 @dataclass(frozen=True)
 class ObjectPrefix:
-    """The objects under ``s3://bucket/prefix/`` (keys below are relative to it)."""
+    """The objects under ``s3://bucket/prefix/`` (keys below are relative to it).
+
+    ``reads_only``: geofg only reads here (a scan's inbox); errors then ask for credentials
+    allowed to read, not to write.
+    """
 
     bucket: str
     prefix: str
+    reads_only: bool = False
 
     @classmethod
     def of(cls, url: str) -> ObjectPrefix:
@@ -296,10 +301,11 @@ class ObjectPrefix:
                 f"({code or 'server error'}); the object store is failing: run again once it is up")
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
             how = "were refused" if conn.signed else "are missing (no AWS credentials found)"
+            what, may = ("a bucket readable", "read") if self.reads_only else ("an output bucket writable", "write")
             return InputError(
-                f"{url}: expected an output bucket writable with the AWS credentials from the environment, "
+                f"{url}: expected {what} with the AWS credentials from the environment, "
                 f"found that they {how} (HTTP {status}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
-                "AWS_PROFILE to credentials allowed to write it; nothing was written")
+                f"AWS_PROFILE to credentials allowed to {may} it; nothing was written")
         if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and not name):
             return InputError(f"{url}: expected an existing bucket '{self.bucket}' at {where}, found none; "
                               "create it or fix the bucket name; nothing was written")

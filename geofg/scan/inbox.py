@@ -21,6 +21,8 @@ The state of the last scan lives in ``<mosaic>/.geofg/scan/inbox.json`` (on S3 t
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import json
 import re
@@ -123,6 +125,7 @@ def inbox_folder(cfg: InboxConfig) -> Folder:
     except ForbiddenPathError as e:
         raise ConfigError(f"inbox.folder: {e}") from None
     if folder.obj is not None:
+        folder.obj = dataclasses.replace(folder.obj, reads_only=True)  # errors ask for read access
         try:
             folder.obj.check_bucket()
         except InputError as e:

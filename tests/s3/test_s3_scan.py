@@ -278,5 +278,7 @@ def test_refused_credentials_exit_3_nothing_written(s3, tmp_path: Path, monkeypa
     r = _cli(tmp_path, remote)
     lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
     assert r.exit_code == 3 and len(lines) == 1 and "inbox.folder" in lines[0] and "refused" in lines[0], r.stderr
+    # the inbox is read, never written: the message asks for read access, not for an output bucket
+    assert "allowed to read" in lines[0] and "writable" not in lines[0], lines[0]
     assert "not-the-secret-key" not in r.output
     assert _objects(s3, "m.zarr") == {}
