@@ -82,7 +82,8 @@ class Pool(Protocol):
         ...
 
     def wait(self, calls: list[Any]) -> Any:
-        """Block until one of ``calls`` has a reply (or error); return it."""
+        """Block until one of ``calls`` has a reply (or error); return it (not necessarily the
+        oldest of its worker: the scheduler then settles that worker's oldest call first)."""
         ...
 
     def get(self, call: Any, timeout: float | None = None) -> Any:
@@ -192,8 +193,13 @@ class Scheduler:
         try:
             self._fill()
             while self.inflight:
-                ref = self.pool.wait(list(self.inflight))
-                slot = self.inflight[ref][1]
+                slot = self.inflight[self.pool.wait(list(self.inflight))][1]
+                # Settle a worker's replies in call order: a worker runs its calls in order, so its
+                # oldest call is done too, but Ray may deliver a later reply first (seen after a
+                # lost actor: a reply carrying a unit's outcome from its write thread came before
+                # the reply of the call that ran the unit, which was then waited for as "still
+                # being written" for ever, each drain answering nothing)
+                ref = slot.calls[0]
                 try:
                     outcome = self.pool.get(ref)
                 except self.pool.lost as e:
@@ -254,6 +260,11 @@ class Scheduler:
         outcomes = reply if isinstance(reply, list) else [reply]
         if unit is not None and unit.id not in {o.unit_id for o in outcomes}:
             slot.writing[unit.id] = unit
+        if unit is None and {u for u in slot.writing if u not in {o.unit_id for o in outcomes}}:
+            # a drain answers for every unit left to the worker's writers: anything else is a bug
+            # here, and another drain would answer nothing again (a driver spinning for ever)
+            raise RuntimeError(f"geofg bug: worker {slot.name} drained without the outcomes of "
+                               f"{sorted(slot.writing)}; please report it with the run's log")
         for outcome in outcomes:
             done = slot.writing.pop(outcome.unit_id, None) or unit
             for k, v in outcome.seconds.items():
