@@ -74,6 +74,8 @@ def write_random_bundle(path: Path) -> Path:
 def ray_session(tmp_path_factory: pytest.TempPathFactory):
     """One local Ray for the module's in-process tests (2 CPUs, no dashboard, token auth), its
     session files under tmp_path (short: Ray's socket paths must stay under 107 bytes)."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -82,12 +84,14 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # ray.init sets RAY_AUTH_MODE=token itself;
             mp.setenv(name, "")  # the monkeypatch undoes that too
             mp.delenv(name)
+        reset_auth_token_state()  # Ray caches the token per process (scan/test_scan_ray.py)
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  _temp_dir=str(tmp_path_factory.mktemp("ray")))
         try:
             yield ray
         finally:
             ray.shutdown()
+            reset_auth_token_state()
 
 
 @pytest.fixture(scope="module")

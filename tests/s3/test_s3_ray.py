@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,9 @@ from test_s3_inputs import assert_same_mosaic  # noqa: E402
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 
+TOKEN = secrets.token_hex(32)  # one token for this module's Ray runtimes; no ~/.ray/auth_token
+
+
 @pytest.mark.parametrize("mosaic_on", ["disk", "s3"])
 def test_ray_actors_read_s3_and_equal_local(s3, tmp_path: Path, data_root: Path, mosaic_on: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -32,10 +36,16 @@ def test_ray_actors_read_s3_and_equal_local(s3, tmp_path: Path, data_root: Path,
     url = s3.put("scene/B04.tif", cogs["B04"])  # one single-band COG, read by 2 actors
     bundle = write_threshold_bundle(tmp_path, ["B04"])
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # a token of its own, as the other Ray tests (none: Ray would read ~/.ray/auth_token); Ray caches
+    # the token per process, so the cache is reset on the way in and out (scan/test_scan_ray.py)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     # started after the s3 fixture set AWS_*: the actors inherit them, as nodes with credentials do
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              _temp_dir=(temp := tempfile.mkdtemp(prefix="r", dir="/tmp")))  # socket paths < 107 bytes
     try:
@@ -50,6 +60,7 @@ def test_ray_actors_read_s3_and_equal_local(s3, tmp_path: Path, data_root: Path,
             outs[kind] = run_job(job, predictor_factory=lambda p: ThresholdPredictor(p.card))
     finally:
         ray.shutdown()
+        reset_auth_token_state()
         shutil.rmtree(temp, ignore_errors=True)
     assert len(outs["ray"].ran) == 16 and not outs["ray"].failed
     if mosaic_on == "s3":
