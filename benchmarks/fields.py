@@ -3,8 +3,8 @@
     python -m benchmarks.fields --size 10000 --fields 1000 100000
 
 Builds (once, under ``.bench/``) a classify-like mosaic of ``size``² pixels at 10 m with a class
-and a health layer in 512² chunks (blocky synthetic patterns: four classes, health where the class
-is crop or grass), and for each field count a GeoParquet of square fields on a regular grid
+a health and an ndvi layer in 512² chunks (blocky synthetic patterns: four classes, health where
+the class is crop or grass, an index code on every pixel), and for each field count a GeoParquet of square fields on a regular grid
 (80 % of each cell, jittered), then runs :func:`geofg.products.fields.field_table` and writes
 the table as GeoParquet in a fresh subprocess per count, so each peak RSS stands alone. Prints
 one JSON line per count: fields, field size, wall seconds (reading the fields, the table, the
@@ -31,19 +31,20 @@ X0, Y0, RES = 500000.0, 5900000.0, 10.0
 
 
 def make_mosaic(size: int, chunk: int = 512) -> Path:
-    """A ``size``² classify-like mosaic (class, health, confidence), written chunk by chunk."""
+    """A ``size``² classify-like mosaic (class, health, confidence, ndvi), written chunk by chunk."""
     from pyproj import CRS
 
     from geofg.health import HEALTH_CLASSES
     from geofg.io import mosaic as mz
 
-    path = BENCH / f"fields_{size}.zarr"
+    path = BENCH / f"fields_{size}_ndvi.zarr"  # _ndvi: earlier builds had no index layer
     if mz.is_mosaic(path):
         return path
     spec = mz.MosaicSpec(height=size, width=size, chunk=chunk, crs_wkt=CRS.from_epsg(32633).to_wkt(),
                          transform=(RES, 0.0, X0, 0.0, -RES, Y0), class_names=CLASSES, class_colours=COLOURS,
                          health_names=tuple(n for n, _ in HEALTH_CLASSES),
-                         health_colours=tuple(c for _, c in HEALTH_CLASSES))  # fmt: skip
+                         health_colours=tuple(c for _, c in HEALTH_CLASSES),
+                         layers=(*mz.LAYERS, "ndvi"))  # fmt: skip
     mz.create(path, spec, {})
     import zarr
 
@@ -55,8 +56,9 @@ def make_mosaic(size: int, chunk: int = 512) -> Path:
             cls = ((rows // 37 + cols // 53 + (rows * cols) // 9973) % 4).astype(np.uint8)
             health = np.where((cls == 1) | (cls == 2), (rows // 11 + cols // 7) % 4, 255).astype(np.uint8)
             conf = ((rows + cols) % 250).astype(np.uint8)
+            ndvi = (60 + (rows // 5 + cols // 3 + cls * 20) % 140).astype(np.uint8)  # codes 60..199 (NDVI -0.4..0.99)
             region = (slice(r0, r0 + cls.shape[0]), slice(c0, c0 + cls.shape[1]))
-            for name, v in (("class", cls), ("health", health), ("confidence", conf)):
+            for name, v in (("class", cls), ("health", health), ("confidence", conf), ("ndvi", ndvi)):
                 mz.write_region(g[name], region, v)
     return path
 
