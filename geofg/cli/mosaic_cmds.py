@@ -68,7 +68,7 @@ def fields(
 
 @app.command()
 def alerts(
-    mosaic: Annotated[Path, typer.Argument(help="A scan mosaic (with a time axis).")],
+    mosaic: Annotated[str, typer.Argument(help="A scan mosaic (with a time axis): a path or s3://BUCKET/PREFIX.zarr.")],
     fields_file: Annotated[Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile, FlatGeobuf or GeoParquet (any CRS).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.csv, OUT.parquet, OUT.gpkg or OUT.fgb: one row per alert.")],
     series: Annotated[Optional[Path], typer.Option("--series", help="Also write the per-field, per-date table (as `geofg fields`) here.")] = None,
@@ -91,7 +91,7 @@ def alerts(
         for path in (output, series):
             if path is not None:
                 check_output(path, overwrite)
-        table, found = mosaic_alerts(mosaic, fields_file, rules)
+        table, found = mosaic_alerts(_mosaic(mosaic), fields_file, rules)
         if series is not None:
             write_table(table, series, overwrite=overwrite)
         path = write_table(found, output, overwrite=overwrite)

@@ -63,8 +63,9 @@ class AlertRules:
                               ">= 0 and 1 <= min_history <= window; fix the options")  # fmt: skip
 
 
-def mosaic_alerts(mosaic: Path, fields: Path, rules: AlertRules | None = None) -> tuple[Any, Any]:
-    """The per-field time series of a scan mosaic and its alerts: ``(table, alerts)``.
+def mosaic_alerts(mosaic: Path | str, fields: Path, rules: AlertRules | None = None) -> tuple[Any, Any]:
+    """The per-field time series of a scan mosaic (a local path or ``s3://`` prefix) and its
+    alerts: ``(table, alerts)``.
 
     Raises:
         InputError: not a scan mosaic (no time axis), or bad fields (:func:`field_table`).

@@ -282,3 +282,33 @@ def test_refused_credentials_exit_3_nothing_written(s3, tmp_path: Path, monkeypa
     assert "allowed to read" in lines[0] and "writable" not in lines[0], lines[0]
     assert "not-the-secret-key" not in r.output
     assert _objects(s3, "m.zarr") == {}
+
+
+def test_alerts_and_the_series_of_an_s3_scan_equal_the_local_ones(s3, tmp_path: Path) -> None:
+    """`geofg alerts s3://…/m.zarr` reads the scan mosaic on S3 (as `fields`, `info`, `stats` do)."""
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    model = threshold_bundle(tmp_path)
+    local, remote = _configs(s3, tmp_path, model)
+    for day, east_nir in (("20200501", 9000), ("20200601", 9000), ("20200701", 2500), ("20200801", 2500)):
+        nir = np.full((48, 64), 9000)
+        nir[:, 32:] = east_nir  # the east half loses its vigour from July: NDVI 0.71 -> 0.25
+        _deliver(s3, tmp_path, f"S_{day}.tif", np.stack([np.full((48, 64), 1500), nir]).astype("uint16"))
+    _scan(local)
+    _scan(remote)
+    x0, y0 = ORIGIN
+    boxes = [shapely.box(x0 + 20, y0 - 460, x0 + 300, y0 - 20), shapely.box(x0 + 340, y0 - 460, x0 + 620, y0 - 20)]
+    f = tmp_path / "f.gpkg"
+    gpd.GeoDataFrame({"id": ["west", "east"]}, geometry=boxes, crs="EPSG:32633").to_file(f)
+    got = {}
+    for where, mosaic in (("local", str(tmp_path / "m.zarr")), ("s3", remote["mosaic"])):
+        out, series = tmp_path / f"{where}.csv", tmp_path / f"{where}.parquet"
+        r = CliRunner().invoke(app, ["alerts", mosaic, "--fields", str(f), "-o", str(out), "--series", str(series),
+                                     "--min-history", "2"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        got[where] = (pd.read_csv(out), gpd.read_parquet(series).drop(columns="geometry"))
+    assert got["s3"][0][["field_id", "date"]].values.tolist() == [["east", "2020-07-01"], ["east", "2020-08-01"]]
+    pd.testing.assert_frame_equal(got["s3"][0], got["local"][0])
+    pd.testing.assert_frame_equal(got["s3"][1], got["local"][1])
