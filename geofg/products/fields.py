@@ -141,7 +141,7 @@ def _dates(mosaic: Path, timed: bool) -> list[str]:
     return [str(epoch + timedelta(days=d)) if d != mz.TIME_FILL else "" for d in timeseries.time_slices(mosaic)]
 
 
-def field_table(mosaic: Path, fields: Path) -> Any:
+def field_table(mosaic: Path | str, fields: Path) -> Any:
     """The per-field, per-date table (a GeoDataFrame in the mosaic's CRS; see the module docstring).
 
     Raises:
