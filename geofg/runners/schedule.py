@@ -19,6 +19,13 @@ Stealing
     the last unit reserved by the worker holding most. Re-queued units go first to whichever
     worker asks. :data:`QUEUED_PER_ACTOR` calls are kept queued per worker.
 
+Replies
+    A worker runs its calls one at a time, in order, and each reply is settled in that order: when
+    the pool hands out a later reply of a worker first (Ray can deliver replies out of order), the
+    worker's oldest call is settled first. With write threads a reply carries the outcomes of
+    earlier units, so settling out of order would lose track of which units are still being
+    written.
+
 Losses (../shared/RELIABILITY.md R1-R8)
     A lost worker costs one attempt to the unit it was running: calls run one at a time, in order,
     so that is the oldest call whose unit left no ledger record of this run and attempt (with none,
