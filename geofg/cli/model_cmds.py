@@ -359,7 +359,7 @@ def export(
     threads: Annotated[int, typer.Option(help="CPU threads for torch and onnxruntime in the speed measurement.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     cog: Annotated[Optional[Path], typer.Option("--cog", help="SOURCE a mosaic: write one layer as a Cloud-Optimized GeoTIFF (OUT.tif).")] = None,
-    png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view.")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="SOURCE a mosaic: write the quicklook with legend (OUT.png) of the latest view: --layer class, health or ndvi (five NDVI classes).")] = None,
     polygons: Annotated[Optional[Path], typer.Option("--polygons", help="SOURCE a mosaic: write the layer's patches as polygons (OUT.parquet, GeoParquet 1.1), streamed chunk row by chunk row.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="SOURCE a scan mosaic: the date to export, e.g. 2020-08-31 (default: the latest view).")] = None,
     layer: Annotated[str, typer.Option("--layer", help="SOURCE a mosaic: class, health, confidence, ndvi or mask (with --cog: OUT.tif.aux.xml category names and OUT.qml QGIS style beside class, health and mask; ndvi keeps uint8 codes with scale 0.01, offset -1).")] = "class",

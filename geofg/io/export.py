@@ -17,6 +17,29 @@ from geofg.io.atomic import atomic_path
 
 NODATA_RGB = (0, 0, 0)
 
+#: Classes of an index layer's quicklook (a layer with CF ``scale_factor``/``add_offset``: ``ndvi``),
+#: each value below its upper bound and at or above the one before.
+INDEX_BINS: tuple[tuple[float, str, str], ...] = (
+    (0.0, "NDVI below 0 (water, snow, cloud edges)", "#2c5d8f"),
+    (0.2, "NDVI 0 to 0.2 (bare soil, built)", "#dfc27d"),
+    (0.4, "NDVI 0.2 to 0.4 (sparse or winter cover)", "#c2e699"),
+    (0.6, "NDVI 0.4 to 0.6", "#78c679"),
+    (float("inf"), "NDVI 0.6 and above (dense green cover)", "#238443"),
+)
+
+
+def index_bins(scale: float, offset: float) -> np.ndarray:
+    """uint8 codes (value = code * ``scale`` + ``offset``) -> the :data:`INDEX_BINS` index; 255 stays.
+
+    Examples:
+        >>> index_bins(0.01, -1.0)[[0, 99, 100, 119, 120, 140, 160, 200, 255]].tolist()
+        [0, 0, 1, 1, 2, 3, 4, 4, 255]
+    """
+    value = np.round(np.arange(FILL) * scale + offset, 6)
+    out = np.full(256, FILL, np.uint8)
+    out[:FILL] = np.searchsorted([b for b, _, _ in INDEX_BINS], value, side="right")
+    return out
+
 
 def _rgb(hexcolour: str) -> tuple[int, int, int]:
     h = hexcolour.lstrip("#")
@@ -53,14 +76,21 @@ def write_quicklook(mosaic: Path | str, png: Path, layer: str = "class", max_sid
     """
     group = open_checked(mosaic)
     arr = group[layer]
-    names = list(arr.attrs["class_names"])
-    colours = [_rgb(c) for c in arr.attrs["colours"]]
+    index = "scale_factor" in arr.attrs  # an index layer (ndvi): shown in the classes of INDEX_BINS
+    if index:
+        names = [n for _, n, _ in INDEX_BINS]
+        colours = [_rgb(c) for _, _, c in INDEX_BINS]
+    else:
+        names = list(arr.attrs["class_names"])
+        colours = [_rgb(c) for c in arr.attrs["colours"]]
     chunk = group.attrs["geofg:grid"]["chunk"]
     step = max(1, -(-max(arr.shape) // max_side))
     try:
         small = read_strided(arr, step, chunk)
     except DECODE_ERRORS as e:
         raise damaged_chunk_error(mosaic, layer, arr, e) from None
+    if index:
+        small = index_bins(float(arr.attrs["scale_factor"]), float(arr.attrs["add_offset"]))[small]
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:] = NODATA_RGB
     for i, c in enumerate(colours):

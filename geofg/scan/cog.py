@@ -130,7 +130,8 @@ def _block(arrays: dict, layer: str, t: int | None, rows: slice, cols: slice, in
 
 def export_png(mosaic: Path, out: Path, *, when: str | None = None, layer: str = "class",
                overwrite: bool = False) -> Path:  # fmt: skip
-    """Write the quicklook PNG (with legend) of ``layer``'s latest view or 2-D layer.
+    """Write the quicklook PNG (with legend) of ``layer``'s latest view or 2-D layer (``ndvi`` in
+    the five NDVI classes of :data:`geofg.io.export.INDEX_BINS`).
 
     Raises:
         ConfigError: ``when`` given (one date's PNG is not built: export that date with --cog),
@@ -139,8 +140,8 @@ def export_png(mosaic: Path, out: Path, *, when: str | None = None, layer: str =
     from geofg.io.export import write_quicklook
 
     group = _open(mosaic)
-    if layer not in ("class", "health"):
-        raise ConfigError(f"--layer {layer}: a PNG quicklook shows class or health")
+    if layer not in ("class", "health", INDEX):
+        raise ConfigError(f"--layer {layer}: a PNG quicklook shows class, health or {INDEX}")
     _check_out(out, (".png",), overwrite)
     timed = bool(group.attrs["geofg:grid"].get("time"))
     if when is not None:

@@ -67,6 +67,30 @@ def test_cog_of_the_index_layer_keeps_codes_with_scale_and_offset(tmp_path: Path
     assert (code != 255).any() and not (tmp_path / "ndvi.qml").exists()
 
 
+def test_png_of_the_index_layer_shows_five_ndvi_classes(tmp_path: Path, mosaic: Path) -> None:
+    """`--png --layer ndvi`: each pixel in the colour of its NDVI class (codes binned at NDVI 0, 0.2,
+    0.4, 0.6), no data black, the five classes in the legend."""
+    from PIL import Image
+
+    from geofg.io.export import INDEX_BINS
+
+    g = zarr.open_group(str(mosaic), mode="r")
+    code = g["latest_ndvi"][:]
+    png = tmp_path / "ndvi.png"
+    r = runner.invoke(app, ["export", str(mosaic), "--png", str(png), "--layer", "ndvi"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rgb = np.asarray(Image.open(png).convert("RGB"))[: code.shape[0], : code.shape[1]]  # 1x: no reduction
+    value = code.astype(float) * 0.01 - 1.0
+    want = np.zeros((*code.shape, 3), np.uint8)  # no data: black
+    lower = -np.inf
+    for upper, _, colour in INDEX_BINS:
+        inside = (code != 255) & (value >= lower - 1e-9) & (value < upper - 1e-9)
+        want[inside] = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+        lower = upper
+    assert len(np.unique(code[code != 255] // 20)) >= 3  # the random scenes span several classes
+    np.testing.assert_array_equal(rgb, want)
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--time", "1999-01-01"], "2020-06-01, 2020-07-01"),
     (["--layer", "nope"], "--layer"),
