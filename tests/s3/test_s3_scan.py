@@ -21,13 +21,12 @@ from rasters import write_raster
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scan"))
-from scanhelp import BANDS, ORIGIN, config, expected_class, predictor, threshold_bundle  # noqa: E402
+from scanhelp import BANDS, ORIGIN, Dies, config, expected_class, predictor, threshold_bundle  # noqa: E402
 
 from geofg.cli import app  # noqa: E402
 from geofg.io.objledger import ObjectLedger  # noqa: E402
 from geofg.io.objstore import ObjectPrefix  # noqa: E402
 from geofg.io.store import zarr_store  # noqa: E402
-from geofg.models.inference.tiny import ThresholdPredictor  # noqa: E402
 from geofg.scan.config import build_scan  # noqa: E402
 from geofg.scan.run import run_scan  # noqa: E402
 
@@ -175,25 +174,12 @@ def test_a_sentinel_object_is_required_where_the_config_asks(s3, tmp_path: Path)
     assert _scan(remote).scenes[0].status == "processed"
 
 
-class _Dies(ThresholdPredictor):
-    """Interrupts the scan (like a SIGINT) at its ``n``-th forward."""
-
-    def __init__(self, card, n: int) -> None:  # noqa: ANN001
-        super().__init__(card)
-        self.n = n
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.calls + 1 == self.n:
-            raise KeyboardInterrupt
-        return super().predict(x)
-
-
 def test_a_killed_s3_scan_resumes_to_the_local_mosaic(s3, tmp_path: Path) -> None:
     model = threshold_bundle(tmp_path)
     local, remote = _configs(s3, tmp_path, model)
     _deliver(s3, tmp_path, NAMES[0], _data(2))
     with pytest.raises(KeyboardInterrupt):
-        run_scan(build_scan(remote), predictor_factory=lambda p: _Dies(p.card, 5))
+        run_scan(build_scan(remote), predictor_factory=lambda p: Dies(p.card, 5))
     prefix = ObjectPrefix.of(remote["mosaic"])
     assert prefix.head(".geofg/lock") is None  # the lease was released on the way out
     assert len(ObjectLedger(prefix).load()) == 4

@@ -20,6 +20,19 @@ def threshold_bundle(folder: Path, bands: list[str] = BANDS, name: str = "thresh
     return write_threshold_bundle(folder, bands, name=name)
 
 
+class Dies(ThresholdPredictor):
+    """Interrupts the scan (like a SIGINT) at its ``n``-th forward."""
+
+    def __init__(self, card, n: int) -> None:  # noqa: ANN001
+        super().__init__(card)
+        self.n = n
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.calls + 1 == self.n:
+            raise KeyboardInterrupt
+        return super().predict(x)
+
+
 def predictor(p: object) -> ThresholdPredictor:
     """predictor_factory for run_scan."""
     return ThresholdPredictor(p.card)  # type: ignore[attr-defined]

@@ -11,10 +11,9 @@ import rasterio
 import zarr
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
-from scanhelp import BANDS, ORIGIN, config, expected_class, predictor, threshold_bundle
+from scanhelp import BANDS, ORIGIN, Dies, config, expected_class, predictor, threshold_bundle
 
 from geofg.io.ledger import Ledger
-from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.scan.config import build_scan
 from geofg.scan.run import ScanFailuresError, run_scan
 from rasters import write_raster
@@ -58,26 +57,13 @@ def test_corrupt_block_fails_its_units_the_next_scan_retries_only_those(tmp_path
     np.testing.assert_array_equal(cls, expected_class(data, np.ones(data.shape[1:], bool)))
 
 
-class _Dies(ThresholdPredictor):
-    """Interrupts the scan (like a SIGINT) at its ``n``-th forward."""
-
-    def __init__(self, card, n: int) -> None:  # noqa: ANN001
-        super().__init__(card)
-        self.n = n
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.calls + 1 == self.n:
-            raise KeyboardInterrupt
-        return super().predict(x)
-
-
 def test_an_interrupted_scan_resumes_with_the_units_it_had_not_finished(tmp_path: Path) -> None:
     model = threshold_bundle(tmp_path)
     cfg = build_scan(config(tmp_path, model))
     data = _data(8)
     _scene(tmp_path / "inbox", "S_20200601.tif", data)
     with pytest.raises(KeyboardInterrupt):
-        run_scan(cfg, predictor_factory=lambda p: _Dies(p.card, 5))
+        run_scan(cfg, predictor_factory=lambda p: Dies(p.card, 5))
     assert not (tmp_path / "m.zarr" / ".geofg" / "lock").exists()  # released on the way out
     assert len(Ledger(tmp_path / "m.zarr" / ".geofg").load()) == 4
     r = run_scan(cfg, predictor_factory=predictor)
