@@ -265,13 +265,14 @@ class Scheduler:
         unit, _ = self.inflight.pop(ref)
         slot.calls.remove(ref)
         outcomes = reply if isinstance(reply, list) else [reply]
-        if unit is not None and unit.id not in {o.unit_id for o in outcomes}:
+        answered = {o.unit_id for o in outcomes}
+        if unit is not None and unit.id not in answered:
             slot.writing[unit.id] = unit
-        if unit is None and {u for u in slot.writing if u not in {o.unit_id for o in outcomes}}:
+        if unit is None and not answered >= slot.writing.keys():
             # a drain answers for every unit left to the worker's writers: anything else is a bug
             # here, and another drain would answer nothing again (a driver spinning for ever)
             raise RuntimeError(f"geofg bug: worker {slot.name} drained without the outcomes of "
-                               f"{sorted(slot.writing)}; please report it with the run's log")
+                               f"{sorted(slot.writing.keys() - answered)}; please report it with the run's log")
         for outcome in outcomes:
             done = slot.writing.pop(outcome.unit_id, None) or unit
             for k, v in outcome.seconds.items():
