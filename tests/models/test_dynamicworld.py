@@ -4,6 +4,7 @@ refuses a card whose normalisation no longer matches the weights, and the recept
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from geofg.batch import normalise  # noqa: E402
 from geofg.errors import WeightsError  # noqa: E402
 from geofg.models.inference.bundle import load_tensors, read_card, write_bundle  # noqa: E402
 from geofg.models.inference.card import ModelCard  # noqa: E402
+from geofg.models.inference import dynamicworld as dw  # noqa: E402
 from geofg.models.inference.dynamicworld import RECEPTIVE_MARGIN, DynamicWorldNet, downsample2  # noqa: E402
 from geofg.models.inference.predictor import load_predictor  # noqa: E402
 from geofg.models.inference.registry import resolve_model  # noqa: E402
@@ -92,3 +94,47 @@ def test_card_carries_licence_attribution_and_receptive_field() -> None:
     assert "National Geographic and the World Resources Institute" in card.attribution
     assert card.normalisation == "log-sigmoid" and card.halo >= RECEPTIVE_MARGIN
     assert card.bands == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
+
+
+def _random_net(seed: int) -> DynamicWorldNet:
+    """A network whose batch norms do something (the folded batch norm is part of the lean path)."""
+    torch.manual_seed(seed)
+    net = DynamicWorldNet().eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.mark.parametrize(("n", "h", "w", "strip"), [(2, 130, 96, 32), (1, 64, 38, 4), (1, 20, 20, 1)])
+def test_lean_inference_forward_equals_the_autograd_forward(
+    n: int, h: int, w: int, strip: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inference runs the full-resolution layers in row strips (the last one partial here) with
+    batch norm folded and mish in place; the values are those of the plain graph that training
+    and Grad-CAM run."""
+    monkeypatch.setattr(dw, "STRIP_ROWS", strip)
+    net = _random_net(n * h + w)
+    x = torch.randn(n, 9, h, w)
+    with torch.inference_mode():
+        assert dw._lean()
+        lean = net(x)
+    plain = net(x.requires_grad_())
+    assert plain.requires_grad and lean.shape == plain.shape == (n, 9, h, w)
+    np.testing.assert_allclose(lean.numpy(), plain.detach().numpy(), rtol=0, atol=2e-5)
+
+
+def test_lean_forward_is_off_with_autograd_and_while_tracing() -> None:
+    """ONNX export and torch.compile need one graph for every tile size: no strips there."""
+    seen: list[bool] = []
+    net = DynamicWorldNet().eval()
+    net.register_forward_pre_hook(lambda _m, _a: seen.append(dw._lean()))
+    assert not dw._lean()  # autograd on
+    with torch.no_grad(), warnings.catch_warnings():
+        assert dw._lean()
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python values
+        torch.jit.trace(net, torch.randn(1, 9, 16, 16), check_trace=False)
+    assert seen == [False]
