@@ -287,10 +287,13 @@ def _pooled(x: np.ndarray, f: int, origin: tuple[int, int], valid: np.ndarray | 
     pads = ((r0, r1), (c0, c1))
     if valid is None:
         valid = np.ones((h, w), bool)
-    xp = np.pad(x * valid, ((0, 0), *pads), mode="edge") if (r0 or r1 or c0 or c1) else x * valid
-    vp = np.pad(valid, pads, mode="edge") if (r0 or r1 or c0 or c1) else valid
-    hp, wp = xp.shape[1] // f, xp.shape[2] // f
-    total = xp.reshape(c, hp, f, wp, f).sum(axis=(2, 4), dtype=np.float32)
+    padded = bool(r0 or r1 or c0 or c1)
+    vp = np.pad(valid, pads, mode="edge") if padded else valid
+    hp, wp = vp.shape[0] // f, vp.shape[1] // f
+    total = np.empty((c, hp, wp), np.float32)
+    for i in range(c):  # a band at a time: the padded copy is one band, not all of them
+        xp = np.pad(x[i : i + 1] * valid, ((0, 0), *pads), mode="edge") if padded else x[i : i + 1] * valid
+        total[i] = xp.reshape(1, hp, f, wp, f).sum(axis=(2, 4), dtype=np.float32)[0]
     n = vp.reshape(hp, f, wp, f).sum(axis=(1, 3), dtype=np.float32)
     return total / np.maximum(n, 1.0), (r0, c0)
 
@@ -357,6 +360,7 @@ def _session(variant: str, level: str, threads: int) -> tuple[Any, dict]:
     stats = json.loads(Path(meta).read_text())["data"]["dataset_statistics"]
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.enable_cpu_mem_arena = False  # the process heap serves it: no second cache of freed memory
     sess = ort.InferenceSession(model, sess_options=so,
                                 providers=["CPUExecutionProvider"])  # fmt: skip
     return sess, stats

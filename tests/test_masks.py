@@ -225,3 +225,28 @@ def test_pool_factor_and_levels() -> None:
     assert masks.product_level(["/x/S2A_MSIL1C_20200101T000000_B02.jp2"], ["B02"]) == "l1c"
     assert masks.product_level(["/x/scene.tif"], ["B02", "B10"]) == "l1c"
     assert masks.product_level(["/x/scene.tif"], ["B02"]) == "l2a"
+
+
+def test_pooled_averages_each_band_over_its_valid_pixels_on_the_raster_grid() -> None:
+    """Blocks of f x f on the raster grid (the window starts mid-block and is padded with its
+    edge values to whole blocks), each band on its own, invalid pixels left out, a block
+    without a valid pixel 0."""
+    rng = np.random.default_rng(7)
+    f, origin = 3, (4, 2)  # the window starts 1 row and 2 columns into a block
+    x = rng.uniform(0, 1, (4, 10, 11)).astype(np.float32)
+    valid = rng.uniform(0, 1, (10, 11)) > 0.3
+    valid[:2, :1] = False  # the top-left block: no valid pixel
+    got, pads = masks._pooled(x, f, origin, valid)
+    r0, c0 = origin[0] % f, origin[1] % f
+    assert pads == (r0, c0)
+    r1, c1 = -(r0 + 10) % f, -(c0 + 11) % f
+    xp = np.pad(x, ((0, 0), (r0, r1), (c0, c1)), mode="edge")
+    vp = np.pad(valid, ((r0, r1), (c0, c1)), mode="edge")
+    assert got.shape == (4, vp.shape[0] // f, vp.shape[1] // f)
+    assert (got[:, 0, 0] == 0).all()
+    for i in range(got.shape[1]):
+        for j in range(got.shape[2]):
+            block = (slice(i * f, (i + 1) * f), slice(j * f, (j + 1) * f))
+            v = vp[block]
+            want = xp[(slice(None), *block)][:, v].mean(axis=1) if v.any() else np.zeros(4)
+            np.testing.assert_allclose(got[:, i, j], want, rtol=1e-6, err_msg=f"block {i},{j}")

@@ -4,6 +4,7 @@ refuses a card whose normalisation no longer matches the weights, and the recept
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -138,3 +139,60 @@ def test_lean_forward_is_off_with_autograd_and_while_tracing() -> None:
         warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python values
         torch.jit.trace(net, torch.randn(1, 9, 16, 16), check_trace=False)
     assert seen == [False]
+
+
+@pytest.mark.parametrize(("h", "budget"), [(200, 1), (130, 200_000)])
+def test_row_bands_keep_the_whole_tiles_logits(h: int, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a small workspace budget the lean forward runs row bands that read the receptive
+    margin beyond the rows they keep; the logits are the whole tile's."""
+    monkeypatch.setattr(dw, "WORKSPACE_BYTES", budget)
+    net = _random_net(h)
+    x = torch.randn(1, 9, h, 64)
+    bands = net.row_bands(x.shape)
+    assert len(bands) > 1
+    assert [k for _, _, k, _ in bands] == sorted({k for _, _, k, _ in bands})  # kept rows tile the input
+    assert bands[0][2] == 0 and bands[-1][3] == h and all(b[3] == c[2] for b, c in zip(bands, bands[1:]))
+    assert all(i0 % 2 == 0 and (k0 - i0 >= dw.BAND_MARGIN or i0 == 0) for i0, _, k0, _ in bands)
+    with torch.inference_mode():
+        banded = net(x)
+    whole = net(x.clone().requires_grad_())
+    np.testing.assert_allclose(banded.numpy(), whole.detach().numpy(), rtol=0, atol=2e-5)
+
+
+def test_default_unit_tile_runs_in_two_bands_within_the_budget() -> None:
+    net = DynamicWorldNet()
+    bands = net.row_bands((1, 9, 1088, 1088))
+    assert bands == [(0, 568, 0, 544), (520, 1088, 544, 1088)]
+    assert net.workspace_elements((1, 9, 568, 1088)) * 4 <= dw.WORKSPACE_BYTES
+    assert net.workspace_elements((1, 9, 1088, 1088)) * 4 > dw.WORKSPACE_BYTES
+
+
+def test_workspace_reuses_its_buffer_from_the_second_forward_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first forward sizes the buffer before it runs (no tensor outside it); a tensor given
+    back is handed out again; a forward that outgrows the buffer gets ordinary tensors and the
+    next one a buffer of its high-water mark."""
+    monkeypatch.setattr(dw, "_workspaces", threading.local())  # this thread's, new
+    net = _random_net(3)
+    x = torch.randn(2, 9, 48, 40)
+    ws = dw.workspace()
+    with torch.inference_mode():
+        net(x)
+        buf = ws.buffer
+        assert buf.numel() == net.workspace_elements(x.shape) == ws.high
+        net(x)
+        assert ws.buffer is buf  # not reallocated
+    ws.start(x, 100)
+    a = ws.take((1, 10), x)
+    ptr = a.data_ptr()
+    ws.give(a)
+    assert ws.take((1, 10), x).data_ptr() == ptr
+    big = ws.take((1, ws.buffer.numel()), x)  # past the end: an ordinary tensor
+    assert not (buf.data_ptr() <= big.data_ptr() < buf.data_ptr() + 4 * buf.numel())
+    high = ws.high
+    ws.start(x)
+    assert ws.buffer.numel() == high
+    seen: list[dw.Workspace] = []
+    t = threading.Thread(target=lambda: seen.append(dw.workspace()))
+    t.start()
+    t.join()
+    assert seen[0] is not ws  # one per thread: two compute streams never share one

@@ -28,20 +28,33 @@ so ``RECEPTIVE_MARGIN`` = 23 and a halo of 32 px makes unit edges invisible.
 
 **Memory in inference.** Written as above, a 1088 x 1088 tile's forward holds 1.5 GB at its peak,
 most of it the 144-channel features upsampled to full resolution and their squares. Under
-``torch.inference_mode`` / ``no_grad`` (:func:`_lean`) the same network computes the same logits
-(within 2e-6 on the default model's 1088 x 1088 tile; the argmax the same) with about 0.6 GB:
+``torch.inference_mode`` / ``no_grad`` on a CPU (:func:`_lean`) the same network computes the
+same logits (within 2e-6 on the default model's 1088 x 1088 tile; the argmax the same) in about
+0.35 GB of reused memory plus strip-sized temporaries:
 
 * the full-resolution layers run in strips of :data:`STRIP_ROWS` half-resolution rows, each read
   with the rows its filters reach (one input row for the stem, the 4 taps of the downsampling,
   one half-resolution row for the bilinear upsampling), so nothing is computed twice;
-* batch norm is folded into the 1x1 convs (one matrix product per sample, no copies of the input
-  in another memory layout) or applied in place, and mish runs in place a few channels at a time;
-* depthwise convs run 16 channels at a time into one output.
+* batch norm is folded into the 1x1 convs (matrix products per sample, no copies of the input
+  in another memory layout; block 3 reads block 2's and the side branch's outputs without
+  concatenating them) or applied in place; mish runs in place a few channels at a time;
+  depthwise convs run 16 channels at a time into one output;
+* the half-resolution tensors are views of one per-thread :class:`Workspace`, reused from tile
+  to tile, so the process heap (which geofg never shrinks, :mod:`geofg.memory`) does not
+  fragment around them;
+* a tile whose workspace would pass :data:`WORKSPACE_BYTES` runs in row bands that read the
+  receptive margin beyond what they keep (:meth:`DynamicWorldNet.row_bands`): the default
+  unit's 1088-row tile in two bands, 4.4 % more rows computed.
 
 Training, Grad-CAM (autograd on), tracing, ``torch.compile`` and ONNX export run the plain graph.
 """
 
 from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -80,28 +93,110 @@ def _eval_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, b - mean * scale
 
 
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution as one matrix product per sample into a fresh output: no copies of
-    ``x`` or of the output in another memory layout, as a library convolution makes."""
-    n, cin, h, w = x.shape
+def pointwise(parts: list[torch.Tensor] | torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution of the concatenation of ``parts`` along channels, as matrix products per
+    sample into ``out`` (default a new tensor): no concatenation, and no copies of the input or
+    output in another memory layout, as a library convolution makes."""
+    if isinstance(parts, torch.Tensor):
+        parts = [parts]
+    n, _, h, w = parts[0].shape
     cout = weight.shape[0]
-    out = x.new_empty((n, cout, h, w))
+    w2 = weight.view(cout, -1)
+    out = parts[0].new_empty((n, cout, h, w)) if out is None else out
     for i in range(n):
-        torch.addmm(bias[:, None], weight.view(cout, cin), x[i].reshape(cin, h * w),
-                    out=out[i].view(cout, h * w))
+        o = out[i].view(cout, h * w)
+        c = 0
+        for j, part in enumerate(parts):
+            k = part.shape[1]
+            x = part[i].reshape(k, h * w)
+            if j == 0:
+                torch.addmm(bias[:, None], w2[:, c : c + k], x, out=o)
+            else:
+                o.addmm_(w2[:, c : c + k], x)
+            c += k
     return out
 
 
-def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, channels: int = 16):
-    """A 3x3 depthwise convolution (zero "same" padding), ``channels`` at a time into one
-    output: the library's copies of the input and output in its own memory layout are then
-    that many channels, not the whole tensor twice."""
-    out = x.new_empty(x.shape)
+def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              out: torch.Tensor | None = None, channels: int = 16) -> torch.Tensor:
+    """A 3x3 depthwise convolution (zero "same" padding), ``channels`` at a time into ``out``
+    (default a new tensor): the library's copies of the input and output in its own memory
+    layout are then that many channels, not the whole tensor twice."""
+    out = x.new_empty(x.shape) if out is None else out
     for c in range(0, x.shape[1], channels):
         part = slice(c, c + channels)
         out[:, part] = F.conv2d(x[:, part], weight[part], bias[part], padding=1,
                                 groups=weight[part].shape[0])
     return out
+
+
+class Workspace:
+    """Memory the lean forward reuses from one tile to the next for its half-resolution tensors.
+
+    A forward takes and gives back a few tensors of tens to hundreds of MB each, in the same
+    order every tile. Taken from the process heap they leave it fragmented (the heap geofg
+    reuses, :mod:`geofg.memory`, never shrinks): on a bare 1088 x 1088 forward the heap grew to
+    1.6 times what was live at once. Here they are views of one buffer, placed first-fit, sized
+    before the first forward (:meth:`DynamicWorldNet.workspace_elements`); a forward that still
+    needs more gets ordinary tensors for the rest, and the next forward's :meth:`start` grows
+    the buffer to that high-water mark. One per thread (:func:`workspace`): two compute streams never share one.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0)
+        self._taken: dict[int, tuple[int, int]] = {}  # data_ptr -> (offset, numel), virtual
+        self._high = 0
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+        numel = math.prod(shape)
+        gaps, end = [], 0  # (size, offset) of the free gaps between taken ranges
+        for start, n in sorted(self._taken.values()):
+            if start - end >= numel:
+                gaps.append((start - end, end))
+            end = max(end, start + n)
+        off = min(gaps)[1] if gaps else end  # best fit, else past the last taken range
+        self._high = max(self._high, off + numel)
+        buf = self.buffer
+        if off + numel <= buf.numel() and buf.dtype == like.dtype and buf.device == like.device:
+            t = buf[off : off + numel].view(shape)
+        else:
+            t = like.new_empty(shape)
+        self._taken[t.data_ptr()] = (off, numel)
+        return t
+
+    def give(self, t: torch.Tensor) -> None:
+        """Return a tensor from :meth:`take`; it must not be used after."""
+        del self._taken[t.data_ptr()]
+
+    def start(self, like: torch.Tensor, need: int = 0) -> None:
+        """Before a forward: forget what the last one took, and grow the buffer to ``need``
+        elements or the last forward's high-water mark (its own tensors are gone by now)."""
+        self._taken.clear()
+        buf = self.buffer
+        want = max(need, self._high)
+        if want > buf.numel() or buf.dtype != like.dtype or buf.device != like.device:
+            self.buffer = torch.empty(0)
+            self.buffer = like.new_empty(max(want, buf.numel()))
+        self._high = 0
+
+    @property
+    def high(self) -> int:
+        """Elements the forward so far would have needed from the buffer."""
+        return self._high
+
+
+_workspaces = threading.local()
+
+
+def workspace() -> Workspace:
+    """This thread's :class:`Workspace` (all models the thread runs share it: it holds one
+    forward's tensors at a time)."""
+    ws = getattr(_workspaces, "ws", None)
+    if ws is None:
+        ws = _workspaces.ws = Workspace()
+    return ws
 
 
 class ConvBN(nn.Module):
@@ -118,18 +213,34 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _lean():
-            return mish(self.bn(self.conv(x)))
+        return mish(self.bn(self.conv(x)))
+
+    def lean(self, parts: list[torch.Tensor] | torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+        """:meth:`forward` in inference, into a tensor of ``ws`` where given (1x1 and depthwise
+        convs), with the batch norm folded (1x1) or in place and mish in place. A 1x1 conv reads
+        the concatenation of ``parts`` without making it."""
+        if isinstance(parts, torch.Tensor):
+            parts = [parts]
         scale, shift = _eval_affine(self.bn)
         bias = self.conv.bias
         assert bias is not None  # every conv of the network has one
+        x = parts[0]
+        n, _, h, w = x.shape
+        out = ws.take((n, self.conv.out_channels, h, w), x) if ws is not None else None
         if self.conv.kernel_size == (1, 1):  # the batch norm folded into the weights
-            return mish_(pointwise(x, self.conv.weight * scale[:, None, None, None], bias * scale + shift))
+            weight = self.conv.weight * scale[:, None, None, None]
+            return mish_(pointwise(parts, weight, bias * scale + shift, out))
+        if len(parts) != 1:
+            raise ValueError("only a 1x1 conv reads a concatenation in parts")
         if self.conv.groups > 1:
-            y = depthwise(x, self.conv.weight, bias)
+            y = depthwise(x, self.conv.weight, bias, out)
         else:
-            y = self.conv(x)  # ours to overwrite: the batch norm (eval) and mish in place
+            y = self.conv(x)
         return mish_(y.mul_(scale[:, None, None]).add_(shift[:, None, None]))
+
+
+def _convbns(seq: nn.Sequential) -> list[ConvBN]:
+    return [cast(ConvBN, m) for m in seq]
 
 
 class Block(nn.Module):
@@ -145,9 +256,23 @@ class Block(nn.Module):
         self.skip = ConvBN(cin, cout, "pw")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _lean():
-            return self.main(x).add_(self.skip(x))
         return self.main(x) + self.skip(x)
+
+    def lean(self, parts: list[torch.Tensor], ws: Workspace) -> torch.Tensor:
+        """:meth:`forward` in inference of the concatenation of ``parts`` (taken from ``ws``,
+        given back as soon as the skip and the first conv have read them), into ``ws``."""
+        layers = _convbns(self.main)
+        skip = self.skip.lean(parts, ws)
+        y = layers[0].lean(parts, ws)
+        for part in parts:
+            ws.give(part)
+        for layer in layers[1:]:
+            z = layer.lean([y], ws)
+            ws.give(y)
+            y = z
+        y.add_(skip)
+        ws.give(skip)
+        return y
 
 
 def downsample2(x: torch.Tensor) -> torch.Tensor:
@@ -184,6 +309,22 @@ def _downsample_rows(x: torch.Tensor, a: int, b: int, h: int) -> torch.Tensor:
 STRIP_ROWS = 32
 """Half-resolution rows per strip where the lean forward runs the full-resolution layers."""
 
+WORKSPACE_BYTES = 384 * 2**20
+"""The most workspace one lean forward takes (:meth:`DynamicWorldNet.row_bands`): a 1088 x 1088
+tile (the default unit's) needs 668 MB whole, 349 MB in two bands for 4.4 % more rows computed.
+``GEOFG_DW_WORKSPACE_MB`` overrides it (docs/performance.md)."""
+
+BAND_MARGIN = RECEPTIVE_MARGIN + RECEPTIVE_MARGIN % 2
+"""Rows a band reads beyond the rows it keeps: the receptive field, rounded up to even."""
+
+
+def workspace_bytes() -> int:
+    """:data:`WORKSPACE_BYTES`, or ``GEOFG_DW_WORKSPACE_MB`` MiB where set (0: no bands)."""
+    mb = os.environ.get("GEOFG_DW_WORKSPACE_MB")
+    if mb is None:
+        return WORKSPACE_BYTES
+    return int(mb) * 2**20 if int(mb) > 0 else 2**62
+
 
 def _lean() -> bool:
     """True where a forward may overwrite its temporaries and run its full-resolution layers in
@@ -208,6 +349,7 @@ class DynamicWorldNet(nn.Module):
         self.side = nn.Sequential(ConvBN(64, 48, "pw"), ConvBN(48, 48, "dw"))
         self.block3 = Block(192, 144)
         self.head = nn.Conv2d(144, num_classes, 1)
+        self._ws_channels: int | None = None  # workspace_elements' channel count, once known
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel unit-length features ``(N, 144, H, W)`` that the head reads."""
@@ -219,35 +361,92 @@ class DynamicWorldNet(nn.Module):
         return f * torch.rsqrt(torch.clamp((f * f).sum(dim=1, keepdim=True), min=1e-12))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, K, H, W)``. In inference (:func:`_lean`) the same values with a third
-        of the memory: the full-resolution layers (stem and downsampling; upsampling,
-        normalisation and head) run in strips of :data:`STRIP_ROWS` half-resolution rows, each
-        read with the rows its filters reach, and the half-resolution blocks overwrite their
-        temporaries (the module docstring says how, and what it saves)."""
-        if not _lean():
+        """Logits ``(N, K, H, W)``. In inference on a CPU (:func:`_lean`) the same values in a
+        fraction of the memory (the module docstring says how, and what it saves)."""
+        if not _lean() or x.device.type != "cpu":
             return self.head(self.features(x))
-        h, w = x.shape[-2:]
-        s = self._stem_half(x)
-        side = self.side(s)
-        deep = self.block1(s)
-        del s
-        deep = self.block2(deep)
-        f = torch.cat([deep, side], dim=1)
-        del deep, side
-        f = self.block3(f)
-        return self._head_strips(f, h, w)
+        bands = self.row_bands(x.shape, x.element_size())
+        ws = workspace()
+        if len(bands) == 1:
+            ws.start(x, self.workspace_elements(x.shape))
+            return self._lean_forward(x, ws)
+        n, _, h, w = x.shape
+        out = x.new_empty((n, self.head.out_channels, h, w))
+        for i0, i1, k0, k1 in bands:
+            part = x[:, :, i0:i1]
+            ws.start(part, self.workspace_elements(part.shape))
+            out[:, :, k0:k1] = self._lean_forward(part, ws)[:, :, k0 - i0 : k1 - i0]
+        return out
 
-    def _stem_half(self, x: torch.Tensor) -> torch.Tensor:
-        """``downsample2(self.stem(x))`` strip by strip."""
+    def row_bands(self, shape: torch.Size | tuple[int, ...], itemsize: int = 4) -> list[tuple[int, int, int, int]]:
+        """How the lean forward cuts an input of ``shape`` into row bands to keep its workspace
+        within :data:`WORKSPACE_BYTES`: ``(first, end)`` input rows and ``(first, end)`` output
+        rows it keeps, per band. A band reads :data:`BAND_MARGIN` rows beyond the rows it keeps
+        (the receptive field), at even offsets (the half-resolution grid stays the tile's), so
+        the kept logits are those of the whole tile; the margins are computed twice.
+
+        Examples:
+            >>> DynamicWorldNet().row_bands((1, 9, 1088, 1088))  # 349 MB each, 4.4 % more rows
+            [(0, 568, 0, 544), (520, 1088, 544, 1088)]
+        """
+        n, _, h, w = shape
+        budget = workspace_bytes()
+        k = 1
+        while True:
+            core = -(-h // k)
+            core += core % 2
+            rows = min(h, core + 2 * BAND_MARGIN)
+            if core <= max(2 * BAND_MARGIN, 2) or self.workspace_elements((n, 0, rows, w)) * itemsize <= budget:
+                break
+            k += 1
+        if k == 1:
+            return [(0, h, 0, h)]
+        bands = []
+        for k0 in range(0, h, core):
+            k1 = min(k0 + core, h)
+            bands.append((max(k0 - BAND_MARGIN, 0), min(k1 + BAND_MARGIN, h), k0, k1))
+        return bands
+
+    def _lean_forward(self, x: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self._stem_half(x, ws)
+        side0, side1 = _convbns(self.side)
+        t = side0.lean(s, ws)
+        side = side1.lean(t, ws)
+        ws.give(t)
+        deep = self.block1.lean([s], ws)  # gives s back
+        deep = self.block2.lean([deep], ws)
+        f = self.block3.lean([deep, side], ws)  # their concatenation, never made
+        out = self._head_strips(f, h, w)
+        ws.give(f)
+        return out
+
+    def workspace_elements(self, shape: torch.Size | tuple[int, ...]) -> int:
+        """Elements of :class:`Workspace` the lean forward of an input of ``shape`` needs.
+
+        Every tensor it takes is ``N x channels x H/2 x W/2`` and the order is the same for
+        every size, so the need is ``N * H/2 * W/2`` times a channel count, measured once on a
+        32 x 32 input.
+        """
+        if self._ws_channels is None:
+            probe, tiny = Workspace(), torch.zeros(1, self.stem.conv.in_channels, 32, 32)
+            with torch.inference_mode():
+                self._lean_forward(tiny, probe)
+            self._ws_channels = -(-probe.high // (16 * 16))
+        n, _, h, w = shape
+        return self._ws_channels * n * (h // 2) * (w // 2)
+
+    def _stem_half(self, x: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        """``downsample2(self.stem(x))`` strip by strip, into ``ws``."""
         n, _, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"dynamic-world needs even tile sizes, found {h}x{w}")
-        half = x.new_empty((n, self.stem.conv.out_channels, h // 2, w // 2))
+        half = ws.take((n, self.stem.conv.out_channels, h // 2, w // 2), x)
         for a in range(0, h // 2, STRIP_ROWS):
             b = min(a + STRIP_ROWS, h // 2)
             r0, r1 = max(2 * a - 1, 0), min(2 * b + 1, h)  # stem rows the 4 taps read
             i0, i1 = max(r0 - 1, 0), min(r1 + 1, h)  # input rows the 3x3 conv reads
-            stem = self.stem(x[:, :, i0:i1])[:, :, r0 - i0 : r1 - i0]
+            stem = self.stem.lean(x[:, :, i0:i1])[:, :, r0 - i0 : r1 - i0]
             half[:, :, a:b] = _downsample_rows(stem, a, b, h)
         return half
 
