@@ -159,12 +159,16 @@ def test_row_bands_keep_the_whole_tiles_logits(h: int, budget: int, monkeypatch:
     np.testing.assert_allclose(banded.numpy(), whole.detach().numpy(), rtol=0, atol=2e-5)
 
 
-def test_default_unit_tile_runs_in_two_bands_within_the_budget() -> None:
+def test_default_unit_tile_runs_in_two_bands_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     net = DynamicWorldNet()
     bands = net.row_bands((1, 9, 1088, 1088))
     assert bands == [(0, 568, 0, 544), (520, 1088, 544, 1088)]
     assert net.workspace_elements((1, 9, 568, 1088)) * 4 <= dw.WORKSPACE_BYTES
     assert net.workspace_elements((1, 9, 1088, 1088)) * 4 > dw.WORKSPACE_BYTES
+    monkeypatch.setenv("GEOFG_DW_WORKSPACE_MB", "0")  # no limit
+    assert net.row_bands((1, 9, 1088, 1088)) == [(0, 1088, 0, 1088)]
+    monkeypatch.setenv("GEOFG_DW_WORKSPACE_MB", "260")
+    assert len(net.row_bands((1, 9, 1088, 1088))) == 3
 
 
 def test_workspace_reuses_its_buffer_from_the_second_forward_on(monkeypatch: pytest.MonkeyPatch) -> None:
