@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from geofg.batch import normalise  # noqa: E402
-from geofg.errors import WeightsError  # noqa: E402
+from geofg.errors import ConfigError, WeightsError  # noqa: E402
 from geofg.models.inference.bundle import load_tensors, read_card, write_bundle  # noqa: E402
 from geofg.models.inference.card import ModelCard  # noqa: E402
 from geofg.models.inference import dynamicworld as dw  # noqa: E402
@@ -169,6 +169,9 @@ def test_default_unit_tile_runs_in_two_bands_within_the_budget(monkeypatch: pyte
     assert net.row_bands((1, 9, 1088, 1088)) == [(0, 1088, 0, 1088)]
     monkeypatch.setenv("GEOFG_DW_WORKSPACE_MB", "260")
     assert len(net.row_bands((1, 9, 1088, 1088))) == 3
+    monkeypatch.setenv("GEOFG_DW_WORKSPACE_MB", "lots")
+    with pytest.raises(ConfigError, match=r"^GEOFG_DW_WORKSPACE_MB: expected a whole number of MiB .* found 'lots'"):
+        net.row_bands((1, 9, 1088, 1088))
 
 
 def test_workspace_reuses_its_buffer_from_the_second_forward_on(monkeypatch: pytest.MonkeyPatch) -> None:

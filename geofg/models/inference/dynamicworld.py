@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geofg.errors import ConfigError
 from geofg.models.inference.card import ModelCard
 
 __all__ = ["RECEPTIVE_MARGIN", "TF_NAMES", "DynamicWorldNet", "build_dynamic_world"]
@@ -319,11 +320,19 @@ BAND_MARGIN = RECEPTIVE_MARGIN + RECEPTIVE_MARGIN % 2
 
 
 def workspace_bytes() -> int:
-    """:data:`WORKSPACE_BYTES`, or ``GEOFG_DW_WORKSPACE_MB`` MiB where set (0: no bands)."""
-    mb = os.environ.get("GEOFG_DW_WORKSPACE_MB")
-    if mb is None:
+    """:data:`WORKSPACE_BYTES`, or ``GEOFG_DW_WORKSPACE_MB`` MiB where set (0: no bands).
+
+    Raises:
+        ConfigError: ``GEOFG_DW_WORKSPACE_MB`` is not a whole number of MiB, 0 or more.
+    """
+    text = os.environ.get("GEOFG_DW_WORKSPACE_MB")
+    if text is None:
         return WORKSPACE_BYTES
-    return int(mb) * 2**20 if int(mb) > 0 else 2**62
+    if not text.strip().isdigit():
+        raise ConfigError(f"GEOFG_DW_WORKSPACE_MB: expected a whole number of MiB (0: no limit),"
+                          f" found {text!r}; set it to e.g. 384 or unset it")
+    mb = int(text)
+    return mb * 2**20 if mb > 0 else 2**62
 
 
 def _lean() -> bool:
@@ -366,17 +375,19 @@ class DynamicWorldNet(nn.Module):
         if not _lean() or x.device.type != "cpu":
             return self.head(self.features(x))
         bands = self.row_bands(x.shape, x.element_size())
-        ws = workspace()
         if len(bands) == 1:
-            ws.start(x, self.workspace_elements(x.shape))
-            return self._lean_forward(x, ws)
+            return self._band(x)
         n, _, h, w = x.shape
         out = x.new_empty((n, self.head.out_channels, h, w))
         for i0, i1, k0, k1 in bands:
-            part = x[:, :, i0:i1]
-            ws.start(part, self.workspace_elements(part.shape))
-            out[:, :, k0:k1] = self._lean_forward(part, ws)[:, :, k0 - i0 : k1 - i0]
+            out[:, :, k0:k1] = self._band(x[:, :, i0:i1])[:, :, k0 - i0 : k1 - i0]
         return out
+
+    def _band(self, x: torch.Tensor) -> torch.Tensor:
+        """The lean forward of ``x`` in this thread's workspace, sized for it first."""
+        ws = workspace()
+        ws.start(x, self.workspace_elements(x.shape))
+        return self._lean_forward(x, ws)
 
     def row_bands(self, shape: torch.Size | tuple[int, ...], itemsize: int = 4) -> list[tuple[int, int, int, int]]:
         """How the lean forward cuts an input of ``shape`` into row bands to keep its workspace
