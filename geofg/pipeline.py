@@ -349,8 +349,27 @@ def _plan_mask(job: JobConfig, info: RasterInfo, card: ModelCard,
     return mask, tuple(index[b.casefold()] for b in mask.bands)
 
 
+@dataclass(frozen=True)
+class RawWindow:
+    """A unit's model bands as read, ``data`` (C, H, W), with ``valid`` (H, W), not normalised yet.
+
+    :func:`prepare_unit` returns one for a predictor that normalises where its network runs
+    (``takes_raw``: the CUDA path sends uint16 as it is, half the bytes of float32);
+    :func:`predict_window` then hands its tiles to ``predictor.predict_raw``.
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+
+
+def takes_raw(predictor: object, dtype: np.dtype) -> bool:
+    """True when ``predictor`` normalises raw samples of ``dtype`` itself (``predict_raw``)."""
+    hook = getattr(predictor, "takes_raw", None)
+    return bool(hook is not None and hook(dtype))
+
+
 def predict_window(
-    x: np.ndarray,
+    x: np.ndarray | RawWindow,
     valid: np.ndarray,
     predictor: Predictor,
     tile: int,
@@ -364,27 +383,36 @@ def predict_window(
     Tiles without any valid pixel are skipped (their pixels are all invalid). ``x`` is padded up
     to at least one tile; the result is cropped back to (H, W). A window smaller than ``tile``
     both ways gets a smaller tile, unless ``fixed_tile`` (a compiled network: each new shape
-    would compile it again).
+    would compile it again). A :class:`RawWindow` goes to ``predictor.predict_raw`` tile by
+    tile with its validity (padding invalid), to be normalised there.
     """
-    _, h, w = x.shape
+    raw = x if isinstance(x, RawWindow) else None
+    arr = x.data if isinstance(x, RawWindow) else x
+    _, h, w = arr.shape
     mult = getattr(predictor.card, "tile_multiple", 1)
     if not fixed_tile:
         tile = min(tile, round_up(max(h, w), mult))
     ph, pw = max(h, tile), max(w, tile)
-    xp = pad_to(x, ph, pw)
+    xp = pad_to(arr, ph, pw)
     vp = np.zeros((ph, pw), dtype=bool)
     vp[:h, :w] = valid
     tiles = [t for t in plan_tiles(ph, pw, tile, min(overlap, tile - 1)) if vp[_sl(t)].any()]
+
+    def run(group: list[Window]) -> np.ndarray:
+        batch = np.stack([xp[(slice(None), *_sl(t))] for t in group])
+        if raw is None:
+            return predictor.predict(batch)
+        return predictor.predict_raw(batch, np.stack([vp[_sl(t)] for t in group]))  # type: ignore[attr-defined]
+
     if len(tiles) == 1 and tiles[0] == Window(0, 0, ph, pw):
         # one tile covers the window (the default: tile = chunk + 2 * halo): nothing to blend
-        return predictor.predict(xp[None])[0][:, :h, :w]
+        return run(tiles)[0][:, :h, :w]
     k = len(predictor.card.classes)
     acc = Accumulator(k, ph, pw)
     weights = blend_weights(blend, tile, min(overlap, tile - 1))
     for i in range(0, len(tiles), batch_size):
         group = tiles[i : i + batch_size]
-        batch = np.stack([xp[(slice(None), *_sl(t))] for t in group])
-        probs = predictor.predict(batch)
+        probs = run(group)
         for t, p in zip(group, probs, strict=True):
             acc.add(t, p, weights)
     return acc.result(Window(0, 0, h, w))
@@ -488,6 +516,13 @@ class _TimedPredictor:
         finally:
             self.forward += time.perf_counter() - t
 
+    def predict_raw(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return self.inner.predict_raw(data, valid)  # type: ignore[attr-defined]
+        finally:
+            self.forward += time.perf_counter() - t
+
 
 Timer = Callable[[str, float], None]
 """Receives (stage, seconds): normalise, forward, blend (tiling and blending), mask, layers."""
@@ -498,22 +533,37 @@ def _no_timer(stage: str, seconds: float) -> None:
 
 
 def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: UnitPlan,
-                 timer: Timer = _no_timer) -> np.ndarray | None:
-    """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel."""
+                 timer: Timer = _no_timer, raw: bool = False) -> np.ndarray | RawWindow | None:
+    """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel.
+
+    ``raw`` (the predictor normalises on its device, :func:`takes_raw`): the model's bands as
+    read, in a :class:`RawWindow`, instead of the normalised float32 input.
+    """
     core = unit.core.relative_to(unit.read)
     if not valid[core].any():
         return None
-    t = time.perf_counter()
     n = len(p.card.bands)  # the model's channels come first (Plan.read_indices)
-    x = normalise(data[:n] if data.shape[0] > n else data, valid, p.card.scale, p.card.mean,
-                  p.card.std, p.card.normalisation)
+    bands = data[:n] if data.shape[0] > n else data
+    if raw:
+        return RawWindow(bands, valid)
+    return _normalised(bands, valid, p.card, timer)
+
+
+def _normalised(bands: np.ndarray, valid: np.ndarray, card: ModelCard, timer: Timer) -> np.ndarray:
+    t = time.perf_counter()
+    x = normalise(bands, valid, card.scale, card.mean, card.std, card.normalisation)
     timer("normalise", time.perf_counter() - t)
     return x
 
 
-def infer_unit(x: np.ndarray, valid: np.ndarray, predictor: Predictor, p: UnitPlan,
+def infer_unit(x: np.ndarray | RawWindow, valid: np.ndarray, predictor: Predictor, p: UnitPlan,
                timer: Timer = _no_timer) -> np.ndarray:
-    """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input."""
+    """Blended probabilities (K, H, W) over a unit's read window from :func:`prepare_unit`'s input.
+
+    A :class:`RawWindow` the predictor cannot take is normalised here, on the host.
+    """
+    if isinstance(x, RawWindow) and not takes_raw(predictor, x.data.dtype):
+        x = _normalised(x.data, x.valid, p.card, timer)
     timed = _TimedPredictor(predictor)
     t = time.perf_counter()
     probs = predict_window(x, valid, timed, p.tile_size, p.overlap, p.job.tile.batch_size,
@@ -579,11 +629,11 @@ def process_unit(
     The three stages in one call; the local runner runs them on its reader, compute and writer
     threads instead. ``timer`` receives the seconds of each stage (``geofg classify --profile``).
     """
-    x = prepare_unit(unit, data, valid, p, timer)
+    x = prepare_unit(unit, data, valid, p, timer, raw=takes_raw(predictor, data.dtype))
     return predict_unit(unit, x, data, valid, predictor, p, timer)
 
 
-def predict_unit(unit: WorkUnit, x: np.ndarray | None, data: np.ndarray, valid: np.ndarray,
+def predict_unit(unit: WorkUnit, x: np.ndarray | RawWindow | None, data: np.ndarray, valid: np.ndarray,
                  predictor: Predictor, p: UnitPlan, timer: Timer = _no_timer) -> UnitOutput:
     """:func:`infer_unit` then :func:`finish_unit` on :func:`prepare_unit`'s output ``x``."""
     probs = None if x is None else infer_unit(x, valid, predictor, p, timer)

@@ -52,7 +52,7 @@ from geofg.io.read import GDAL_CACHE_BYTES, GDAL_CACHE_MAX_BYTES
 from geofg.io.reader import RasterReader
 from geofg.memory import heap_reused, trim_heap
 from geofg.models.inference.bundle import bundle_sha256
-from geofg.pipeline import Plan, Predictor, finish_unit, infer_unit, prepare_unit
+from geofg.pipeline import Plan, Predictor, RawWindow, finish_unit, infer_unit, prepare_unit, takes_raw
 from geofg.runners.base import RunTimes, Sink, Source
 from geofg.signals import STOP
 
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 OnUnit = Callable[[UnitRecord], None]
 _Stage = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | RawWindow | None"]
 """A unit between stages: raw data, validity, and the model input (after the reader) or the
 probabilities (after compute); None when its core has no valid pixel."""
 
@@ -290,7 +291,7 @@ def run_local(
     handles_lock = threading.Lock()
     lanes = ReadLanes(n_readers, "geofg-read")
 
-    def read(k: int, unit: WorkUnit) -> _Stage:
+    def read(k: int, unit: WorkUnit) -> _Read:
         """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
         with prof.thread_cpu("reader"):
             reader = handles.get(k)
@@ -304,7 +305,8 @@ def run_local(
             t = time.perf_counter()
             data, valid = reader.read(unit.read)
             prof.add("read", time.perf_counter() - t)
-            return data, valid, prepare_unit(unit, data, valid, p, prof.add)
+            return data, valid, prepare_unit(unit, data, valid, p, prof.add,
+                                             raw=takes_raw(predictor, data.dtype))
 
     def compute(unit: WorkUnit, k: int, fut: Future) -> _Stage:
         t = time.perf_counter()

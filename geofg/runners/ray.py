@@ -102,7 +102,7 @@ from geofg.grid import WorkUnit
 from geofg.io.ledger import UnitRecord
 from geofg.io.read import GDAL_OPTIONS, gdal_env
 from geofg.runtime import worker_env
-from geofg.pipeline import Predictor, finish_unit, infer_unit, prepare_unit
+from geofg.pipeline import Predictor, finish_unit, infer_unit, prepare_unit, takes_raw
 from geofg.runners.cluster import check_cluster_auth, ensure_token_file, probe
 from geofg.runners.actor_sizing import (  # re-exported: tests
     _actor_shape,
@@ -230,7 +230,7 @@ class UnitWorker:
                 self._readers.append(reader)
         t, cpu = time.perf_counter(), time.thread_time()
         data, valid = reader.read(unit.read)
-        x = prepare_unit(unit, data, valid, self._plan)
+        x = prepare_unit(unit, data, valid, self._plan, raw=takes_raw(self._predictor, data.dtype))
         return data, valid, x, time.perf_counter() - t, time.thread_time() - cpu
 
     def process(self, unit: WorkUnit, attempt: int, upcoming: Sequence[WorkUnit] = (),

@@ -16,6 +16,10 @@ output is bit-identical to ``softmax(model(x))`` (a test pins this).
 
 * the network runs under bf16 autocast (softmax in fp32) with weights and input in
   ``channels_last`` (the layout cuDNN's tensor-core convolutions want);
+* raw samples go to the device as they were read (:meth:`TorchPredictor.predict_raw`: uint16
+  is half the bytes of float32, uint8 a quarter) with their validity, and are normalised there
+  (:func:`normalise_tensor`, the same float32 arithmetic as :func:`geofg.batch.normalise`);
+  ``GEOFG_DEVICE_NORMALISE=0`` normalises on the host instead;
 * host staging buffers are pinned and reused; host-to-device and device-to-host copies are
   ``non_blocking`` on a dedicated stream, double-buffered, so the copy of sub-batch *i + 1* into
   its pinned slot overlaps the forward of sub-batch *i*;
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from geofg.batch import normalise
+from geofg.batch import linear_coefficients, log_sigmoid_coefficients, normalise
 from geofg.errors import ConfigError, WeightsError
 from geofg.models.inference.bundle import load_tensors, read_card
 from geofg.models.inference.card import ModelCard, check_input_batch
@@ -54,6 +59,7 @@ __all__ = [
     "batch_slices",
     "fit_batch_size",
     "load_predictor",
+    "normalise_tensor",
     "resolve_device",
 ]
 
@@ -146,18 +152,63 @@ class _Slot:
 
     def __init__(self, pin: bool) -> None:
         self.pin = pin
-        self.inp = torch.empty(0)
-        self.out = torch.empty(0)
+        self.buffers: dict[str, torch.Tensor] = {}
         self.event: torch.cuda.Event | None = None
 
-    def view(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """Return a float32 view of ``shape`` over the named buffer, growing it if needed."""
-        buf = getattr(self, name)
-        numel = int(np.prod(shape))
-        if buf.numel() < numel:
-            buf = torch.empty(numel, dtype=torch.float32, pin_memory=self.pin)
-            setattr(self, name, buf)
-        return buf[:numel].view(shape)
+    def view(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+             ) -> torch.Tensor:
+        """Return a ``dtype`` view of ``shape`` over the named buffer, growing it if needed."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            self.buffers[name] = buf
+        return buf[:nbytes].view(dtype).view(shape)
+
+
+DEVICE_RAW_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int16, np.uint16, np.float32))
+"""Sample types the staged path sends to the device as read and normalises there; uint16 travels
+as int16 (the same bits) and is widened on the device."""
+
+
+def normalise_tensor(
+    data: torch.Tensor, valid: torch.Tensor, scale: float, mean: list[float] | tuple[float, ...],
+    std: list[float] | tuple[float, ...], kind: str = "linear",
+) -> torch.Tensor:
+    """:func:`geofg.batch.normalise` in torch, on ``data``'s device, in place.
+
+    Args:
+        data: float32 ``(N, C, H, W)``, the raw samples as floats; overwritten and returned.
+        valid: bool ``(N, H, W)``; invalid pixels become 0 (NaN there never reaches log or exp).
+
+    The float32 operations are numpy's, in the same order, with the same coefficients
+    (:func:`geofg.batch.linear_coefficients`): the linear kind gives the same bits on CPU; the
+    log-sigmoid kind is within a few units in the last place (torch's ``log1p`` and ``exp``).
+    """
+    if kind not in ("linear", "log-sigmoid"):
+        raise ValueError(f"unknown normalisation {kind!r}; expected 'linear' or 'log-sigmoid'")
+    invalid = ~valid[:, None]
+    dev = data.device
+
+    def coef(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(dev)
+
+    if kind == "linear":
+        a, b = linear_coefficients(scale, mean, std)
+        data.mul_(coef(a)).sub_(coef(b))
+        return data.masked_fill_(invalid, 0.0)
+    shift, gain = log_sigmoid_coefficients(mean, std)
+    data.masked_fill_(invalid, 0.0).clamp_min_(0.0).mul_(float(np.float32(scale))).log1p_()
+    data.sub_(coef(shift)).mul_(coef(gain)).sub_(1.0)
+    data.neg_().exp_().add_(1.0).reciprocal_()  # sigmoid, as numpy computes it
+    return data.masked_fill_(invalid, 0.0)
+
+
+def _widen(data: torch.Tensor, unsigned16: bool) -> torch.Tensor:
+    """float32 of raw samples on the device; ``unsigned16``: int16 bits that were uint16."""
+    if unsigned16:
+        return data.to(torch.int32).bitwise_and_(0xFFFF).float()
+    return data.float()
 
 
 class TorchPredictor:
@@ -224,6 +275,39 @@ class TorchPredictor:
             logits = self.model(batch)
             probs = torch.softmax(logits.float(), dim=1)
         return probs.numpy()
+
+    def takes_raw(self, dtype: np.dtype) -> bool:
+        """True when :meth:`predict_raw` normalises samples of ``dtype`` where the network runs.
+
+        The staged (CUDA) path does, for :data:`DEVICE_RAW_DTYPES`, unless
+        ``GEOFG_DEVICE_NORMALISE=0``; the CPU path normalises on the host
+        (:func:`geofg.pipeline.infer_unit`), bit for bit as before.
+        """
+        return (self._staged and np.dtype(dtype) in DEVICE_RAW_DTYPES
+                and os.environ.get("GEOFG_DEVICE_NORMALISE", "1") != "0")
+
+    def predict_raw(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Class probabilities of raw samples, normalised with the card's statistics on the device.
+
+        Args:
+            data: The model's bands as read, ``(N, C, H, W)``, one of :data:`DEVICE_RAW_DTYPES`
+                (others are normalised on the host first).
+            valid: bool ``(N, H, W)``; invalid pixels enter the network as 0, as with
+                :func:`geofg.batch.normalise`.
+
+        Returns:
+            float32 ``(N, K, H, W)``, as :meth:`predict`.
+        """
+        self._check(data)
+        if valid.shape != (data.shape[0], *data.shape[2:]):
+            raise ConfigError(f"predict_raw() expects valid of shape {(data.shape[0], *data.shape[2:])},"
+                              f" found {valid.shape}")
+        if self.takes_raw(data.dtype):
+            return self._predict_staged(data, valid)
+        c = self.card
+        x = np.stack([normalise(d, v, c.scale, c.mean, c.std, c.normalisation)
+                      for d, v in zip(data, valid, strict=True)])
+        return self.predict(x)
 
     @contextlib.contextmanager
     def streams(self, want: int | None = None) -> Iterator[int]:
@@ -297,36 +381,47 @@ class TorchPredictor:
                   width, per_sample / 2**20, n)
         return n
 
-    def _predict_staged(self, x: np.ndarray) -> np.ndarray:
+    def _predict_staged(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Run ``x`` in sub-batches through two reusable staging slots.
 
         Per sub-batch: copy into its slot's (pinned) input buffer, enqueue host-to-device copy,
         forward and device-to-host copy into the slot's output buffer on the side stream, record
         an event. A slot is refilled only after its previous event completed, so filling slot
-        *i + 1* on the host overlaps the device work of slot *i*.
+        *i + 1* on the host overlaps the device work of slot *i*. With ``valid`` (N, H, W), ``x``
+        holds raw samples that travel as they are and are normalised on the device
+        (:func:`normalise_tensor`).
         """
         n, _, h, w = x.shape
         out = np.empty((n, self._n_classes, h, w), dtype=np.float32)
         pending: deque[tuple[_Slot, slice]] = deque()
+        unsigned16 = x.dtype == np.uint16
+        host = x.view(np.int16) if unsigned16 else x  # torch copies int16, not always uint16
+        kind = torch.from_numpy(host[:0]).dtype
+        card = self.card
 
         def finish() -> None:
             slot, sl = pending.popleft()
             if slot.event is not None:
                 slot.event.synchronize()
-            out[sl] = slot.out[: (sl.stop - sl.start) * self._n_classes * h * w].view(
-                sl.stop - sl.start, self._n_classes, h, w
-            ).numpy()
+            out[sl] = slot.view("out", (sl.stop - sl.start, self._n_classes, h, w)).numpy()
 
         for i, sl in enumerate(batch_slices(n, self.sub_batch(h, w))):
             slot = self._slots[i % 2]
             if len(pending) == 2:
                 finish()  # the oldest pending sub-batch used this slot
             m = sl.stop - sl.start
-            host_in = slot.view("inp", (m, self._n_bands, h, w))
-            host_in.numpy()[...] = x[sl]
+            host_in = slot.view("inp", (m, self._n_bands, h, w), kind)
+            host_in.numpy()[...] = host[sl]
+            if valid is not None:
+                host_valid = slot.view("valid", (m, h, w), torch.bool)
+                host_valid.numpy()[...] = valid[sl]
             stream = torch.cuda.stream(self._stream) if self._stream is not None else None
             with stream or contextlib.nullcontext(), torch.inference_mode():
                 dev_in = host_in.to(self.device, non_blocking=True)
+                if valid is not None:
+                    dev_valid = host_valid.to(self.device, non_blocking=True)
+                    dev_in = normalise_tensor(_widen(dev_in, unsigned16), dev_valid, card.scale,
+                                              card.mean, card.std, card.normalisation)
                 probs = self._forward(dev_in)
                 host_out = slot.view("out", tuple(probs.shape))
                 host_out.copy_(probs, non_blocking=True)
