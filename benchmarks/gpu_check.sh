@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # GPU acceptance check for geofg (benchmarks/gpu_check.py has the details).
 #
-#   benchmarks/gpu_check.sh            # CUDA machine: bf16 vs CPU fp32 agreement (>= 99.5 %) and
-#                                      # the table (forward, end-to-end, ratio, RSS, GPU memory)
-#                                      # for eurosat-13 and an UNTRAINED timing-only U-Net
-#   benchmarks/gpu_check.sh --cpu      # no GPU: same script, bf16 emulated on CPU, small sizes
+#   benchmarks/gpu_check.sh            # CUDA machine: raw uint16 normalised on the device, bf16,
+#                                      # vs CPU fp32 agreement (>= 99.5 %) and the table (forward,
+#                                      # end-to-end, ratio, RSS, GPU memory) for landcover-s2 (the
+#                                      # default), eurosat-13 and an UNTRAINED timing-only U-Net;
+#                                      # the I/O ceiling of the eurosat-13 and default-model jobs
+#   benchmarks/gpu_check.sh --cpu      # no GPU: same script, device code and bf16 on CPU, small sizes
 #
 # Extra arguments go to `python -m benchmarks.gpu_check` (e.g. --compile, --sizes 2048 4096).
 # Everything runs under an 8-minute limit.

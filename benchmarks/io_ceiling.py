@@ -40,10 +40,19 @@ class NullPredictor:
     pixels across and the layers compress like a real map's (random ones would not compress).
     """
 
-    def __init__(self, card) -> None:  # noqa: ANN001
+    def __init__(self, card, raw: bool = False) -> None:  # noqa: ANN001
         self.card = card
         self.device = "cpu"
+        self.raw = raw  # take the bands as read, as the CUDA path does (no host normalisation)
         self._cache: dict[tuple, np.ndarray] = {}
+
+    def takes_raw(self, dtype: np.dtype) -> bool:
+        """What the CUDA predictor answers for the readers' samples when ``raw``."""
+        return self.raw
+
+    def predict_raw(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """:meth:`predict` of raw samples (the device would normalise them)."""
+        return self.predict(data)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N, K, H, W) float32 probabilities, the same for every call with this shape."""
@@ -97,18 +106,23 @@ class ThreadCpu:
         return out
 
 
-def run_pair(raster: Path, out: Path, readers: int, writers: int) -> dict:
-    """Run the null-model job with ``readers`` read and ``writers`` write threads."""
+def run_pair(raster: Path, out: Path, readers: int, writers: int, model: str = "eurosat-13",
+             raw: bool = False) -> dict:
+    """Run the null-model job with ``readers`` read and ``writers`` write threads.
+
+    ``model``: whose card (bands, classes, halo, cloud mask) the job plans with; ``raw``: the
+    units reach the model as read, not normalised (the CUDA path, :meth:`TorchPredictor.takes_raw`).
+    """
     from geofg.config import build_job
     from geofg.models.inference.bundle import read_card
     from geofg.models.inference.registry import resolve_model
     from geofg.run import run_job
 
     shutil.rmtree(out, ignore_errors=True)
-    job = build_job({"read": {"inputs": [str(raster)]}, "model": {"model": "eurosat-13"},
+    job = build_job({"read": {"inputs": [str(raster)]}, "model": {"model": model},
                      "write": {"output": str(out), "quicklook": False},
                      "runner": {"read_workers": readers, "write_workers": writers}})
-    card = read_card(resolve_model("eurosat-13"))
+    card = read_card(resolve_model(model))
     cpu = ThreadCpu()
     marks: dict[str, tuple] = {}
 
@@ -118,7 +132,7 @@ def run_pair(raster: Path, out: Path, readers: int, writers: int) -> dict:
         marks.setdefault("first", now)
         marks["last"] = now
 
-    res = run_job(job, on_progress=on_progress, predictor_factory=lambda p: NullPredictor(card))
+    res = run_job(job, on_progress=on_progress, predictor_factory=lambda p: NullPredictor(card, raw))
     (t0, k0, n0, c0), (t1, k1, n1, c1) = marks["first"], marks["last"]
     px = res.plan.info.height * res.plan.info.width
     secs = cpu.between(c0, c1)

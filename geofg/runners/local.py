@@ -8,8 +8,8 @@
   shares with the unit above it and with the one to its left are decoded once, not two or three
   times (measured: 238 -> 99 ms of decoding per 1152² unit of a 13-band deflate GeoTIFF, see
   benchmarks/HISTORY.md).
-* **The stages of a unit run on different threads**, so they overlap: the reader also normalises
-  (:func:`~geofg.pipeline.prepare_unit`), the compute threads only run the model and blend
+* **The stages of a unit run on different threads**, so they overlap: the reader reads
+  (:func:`~geofg.pipeline.prepare_unit`), the compute threads normalise, run the model and blend
   (:func:`~geofg.pipeline.infer_unit`), and the writers turn probabilities into layers
   (:func:`~geofg.pipeline.finish_unit`) before writing the zarr chunks and then the ledger record,
   at most one unit queued beyond those being written. Units never share a chunk and each record is
@@ -286,13 +286,18 @@ def run_local(
     attempts = attempts or {}
     p = source.plan
     cfg = p.job.runner
-    n_readers, n_writers = cfg.io_threads(getattr(predictor, "device", "cpu"))
+    device = getattr(predictor, "device", "cpu")
+    n_readers, n_writers = cfg.io_threads(device)
+    # the reads queued ahead hold the bands as read, not float32 copies (twice the bytes of
+    # uint16): normalised on the compute thread on CPU, on the device by a CUDA predictor that
+    # takes raw samples; a GPU fed float32 keeps its readers normalising, off the compute thread
+    defer = device == "cpu"
     handles: dict[int, Any] = {}
     handles_lock = threading.Lock()
     lanes = ReadLanes(n_readers, "geofg-read")
 
     def read(k: int, unit: WorkUnit) -> _Read:
-        """Read and normalise on reader thread ``k`` with its own handle (opened there on first use)."""
+        """Read (and normalise, unless deferred) on reader thread ``k`` with its own handle."""
         with prof.thread_cpu("reader"):
             reader = handles.get(k)
             if reader is None:
@@ -306,7 +311,7 @@ def run_local(
             data, valid = reader.read(unit.read)
             prof.add("read", time.perf_counter() - t)
             return data, valid, prepare_unit(unit, data, valid, p, prof.add,
-                                             raw=takes_raw(predictor, data.dtype))
+                                             raw=defer or takes_raw(predictor, data.dtype))
 
     def compute(unit: WorkUnit, k: int, fut: Future) -> _Stage:
         t = time.perf_counter()

@@ -89,6 +89,29 @@ def test_card_with_changed_normalisation_is_refused(tmp_path: Path) -> None:
             load_predictor(bad, device="cpu")
 
 
+def test_lowered_matmul_precision_is_named_not_blamed_on_the_card() -> None:
+    """Importing TerraTorch 1.2 sets torch's float32 matmul precision to "medium" (bfloat16
+    matmuls on this CPU: the landcover-s2 self-check was off by 0.022): the error says so, and
+    how to fix it, instead of blaming the card."""
+    from geofg.models.inference.predictor import run_selfcheck
+
+    src = resolve_model("landcover-s2")
+    card, tensors = read_card(src), load_tensors(src)
+    model = load_predictor(src, device="cpu").model
+    check = {"selfcheck.raw": tensors["selfcheck.raw"],
+             "selfcheck.logits": np.asarray(tensors["selfcheck.logits"]) + 0.05}  # off, as in bf16
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with pytest.raises(WeightsError, match=r"matmul precision at 'medium'.*set_float32_matmul_precision\('highest'\)"):
+            run_selfcheck(src, card, model, check)
+        torch.set_float32_matmul_precision("highest")
+        with pytest.raises(WeightsError, match="normalisation does not match the weights"):
+            run_selfcheck(src, card, model, check)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_card_carries_licence_attribution_and_receptive_field() -> None:
     card = read_card(resolve_model("dynamic-world"))
     assert card.licence == "Apache-2.0"

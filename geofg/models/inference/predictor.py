@@ -458,6 +458,16 @@ def run_selfcheck(bundle: Path, card: ModelCard, model: torch.nn.Module, check: 
     with torch.inference_mode():
         got = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    precision = torch.get_float32_matmul_precision()
+    if not diff <= SELFCHECK_ATOL and precision != "highest":
+        # another library in this process lowered it (TerraTorch's Clay backbone sets "medium"
+        # at import): float32 matmuls then run in bfloat16 or TF32, the weights are not at fault
+        raise WeightsError(
+            f"{bundle}: expected the self-check logits within {SELFCHECK_ATOL:g}, found a max"
+            f" difference of {diff:.3g} with torch's float32 matmul precision at {precision!r}"
+            " (set by something else in this process); call"
+            " torch.set_float32_matmul_precision('highest') before loading the model"
+        )
     if not diff <= SELFCHECK_ATOL:
         raise WeightsError(
             f"{bundle}: expected the card's normalisation ({card.normalisation}, scale"
