@@ -118,6 +118,36 @@ def test_reused_heap_serves_the_next_unit_without_faulting_its_pages_in(env: dic
         assert thp == env.get("THP_MEM_ALLOC_ENABLE", "0")  # geofg's default off, the user's kept
 
 
+FRAGMENTED = """
+import numpy as np
+from geofg.memory import REUSE_SLACK_BYTES, heap_free_bytes, trim_heap
+from geofg.runtime import tune_process
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096 // 2**20
+applied = tune_process(reuse_heap=True)
+n = REUSE_SLACK_BYTES // 2**20 + 256  # MiB freed inside the heap, past the slack
+bufs = [np.ones(1 << 17) for _ in range(n)]  # 1 MiB each
+keep = bufs[1::8]  # every eighth stays: the freed space is holes between them, not the top
+del bufs
+small = heap_free_bytes() // 2**20
+before = rss()
+print(applied, small, trim_heap(), before - rss())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_reused_heap_gives_back_what_lies_free_past_its_slack() -> None:
+    """A reused heap that fragmented (holes between live buffers, more than REUSE_SLACK_BYTES of
+    them) is trimmed: peak RSS stays with the units in flight, not with the heap's history."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MALLOC_", "GEOFG_MALLOC", "GEOFG_HEAP", "THP_MEM"))}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", FRAGMENTED], env=base, capture_output=True,
+                         text=True, check=True).stdout.split()
+    applied, free_mb, trimmed, returned_mb = out[0] == "True", int(out[1]), out[2] == "True", int(out[3])
+    assert applied and free_mb > 256
+    assert trimmed and returned_mb > free_mb * 0.8, out
+
+
 CLI = """
 import sys
 from geofg import cli, memory
