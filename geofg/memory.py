@@ -21,7 +21,7 @@ memory in again: on the 2-core VM a third of the CPU went to the kernel (benchma
   returns free pages, so peak RSS follows the units in flight rather than the per-thread heaps'
   accumulated high-water marks. With it, only once more than :data:`REUSE_SLACK_BYTES` (256 MiB)
   lie free in the heap: a unit's freed pages still serve the next, but holes that fragmentation
-  leaves between live blocks go back (``landcover-s2`` at the defaults, 4096²: 2.12 GiB peak
+  leaves between live blocks go back (``landcover-s2`` at the defaults, 4096²: 2.02 GiB peak
   RSS without, 1.83 with; about 3 % more wall time on 2 cores, benchmarks/HISTORY.md).
   ``GEOFG_MALLOC_TRIM=0`` turns it off, ``GEOFG_HEAP_SLACK_MB`` sets the slack.
 
