@@ -27,9 +27,10 @@ def make_timing_unet(path: Path, encoder: str = "resnet18", seed: int = 0) -> Pa
     from geofg.models.inference.bundle import read_card, write_bundle
     from geofg.models.inference.card import ModelCard
     from geofg.models.inference.nets import build_model
-    from geofg.models.inference.registry import DEFAULT_MODEL, resolve_model
+    from geofg.models.inference.registry import resolve_model
 
-    ref = read_card(resolve_model(DEFAULT_MODEL))  # same bands, statistics and classes
+    # eurosat-13: the 13 bands of S2 with their statistics (the default model reads 9 bands)
+    ref = read_card(resolve_model("eurosat-13"))
     card = ModelCard(
         name=f"{TIMING_NAME}-{encoder}", version="0.0.0-timing-only", task="segmentation",
         architecture="unet", encoder=encoder, bands=list(S2), scale=ref.scale,
