@@ -354,8 +354,10 @@ class RawWindow:
     """A unit's model bands as read, ``data`` (C, H, W), with ``valid`` (H, W), not normalised yet.
 
     :func:`prepare_unit` returns one for a predictor that normalises where its network runs
-    (``takes_raw``: the CUDA path sends uint16 as it is, half the bytes of float32);
-    :func:`predict_window` then hands its tiles to ``predictor.predict_raw``.
+    (``takes_raw``: the CUDA path sends uint16 as it is, half the bytes of float32), where
+    :func:`predict_window` hands its tiles to ``predictor.predict_raw``; and for the local
+    runner on CPU, which defers the normalisation to :func:`infer_unit` on the compute thread
+    (the reads queued ahead then hold uint16, not float32).
     """
 
     data: np.ndarray
@@ -536,8 +538,9 @@ def prepare_unit(unit: WorkUnit, data: np.ndarray, valid: np.ndarray, p: UnitPla
                  timer: Timer = _no_timer, raw: bool = False) -> np.ndarray | RawWindow | None:
     """The model input (C, H, W) of a unit's read window, or None when its core has no valid pixel.
 
-    ``raw`` (the predictor normalises on its device, :func:`takes_raw`): the model's bands as
-    read, in a :class:`RawWindow`, instead of the normalised float32 input.
+    ``raw``: the model's bands as read, in a :class:`RawWindow`, instead of the normalised float32
+    input (for a predictor that normalises on its device, :func:`takes_raw`, or to normalise
+    later, in :func:`infer_unit`).
     """
     core = unit.core.relative_to(unit.read)
     if not valid[core].any():
