@@ -35,10 +35,19 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]  # fmt: skip
 
 
 @functools.cache
@@ -48,6 +57,8 @@ def _glibc() -> Any:
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl and others lack it)
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        if hasattr(libc, "mallinfo2"):  # glibc 2.33+
+            libc.mallinfo2.restype = _Mallinfo2
     except (OSError, AttributeError):
         return None
     return libc
@@ -110,25 +121,23 @@ REUSE_SLACK_BYTES = 256 * 2**20
 (``GEOFG_HEAP_SLACK_MB`` overrides it)."""
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                "usmblks", "fsmblks", "uordblks", "fordblks",
-                                                "keepcost")]  # fmt: skip
-
-
 def heap_free_bytes() -> int | None:
     """Bytes free inside glibc's heaps (``mallinfo2``'s ``fordblks``); None without glibc 2.33+."""
     libc = _glibc()
-    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if fn is None:
+    if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    fn.restype = _Mallinfo2
-    return int(fn().fordblks)
+    return int(libc.mallinfo2().fordblks)
 
 
-def _slack() -> int:
-    text = os.environ.get("GEOFG_HEAP_SLACK_MB")
-    return int(text) * 2**20 if text and text.isdigit() else REUSE_SLACK_BYTES
+@functools.cache
+def _slack(text: str | None) -> int:
+    if text is None:
+        return REUSE_SLACK_BYTES
+    if not text.strip().isdigit():
+        log.warning("GEOFG_HEAP_SLACK_MB: expected a whole number of MiB, found %r; using %d",
+                    text, REUSE_SLACK_BYTES // 2**20)
+        return REUSE_SLACK_BYTES
+    return int(text) * 2**20
 
 
 def trim_heap() -> bool:
@@ -144,7 +153,7 @@ def trim_heap() -> bool:
         return False
     if _reusing:
         free = heap_free_bytes()
-        if free is None or free <= _slack():
+        if free is None or free <= _slack(os.environ.get("GEOFG_HEAP_SLACK_MB")):
             return False
     libc.malloc_trim(0)
     return True

@@ -244,3 +244,12 @@ def test_importing_geofg_changes_no_environment_variable_and_no_heap_policy() ->
     assert r.returncode == 0, r.stderr[-2000:]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert int(r.stdout) > 3 * 128 * 2**20 // 4096 * 0.9  # not the reused heap's ~0
+
+
+def test_a_bad_heap_slack_is_named_and_the_default_kept(caplog: pytest.LogCaptureFixture) -> None:
+    from geofg.memory import REUSE_SLACK_BYTES, _slack
+
+    assert _slack(None) == REUSE_SLACK_BYTES and _slack("64") == 64 * 2**20
+    with caplog.at_level("WARNING", logger="geofg.memory"):
+        assert _slack("lots") == REUSE_SLACK_BYTES
+    assert "GEOFG_HEAP_SLACK_MB: expected a whole number of MiB, found 'lots'" in caplog.text

@@ -195,3 +195,27 @@ def test_prepare_unit_hands_over_the_bands_as_read() -> None:
     raw = prepare_unit(unit, data, valid, p, raw=True)  # type: ignore[arg-type]
     assert isinstance(raw, RawWindow) and raw.data.dtype == np.uint16
     np.testing.assert_array_equal(raw.data, data[:2])  # the model's bands come first
+
+
+def test_the_local_runner_on_cpu_normalises_on_the_compute_thread(
+        tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: the reads queued ahead keep uint16; the float32 input is made just before the
+    forward, on the compute thread, and the map is the same as ever (the same numpy code)."""
+    import threading
+
+    import geofg.pipeline as pipeline
+
+    names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    inp = write_raster(tmp_path / "in.tif", s2_like(100, 90, seed=9), descriptions=names)
+    threads: list[str] = []
+    normalised = pipeline._normalised
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        threads.append(threading.current_thread().name)
+        return normalised(*a, **k)
+
+    monkeypatch.setattr(pipeline, "_normalised", spy)
+    run_job(build_job({"read": {"inputs": [str(inp)]}, "tile": {"chunk": 48},
+                       "model": {"model": str(bundle), "device": "cpu"}, "mask": {"mode": "off"},
+                       "write": {"output": str(tmp_path / "o.zarr"), "quicklook": False}}))
+    assert len(threads) == 6 and all(t.startswith("geofg-compute") for t in threads), threads  # 3 x 2 units
