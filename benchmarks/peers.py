@@ -44,9 +44,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _model(name: str):  # noqa: ANN202
-    """(card, forward): softmax probabilities of the bundle's network on raw float32 samples."""
+def _model(name: str, plain: bool = False):  # noqa: ANN202
+    """(card, forward): softmax probabilities of the bundle's network on raw float32 samples.
+
+    ``plain``: the network as its architecture reads (every layer on the whole tile, as a
+    straightforward port would run it), not geofg's lean inference path (row strips, folded batch
+    norm, in-place activations; docs/models.md), which the peers otherwise share with geofg.
+    """
     import torch
+
+    if plain:
+        import geofg.models.inference.dynamicworld as dw
+
+        dw._lean = lambda: False  # noqa: SLF001 - a benchmark switch, not an API
 
     from geofg.models.inference.predictor import load_predictor, normalise_tensor
 
@@ -82,7 +92,7 @@ def _write_classes(path: str, out: str, classes: np.ndarray) -> None:
 
 
 def run_torchgeo(path: str, out: str, model: str, tile: int, overlap: int, batch: int,
-                 workers: int) -> dict:
+                 workers: int, plain: bool = False) -> dict:
     """TorchGeo: RasterDataset + GridGeoSampler + DataLoader, overwrite stitch."""
     import rasterio
     import torch
@@ -91,7 +101,7 @@ def run_torchgeo(path: str, out: str, model: str, tile: int, overlap: int, batch
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
-    card, forward = _model(model)
+    card, forward = _model(model, plain)
     with rasterio.open(path) as src:
         names, height, width = list(src.descriptions), src.height, src.width
         left, top, res = src.bounds.left, src.bounds.top, src.res[0]
@@ -123,7 +133,8 @@ def run_torchgeo(path: str, out: str, model: str, tile: int, overlap: int, batch
     return {"peer": f"torchgeo {torchgeo.__version__}", "chips": chips, "workers": workers}
 
 
-def run_terratorch(path: str, out: str, model: str, tile: int, overlap: int, batch: int) -> dict:
+def run_terratorch(path: str, out: str, model: str, tile: int, overlap: int, batch: int,
+                   plain: bool = False) -> dict:
     """TerraTorch: the whole scene in memory through ``tiled_inference``."""
     import rasterio
     import terratorch
@@ -133,7 +144,7 @@ def run_terratorch(path: str, out: str, model: str, tile: int, overlap: int, bat
     # importing terratorch sets torch's float32 matmul precision to "medium" (its Clay backbone
     # module does, at import), which on CPU runs matmuls in bfloat16: the same model means fp32
     torch.set_float32_matmul_precision("highest")
-    card, forward = _model(model)
+    card, forward = _model(model, plain)
     with rasterio.open(path) as src:
         x = torch.from_numpy(src.read(_band_indexes(path, list(card.bands))).astype(np.float32))[None]
     probs = tiled_inference(forward, x, crop=tile, stride=tile - overlap, batch_size=batch)
@@ -146,9 +157,11 @@ def _one(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     if args.peer == "torchgeo":
         info = run_torchgeo(args.raster, args.out, args.model, args.tile, args.overlap, args.batch,
-                            args.workers)
+                            args.workers, args.plain_forward)
     else:
-        info = run_terratorch(args.raster, args.out, args.model, args.tile, args.overlap, args.batch)
+        info = run_terratorch(args.raster, args.out, args.model, args.tile, args.overlap, args.batch,
+                              args.plain_forward)
+    info["forward"] = "plain" if args.plain_forward else "geofg's lean path"
     wall = time.perf_counter() - t
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**info, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
@@ -193,7 +206,8 @@ def compare(args: argparse.Namespace) -> int:
     geofg = [sys.executable, "-m", "geofg.cli", "classify", raster, "--model", args.model,
              "--no-mask", "--device", "cpu", "-q", "--overwrite"]
     peer = [args.peer_python, "-m", "benchmarks.peers", "one", raster, "--model", args.model,
-            "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch)]
+            "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch),
+            *(["--plain-forward"] if args.plain_forward else [])]
     runs = {
         "geofg, defaults": [*geofg, "-o", str(work / "peers_geofg.zarr")],
         f"geofg, tile {args.tile} overlap {args.overlap} batch {args.batch}": [
@@ -252,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--workers", type=int, default=0, help="TorchGeo DataLoader workers")
     cmp_.add_argument("--workers", type=int, default=2, help="the second TorchGeo run's loader workers")
     for p in (one, cmp_):
+        p.add_argument("--plain-forward", action="store_true",
+                       help="the peers run the network's plain graph (a straightforward port), not"
+                            " geofg's lean inference path; geofg's own runs are unchanged")
         p.add_argument("--model", default="landcover-s2")
         p.add_argument("--tile", type=int, default=256)
         p.add_argument("--overlap", type=int, default=32)
