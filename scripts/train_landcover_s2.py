@@ -152,6 +152,22 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
                 e.copy_(v)
 
 
+def kl_to_teacher(probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per pixel, averaged: ``probs`` the teacher's, ``logits`` the student's."""
+    logp = F.log_softmax(logits, 1)
+    return (probs * (torch.log(probs.clamp_min(1e-8)) - logp)).sum(1).mean()
+
+
+def teacher_loss(student, xs_raw: np.ndarray, probs: torch.Tensor, size: int,
+                 rng: np.random.Generator, card) -> torch.Tensor:
+    """:func:`kl_to_teacher` on ``size`` of ``xs_raw`` (raw DN, augmented for the student; the
+    teacher's ``probs`` of the unaugmented samples), one dihedral transform for the batch."""
+    idx = rng.choice(len(xs_raw), size=size, replace=False)
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    x = torch.from_numpy(np.stack([norm(augment_raw(xs_raw[i], rng), card) for i in idx]))
+    return kl_to_teacher(dihedral(probs[idx], k, flip), student(dihedral(x, k, flip)))
+
+
 def predict_scene(net, x: np.ndarray) -> np.ndarray:
     net.eval()
     with torch.inference_mode():
@@ -274,29 +290,16 @@ def main() -> int:
         x, y, tp = torch.stack(xs), torch.stack(ys), torch.stack(ts)
         logits = student(x)
         loss_lab = F.cross_entropy(logits, y, weight=weights, ignore_index=-1)
-        logp = F.log_softmax(logits, 1)
-        loss_kd = (tp * (torch.log(tp.clamp_min(1e-8)) - logp)).sum(1).mean()
+        loss_kd = kl_to_teacher(tp, logits)
         idx = rng.choice(len(chips_y), size=16, replace=False)
         cx = torch.from_numpy(np.stack([norm(augment_raw(chips_x[i], rng), card) for i in idx]))
         cx = dihedral(cx, int(rng.integers(4)), bool(rng.integers(2)))
         loss_chip = F.cross_entropy(student(cx).mean((-2, -1)), torch.from_numpy(chips_y[idx]))
         loss = loss_lab + args.kd_weight * loss_kd + args.chip_weight * loss_chip
         if kd_chips_x is not None:
-            idx = rng.choice(len(kd_chips_x), size=16, replace=False)
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            kx = torch.from_numpy(np.stack([norm(augment_raw(kd_chips_x[i], rng), card) for i in idx]))
-            kp = dihedral(kd_chips_p[idx], k, flip)
-            klogp = F.log_softmax(student(dihedral(kx, k, flip)), 1)
-            loss = loss + args.chip_kd_weight * (
-                kp * (torch.log(kp.clamp_min(1e-8)) - klogp)).sum(1).mean()
+            loss = loss + args.chip_kd_weight * teacher_loss(student, kd_chips_x, kd_chips_p, 16, rng, card)
         if ben_x is not None:
-            idx = rng.choice(len(ben_x), size=2, replace=False)
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            bx = torch.from_numpy(np.stack([norm(augment_raw(ben_x[i], rng), card) for i in idx]))
-            bp = dihedral(ben_p[idx], k, flip)
-            blogp = F.log_softmax(student(dihedral(bx, k, flip)), 1)
-            loss = loss + args.bigearthnet_kd_weight * (
-                bp * (torch.log(bp.clamp_min(1e-8)) - blogp)).sum(1).mean()
+            loss = loss + args.bigearthnet_kd_weight * teacher_loss(student, ben_x, ben_p, 2, rng, card)
         opt.zero_grad()
         loss.backward()
         opt.step()
