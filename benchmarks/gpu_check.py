@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             held = (m in real_models and src_name != "synthetic") or m == "eurosat-13"
             ok &= (r["agree"] >= TARGET) or not held
             checks.append({"model": label, "data": src_name, **r, "held_to_target": held})
+            why = "untrained" if m not in real_models else "near-ties on synthetic patterns"
             print(f"agreement {label:40s} {src_name:14s} tiles {r['tiles']}: {100 * r['agree']:.3f} % "
                   f"argmax equal, max |dp| {r['max_prob_diff']:.4f} ({r['path']})"
-                  f"{'' if held else ' [not held to target: ' + ('untrained' if m not in real_models else 'near-ties on synthetic patterns') + ']'}",
-                  flush=True)
+                  f"{'' if held else f' [not held to target: {why}]'}", flush=True)
 
     reports = {label: harness(m, device, sizes, chunk, batch, a.workdir, a.compile)
                for label, m in models.items()}

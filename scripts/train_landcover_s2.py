@@ -60,6 +60,7 @@ from geofg.models.inference.bundle import load_tensors, read_card  # noqa: E402
 from geofg.models.inference.dynamicworld import DynamicWorldNet  # noqa: E402
 from geofg.models.inference.predictor import SELFCHECK_KEYS  # noqa: E402
 from geofg.models.inference.registry import publish_bundle, resolve_model  # noqa: E402
+from geofg.models.training.train import EUROSAT_BANDS, EUROSAT_CLASSES, load_chips  # noqa: E402
 
 DW_CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub",
               "built", "bare", "snow_and_ice"]
@@ -70,8 +71,6 @@ several Dynamic World classes; the teacher supplies flooded vegetation and shrub
 with wetland -> flooded_vegetation and scrub -> shrub_and_scrub lost lake pixels to them)."""
 EUROSAT_TO_DW = {"SeaLake": 0, "Forest": 1, "Pasture": 2, "AnnualCrop": 4, "Residential": 6,
                  "Industrial": 6}
-EUROSAT_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
-                 "B12", "B8A"]
 FINE_TUNED_ATTRIBUTION = (
     "Derived from the Dynamic World model (google/dynamicworld@0dd288f), Copyright 2021 Google LLC,"
     " Apache-2.0. This code is produced for the Dynamic World Project by Google in partnership with"
@@ -93,7 +92,7 @@ def load_scene(root: Path, bands: list[str]):
 
     with rasterio.open(root / SCENE) as ds:
         stack, transform = ds.read(), ds.transform
-    raw = stack[[EUROSAT_ORDER.index(b) for b in bands]].astype(np.float32)
+    raw = stack[[EUROSAT_BANDS.index(b) for b in bands]].astype(np.float32)
     shape = raw.shape[1:]
     osm = rasterise(root / OSM, "fclass", OSM_TO_DW, shape, transform)
     legend_osm = rasterise(root / OSM, "fclass", {"farm": 2, "meadow": 3, "grass": 3, "forest": 1,
@@ -102,24 +101,19 @@ def load_scene(root: Path, bands: list[str]):
     return raw, osm, legend_osm, ref
 
 
-def load_eurosat(root: Path, bands: list[str], split: str, classes: dict | None = EUROSAT_TO_DW):
-    """EuroSAT chips of ``split`` in ``bands`` order and their Dynamic World class (``classes``;
-    None: chips of every class, labelled -1)."""
-    import csv
+def load_eurosat(root: Path, bands: list[str], split: str) -> tuple[np.ndarray, list[str]]:
+    """EuroSAT chips of ``split``, every class, in ``bands`` order (float32), and their labels."""
+    names = list(EUROSAT_CLASSES)
+    chips = load_chips(root / "eurosat_ms", bands=EUROSAT_BANDS, class_names=names, splits=[split]).splits[split]
+    x = chips.x[:, [EUROSAT_BANDS.index(b) for b in bands]].astype(np.float32)
+    return x, [names[i] for i in chips.y]
 
-    import rasterio
 
-    xs, ys = [], []
-    folder = root / "eurosat_ms"
-    with open(folder / "labels.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] != split or (classes is not None and row["label"] not in classes):
-                continue
-            with rasterio.open(folder / row["file"]) as ds:
-                a = ds.read()
-            xs.append(a[[EUROSAT_ORDER.index(b) for b in bands]].astype(np.float32))
-            ys.append(-1 if classes is None else classes[row["label"]])
-    return np.stack(xs), np.array(ys)
+def mapped_chips(xs: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The chips whose EuroSAT class means one Dynamic World class (:data:`EUROSAT_TO_DW`), in
+    their order, with that class."""
+    keep = [i for i, n in enumerate(names) if n in EUROSAT_TO_DW]
+    return xs[keep], np.array([EUROSAT_TO_DW[names[i]] for i in keep])
 
 
 def norm(raw: np.ndarray, card) -> np.ndarray:
@@ -222,12 +216,13 @@ def main() -> int:
     raw, osm, legend_osm, ref = load_scene(root, card.bands)
     x_scene = norm(raw, card)
     t_probs = torch.softmax(torch.from_numpy(predict_scene(teacher, x_scene)), 0)
-    chips_x, chips_y = load_eurosat(root, card.bands, "train")
-    val_chips_x, val_chips_y = load_eurosat(root, card.bands, "val")
+    all_chips_x, names = load_eurosat(root, card.bands, "train")
+    chips_x, chips_y = mapped_chips(all_chips_x, names)
+    val_chips_x, val_chips_y = mapped_chips(*load_eurosat(root, card.bands, "val"))
     print(f"scene {raw.shape}, EuroSAT chips train {len(chips_y)} val {len(val_chips_y)}")
     kd_chips_x = kd_chips_p = None
     if args.chip_kd_weight > 0:
-        kd_chips_x = load_eurosat(root, card.bands, "train", classes=None)[0]
+        kd_chips_x = all_chips_x
         with torch.inference_mode():
             kd_chips_p = torch.softmax(teacher(torch.from_numpy(norm(kd_chips_x, card))), 1)
         print(f"teacher on {len(kd_chips_x)} EuroSAT train chips (all classes)")
