@@ -99,7 +99,10 @@ class TileConfig(_Frozen):
 
     ``halo`` defaults to the model card's; ``tile_size`` to one tile per unit (``chunk + 2 * halo``
     rounded up to the model's multiple): the fewest re-predicted pixels (the card's own
-    ``tile_size`` is informational and not used).
+    ``tile_size`` is informational and not used). ``chunk`` defaults to 1024; when ``tile_size``
+    is set and ``chunk`` is not, the plan takes the largest chunk up to 1024 whose unit is a whole
+    number of tiles a side (:func:`geofg.grid.aligned_chunk`; 896 for 256 px tiles and a 16 px
+    halo), so no tile is squeezed in to cover a remainder.
     """
 
     chunk: int = Field(default=1024, ge=16, le=8192)

@@ -170,6 +170,31 @@ def tile_offsets(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * span / (n - 1)) for i in range(n)]
 
 
+def aligned_chunk(tile: int, halo: int, overlap: int, limit: int = 1024) -> int | None:
+    """The largest unit (chunk) edge <= ``limit`` whose read window is a whole number of tiles.
+
+    A unit reads ``chunk + 2 * halo`` pixels a side and cuts them into tiles of ``tile`` px that
+    overlap by ``overlap`` (:func:`tile_offsets`): step ``tile - overlap``. When the window is
+    ``tile + (k - 1) * step`` the ``k`` tiles a side meet with exactly that overlap; any other size
+    needs one more tile a side, squeezed closer. ``None`` when one tile already covers a
+    ``limit`` unit with its halo (nothing to align) or no such chunk is >= 16.
+
+    Examples:
+        >>> aligned_chunk(256, 16, 32)   # TorchGeo's 256 px chips, 32 px overlap: 4 x 4 per unit
+        896
+        >>> aligned_chunk(512, 32, 64)
+        896
+        >>> aligned_chunk(1088, 32, 64) is None   # the default: one tile per unit
+        True
+    """
+    step = tile - overlap
+    if step <= 0 or tile >= limit + 2 * halo:
+        return None
+    k = (limit + 2 * halo - tile) // step + 1
+    chunk = tile + (k - 1) * step - 2 * halo
+    return chunk if chunk >= 16 else None
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Window]:
     """Return the model tiles covering an array of ``height`` x ``width`` (offsets from 0).
 

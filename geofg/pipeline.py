@@ -33,7 +33,7 @@ from geofg.batch import normalise, pad_to, round_up
 from geofg.config import JobConfig, ModelConfig, RunnerConfig, TileConfig
 from geofg.errors import ConfigError, GeofgWarning, InputError
 from geofg.extras import require_extra
-from geofg.grid import Window, WorkUnit, plan_tiles, plan_units
+from geofg.grid import Window, WorkUnit, aligned_chunk, plan_tiles, plan_units
 from geofg.health import HEALTH_CLASSES, INDEX, band_roles, health_layer, index_layer, index_layers, ndvi
 from geofg.io.mosaic import FILL, LAYERS, MosaicSpec
 from geofg.io.read import RasterInfo, open_raster, select_bands
@@ -303,6 +303,7 @@ def plan(job: JobConfig) -> Plan:
             f"--tile-size {tile} is smaller than the model's patch size {card.patch_size}; "
             f"use at least {card.patch_size}"
         )
+    job = _align_chunk(job, tile, halo, overlap)
     units = plan_units(info.height, info.width, job.tile.chunk, halo)
     mask, mask_indices = _plan_mask(job, info, card)
     roles = band_roles(card.bands)
@@ -328,6 +329,19 @@ def plan(job: JobConfig) -> Plan:
         mask_indices=mask_indices,
         season=season,
     )
+
+
+def _align_chunk(job: JobConfig, tile: int, halo: int, overlap: int) -> JobConfig:
+    """``job`` with its chunk set to a whole number of tiles a side (:func:`geofg.grid.aligned_chunk`)
+    when a tile size was given and the chunk was not: 256 px tiles with a 16 px halo make
+    896 px units of 4 x 4 tiles, where 1024 needs 5 x 5 (1.56 times the unit's pixels predicted
+    instead of 1.31). A chunk given by the user is kept."""
+    if job.tile.tile_size is None or "chunk" in job.tile.model_fields_set:
+        return job
+    chunk = aligned_chunk(tile, halo, overlap, limit=job.tile.chunk)
+    if chunk is None or chunk == job.tile.chunk:
+        return job
+    return job.model_copy(update={"tile": job.tile.model_copy(update={"chunk": chunk})})
 
 
 def _plan_mask(job: JobConfig, info: RasterInfo, card: ModelCard,

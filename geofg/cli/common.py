@@ -78,7 +78,7 @@ Compile = Annotated[bool, typer.Option(
 Bands = Annotated[Optional[str], typer.Option(help="Band names, comma-separated, e.g. B02,B03,B04,B08.")]
 TileSize = Annotated[Optional[int], typer.Option("--tile-size", help="Model tile edge (px); default one tile per unit, chunk + 2 halo.")]
 Halo = Annotated[Optional[int], typer.Option(help="Context pixels read around each unit; default the model card's.")]
-Chunk = Annotated[int, typer.Option(help="Mosaic chunk edge = unit size (px).")]
+Chunk = Annotated[Optional[int], typer.Option(help="Mosaic chunk edge = unit size (px); default 1024, or with --tile-size the largest up to 1024 that is a whole number of tiles.")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Resume = Annotated[bool, typer.Option("--resume/--overwrite", help="Resume an existing mosaic, or replace it.")]
@@ -97,7 +97,7 @@ AllowInsecure = Annotated[bool, typer.Option("--allow-insecure-cluster", help="R
 
 
 def _job(task: str, inputs: list[str], output: str | Path | None, model: str, bands: str | None,
-         tile_size: int | None, halo: int | None, chunk: int, batch_size: int, device: str,
+         tile_size: int | None, halo: int | None, chunk: int | None, batch_size: int, device: str,
          resume: bool, break_lock: bool, assume_crs: str | None, max_pixels: int,
          max_compression_ratio: float, runner: str | None, ray_address: str | None = None,
          allow_insecure_cluster: bool = False, tta: bool = False,
@@ -119,7 +119,8 @@ def _job(task: str, inputs: list[str], output: str | Path | None, model: str, ba
                 "max_pixels": max_pixels,
                 "max_compression_ratio": max_compression_ratio,
             },
-            "tile": {"chunk": chunk, "tile_size": tile_size, "halo": halo, "batch_size": batch_size},
+            "tile": {"tile_size": tile_size, "halo": halo, "batch_size": batch_size,
+                     **({} if chunk is None else {"chunk": chunk})},
             "model": {"model": models[0], "ensemble": models[1:], "tta": tta, "device": device,
                       "compile": compile},
             "write": {"output": str(output), "mode": "resume" if resume else "overwrite",

@@ -47,7 +47,7 @@ from geofg.models.inference.registry import DEFAULT_MODEL
 @app.command()
 def classify(
     inputs: Inputs, output: Output = None, model: ModelsOpt = [DEFAULT_MODEL], bands: Bands = None,
-    tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
+    tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = None, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
@@ -68,7 +68,7 @@ def classify(
 @app.command()
 def segment(
     inputs: Inputs, model: ModelsOpt, output: Output = None, bands: Bands = None,
-    tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = 1024, batch_size: Batch = 1,
+    tile_size: TileSize = None, halo: Halo = None, chunk: Chunk = None, batch_size: Batch = 1,
     device: Device = "auto", resume: Resume = True, break_lock: BreakLock = False,
     assume_crs: AssumeCrs = None, max_pixels: MaxPixels = 20_000_000_000,
     max_compression_ratio: MaxRatio = 2000.0, runner: Runner = None, ray_address: RayAddress = None,
