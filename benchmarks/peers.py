@@ -17,7 +17,8 @@ Each run is a fresh process timed whole (model load, reads, forwards, stitching,
   blending), argmax, one GeoTIFF.
 * ``geofg``: ``geofg classify --no-mask`` (the peers have no cloud mask), once at the peers'
   settings (``--tile-size`` tile, ``--halo`` overlap / 2, ``--batch-size`` batch: tiles of that
-  size overlapping by that much inside 1024 px units) and once at geofg's defaults.
+  size overlapping by that much inside units geofg sizes to a whole number of tiles, 896 px for
+  256 / 32) and once at geofg's defaults.
 
 The model is geofg's bundle (default ``landcover-s2``), loaded with
 :func:`~geofg.models.inference.predictor.load_predictor`; the peers call its network under

@@ -146,10 +146,15 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
                 e.copy_(v)
 
 
-def kl_to_teacher(probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per pixel, averaged: ``probs`` the teacher's, ``logits`` the student's."""
+def kl_to_teacher(probs: torch.Tensor, logits: torch.Tensor,
+                  where: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher || student) per pixel, averaged (over the pixels ``where`` is True, if given):
+    ``probs`` the teacher's, ``logits`` the student's."""
     logp = F.log_softmax(logits, 1)
-    return (probs * (torch.log(probs.clamp_min(1e-8)) - logp)).sum(1).mean()
+    kl = (probs * (torch.log(probs.clamp_min(1e-8)) - logp)).sum(1)
+    if where is None:
+        return kl.mean()
+    return kl[where].mean() if bool(where.any()) else kl.sum() * 0
 
 
 def teacher_loss(student, xs_raw: np.ndarray, probs: torch.Tensor, size: int,
@@ -178,6 +183,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--kd-weight", type=float, default=0.5)
     ap.add_argument("--chip-weight", type=float, default=0.5)
+    ap.add_argument("--kd-where", choices=("all", "unlabelled"), default="all",
+                    help="the scene's pixels the teacher covers: all (1.2.0), or only those without"
+                    " an OSM label, so labels alone teach where they exist")
     ap.add_argument("--chip-kd-weight", type=float, default=0.0,
                     help="weight of Dynamic World as a teacher on every pixel of EuroSAT train chips"
                          " of all ten classes (Europe, all seasons); 0: not used")
@@ -285,7 +293,7 @@ def main() -> int:
         x, y, tp = torch.stack(xs), torch.stack(ys), torch.stack(ts)
         logits = student(x)
         loss_lab = F.cross_entropy(logits, y, weight=weights, ignore_index=-1)
-        loss_kd = kl_to_teacher(tp, logits)
+        loss_kd = kl_to_teacher(tp, logits, (y < 0) if args.kd_where == "unlabelled" else None)
         idx = rng.choice(len(chips_y), size=16, replace=False)
         cx = torch.from_numpy(np.stack([norm(augment_raw(chips_x[i], rng), card) for i in idx]))
         cx = dihedral(cx, int(rng.integers(4)), bool(rng.integers(2)))
