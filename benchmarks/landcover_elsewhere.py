@@ -14,6 +14,11 @@ For each bundle (Dynamic World's legend):
   classes are compatible with them (:data:`CORINE_OK`).
 * **WorldCereal July 2021 composite** (L2A, 1 km² of Belgian farmland): the class shares; the
   area is arable land, so crops (and grass) should dominate.
+* **WorldCereal's French LPIS points** (2023, 10-day L2A composites from September 2022 to
+  January 2024, declared crops and grassland), the points outside tile 30UYU (which
+  ``scripts/train_landcover_s2.py --lpis-weight`` may learn from): each composite as a uniform
+  24 px patch, the centre pixel's class. A point has one spectrum and no neighbourhood, so this
+  tests what the spectra alone say, not a map; read it beside Dynamic World's.
 """
 
 from __future__ import annotations
@@ -38,6 +43,35 @@ CORINE_OK = {
     "cultivation": {"crops", "grass"}, "olive": {"trees", "shrub_and_scrub"},
 }
 """A CORINE label word -> Dynamic World classes compatible with it."""
+
+
+LPIS = "worldcereal_lpis/2023_FRA_LPIS_POLY_110.geoparquet"
+LPIS_TO_DW = {"temporary_crops": 4, "grasslands": 2, "temporary_grasses": 2}
+"""WorldCereal LANDCOVER10 class -> Dynamic World class index (crops 4, grass 2)."""
+LPIS_TRAIN_TILES = ("30UYU",)
+"""Only these Sentinel-2 tiles' points are learned from; the others (30TYP, 30TYT, 30UYV) are held
+out and scored by ``benchmarks.landcover_elsewhere``."""
+
+
+def load_lpis(root: Path, bands: list[str], tiles: tuple[str, ...] | None = None, held_out: bool = False,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """WorldCereal's French LPIS points (2023, every 10-day L2A composite; :data:`LPIS_TO_DW`):
+    raw DN (n, bands), Dynamic World classes (n,) and months (n,), of the points in ``tiles``
+    (None: all) or, ``held_out``, of those not in :data:`LPIS_TRAIN_TILES`; composites with a
+    no-data band left out."""
+    import pandas as pd
+
+    mapping = json.loads((root / "worldcereal_testresources/class_mappings.json").read_text())["LANDCOVER10"]
+    d = pd.read_parquet(root / LPIS)
+    lc = np.array([mapping.get(str(c), "") for c in d["ewoc_code"]])
+    x = d[[f"S2-L2A-{b}" for b in bands]].to_numpy().astype(np.float32)
+    keep = np.isin(lc, list(LPIS_TO_DW)) & (x > 0).all(1) & (x < 65535).all(1)
+    if tiles is not None:
+        keep &= d["tile"].isin(tiles).to_numpy()
+    if held_out:
+        keep &= ~d["tile"].isin(LPIS_TRAIN_TILES).to_numpy()
+    months = pd.to_datetime(d["timestamp"]).dt.month.to_numpy()
+    return x[keep], np.array([LPIS_TO_DW[c] for c in lc[keep]], dtype=np.int64), months[keep]
 
 
 def data_dir() -> Path:
@@ -115,6 +149,26 @@ def worldcereal(pred, root: Path) -> dict:
     return shares(predict(pred, raw)[0], pred.card.class_names)
 
 
+def lpis(pred, root: Path) -> dict:
+    """The held-out French LPIS points as uniform 24 px patches (a field's interior, no
+    neighbourhood: a test of the spectra alone), class of the centre pixel: the share of crop
+    and of grassland composites called so, overall and by season, and their mean (balanced)."""
+    names = pred.card.class_names
+    x, y, months = load_lpis(root, pred.card.bands, held_out=True)
+    patches = np.ascontiguousarray(np.broadcast_to(x[:, :, None, None], (*x.shape, 24, 24)))
+    cls = np.concatenate([predict(pred, patches[i:i + 512])[:, 12, 12] for i in range(0, len(x), 512)])
+    seasons = {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)}
+    out: dict = {"composites": len(y)}
+    for k, name in ((4, "crops"), (2, "grass")):
+        sel = y == k
+        out[name] = {"n": int(sel.sum()), "right": round(float((cls[sel] == k).mean()), 3),
+                     "called": shares(cls[sel], names),
+                     "by_season": {s: round(float((cls[sel & np.isin(months, m)] == k).mean()), 3)
+                                   for s, m in seasons.items() if (sel & np.isin(months, m)).any()}}
+    out["balanced"] = round((out["crops"]["right"] + out["grass"]["right"]) / 2, 3)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+")
@@ -126,13 +180,18 @@ def main() -> int:
     for b in args.bundles:
         pred = load_predictor(b, device="cpu")
         r = {"eurosat_test": eurosat(pred, root), "bigearthnet": bigearthnet(pred, root),
-             "worldcereal_2021_07": worldcereal(pred, root)}
+             "worldcereal_2021_07": worldcereal(pred, root), "lpis_fra_2023_held_out": lpis(pred, root)}
         ok = [x["dominant_compatible"] for x in r["bigearthnet"]]
         print(f"{b}: EuroSAT test chips (6 classes) {r['eurosat_test']['accuracy']:.3f};"
               f" BigEarthNet dominant class compatible with CORINE {sum(map(bool, ok))}/{len(ok)};"
               f" WorldCereal July {r['worldcereal_2021_07']}")
         for x in r["bigearthnet"]:
             print(f"   {x['patch']}: {x['map']}  CORINE {x['corine']}")
+        lp = r["lpis_fra_2023_held_out"]
+        print(f"   French LPIS points held out ({lp['composites']} composites, uniform patches): balanced"
+              f" {lp['balanced']:.3f}; crops right {lp['crops']['right']:.3f} {lp['crops']['by_season']}"
+              f" called {lp['crops']['called']}; grass right {lp['grass']['right']:.3f}"
+              f" {lp['grass']['by_season']} called {lp['grass']['called']}")
         out[b] = r
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.landcover_elsewhere import LPIS_TRAIN_TILES, load_lpis  # noqa: E402
 from benchmarks.landcover_scores import (  # noqa: E402
     OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
 )
@@ -167,6 +168,21 @@ def teacher_loss(student, xs_raw: np.ndarray, probs: torch.Tensor, size: int,
     return kl_to_teacher(dihedral(probs[idx], k, flip), student(dihedral(x, k, flip)))
 
 
+def lpis_loss(student, xs: np.ndarray, ys: np.ndarray, size: int, rng: np.random.Generator,
+              card) -> torch.Tensor:
+    """Cross-entropy on ``size`` LPIS composites, each a uniform 24 px patch (a field's interior:
+    points carry one spectrum, no neighbourhood), scored on the central 8 x 8 pixels, away from
+    the padding. Augmented: per-band gain, and half the time an offset added (L2A read as L1C)."""
+    idx = rng.choice(len(xs), size=size, replace=False)
+    raw = xs[idx] * rng.uniform(0.9, 1.1, size=(size, xs.shape[1])).astype(np.float32)
+    if rng.random() < 0.5:
+        raw = raw + rng.uniform(0, 1) * L2A_OFFSET
+    patches = np.ascontiguousarray(np.broadcast_to(raw[:, :, None, None], (*raw.shape, 24, 24)))
+    logits = student(torch.from_numpy(norm(patches, card)))[:, :, 8:16, 8:16]
+    target = torch.from_numpy(ys[idx]).view(-1, 1, 1).expand(-1, 8, 8)
+    return F.cross_entropy(logits, target)
+
+
 def predict_scene(net, x: np.ndarray) -> np.ndarray:
     net.eval()
     with torch.inference_mode():
@@ -189,6 +205,9 @@ def main() -> int:
     ap.add_argument("--chip-kd-weight", type=float, default=0.0,
                     help="weight of Dynamic World as a teacher on every pixel of EuroSAT train chips"
                          " of all ten classes (Europe, all seasons); 0: not used")
+    ap.add_argument("--lpis-weight", type=float, default=0.0,
+                    help="weight of the French LPIS points (WorldCereal, 2023, tile 30UYU: crops and"
+                         " grassland through the seasons) as uniform 24 px patches; 0: not used")
     ap.add_argument("--bigearthnet-kd-weight", type=float, default=0.0,
                     help="weight of Dynamic World as a teacher on every pixel of the BigEarthNet"
                          " example patches (L2A; their labels are not used); 0: not used")
@@ -228,6 +247,11 @@ def main() -> int:
     chips_x, chips_y = mapped_chips(all_chips_x, names)
     val_chips_x, val_chips_y = mapped_chips(*load_eurosat(root, card.bands, "val"))
     print(f"scene {raw.shape}, EuroSAT chips train {len(chips_y)} val {len(val_chips_y)}")
+    lpis_x = lpis_y = None
+    if args.lpis_weight > 0:
+        lpis_x, lpis_y, _ = load_lpis(root, card.bands, LPIS_TRAIN_TILES)
+        print(f"LPIS composites {len(lpis_y)} (tiles {', '.join(LPIS_TRAIN_TILES)}): "
+              f"crops {int((lpis_y == 4).sum())}, grass {int((lpis_y == 2).sum())}")
     kd_chips_x = kd_chips_p = None
     if args.chip_kd_weight > 0:
         kd_chips_x = all_chips_x
@@ -301,6 +325,8 @@ def main() -> int:
         loss = loss_lab + args.kd_weight * loss_kd + args.chip_weight * loss_chip
         if kd_chips_x is not None:
             loss = loss + args.chip_kd_weight * teacher_loss(student, kd_chips_x, kd_chips_p, 16, rng, card)
+        if lpis_x is not None:
+            loss = loss + args.lpis_weight * lpis_loss(student, lpis_x, lpis_y, 32, rng, card)
         if ben_x is not None:
             loss = loss + args.bigearthnet_kd_weight * teacher_loss(student, ben_x, ben_p, 2, rng, card)
         opt.zero_grad()
