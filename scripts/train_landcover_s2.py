@@ -189,7 +189,7 @@ def predict_scene(net, x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x[None])).numpy()[0]
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--bundle", required=True)
@@ -221,7 +221,11 @@ def main() -> int:
                     help="batch-norm statistics: updated from each batch (train) or kept as Dynamic"
                          " World's (frozen; its scale and shift are still learnt)")
     ap.add_argument("--version", default="1.1.0", help="the bundle's card version")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = parser().parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -349,10 +353,45 @@ def main() -> int:
                   x_scene, "all layers fine-tuned")
 
 
+def training_record(args, how: str, best_step: int, wall_s: int, machine: str, command: str) -> dict:
+    """The card's ``training`` entry: what the network learned from, as the arguments say."""
+    teacher = ("every pixel" if args.kd_where == "all" else "the unlabelled pixels") + " of the scene"
+    if args.chip_kd_weight > 0:
+        teacher += " and every pixel of the 319 EuroSAT train chips (all ten classes)"
+    if args.bigearthnet_kd_weight > 0:
+        teacher += " and the BigEarthNet example patches"
+    labels = ("OSM land use of T33UUU (2017-02-16), columns 0-703 (OSM_TO_DW); Dynamic World's own"
+              f" probabilities as a teacher on {teacher} (KL); EuroSAT train chips of SeaLake, Forest,"
+              " Pasture, AnnualCrop, Residential, Industrial (chip-level cross-entropy)")
+    held_out = "columns 1024-1535 (east), EuroSAT test split"
+    if args.lpis_weight > 0:
+        labels += ("; WorldCereal's French LPIS points (2023) of tile " + ", ".join(LPIS_TRAIN_TILES)
+                   + ": temporary crops -> crops, grassland and temporary grass -> grass, every 10-day"
+                   " L2A composite (September 2022 - January 2024) as a uniform 24 px patch"
+                   " (cross-entropy on the centre)")
+        held_out += ", the LPIS points of the other tiles"
+    return {
+        "start": f"dynamic-world (google/dynamicworld@0dd288f), {how}",
+        "labels": labels,
+        "selection": "step with the best 5-class OSM agreement on columns 768-959",
+        "held_out": held_out,
+        "augmentation": "dihedral; per-band gain 0.9-1.1; L2A-like offsets (p=0.5)",
+        "steps": args.steps, "best_step": best_step, "batch": args.batch,
+        "window": args.window, "lr": args.lr, "kd_weight": args.kd_weight, "kd_where": args.kd_where,
+        "chip_weight": args.chip_weight, "seed": args.seed, "ema": args.ema,
+        "chip_kd_weight": args.chip_kd_weight,
+        "bigearthnet_kd_weight": args.bigearthnet_kd_weight,
+        "lpis_weight": args.lpis_weight,
+        "batch_norm_statistics": args.bn,
+        "wall_time_s": wall_s, "machine": machine,
+        "receptive_margin_px": 23,
+        "command": command,
+    }
+
+
 def finish(args, student, teacher, best, best_state, history, out, t0, legend_osm, ref, x_scene,
            how: str) -> int:
     """Score once on the held-out part, write the bundle and results.json."""
-    w = args.window
     train_s = time.time() - t0
     student.load_state_dict(best_state)
     print(f"best step {best['step']} val agreement {best['agreement']:.4f}; {train_s:.0f} s")
@@ -389,25 +428,8 @@ def finish(args, student, teacher, best, best_state, history, out, t0, legend_os
         name="landcover-s2",
         version=args.version,
         processing_levels=["L1C", "L2A"],
-        training={
-            "start": f"dynamic-world (google/dynamicworld@0dd288f), {how}",
-            "labels": "OSM land use of T33UUU (2017-02-16), columns 0-703 (OSM_TO_DW); Dynamic"
-                      " World's own probabilities as a teacher on every pixel (KL); EuroSAT train"
-                      " chips of SeaLake, Forest, Pasture, AnnualCrop, Residential, Industrial"
-                      " (chip-level cross-entropy)",
-            "selection": "step with the best 5-class OSM agreement on columns 768-959",
-            "held_out": "columns 1024-1535 (east), EuroSAT test split",
-            "augmentation": "dihedral; per-band gain 0.9-1.1; L2A-like offsets (p=0.5)",
-            "steps": args.steps, "best_step": best["step"], "batch": args.batch,
-            "window": w, "lr": args.lr, "kd_weight": args.kd_weight,
-            "chip_weight": args.chip_weight, "seed": args.seed, "ema": args.ema,
-            "chip_kd_weight": args.chip_kd_weight,
-            "bigearthnet_kd_weight": args.bigearthnet_kd_weight,
-            "batch_norm_statistics": args.bn,
-            "wall_time_s": round(train_s), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-            "receptive_margin_px": 23,
-            "command": shlex.join(sys.argv),
-        },
+        training=training_record(args, how, best["step"], round(train_s),
+                                 f"{platform.machine()} {os.cpu_count()} CPUs", shlex.join(sys.argv)),
         metrics=metrics,
         attribution=FINE_TUNED_ATTRIBUTION,
         made_by="scripts/train_landcover_s2.py",
