@@ -102,7 +102,8 @@ class TileConfig(_Frozen):
     ``tile_size`` is informational and not used). ``chunk`` defaults to 1024; when ``tile_size``
     is set and ``chunk`` is not, the plan takes the largest chunk up to 1024 whose unit is a whole
     number of tiles a side (:func:`geofg.grid.aligned_chunk`; 896 for 256 px tiles and a 16 px
-    halo), so no tile is squeezed in to cover a remainder.
+    halo), so no tile is squeezed in to cover a remainder. A scan's units are its grid's chunks:
+    there the chunk is ``grid.chunk`` and is never changed.
     """
 
     chunk: int = Field(default=1024, ge=16, le=8192)
