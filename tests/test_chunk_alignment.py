@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from rasters import s2_like, write_raster, write_threshold_bundle
+from rasters import S2_BANDS, s2_like, write_raster, write_threshold_bundle
 from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.grid import aligned_chunk, tile_offsets
 
-S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 
 
 @pytest.mark.parametrize(("tile", "halo"), [(256, 16), (512, 32), (256, 32), (128, 8), (96, 40),
@@ -75,7 +74,7 @@ def test_the_aligned_chunk_is_in_the_output_hash(tmp_path: Path) -> None:
 
 
 def test_classify_with_a_tile_size_writes_aligned_chunks_and_resumes(tmp_path: Path) -> None:
-    scene = write_raster(tmp_path / "in.tif", s2_like(1100, 90), descriptions=S2)
+    scene = write_raster(tmp_path / "in.tif", s2_like(1100, 90), descriptions=S2_BANDS)
     out = tmp_path / "o.zarr"
     # 128 px tiles, 8 px halo: overlap 16, step 112; 1008 + 16 = 128 + 8 x 112
     args = ["classify", str(scene), "-o", str(out), "--model", "eurosat-13", "--tile-size", "128",

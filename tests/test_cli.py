@@ -20,15 +20,14 @@ from typer.testing import CliRunner
 
 from geofg.cli import app
 from geofg.io.ledger import Ledger
-from rasters import s2_like, write_raster
+from rasters import S2_BANDS, s2_like, write_raster
 
-S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 runner = CliRunner()
 
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Path:
-    return write_raster(tmp_path / "scene.tif", s2_like(150, 130), descriptions=S2)
+    return write_raster(tmp_path / "scene.tif", s2_like(150, 130), descriptions=S2_BANDS)
 
 
 def invoke(*args: str):  # noqa: ANN201
@@ -90,12 +89,12 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
     empty.write_bytes(b"")
     text = tmp / "table.tif"
     text.write_text("x,y,z\n1,2,3\n")
-    nocrs = write_raster(tmp / "nocrs.tif", s2_like(20, 20), crs=None, descriptions=S2)
+    nocrs = write_raster(tmp / "nocrs.tif", s2_like(20, 20), crs=None, descriptions=S2_BANDS)
     from affine import Affine
 
-    rotated = write_raster(tmp / "rot.tif", s2_like(20, 20), descriptions=S2,
+    rotated = write_raster(tmp / "rot.tif", s2_like(20, 20), descriptions=S2_BANDS,
                            transform=Affine(10, 2, 500000, 2, -10, 5800000))
-    four = write_raster(tmp / "four.tif", s2_like(20, 20)[:4], descriptions=S2[:4])
+    four = write_raster(tmp / "four.tif", s2_like(20, 20)[:4], descriptions=S2_BANDS[:4])
     return {"missing": tmp / "nope.tif", "empty": empty, "text": text, "nocrs": nocrs,
             "rotated": rotated, "bands": four, "directory": tmp / "emptydir"}
 
@@ -183,7 +182,7 @@ def _geofg(*args: str) -> list[str]:
 def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path: Path) -> None:
     """Resuming is the subject, not the model: the cheap packaged `eurosat-13`, no mask (the
     default model and its mask take minutes per run here for the same 144 units)."""
-    scene = write_raster(tmp_path / "big.tif", s2_like(384, 384, seed=2), descriptions=S2)
+    scene = write_raster(tmp_path / "big.tif", s2_like(384, 384, seed=2), descriptions=S2_BANDS)
     clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
     common = [str(scene), "--model", "eurosat-13", "--no-mask", "--chunk", "32", "--device", "cpu", "-q"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

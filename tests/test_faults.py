@@ -32,9 +32,8 @@ from geofg.io.read import open_raster
 from geofg.io.reader import RasterReader
 from geofg.models.inference.tiny import ThresholdPredictor
 from geofg.run import run_job
-from rasters import s2_like, write_raster, write_threshold_bundle
+from rasters import S2_BANDS, s2_like, write_raster, write_threshold_bundle
 
-S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 LAYERS = ("class", "health", "confidence")
 # Faults are the subject, not the model: the cheap packaged `eurosat-13`, no mask (the default
 # model and its mask cost about ten times as much per unit; docs/models.md, "Speed")
@@ -76,7 +75,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", s2_like(96, 80, seed=4), descriptions=S2)
+    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", s2_like(96, 80, seed=4), descriptions=S2_BANDS)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_overwrite_refuses_a_folder_holding_other_files_and_touches_nothing(tmp_
 
 def test_overwrite_of_a_pure_mosaic_replaces_it(tmp_path: Path, scene: Path, clean: dict) -> None:
     out = tmp_path / "m.zarr"
-    other = write_raster(tmp_path / "other.tif", s2_like(96, 80, seed=9), descriptions=S2)
+    other = write_raster(tmp_path / "other.tif", s2_like(96, 80, seed=9), descriptions=S2_BANDS)
     assert classify(other, out).exit_code == 0
     assert classify(scene, out, "--overwrite").exit_code == 0
     assert_equal(out, clean)
@@ -316,7 +315,7 @@ def test_geographic_input_is_refused_with_a_hint(tmp_path: Path) -> None:
     """Case 6: EPSG:4326 gave 0.00 ha for every class, exit 0. geofg refuses (like `scan`)."""
     from rasterio.transform import from_origin
 
-    inp = write_raster(tmp_path / "ll.tif", s2_like(40, 40), descriptions=S2, crs="EPSG:4326",
+    inp = write_raster(tmp_path / "ll.tif", s2_like(40, 40), descriptions=S2_BANDS, crs="EPSG:4326",
                        transform=from_origin(13.0, 52.5, 0.0001, 0.0001))
     out = tmp_path / "o.zarr"
     msg = one_line_error(classify(inp, out), 3)
@@ -443,7 +442,7 @@ def _geofg(*args: str) -> list[str]:
 def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     """A 64-unit scene and its clean mosaic (in a subprocess, as the interrupted runs)."""
     d = tmp_path_factory.mktemp("big")
-    scene = write_raster(d / "big.tif", s2_like(256, 256, seed=2), descriptions=S2)
+    scene = write_raster(d / "big.tif", s2_like(256, 256, seed=2), descriptions=S2_BANDS)
     out = d / "clean.zarr"
     subprocess.run(_geofg("classify", str(scene), "-o", str(out), "--chunk", "32", "--device", "cpu", "-q", *CHEAP),
                    check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -486,7 +485,7 @@ def test_signal_stops_cleanly_releases_the_lock_and_the_rerun_resumes(
 
 def test_bad_assume_crs_is_one_line_exit_3(tmp_path: Path) -> None:
     """Case 11: `--assume-crs EPSG:4326x` gave a ValueError traceback."""
-    inp = write_raster(tmp_path / "nocrs.tif", s2_like(20, 20), crs=None, descriptions=S2)
+    inp = write_raster(tmp_path / "nocrs.tif", s2_like(20, 20), crs=None, descriptions=S2_BANDS)
     msg = one_line_error(classify(inp, tmp_path / "o.zarr", "--assume-crs", "EPSG:4326x"), 3)
     assert "EPSG:4326x" in msg and not (tmp_path / "o.zarr").exists()
 

@@ -41,11 +41,10 @@ from geofg.run import run_job  # noqa: E402
 from geofg.runners import actor_sizing  # noqa: E402
 from geofg.runners import cluster as rc  # noqa: E402
 from geofg.runners import ray as rr  # noqa: E402
-from rasters import s2_like, write_raster  # noqa: E402
+from rasters import S2_BANDS, s2_like, write_raster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
-S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 TOKEN = secrets.token_hex(32)  # one token for this module's Ray runtimes; no ~/.ray/auth_token
 LAYERS = ("class", "health", "confidence")
 CHUNK, HALO = 32, 16  # 64-px model tiles: many small, fast units
@@ -101,7 +100,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", s2_like(190, 170), descriptions=S2)
+    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", s2_like(190, 170), descriptions=S2_BANDS)
 
 
 def _job(inp: Path, out: Path, model: Path, kind: str = "ray", mask: str = "off", **runner_cfg):  # noqa: ANN003, ANN202
@@ -119,7 +118,7 @@ def _job(inp: Path, out: Path, model: Path, kind: str = "ray", mask: str = "off"
 
 def _layers(out: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(str(out), mode="r")
-    return {name: g[name][:] for name in (*LAYERS, "ndvi", "mask") if name in g}  # ndvi: red+NIR; mask: S2 inputs
+    return {name: g[name][:] for name in (*LAYERS, "ndvi", "mask") if name in g}  # ndvi: red+NIR; mask: S2_BANDS inputs
 
 
 @contextlib.contextmanager
@@ -262,7 +261,7 @@ def _corrupt_block(path: Path, bx: int, by: int) -> None:
 
 
 def test_corrupt_block_fails_its_units_and_exits_4_like_local(ray_session, tmp_path: Path, bundle: Path) -> None:
-    inp = write_raster(tmp_path / "bad.tif", s2_like(128, 128, seed=2), descriptions=S2, block=32)
+    inp = write_raster(tmp_path / "bad.tif", s2_like(128, 128, seed=2), descriptions=S2_BANDS, block=32)
     _corrupt_block(inp, 1, 2)
     with pytest.raises(RunFailedUnitsError, match="re-run") as ray_err:
         run_job(_job(inp, tmp_path / "ray.zarr", bundle))
@@ -521,7 +520,7 @@ def test_submit_passes_the_drivers_exit_code_and_runs_a_submission_once(ray_head
                                                                         bundle: Path) -> None:
     """R9: the job's driver exits 4 (a corrupt block); `geofg submit` exits 4, not Ray's 1. The same
     submit again is "already submitted" (exit 0) and the job ran once."""
-    inp = write_raster(tmp_path / "bad.tif", s2_like(160, 160, seed=3), descriptions=S2, block=32)
+    inp = write_raster(tmp_path / "bad.tif", s2_like(160, 160, seed=3), descriptions=S2_BANDS, block=32)
     _corrupt_block(inp, 1, 1)
     out = tmp_path / "out.zarr"
     args = [sys.executable, "-m", "geofg.cli", "submit", "--address", ray_head["url"], "--", str(inp), "-o", str(out),
@@ -631,7 +630,7 @@ def test_actor_cache_is_the_local_runners_for_the_plans_units(tmp_path: Path, bu
 
     monkeypatch.setattr(local, "GDAL_CACHE_BYTES", 1)  # no floor: these rasters' blocks are small
 
-    inp = write_raster(tmp_path / "t.tif", np.ones((13, size, size), np.uint16), block=16, descriptions=S2)
+    inp = write_raster(tmp_path / "t.tif", np.ones((13, size, size), np.uint16), block=16, descriptions=S2_BANDS)
     job = build_job({"read": {"inputs": [str(inp)]}, "tile": {"chunk": chunk, "halo": halo},
                      "model": {"model": str(bundle), "device": "cpu"},
                      "write": {"output": str(tmp_path / "o.zarr")}})
