@@ -53,12 +53,11 @@ LPIS_TRAIN_TILES = ("30UYU",)
 out and scored by ``benchmarks.landcover_elsewhere``."""
 
 
-def load_lpis(root: Path, bands: list[str], tiles: tuple[str, ...] | None = None, held_out: bool = False,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def load_lpis(root: Path, bands: list[str], held_out: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WorldCereal's French LPIS points (2023, every 10-day L2A composite; :data:`LPIS_TO_DW`):
-    raw DN (n, bands), Dynamic World classes (n,) and months (n,), of the points in ``tiles``
-    (None: all) or, ``held_out``, of those not in :data:`LPIS_TRAIN_TILES`; composites with a
-    no-data band left out."""
+    raw DN (n, bands), Dynamic World classes (n,) and months (n,) of the points in
+    :data:`LPIS_TRAIN_TILES` or, ``held_out``, of all the others; composites with a no-data
+    band left out."""
     import pandas as pd
 
     mapping = json.loads((root / "worldcereal_testresources/class_mappings.json").read_text())["LANDCOVER10"]
@@ -66,12 +65,15 @@ def load_lpis(root: Path, bands: list[str], tiles: tuple[str, ...] | None = None
     lc = np.array([mapping.get(str(c), "") for c in d["ewoc_code"]])
     x = d[[f"S2-L2A-{b}" for b in bands]].to_numpy().astype(np.float32)
     keep = np.isin(lc, list(LPIS_TO_DW)) & (x > 0).all(1) & (x < 65535).all(1)
-    if tiles is not None:
-        keep &= d["tile"].isin(tiles).to_numpy()
-    if held_out:
-        keep &= ~d["tile"].isin(LPIS_TRAIN_TILES).to_numpy()
+    keep &= d["tile"].isin(LPIS_TRAIN_TILES).to_numpy() != held_out
     months = pd.to_datetime(d["timestamp"]).dt.month.to_numpy()
     return x[keep], np.array([LPIS_TO_DW[c] for c in lc[keep]], dtype=np.int64), months[keep]
+
+
+def uniform_patches(x: np.ndarray, size: int = 24) -> np.ndarray:
+    """(n, bands) spectra -> (n, bands, size, size) patches each holding one spectrum: a point
+    sample as a field's interior."""
+    return np.ascontiguousarray(np.broadcast_to(x[:, :, None, None], (*x.shape, size, size)))
 
 
 def data_dir() -> Path:
@@ -155,16 +157,16 @@ def lpis(pred, root: Path) -> dict:
     and of grassland composites called so, overall and by season, and their mean (balanced)."""
     names = pred.card.class_names
     x, y, months = load_lpis(root, pred.card.bands, held_out=True)
-    patches = np.ascontiguousarray(np.broadcast_to(x[:, :, None, None], (*x.shape, 24, 24)))
+    patches = uniform_patches(x)
     cls = np.concatenate([predict(pred, patches[i:i + 512])[:, 12, 12] for i in range(0, len(x), 512)])
     seasons = {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)}
     out: dict = {"composites": len(y)}
     for k, name in ((4, "crops"), (2, "grass")):
         sel = y == k
+        by_season = {s: sel & np.isin(months, m) for s, m in seasons.items()}
         out[name] = {"n": int(sel.sum()), "right": round(float((cls[sel] == k).mean()), 3),
                      "called": shares(cls[sel], names),
-                     "by_season": {s: round(float((cls[sel & np.isin(months, m)] == k).mean()), 3)
-                                   for s, m in seasons.items() if (sel & np.isin(months, m)).any()}}
+                     "by_season": {s: round(float((cls[m] == k).mean()), 3) for s, m in by_season.items() if m.any()}}
     out["balanced"] = round((out["crops"]["right"] + out["grass"]["right"]) / 2, 3)
     return out
 

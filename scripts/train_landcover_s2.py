@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.landcover_elsewhere import LPIS_TRAIN_TILES, load_lpis  # noqa: E402
+from benchmarks.landcover_elsewhere import LPIS_TRAIN_TILES, load_lpis, uniform_patches  # noqa: E402
 from benchmarks.landcover_scores import (  # noqa: E402
     OSM, REF, REF_MAP, SCENE, map_to_legend, rasterise, scores,
 )
@@ -177,8 +177,7 @@ def lpis_loss(student, xs: np.ndarray, ys: np.ndarray, size: int, rng: np.random
     raw = xs[idx] * rng.uniform(0.9, 1.1, size=(size, xs.shape[1])).astype(np.float32)
     if rng.random() < 0.5:
         raw = raw + rng.uniform(0, 1) * L2A_OFFSET
-    patches = np.ascontiguousarray(np.broadcast_to(raw[:, :, None, None], (*raw.shape, 24, 24)))
-    logits = student(torch.from_numpy(norm(patches, card)))[:, :, 8:16, 8:16]
+    logits = student(torch.from_numpy(norm(uniform_patches(raw), card)))[:, :, 8:16, 8:16]
     target = torch.from_numpy(ys[idx]).view(-1, 1, 1).expand(-1, 8, 8)
     return F.cross_entropy(logits, target)
 
@@ -220,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bn", choices=("train", "frozen"), default="train",
                     help="batch-norm statistics: updated from each batch (train) or kept as Dynamic"
                          " World's (frozen; its scale and shift are still learnt)")
-    ap.add_argument("--version", default="1.1.0", help="the bundle's card version")
+    ap.add_argument("--version", required=True, help="the bundle's card version, e.g. 1.2.0")
     return ap
 
 
@@ -253,7 +252,7 @@ def main() -> int:
     print(f"scene {raw.shape}, EuroSAT chips train {len(chips_y)} val {len(val_chips_y)}")
     lpis_x = lpis_y = None
     if args.lpis_weight > 0:
-        lpis_x, lpis_y, _ = load_lpis(root, card.bands, LPIS_TRAIN_TILES)
+        lpis_x, lpis_y, _ = load_lpis(root, card.bands, held_out=False)
         print(f"LPIS composites {len(lpis_y)} (tiles {', '.join(LPIS_TRAIN_TILES)}): "
               f"crops {int((lpis_y == 4).sum())}, grass {int((lpis_y == 2).sum())}")
     kd_chips_x = kd_chips_p = None
@@ -357,7 +356,7 @@ def training_record(args, how: str, best_step: int, wall_s: int, machine: str, c
     """The card's ``training`` entry: what the network learned from, as the arguments say."""
     teacher = ("every pixel" if args.kd_where == "all" else "the unlabelled pixels") + " of the scene"
     if args.chip_kd_weight > 0:
-        teacher += " and every pixel of the 319 EuroSAT train chips (all ten classes)"
+        teacher += " and every pixel of the EuroSAT train chips (all ten classes)"
     if args.bigearthnet_kd_weight > 0:
         teacher += " and the BigEarthNet example patches"
     labels = ("OSM land use of T33UUU (2017-02-16), columns 0-703 (OSM_TO_DW); Dynamic World's own"
