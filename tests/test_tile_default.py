@@ -51,3 +51,27 @@ def test_scan_default_tile_is_chunk_plus_two_halos_not_the_cards(tmp_path: Path,
     (tmp_path / "inbox").mkdir()
     p = make_plan(build_scan(cfg, "scan.yaml"))
     assert p.tile_size == expected
+
+
+@pytest.mark.parametrize(("halo", "warns"), [(None, False), (4, False), (8, False), (2, True), (0, True)])
+def test_a_halo_below_the_cards_is_warned_about(tmp_path: Path, halo: int | None, warns: bool) -> None:
+    """The card's halo (4 px here) covers the network's context; less lets unit edges show."""
+    import warnings
+
+    from geofg.config import build_job
+    from geofg.pipeline import HaloBelowCardWarning, plan
+
+    model = write_threshold_bundle(tmp_path, ["B04", "B08"])
+    data = np.random.default_rng(0).integers(1, 3000, (2, 64, 64)).astype("uint16")
+    inp = write_raster(tmp_path / "in.tif", data, descriptions=["B04", "B08"])
+    job = build_job({"read": {"inputs": [str(inp)]}, "tile": {"chunk": 32, "halo": halo},
+                     "model": {"model": str(model)}, "mask": {"mode": "off"},
+                     "write": {"output": str(tmp_path / "o.zarr")}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = plan(job)
+    got = [w for w in caught if issubclass(w.category, HaloBelowCardWarning)]
+    assert p.halo == (4 if halo is None else halo)
+    assert bool(got) == warns, [str(w.message) for w in caught]
+    if warns:
+        assert f"--halo {halo} is less than model tiny's 4 px" in str(got[0].message)

@@ -208,7 +208,7 @@ def make_plan(cfg: ScanConfig) -> ScanPlan:
     g = cfg.grid
     grid = Grid(CRS.from_user_input(g.crs).to_wkt(), g.transform, g.height, g.width)
     pl.check_resolution("grid.resolution", max(g.res), card)
-    halo = card.halo if cfg.tile.halo is None else cfg.tile.halo
+    halo = pl.unit_halo(cfg.tile.halo, card)
     mult = card.tile_multiple
     tile = cfg.tile.tile_size or round_up(g.chunk + 2 * halo, mult)
     if tile % mult:
